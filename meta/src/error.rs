@@ -1,0 +1,21 @@
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open metadata database {path}: {source}")]
+    Open { path: String, #[source] source: rusqlite::Error },
+    #[error("metadata database is corrupt: {0}")]
+    Corrupt(String),
+    #[error("segment {got} applied out of order (expected {expected})")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("metadata mismatch: {0}")]
+    Mismatch(String),
+}
+
+impl MetaError {
+    pub(crate) fn open(path: &Path, source: rusqlite::Error) -> Self {
+        MetaError::Open { path: path.display().to_string(), source }
+    }
+}

@@ -1,0 +1,231 @@
+//! The metadata database of a volume: SQLite through rusqlite.
+//!
+//! Three tables: `volume` (one row: identity, geometry and the roll-forward
+//! position), `segments` (every segment applied to the map, with its size and
+//! how many of its bytes the map still references) and `extents` (the map
+//! from block ranges to pieces of segments). The map never overlaps itself:
+//! applying a range first punches it out, splitting partly covered extents.
+//!
+//! Units: LBAs and lengths in the map are in blocks; sizes in bytes.
+
+mod error;
+mod map;
+mod schema;
+
+pub use error::MetaError;
+pub use map::{Extent, MapChange, PieceRef};
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Identity and geometry of a volume, fixed at create time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRecord {
+    pub id: String,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    pub created_unix: i64,
+}
+
+/// One segment's effect on the map, applied atomically by [`MetaDb::apply_segment`].
+#[derive(Debug, Clone)]
+pub struct SegmentApply<'a> {
+    pub seq: u64,
+    pub size_bytes: u64,
+    /// Total bytes written by clients up to and including this segment.
+    pub client_bytes_total: u64,
+    pub changes: &'a [MapChange],
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaStats {
+    pub segments: u64,
+    pub extents: u64,
+    /// Sum of the sizes of all segment objects (what the store bills).
+    pub stored_bytes: u64,
+    /// Bytes of segments that the map still references.
+    pub live_bytes: u64,
+    pub client_bytes_written: u64,
+    pub applied_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRow {
+    pub seq: u64,
+    pub size_bytes: u64,
+    pub live_bytes: u64,
+}
+
+pub struct MetaDb {
+    conn: Connection,
+    block_size: u64,
+}
+
+impl std::fmt::Debug for MetaDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaDb").field("path", &self.conn.path()).finish()
+    }
+}
+
+impl MetaDb {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self, MetaError> {
+        let conn = Connection::open(path).map_err(|e| MetaError::open(path, e))?;
+        Self::setup(conn).map_err(|e| match e {
+            MetaError::Sqlite(s) => MetaError::open(path, s),
+            other => other,
+        })
+    }
+
+    pub fn open_in_memory() -> Result<Self, MetaError> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    /// An in-memory copy of the database at `path`, for read-only tools that
+    /// must not disturb a running daemon's file.
+    pub fn open_copy(path: &Path) -> Result<Self, MetaError> {
+        let mut conn = Connection::open_in_memory()?;
+        conn.restore(rusqlite::DatabaseName::Main, path, None::<fn(rusqlite::backup::Progress)>)
+            .map_err(|e| MetaError::open(path, e))?;
+        Self::setup(conn)
+    }
+
+    fn setup(conn: Connection) -> Result<Self, MetaError> {
+        // WAL: readers (stats) never block the writer. synchronous=NORMAL: a
+        // power loss may drop the last commits, which only moves the
+        // roll-forward position back; the store holds everything durable.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(schema::SCHEMA)?;
+        let quick: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if quick != "ok" {
+            return Err(MetaError::Corrupt(quick));
+        }
+        let mut db = MetaDb { conn, block_size: 4096 };
+        if let Some(v) = db.volume()? {
+            db.block_size = v.block_size as u64;
+        }
+        Ok(db)
+    }
+
+    pub fn volume(&self) -> Result<Option<VolumeRecord>, MetaError> {
+        Ok(self
+            .conn
+            .query_row("SELECT id, size_bytes, block_size, created_unix FROM volume", [], |r| {
+                Ok(VolumeRecord {
+                    id: r.get(0)?,
+                    size_bytes: r.get::<_, i64>(1)? as u64,
+                    block_size: r.get(2)?,
+                    created_unix: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Records the volume's identity in an empty database.
+    pub fn init_volume(&mut self, v: &VolumeRecord) -> Result<(), MetaError> {
+        if let Some(existing) = self.volume()? {
+            if existing != *v {
+                return Err(MetaError::Mismatch(format!("database holds volume {}, not {}", existing.id, v.id)));
+            }
+            return Ok(());
+        }
+        self.conn.execute(
+            "INSERT INTO volume (id, size_bytes, block_size, created_unix, applied_seq, client_bytes_written)
+             VALUES (?1, ?2, ?3, ?4, 0, 0)",
+            params![v.id, v.size_bytes as i64, v.block_size, v.created_unix],
+        )?;
+        self.block_size = v.block_size as u64;
+        Ok(())
+    }
+
+    /// The sequence number of the last segment applied to the map (0: none).
+    pub fn applied_seq(&self) -> Result<u64, MetaError> {
+        Ok(self
+            .conn
+            .query_row("SELECT applied_seq FROM volume", [], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0) as u64)
+    }
+
+    /// Applies one segment to the map in one transaction. Segments must be
+    /// applied in sequence order without gaps: that order is what makes the
+    /// map a prefix of the write history.
+    pub fn apply_segment(&mut self, seg: &SegmentApply<'_>) -> Result<(), MetaError> {
+        let expected = self.applied_seq()? + 1;
+        if seg.seq != expected {
+            return Err(MetaError::OutOfOrder { expected, got: seg.seq });
+        }
+        let bs = self.block_size;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO segments (seq, size_bytes, live_bytes) VALUES (?1, ?2, 0)",
+            params![seg.seq as i64, seg.size_bytes as i64],
+        )?;
+        for c in seg.changes {
+            map::punch(&tx, c.lba, c.blocks, bs)?;
+            if let Some(p) = &c.piece {
+                map::insert(&tx, c.lba, c.blocks, seg.seq, p, bs)?;
+            }
+        }
+        tx.execute(
+            "UPDATE volume SET applied_seq = ?1, client_bytes_written = ?2",
+            params![seg.seq as i64, seg.client_bytes_total as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The extents intersecting `[lba, lba + blocks)`, clipped to that range, by LBA.
+    pub fn lookup(&self, lba: u64, blocks: u64) -> Result<Vec<Extent>, MetaError> {
+        map::lookup(&self.conn, lba, blocks)
+    }
+
+    /// Calls `f` on every extent in LBA order.
+    pub fn for_each_extent(&self, mut f: impl FnMut(&Extent)) -> Result<(), MetaError> {
+        let mut st = self.conn.prepare(&format!("SELECT {} FROM extents ORDER BY lba", map::EXTENT_COLS))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            f(&map::row_to_extent(r)?);
+        }
+        Ok(())
+    }
+
+    pub fn segments(&self) -> Result<Vec<SegmentRow>, MetaError> {
+        let mut st = self.conn.prepare("SELECT seq, size_bytes, live_bytes FROM segments ORDER BY seq")?;
+        let rows = st.query_map([], |r| {
+            Ok(SegmentRow {
+                seq: r.get::<_, i64>(0)? as u64,
+                size_bytes: r.get::<_, i64>(1)? as u64,
+                live_bytes: r.get::<_, i64>(2)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn stats(&self) -> Result<MetaStats, MetaError> {
+        let (segments, stored_bytes, live_bytes): (i64, i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(size_bytes), 0), coalesce(sum(live_bytes), 0) FROM segments",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let extents: i64 = self.conn.query_row("SELECT count(*) FROM extents", [], |r| r.get(0))?;
+        let client: i64 = self
+            .conn
+            .query_row("SELECT client_bytes_written FROM volume", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        Ok(MetaStats {
+            segments: segments as u64,
+            extents: extents as u64,
+            stored_bytes: stored_bytes as u64,
+            live_bytes: live_bytes as u64,
+            client_bytes_written: client as u64,
+            applied_seq: self.applied_seq()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

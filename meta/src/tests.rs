@@ -1,0 +1,127 @@
+//! The map against a reference model: a plain array of "which (seg, piece block)" per block.
+
+use proptest::prelude::*;
+
+use crate::*;
+
+fn vol() -> VolumeRecord {
+    VolumeRecord { id: "v".into(), size_bytes: 1 << 20, block_size: 4096, created_unix: 0 }
+}
+
+fn db() -> MetaDb {
+    let mut db = MetaDb::open_in_memory().unwrap();
+    db.init_volume(&vol()).unwrap();
+    db
+}
+
+/// Per block: Some((seg, piece_off, block index inside the piece)).
+type Model = Vec<Option<(u64, u64, u64)>>;
+
+fn resolve(db: &MetaDb, n: u64) -> Model {
+    let mut m = vec![None; n as usize];
+    for e in db.lookup(0, n).unwrap() {
+        for i in 0..e.blocks {
+            m[(e.lba + i) as usize] = Some((e.seg, e.piece.piece_off, e.skip_blocks + i));
+        }
+    }
+    m
+}
+
+#[test]
+fn overwrite_splits_an_extent() {
+    let mut db = db();
+    let p = PieceRef { piece_off: 100, piece_blocks: 10, crc: 1 };
+    db.apply_segment(&SegmentApply {
+        seq: 1,
+        size_bytes: 50_000,
+        client_bytes_total: 40960,
+        changes: &[MapChange { lba: 10, blocks: 10, piece: Some(p) }],
+    })
+    .unwrap();
+    let q = PieceRef { piece_off: 7, piece_blocks: 2, crc: 2 };
+    db.apply_segment(&SegmentApply {
+        seq: 2,
+        size_bytes: 9000,
+        client_bytes_total: 49152,
+        changes: &[MapChange { lba: 13, blocks: 2, piece: Some(q) }],
+    })
+    .unwrap();
+    let ex = db.lookup(0, 100).unwrap();
+    let spans: Vec<_> = ex.iter().map(|e| (e.lba, e.blocks, e.seg, e.skip_blocks)).collect();
+    assert_eq!(spans, [(10, 3, 1, 0), (13, 2, 2, 0), (15, 5, 1, 5)]);
+    let segs = db.segments().unwrap();
+    assert_eq!(segs[0].live_bytes, 8 * 4096);
+    assert_eq!(segs[1].live_bytes, 2 * 4096);
+    // Clipped lookups.
+    let ex = db.lookup(11, 5).unwrap();
+    let spans: Vec<_> = ex.iter().map(|e| (e.lba, e.blocks, e.seg, e.skip_blocks)).collect();
+    assert_eq!(spans, [(11, 2, 1, 1), (13, 2, 2, 0), (15, 1, 1, 5)]);
+    assert!(matches!(
+        db.apply_segment(&SegmentApply { seq: 5, size_bytes: 1, client_bytes_total: 0, changes: &[] }),
+        Err(MetaError::OutOfOrder { expected: 3, got: 5 })
+    ));
+    let st = db.stats().unwrap();
+    assert_eq!((st.segments, st.extents, st.stored_bytes, st.client_bytes_written), (2, 3, 59000, 49152));
+}
+
+#[test]
+fn survives_reopen_and_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    {
+        let mut db = MetaDb::open(&path).unwrap();
+        db.init_volume(&vol()).unwrap();
+        let p = PieceRef { piece_off: 0, piece_blocks: 4, crc: 9 };
+        db.apply_segment(&SegmentApply {
+            seq: 1,
+            size_bytes: 100,
+            client_bytes_total: 1,
+            changes: &[MapChange { lba: 0, blocks: 4, piece: Some(p) }],
+        })
+        .unwrap();
+    }
+    let db = MetaDb::open(&path).unwrap();
+    assert_eq!(db.applied_seq().unwrap(), 1);
+    assert_eq!(db.volume().unwrap().unwrap(), vol());
+    let copy = MetaDb::open_copy(&path).unwrap();
+    assert_eq!(copy.lookup(0, 10).unwrap(), db.lookup(0, 10).unwrap());
+    let mut db = db;
+    let other = VolumeRecord { id: "w".into(), ..vol() };
+    assert!(matches!(db.init_volume(&other), Err(MetaError::Mismatch(_))));
+}
+
+#[test]
+fn a_garbage_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    let err = MetaDb::open(&path).unwrap_err().to_string();
+    assert!(err.contains("meta.db"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn map_matches_model(ops in proptest::collection::vec((0u64..64, 1u64..20, any::<bool>()), 1..40)) {
+        const N: u64 = 96;
+        let mut db = db();
+        let mut model: Model = vec![None; N as usize];
+        for (i, (lba, blocks, unmap)) in ops.into_iter().enumerate() {
+            let seq = i as u64 + 1;
+            let piece = (!unmap).then_some(PieceRef { piece_off: seq * 1000, piece_blocks: blocks as u32, crc: 0 });
+            db.apply_segment(&SegmentApply {
+                seq, size_bytes: blocks * 4096, client_bytes_total: 0,
+                changes: &[MapChange { lba, blocks, piece }],
+            }).unwrap();
+            for b in 0..blocks {
+                model[(lba + b) as usize] = piece.map(|p| (seq, p.piece_off, b));
+            }
+            prop_assert_eq!(&resolve(&db, N), &model);
+            // Live bytes per segment equal what the model still references.
+            for s in db.segments().unwrap() {
+                let live = model.iter().filter(|m| m.map(|x| x.0) == Some(s.seq)).count() as u64 * 4096;
+                prop_assert_eq!(s.live_bytes, live, "segment {}", s.seq);
+            }
+        }
+    }
+}

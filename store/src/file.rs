@@ -1,0 +1,289 @@
+//! `file://` store: one file per object under a root directory.
+//!
+//! A put writes a temp file beside the target, fsyncs it, renames it over the
+//! target and fsyncs the directory, so an object is either wholly there or not
+//! at all after a crash. Conditional puts hold an exclusive `flock` on
+//! `<root>/.lock`, which makes them atomic among threads and processes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::{check_key, etag_of, ObjectMeta, ObjectStore, StoreError};
+
+const LOCK_FILE: &str = ".lock";
+
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    root: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FileStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(FileStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(me))
+            .await
+            .map_err(|e| StoreError::Io { op: "spawn", key: String::new(), source: std::io::Error::other(e) })?
+    }
+
+    /// Exclusive lock over conditional puts; released when the file closes.
+    fn lock(&self, key: &str) -> Result<File, StoreError> {
+        self.ensure_dir(&self.root, key)?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join(LOCK_FILE))
+            .map_err(|e| StoreError::io("lock", key, e))?;
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(StoreError::io("lock", key, std::io::Error::last_os_error()));
+        }
+        Ok(f)
+    }
+
+    /// Creates `dir` (and parents) and makes the new entries durable.
+    fn ensure_dir(&self, dir: &Path, key: &str) -> Result<(), StoreError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        let mut missing = vec![];
+        let mut d = dir;
+        while !d.is_dir() {
+            missing.push(d.to_path_buf());
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        fs::create_dir_all(dir).map_err(|e| StoreError::io("mkdir", key, e))?;
+        for m in missing.iter().rev() {
+            if let Some(p) = m.parent() {
+                fsync_dir(p).map_err(|e| StoreError::io("fsync dir", key, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` durably to a temp file next to `path`; returns the temp path.
+    fn write_temp(&self, key: &str, path: &Path, data: &[u8]) -> Result<PathBuf, StoreError> {
+        let dir = path.parent().expect("object path has a parent");
+        self.ensure_dir(dir, key)?;
+        let tmp = dir.join(format!(".tmp-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        let res = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::io("put", key, e));
+        }
+        Ok(tmp)
+    }
+
+    fn commit_temp(&self, key: &str, tmp: &Path, path: &Path) -> Result<(), StoreError> {
+        let res = fs::rename(tmp, path).and_then(|_| fsync_dir(path.parent().unwrap()));
+        if let Err(e) = res {
+            let _ = fs::remove_file(tmp);
+            return Err(StoreError::io("put", key, e));
+        }
+        Ok(())
+    }
+
+    fn put_sync(&self, key: &str, data: &[u8]) -> Result<String, StoreError> {
+        let path = self.path(key)?;
+        let tmp = self.write_temp(key, &path, data)?;
+        self.commit_temp(key, &tmp, &path)?;
+        Ok(etag_of(data))
+    }
+
+    fn current_etag(&self, key: &str, path: &Path) -> Result<Option<String>, StoreError> {
+        match fs::read(path) {
+            Ok(d) => Ok(Some(etag_of(&d))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("head", key, e)),
+        }
+    }
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn not_found_or(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
+    if e.kind() == ErrorKind::NotFound {
+        StoreError::NotFound(key.to_string())
+    } else {
+        StoreError::io(op, key, e)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FileStore {
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |s| {
+            let path = s.path(&key)?;
+            fs::read(&path).map(Bytes::from).map_err(|e| not_found_or("get", &key, e))
+        })
+        .await
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |s| {
+            let path = s.path(&key)?;
+            let mut f = File::open(&path).map_err(|e| not_found_or("get", &key, e))?;
+            let size = f.metadata().map_err(|e| StoreError::io("get", &key, e))?.len();
+            if offset.checked_add(len).is_none_or(|end| end > size) {
+                return Err(StoreError::OutOfRange { key, offset, len, size });
+            }
+            let mut buf = vec![0u8; len as usize];
+            f.seek(SeekFrom::Start(offset))
+                .and_then(|_| f.read_exact(&mut buf))
+                .map_err(|e| StoreError::io("get", &key, e))?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |s| s.put_sync(&key, &data)).await
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |s| {
+            let path = s.path(&key)?;
+            let tmp = s.write_temp(&key, &path, &data)?;
+            let _lock = s.lock(&key)?;
+            if path.exists() {
+                let _ = fs::remove_file(&tmp);
+                return Err(StoreError::PreconditionFailed(key));
+            }
+            s.commit_temp(&key, &tmp, &path)?;
+            Ok(etag_of(&data))
+        })
+        .await
+    }
+
+    async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<String, StoreError> {
+        let key = key.to_string();
+        let etag = etag.to_string();
+        self.blocking(move |s| {
+            let path = s.path(&key)?;
+            let tmp = s.write_temp(&key, &path, &data)?;
+            let _lock = s.lock(&key)?;
+            if s.current_etag(&key, &path)?.as_deref() != Some(etag.as_str()) {
+                let _ = fs::remove_file(&tmp);
+                return Err(StoreError::PreconditionFailed(key));
+            }
+            s.commit_temp(&key, &tmp, &path)?;
+            Ok(etag_of(&data))
+        })
+        .await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |s| {
+            let path = s.path(&key)?;
+            let size = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(StoreError::io("head", &key, e)),
+            };
+            // Etags are only needed for small guarded objects; big ones get a
+            // cheap stand-in so that HEAD of a segment never reads it.
+            let etag = if size <= 1 << 20 {
+                match s.current_etag(&key, &path)? {
+                    Some(e) => e,
+                    None => return Ok(None),
+                }
+            } else {
+                format!("{size:x}-large")
+            };
+            Ok(Some(ObjectMeta { key, size, etag }))
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.blocking(move |s| {
+            let path = s.path(&key)?;
+            match fs::remove_file(&path) {
+                Ok(()) => fsync_dir(path.parent().unwrap()).map_err(|e| StoreError::io("delete", &key, e)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StoreError::io("delete", &key, e)),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let prefix = prefix.to_string();
+        self.blocking(move |s| {
+            let mut out = vec![];
+            walk(&s.root, "", &prefix, &mut out).map_err(|e| StoreError::io("list", &prefix, e))?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}
+
+/// Recursive listing that only descends into directories that can hold keys
+/// with `prefix`, skipping temp and lock files.
+fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-") || (rel.is_empty() && name == LOCK_FILE) {
+            continue;
+        }
+        let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            let as_dir = format!("{key}/");
+            if as_dir.starts_with(prefix) || prefix.starts_with(&as_dir) {
+                walk(&entry.path(), &key, prefix, out)?;
+            }
+        } else if ft.is_file() && key.starts_with(prefix) {
+            let size = entry.metadata()?.len();
+            out.push(ObjectMeta { etag: format!("{size:x}"), key, size });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! The engine's one error type; frontends map it to an errno with [`VolumeError::errno`].
+
+use spritedisk_meta::MetaError;
+use spritedisk_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("I/O not aligned to the {block_size}-byte block size: offset {offset}, length {len}")]
+    Unaligned { offset: u64, len: u64, block_size: u32 },
+    #[error("I/O beyond the end of the volume: offset {offset}, length {len}, volume size {size}")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("request too large: {len} bytes (at most {max} bytes per request)")]
+    TooLarge { len: u64, max: u64 },
+    #[error("object store: {0}")]
+    Store(#[from] StoreError),
+    #[error("metadata database: {0}")]
+    Meta(#[from] MetaError),
+    #[error("corrupt segment {key}: {reason}")]
+    CorruptSegment { key: String, reason: String },
+    #[error("flush did not complete within {timeout_ms} ms: the object store keeps failing ({last_error})")]
+    FlushTimeout { timeout_ms: u64, last_error: String },
+    #[error("no volume at {url}: run 'spritedisk create {url}' first")]
+    NoVolume { url: String },
+    #[error("a volume already exists at {url}: pick another URL or delete it first")]
+    AlreadyExists { url: String },
+    #[error("invalid volume configuration: {0}")]
+    BadConfig(String),
+    #[error("the local metadata in {path} does not belong to this volume ({reason}); delete that directory (it is only a cache) and attach again")]
+    ForeignMetadata { path: String, reason: String },
+    #[error("volume is stopped: {0}")]
+    Stopped(String),
+}
+
+impl VolumeError {
+    /// The errno a block-device frontend reports for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            VolumeError::Unaligned { .. } | VolumeError::OutOfRange { .. } => libc_errno::EINVAL,
+            VolumeError::TooLarge { .. } => libc_errno::EOVERFLOW,
+            VolumeError::Stopped(_) => libc_errno::ESHUTDOWN,
+            _ => libc_errno::EIO,
+        }
+    }
+}
+
+/// The few errno values the engine reports (Linux numbering, as NBD and ublk use).
+pub mod libc_errno {
+    pub const EIO: i32 = 5;
+    pub const EINVAL: i32 = 22;
+    pub const ENOSPC: i32 = 28;
+    pub const EOVERFLOW: i32 = 75;
+    pub const ESHUTDOWN: i32 = 108;
+}
