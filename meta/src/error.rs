@@ -5,7 +5,11 @@ pub enum MetaError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot open metadata database {path}: {source}")]
-    Open { path: String, #[source] source: rusqlite::Error },
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("metadata database is corrupt: {0}")]
     Corrupt(String),
     #[error("segment {got} applied out of order (expected {expected})")]
@@ -16,6 +20,9 @@ pub enum MetaError {
 
 impl MetaError {
     pub(crate) fn open(path: &Path, source: rusqlite::Error) -> Self {
-        MetaError::Open { path: path.display().to_string(), source }
+        MetaError::Open {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }

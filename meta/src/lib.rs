@@ -64,7 +64,9 @@ pub struct MetaDb {
 
 impl std::fmt::Debug for MetaDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetaDb").field("path", &self.conn.path()).finish()
+        f.debug_struct("MetaDb")
+            .field("path", &self.conn.path())
+            .finish()
     }
 }
 
@@ -86,8 +88,12 @@ impl MetaDb {
     /// must not disturb a running daemon's file.
     pub fn open_copy(path: &Path) -> Result<Self, MetaError> {
         let mut conn = Connection::open_in_memory()?;
-        conn.restore(rusqlite::DatabaseName::Main, path, None::<fn(rusqlite::backup::Progress)>)
-            .map_err(|e| MetaError::open(path, e))?;
+        conn.restore(
+            rusqlite::DatabaseName::Main,
+            path,
+            None::<fn(rusqlite::backup::Progress)>,
+        )
+        .map_err(|e| MetaError::open(path, e))?;
         Self::setup(conn)
     }
 
@@ -102,7 +108,10 @@ impl MetaDb {
         if quick != "ok" {
             return Err(MetaError::Corrupt(quick));
         }
-        let mut db = MetaDb { conn, block_size: 4096 };
+        let mut db = MetaDb {
+            conn,
+            block_size: 4096,
+        };
         if let Some(v) = db.volume()? {
             db.block_size = v.block_size as u64;
         }
@@ -112,14 +121,18 @@ impl MetaDb {
     pub fn volume(&self) -> Result<Option<VolumeRecord>, MetaError> {
         Ok(self
             .conn
-            .query_row("SELECT id, size_bytes, block_size, created_unix FROM volume", [], |r| {
-                Ok(VolumeRecord {
-                    id: r.get(0)?,
-                    size_bytes: r.get::<_, i64>(1)? as u64,
-                    block_size: r.get(2)?,
-                    created_unix: r.get(3)?,
-                })
-            })
+            .query_row(
+                "SELECT id, size_bytes, block_size, created_unix FROM volume",
+                [],
+                |r| {
+                    Ok(VolumeRecord {
+                        id: r.get(0)?,
+                        size_bytes: r.get::<_, i64>(1)? as u64,
+                        block_size: r.get(2)?,
+                        created_unix: r.get(3)?,
+                    })
+                },
+            )
             .optional()?)
     }
 
@@ -127,7 +140,10 @@ impl MetaDb {
     pub fn init_volume(&mut self, v: &VolumeRecord) -> Result<(), MetaError> {
         if let Some(existing) = self.volume()? {
             if existing != *v {
-                return Err(MetaError::Mismatch(format!("database holds volume {}, not {}", existing.id, v.id)));
+                return Err(MetaError::Mismatch(format!(
+                    "database holds volume {}, not {}",
+                    existing.id, v.id
+                )));
             }
             return Ok(());
         }
@@ -155,7 +171,10 @@ impl MetaDb {
     pub fn apply_segment(&mut self, seg: &SegmentApply<'_>) -> Result<(), MetaError> {
         let expected = self.applied_seq()? + 1;
         if seg.seq != expected {
-            return Err(MetaError::OutOfOrder { expected, got: seg.seq });
+            return Err(MetaError::OutOfOrder {
+                expected,
+                got: seg.seq,
+            });
         }
         let bs = self.block_size;
         let tx = self.conn.transaction()?;
@@ -184,7 +203,10 @@ impl MetaDb {
 
     /// Calls `f` on every extent in LBA order.
     pub fn for_each_extent(&self, mut f: impl FnMut(&Extent)) -> Result<(), MetaError> {
-        let mut st = self.conn.prepare(&format!("SELECT {} FROM extents ORDER BY lba", map::EXTENT_COLS))?;
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {} FROM extents ORDER BY lba",
+            map::EXTENT_COLS
+        ))?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             f(&map::row_to_extent(r)?);
@@ -193,7 +215,9 @@ impl MetaDb {
     }
 
     pub fn segments(&self) -> Result<Vec<SegmentRow>, MetaError> {
-        let mut st = self.conn.prepare("SELECT seq, size_bytes, live_bytes FROM segments ORDER BY seq")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT seq, size_bytes, live_bytes FROM segments ORDER BY seq")?;
         let rows = st.query_map([], |r| {
             Ok(SegmentRow {
                 seq: r.get::<_, i64>(0)? as u64,
@@ -210,7 +234,9 @@ impl MetaDb {
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        let extents: i64 = self.conn.query_row("SELECT count(*) FROM extents", [], |r| r.get(0))?;
+        let extents: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM extents", [], |r| r.get(0))?;
         let client: i64 = self
             .conn
             .query_row("SELECT client_bytes_written FROM volume", [], |r| r.get(0))

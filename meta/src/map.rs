@@ -57,14 +57,17 @@ pub(crate) fn row_to_extent(r: &Row<'_>) -> rusqlite::Result<Extent> {
 
 /// The extent that starts before `lba` and may reach into it.
 fn predecessor(conn: &Connection, lba: u64) -> rusqlite::Result<Option<Extent>> {
-    conn.prepare_cached(&format!("SELECT {EXTENT_COLS} FROM extents WHERE lba < ?1 ORDER BY lba DESC LIMIT 1"))?
-        .query_row(params![lba as i64], row_to_extent)
-        .optional()
+    conn.prepare_cached(&format!(
+        "SELECT {EXTENT_COLS} FROM extents WHERE lba < ?1 ORDER BY lba DESC LIMIT 1"
+    ))?
+    .query_row(params![lba as i64], row_to_extent)
+    .optional()
 }
 
 fn starting_in(conn: &Connection, start: u64, end: u64) -> rusqlite::Result<Vec<Extent>> {
-    let mut st =
-        conn.prepare_cached(&format!("SELECT {EXTENT_COLS} FROM extents WHERE lba >= ?1 AND lba < ?2 ORDER BY lba"))?;
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {EXTENT_COLS} FROM extents WHERE lba >= ?1 AND lba < ?2 ORDER BY lba"
+    ))?;
     let rows = st.query_map(params![start as i64, end as i64], row_to_extent)?;
     rows.collect()
 }
@@ -93,7 +96,12 @@ fn add_live(conn: &Connection, seg: u64, delta_bytes: i64) -> rusqlite::Result<(
 }
 
 /// Removes `[lba, lba + blocks)` from the map, splitting extents that straddle its ends.
-pub(crate) fn punch(conn: &Connection, lba: u64, blocks: u64, block_size: u64) -> Result<(), MetaError> {
+pub(crate) fn punch(
+    conn: &Connection,
+    lba: u64,
+    blocks: u64,
+    block_size: u64,
+) -> Result<(), MetaError> {
     let (a, b) = (lba, lba + blocks);
     if let Some(p) = predecessor(conn, a)? {
         if p.end() > a {
@@ -101,16 +109,33 @@ pub(crate) fn punch(conn: &Connection, lba: u64, blocks: u64, block_size: u64) -
             conn.prepare_cached("UPDATE extents SET blocks = ?2 WHERE lba = ?1")?
                 .execute(params![p.lba as i64, (a - p.lba) as i64])?;
             if p.end() > b {
-                put_row(conn, &Extent { lba: b, blocks: p.end() - b, skip_blocks: p.skip_blocks + (b - p.lba), ..p })?;
+                put_row(
+                    conn,
+                    &Extent {
+                        lba: b,
+                        blocks: p.end() - b,
+                        skip_blocks: p.skip_blocks + (b - p.lba),
+                        ..p
+                    },
+                )?;
             }
             add_live(conn, p.seg, -((cut * block_size) as i64))?;
         }
     }
     for e in starting_in(conn, a, b)? {
-        conn.prepare_cached("DELETE FROM extents WHERE lba = ?1")?.execute(params![e.lba as i64])?;
+        conn.prepare_cached("DELETE FROM extents WHERE lba = ?1")?
+            .execute(params![e.lba as i64])?;
         let cut = e.end().min(b) - e.lba;
         if e.end() > b {
-            put_row(conn, &Extent { lba: b, blocks: e.end() - b, skip_blocks: e.skip_blocks + (b - e.lba), ..e })?;
+            put_row(
+                conn,
+                &Extent {
+                    lba: b,
+                    blocks: e.end() - b,
+                    skip_blocks: e.skip_blocks + (b - e.lba),
+                    ..e
+                },
+            )?;
         }
         add_live(conn, e.seg, -((cut * block_size) as i64))?;
     }
@@ -127,7 +152,16 @@ pub(crate) fn insert(
     block_size: u64,
 ) -> Result<(), MetaError> {
     debug_assert!(blocks <= piece.piece_blocks as u64);
-    put_row(conn, &Extent { lba, blocks, seg, piece: *piece, skip_blocks: 0 })?;
+    put_row(
+        conn,
+        &Extent {
+            lba,
+            blocks,
+            seg,
+            piece: *piece,
+            skip_blocks: 0,
+        },
+    )?;
     add_live(conn, seg, (blocks * block_size) as i64)?;
     Ok(())
 }

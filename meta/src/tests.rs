@@ -5,7 +5,12 @@ use proptest::prelude::*;
 use crate::*;
 
 fn vol() -> VolumeRecord {
-    VolumeRecord { id: "v".into(), size_bytes: 1 << 20, block_size: 4096, created_unix: 0 }
+    VolumeRecord {
+        id: "v".into(),
+        size_bytes: 1 << 20,
+        block_size: 4096,
+        created_unix: 0,
+    }
 }
 
 fn db() -> MetaDb {
@@ -30,38 +35,76 @@ fn resolve(db: &MetaDb, n: u64) -> Model {
 #[test]
 fn overwrite_splits_an_extent() {
     let mut db = db();
-    let p = PieceRef { piece_off: 100, piece_blocks: 10, crc: 1 };
+    let p = PieceRef {
+        piece_off: 100,
+        piece_blocks: 10,
+        crc: 1,
+    };
     db.apply_segment(&SegmentApply {
         seq: 1,
         size_bytes: 50_000,
         client_bytes_total: 40960,
-        changes: &[MapChange { lba: 10, blocks: 10, piece: Some(p) }],
+        changes: &[MapChange {
+            lba: 10,
+            blocks: 10,
+            piece: Some(p),
+        }],
     })
     .unwrap();
-    let q = PieceRef { piece_off: 7, piece_blocks: 2, crc: 2 };
+    let q = PieceRef {
+        piece_off: 7,
+        piece_blocks: 2,
+        crc: 2,
+    };
     db.apply_segment(&SegmentApply {
         seq: 2,
         size_bytes: 9000,
         client_bytes_total: 49152,
-        changes: &[MapChange { lba: 13, blocks: 2, piece: Some(q) }],
+        changes: &[MapChange {
+            lba: 13,
+            blocks: 2,
+            piece: Some(q),
+        }],
     })
     .unwrap();
     let ex = db.lookup(0, 100).unwrap();
-    let spans: Vec<_> = ex.iter().map(|e| (e.lba, e.blocks, e.seg, e.skip_blocks)).collect();
+    let spans: Vec<_> = ex
+        .iter()
+        .map(|e| (e.lba, e.blocks, e.seg, e.skip_blocks))
+        .collect();
     assert_eq!(spans, [(10, 3, 1, 0), (13, 2, 2, 0), (15, 5, 1, 5)]);
     let segs = db.segments().unwrap();
     assert_eq!(segs[0].live_bytes, 8 * 4096);
     assert_eq!(segs[1].live_bytes, 2 * 4096);
     // Clipped lookups.
     let ex = db.lookup(11, 5).unwrap();
-    let spans: Vec<_> = ex.iter().map(|e| (e.lba, e.blocks, e.seg, e.skip_blocks)).collect();
+    let spans: Vec<_> = ex
+        .iter()
+        .map(|e| (e.lba, e.blocks, e.seg, e.skip_blocks))
+        .collect();
     assert_eq!(spans, [(11, 2, 1, 1), (13, 2, 2, 0), (15, 1, 1, 5)]);
     assert!(matches!(
-        db.apply_segment(&SegmentApply { seq: 5, size_bytes: 1, client_bytes_total: 0, changes: &[] }),
-        Err(MetaError::OutOfOrder { expected: 3, got: 5 })
+        db.apply_segment(&SegmentApply {
+            seq: 5,
+            size_bytes: 1,
+            client_bytes_total: 0,
+            changes: &[]
+        }),
+        Err(MetaError::OutOfOrder {
+            expected: 3,
+            got: 5
+        })
     ));
     let st = db.stats().unwrap();
-    assert_eq!((st.segments, st.extents, st.stored_bytes, st.client_bytes_written), (2, 3, 59000, 49152));
+    assert_eq!(
+        (
+            st.segments,
+            st.extents,
+            st.stored_bytes,
+            st.client_bytes_written
+        ),
+        (2, 3, 59000, 49152)
+    );
 }
 
 #[test]
@@ -71,12 +114,20 @@ fn survives_reopen_and_copy() {
     {
         let mut db = MetaDb::open(&path).unwrap();
         db.init_volume(&vol()).unwrap();
-        let p = PieceRef { piece_off: 0, piece_blocks: 4, crc: 9 };
+        let p = PieceRef {
+            piece_off: 0,
+            piece_blocks: 4,
+            crc: 9,
+        };
         db.apply_segment(&SegmentApply {
             seq: 1,
             size_bytes: 100,
             client_bytes_total: 1,
-            changes: &[MapChange { lba: 0, blocks: 4, piece: Some(p) }],
+            changes: &[MapChange {
+                lba: 0,
+                blocks: 4,
+                piece: Some(p),
+            }],
         })
         .unwrap();
     }
@@ -86,8 +137,14 @@ fn survives_reopen_and_copy() {
     let copy = MetaDb::open_copy(&path).unwrap();
     assert_eq!(copy.lookup(0, 10).unwrap(), db.lookup(0, 10).unwrap());
     let mut db = db;
-    let other = VolumeRecord { id: "w".into(), ..vol() };
-    assert!(matches!(db.init_volume(&other), Err(MetaError::Mismatch(_))));
+    let other = VolumeRecord {
+        id: "w".into(),
+        ..vol()
+    };
+    assert!(matches!(
+        db.init_volume(&other),
+        Err(MetaError::Mismatch(_))
+    ));
 }
 
 #[test]

@@ -29,7 +29,9 @@ pub(crate) async fn negotiate<S>(stream: &mut S, export: &Export) -> Result<Outc
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream.write_all(&encode_greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)).await?;
+    stream
+        .write_all(&encode_greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+        .await?;
     stream.flush().await?;
 
     let client_flags = stream.read_u32().await?;
@@ -61,7 +63,13 @@ where
             }
             // Skip the payload without buffering it, so haggling can go on.
             discard(stream, u64::from(hdr.len)).await?;
-            send_reply(stream, hdr.option, REP_ERR_TOO_BIG, b"option data too large").await?;
+            send_reply(
+                stream,
+                hdr.option,
+                REP_ERR_TOO_BIG,
+                b"option data too large",
+            )
+            .await?;
             continue;
         }
         let mut data = vec![0u8; hdr.len as usize];
@@ -70,7 +78,9 @@ where
         match hdr.option {
             OPT_EXPORT_NAME => {
                 if !name_matches(&data, export) {
-                    return Err(NbdError::UnknownExport(String::from_utf8_lossy(&data).into_owned()));
+                    return Err(NbdError::UnknownExport(
+                        String::from_utf8_lossy(&data).into_owned(),
+                    ));
                 }
                 let mut out = Vec::with_capacity(10 + EXPORT_NAME_ZEROES_LEN_BYTES);
                 out.extend_from_slice(&export.size_bytes.to_be_bytes());
@@ -89,8 +99,13 @@ where
             }
             OPT_LIST => {
                 if !data.is_empty() {
-                    send_reply(stream, hdr.option, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data")
-                        .await?;
+                    send_reply(
+                        stream,
+                        hdr.option,
+                        REP_ERR_INVALID,
+                        b"NBD_OPT_LIST takes no data",
+                    )
+                    .await?;
                     continue;
                 }
                 let mut out = Vec::new();
@@ -104,15 +119,22 @@ where
             }
             OPT_INFO | OPT_GO => {
                 let Some(req) = InfoRequest::decode(&data) else {
-                    send_reply(stream, hdr.option, REP_ERR_INVALID, b"malformed info request")
-                        .await?;
+                    send_reply(
+                        stream,
+                        hdr.option,
+                        REP_ERR_INVALID,
+                        b"malformed info request",
+                    )
+                    .await?;
                     continue;
                 };
                 if !name_matches(&req.name, export) {
                     send_reply(stream, hdr.option, REP_ERR_UNKNOWN, b"no such export").await?;
                     continue;
                 }
-                stream.write_all(&info_replies(hdr.option, &req, export)).await?;
+                stream
+                    .write_all(&info_replies(hdr.option, &req, export))
+                    .await?;
                 stream.flush().await?;
                 if hdr.option == OPT_GO {
                     return Ok(Outcome::Transmission);
@@ -160,7 +182,12 @@ fn info_replies(option: u32, req: &InfoRequest, export: &Export) -> Vec<u8> {
     out
 }
 
-async fn send_reply<S>(stream: &mut S, option: u32, reply_type: u32, payload: &[u8]) -> std::io::Result<()>
+async fn send_reply<S>(
+    stream: &mut S,
+    option: u32,
+    reply_type: u32,
+    payload: &[u8],
+) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {

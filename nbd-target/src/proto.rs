@@ -144,7 +144,11 @@ pub struct OptionHeader {
 
 impl OptionHeader {
     pub fn decode(b: &[u8; OPTION_HEADER_LEN_BYTES]) -> Self {
-        OptionHeader { magic: be_u64(&b[0..]), option: be_u32(&b[8..]), len: be_u32(&b[12..]) }
+        OptionHeader {
+            magic: be_u64(&b[0..]),
+            option: be_u32(&b[8..]),
+            len: be_u32(&b[12..]),
+        }
     }
 
     pub fn encode(option: u32, len: u32) -> [u8; OPTION_HEADER_LEN_BYTES] {
@@ -301,7 +305,13 @@ mod tests {
 
     #[test]
     fn request_roundtrip_and_bad_magic() {
-        let r = Request { flags: CMD_FLAG_FUA, cmd: CMD_WRITE, cookie: 7, offset: 4096, len: 8192 };
+        let r = Request {
+            flags: CMD_FLAG_FUA,
+            cmd: CMD_WRITE,
+            cookie: 7,
+            offset: 4096,
+            len: 8192,
+        };
         assert_eq!(Request::decode(&r.encode()), Ok(r));
         let bad = encode_request_with_magic(0xdead_beef, &r);
         assert_eq!(Request::decode(&bad), Err(0xdead_beef));
@@ -309,7 +319,10 @@ mod tests {
 
     #[test]
     fn info_request_roundtrip_and_rejects_bad_lengths() {
-        let r = InfoRequest { name: b"vol".to_vec(), info_types: vec![INFO_BLOCK_SIZE, INFO_NAME] };
+        let r = InfoRequest {
+            name: b"vol".to_vec(),
+            info_types: vec![INFO_BLOCK_SIZE, INFO_NAME],
+        };
         let enc = r.encode();
         assert_eq!(InfoRequest::decode(&enc), Some(r));
         // Truncated, trailing garbage, and a name length past the end.

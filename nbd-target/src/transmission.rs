@@ -27,7 +27,9 @@ use crate::NbdError;
 pub const INFLIGHT_REQUESTS_MAX: usize = 64;
 /// Read data in flight per connection (being read or queued for the socket);
 /// without it 64 maximal reads could pin 2 GiB.
-pub const INFLIGHT_READ_BYTES_MAX: usize = 256 * 1024 * 1024;
+pub const INFLIGHT_READ_LEN_MAX_BYTES: usize = 256 * 1024 * 1024;
+// A maximal read must fit the budget, or it would wait forever.
+const _: () = assert!(REQUEST_LEN_MAX_BYTES as usize <= INFLIGHT_READ_LEN_MAX_BYTES);
 /// Replies queued for the writer task.
 const REPLY_QUEUE_LEN_MAX: usize = INFLIGHT_REQUESTS_MAX;
 const READ_BUFFER_LEN_BYTES: usize = 256 * 1024;
@@ -44,7 +46,12 @@ struct Reply {
 
 impl Reply {
     fn new(cookie: u64, errno: u32) -> Self {
-        Reply { cookie, errno, data: None, _permits: Vec::new() }
+        Reply {
+            cookie,
+            errno,
+            data: None,
+            _permits: Vec::new(),
+        }
     }
 }
 
@@ -64,7 +71,7 @@ where
         dev,
         tx,
         inflight: Arc::new(Semaphore::new(INFLIGHT_REQUESTS_MAX)),
-        read_budget: Arc::new(Semaphore::new(INFLIGHT_READ_BYTES_MAX)),
+        read_budget: Arc::new(Semaphore::new(INFLIGHT_READ_LEN_MAX_BYTES)),
     };
     let result = conn.request_loop(&mut rd).await;
     drop(conn); // closes our end of the reply channel
@@ -130,7 +137,8 @@ impl<D: BlockIo> Conn<D> {
                         len: u64::from(req.len),
                         fua: req.flags & CMD_FLAG_FUA != 0,
                     };
-                    self.inline(req, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE, io).await?;
+                    self.inline(req, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE, io)
+                        .await?;
                 }
                 other => {
                     debug!(cmd = other, "unsupported nbd command");
@@ -146,7 +154,12 @@ impl<D: BlockIo> Conn<D> {
 
     /// Runs `io` before reading the next request. FUA is valid on every
     /// command (the spec says so); other flags are EINVAL.
-    async fn inline(&self, req: Request, allowed_flags: u16, io: IoRequest) -> Result<(), NbdError> {
+    async fn inline(
+        &self,
+        req: Request,
+        allowed_flags: u16,
+        io: IoRequest,
+    ) -> Result<(), NbdError> {
         let errno = if req.flags & !allowed_flags != 0 {
             EINVAL
         } else {
@@ -186,7 +199,11 @@ impl<D: BlockIo> Conn<D> {
         }
         // Waiting here stops us reading more requests: backpressure.
         let permits = vec![
-            self.inflight.clone().acquire_owned().await.expect("semaphore never closed"),
+            self.inflight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed"),
             self.read_budget
                 .clone()
                 .acquire_many_owned(req.len)
@@ -196,7 +213,10 @@ impl<D: BlockIo> Conn<D> {
         let dev = self.dev.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let io = IoRequest::Read { offset: req.offset, len: req.len };
+            let io = IoRequest::Read {
+                offset: req.offset,
+                len: req.len,
+            };
             let (errno, data) = match dev.handle_io(io).await {
                 Ok(IoReply::Data(d)) if d.len() == req.len as usize => (0, Some(d)),
                 Ok(other) => {
@@ -210,7 +230,14 @@ impl<D: BlockIo> Conn<D> {
                     (nbd_errno(e.errno()), None)
                 }
             };
-            let _ = tx.send(Reply { cookie: req.cookie, errno, data, _permits: permits }).await;
+            let _ = tx
+                .send(Reply {
+                    cookie: req.cookie,
+                    errno,
+                    data,
+                    _permits: permits,
+                })
+                .await;
         });
         Ok(())
     }
@@ -221,7 +248,12 @@ impl<D: BlockIo> Conn<D> {
         if req.flags & !CMD_FLAG_FUA != 0 {
             return self.send(Reply::new(req.cookie, EINVAL)).await;
         }
-        let permit = self.inflight.clone().acquire_owned().await.expect("semaphore never closed");
+        let permit = self
+            .inflight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
         let dev = self.dev.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -265,7 +297,8 @@ async fn write_replies<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut wr = BufWriter::with_capacity(WRITE_BUFFER_LEN_BYTES, wr);
     while let Some(reply) = rx.recv().await {
-        wr.write_all(&encode_simple_reply(reply.cookie, reply.errno)).await?;
+        wr.write_all(&encode_simple_reply(reply.cookie, reply.errno))
+            .await?;
         if let Some(data) = &reply.data {
             wr.write_all(data).await?;
         }
@@ -277,5 +310,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         }
     }
     wr.flush().await?;
-    wr.shutdown().await
+    // Every reply is out; a peer that already hung up is not an error.
+    let _ = wr.shutdown().await;
+    Ok(())
 }

@@ -13,37 +13,68 @@ async fn contract(s: Arc<dyn ObjectStore>) {
     let e1 = s.put("a/x", b("hello")).await.unwrap();
     assert_eq!(s.get("a/x").await.unwrap(), b("hello"));
     assert_eq!(s.get_range("a/x", 1, 3).await.unwrap(), b("ell"));
-    assert!(matches!(s.get_range("a/x", 3, 3).await, Err(StoreError::OutOfRange { .. })));
+    assert!(matches!(
+        s.get_range("a/x", 3, 3).await,
+        Err(StoreError::OutOfRange { .. })
+    ));
     let h = s.head("a/x").await.unwrap().unwrap();
     assert_eq!((h.size, h.etag.as_str()), (5, e1.as_str()));
 
-    assert!(matches!(s.put_if_absent("a/x", b("no")).await, Err(StoreError::PreconditionFailed(_))));
+    assert!(matches!(
+        s.put_if_absent("a/x", b("no")).await,
+        Err(StoreError::PreconditionFailed(_))
+    ));
     s.put_if_absent("a/y", b("new")).await.unwrap();
-    assert!(matches!(s.put_if_match("a/x", b("v2"), "bogus").await, Err(StoreError::PreconditionFailed(_))));
-    assert!(matches!(s.put_if_match("a/none", b("v2"), &e1).await, Err(StoreError::PreconditionFailed(_))));
+    assert!(matches!(
+        s.put_if_match("a/x", b("v2"), "bogus").await,
+        Err(StoreError::PreconditionFailed(_))
+    ));
+    assert!(matches!(
+        s.put_if_match("a/none", b("v2"), &e1).await,
+        Err(StoreError::PreconditionFailed(_))
+    ));
     let e2 = s.put_if_match("a/x", b("v2"), &e1).await.unwrap();
     assert_ne!(e1, e2);
     assert_eq!(s.get("a/x").await.unwrap(), b("v2"));
 
     s.put("b/z", b("z")).await.unwrap();
     s.put("ab", b("q")).await.unwrap();
-    let keys: Vec<_> = s.list("a/").await.unwrap().into_iter().map(|m| m.key).collect();
+    let keys: Vec<_> = s
+        .list("a/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
     assert_eq!(keys, ["a/x", "a/y"]);
-    let keys: Vec<_> = s.list("").await.unwrap().into_iter().map(|m| m.key).collect();
+    let keys: Vec<_> = s
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
     assert_eq!(keys, ["a/x", "a/y", "ab", "b/z"]);
 
     s.delete("a/x").await.unwrap();
     s.delete("a/x").await.unwrap();
     assert_eq!(s.head("a/x").await.unwrap(), None);
     for bad in ["", "/abs", "a/../b", "a//b", ".tmp-x"] {
-        assert!(matches!(s.put(bad, b("x")).await, Err(StoreError::InvalidKey(_))), "{bad}");
+        assert!(
+            matches!(s.put(bad, b("x")).await, Err(StoreError::InvalidKey(_))),
+            "{bad}"
+        );
     }
 
     // Conditional creates race: exactly one of many concurrent callers wins.
     let mut tasks = vec![];
     for i in 0..16 {
         let s = s.clone();
-        tasks.push(tokio::spawn(async move { s.put_if_absent("race", Bytes::from(format!("{i}"))).await.is_ok() }));
+        tasks.push(tokio::spawn(async move {
+            s.put_if_absent("race", Bytes::from(format!("{i}")))
+                .await
+                .is_ok()
+        }));
     }
     let mut wins = 0;
     for t in tasks {
@@ -94,5 +125,8 @@ async fn file_store_conditional_put_is_atomic_across_store_instances() {
         a.put_if_match("lease", Bytes::from_static(b"from-a"), &e),
         b.put_if_match("lease", Bytes::from_static(b"from-b"), &e)
     );
-    assert!(ra.is_ok() ^ rb.is_ok(), "exactly one conditional put wins: {ra:?} {rb:?}");
+    assert!(
+        ra.is_ok() ^ rb.is_ok(),
+        "exactly one conditional put wins: {ra:?} {rb:?}"
+    );
 }

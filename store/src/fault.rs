@@ -87,7 +87,8 @@ impl FaultStore {
         if self.outage.load(Ordering::SeqCst) {
             return Err(StoreError::Injected(format!("{op} {key}: store outage")));
         }
-        if self.config.error_rate > 0.0 && self.rng.lock().unwrap().gen_bool(self.config.error_rate) {
+        if self.config.error_rate > 0.0 && self.rng.lock().unwrap().gen_bool(self.config.error_rate)
+        {
             return Err(StoreError::Injected(format!("{op} {key}: transient error")));
         }
         Ok(())

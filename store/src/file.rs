@@ -42,7 +42,11 @@ impl FileStore {
         let me = self.clone();
         tokio::task::spawn_blocking(move || f(me))
             .await
-            .map_err(|e| StoreError::Io { op: "spawn", key: String::new(), source: std::io::Error::other(e) })?
+            .map_err(|e| StoreError::Io {
+                op: "spawn",
+                key: String::new(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// Exclusive lock over conditional puts; released when the file closes.
@@ -89,7 +93,11 @@ impl FileStore {
     fn write_temp(&self, key: &str, path: &Path, data: &[u8]) -> Result<PathBuf, StoreError> {
         let dir = path.parent().expect("object path has a parent");
         self.ensure_dir(dir, key)?;
-        let tmp = dir.join(format!(".tmp-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        let tmp = dir.join(format!(
+            ".tmp-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let res = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(data)?;
@@ -145,7 +153,9 @@ impl ObjectStore for FileStore {
         let key = key.to_string();
         self.blocking(move |s| {
             let path = s.path(&key)?;
-            fs::read(&path).map(Bytes::from).map_err(|e| not_found_or("get", &key, e))
+            fs::read(&path)
+                .map(Bytes::from)
+                .map_err(|e| not_found_or("get", &key, e))
         })
         .await
     }
@@ -155,9 +165,17 @@ impl ObjectStore for FileStore {
         self.blocking(move |s| {
             let path = s.path(&key)?;
             let mut f = File::open(&path).map_err(|e| not_found_or("get", &key, e))?;
-            let size = f.metadata().map_err(|e| StoreError::io("get", &key, e))?.len();
+            let size = f
+                .metadata()
+                .map_err(|e| StoreError::io("get", &key, e))?
+                .len();
             if offset.checked_add(len).is_none_or(|end| end > size) {
-                return Err(StoreError::OutOfRange { key, offset, len, size });
+                return Err(StoreError::OutOfRange {
+                    key,
+                    offset,
+                    len,
+                    size,
+                });
             }
             let mut buf = vec![0u8; len as usize];
             f.seek(SeekFrom::Start(offset))
@@ -235,7 +253,9 @@ impl ObjectStore for FileStore {
         self.blocking(move |s| {
             let path = s.path(&key)?;
             match fs::remove_file(&path) {
-                Ok(()) => fsync_dir(path.parent().unwrap()).map_err(|e| StoreError::io("delete", &key, e)),
+                Ok(()) => {
+                    fsync_dir(path.parent().unwrap()).map_err(|e| StoreError::io("delete", &key, e))
+                }
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(StoreError::io("delete", &key, e)),
             }
@@ -273,7 +293,11 @@ fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::
         if name.starts_with(".tmp-") || (rel.is_empty() && name == LOCK_FILE) {
             continue;
         }
-        let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let key = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
         let ft = entry.file_type()?;
         if ft.is_dir() {
             let as_dir = format!("{key}/");
@@ -282,7 +306,11 @@ fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::
             }
         } else if ft.is_file() && key.starts_with(prefix) {
             let size = entry.metadata()?.len();
-            out.push(ObjectMeta { etag: format!("{size:x}"), key, size });
+            out.push(ObjectMeta {
+                etag: format!("{size:x}"),
+                key,
+                size,
+            });
         }
     }
     Ok(())

@@ -35,7 +35,12 @@ impl MemStore {
 impl ObjectStore for MemStore {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         check_key(key)?;
-        self.objects.lock().unwrap().get(key).cloned().ok_or_else(|| StoreError::NotFound(key.into()))
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(key.into()))
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
@@ -43,7 +48,12 @@ impl ObjectStore for MemStore {
         let size = data.len() as u64;
         match offset.checked_add(len) {
             Some(end) if end <= size => Ok(data.slice(offset as usize..end as usize)),
-            _ => Err(StoreError::OutOfRange { key: key.into(), offset, len, size }),
+            _ => Err(StoreError::OutOfRange {
+                key: key.into(),
+                offset,
+                len,
+                size,
+            }),
         }
     }
 
@@ -97,7 +107,11 @@ impl ObjectStore for MemStore {
         Ok(objects
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, d)| ObjectMeta { key: k.clone(), size: d.len() as u64, etag: etag_of(d) })
+            .map(|(k, d)| ObjectMeta {
+                key: k.clone(),
+                size: d.len() as u64,
+                etag: etag_of(d),
+            })
             .collect())
     }
 

@@ -13,10 +13,15 @@ pub enum StoreUrl {
 
 impl StoreUrl {
     pub fn parse(url: &str) -> Result<Self, StoreError> {
-        let bad = |reason: &str| StoreError::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| StoreError::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
-                return Err(bad("a file:// URL needs an absolute path, e.g. file:///var/lib/spritedisk/vol1"));
+                return Err(bad(
+                    "a file:// URL needs an absolute path, e.g. file:///var/lib/spritedisk/vol1",
+                ));
             }
             let path = path.trim_end_matches('/');
             if path.is_empty() {
@@ -29,11 +34,18 @@ impl StoreUrl {
             if bucket.is_empty() {
                 return Err(bad("an s3:// URL needs a bucket, e.g. s3://bucket/prefix"));
             }
-            return Ok(StoreUrl::S3 { bucket: bucket.to_string(), prefix: prefix.trim_end_matches('/').to_string() });
+            return Ok(StoreUrl::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_end_matches('/').to_string(),
+            });
         }
         match url.split_once("://") {
-            Some((scheme, _)) => Err(bad(&format!("unsupported scheme {scheme:?}: use file:///path or s3://bucket/prefix"))),
-            None => Err(bad("not a URL: use file:///path/to/dir or s3://bucket/prefix")),
+            Some((scheme, _)) => Err(bad(&format!(
+                "unsupported scheme {scheme:?}: use file:///path or s3://bucket/prefix"
+            ))),
+            None => Err(bad(
+                "not a URL: use file:///path/to/dir or s3://bucket/prefix",
+            )),
         }
     }
 }
@@ -55,10 +67,16 @@ mod tests {
 
     #[test]
     fn parses_and_rejects() {
-        assert_eq!(StoreUrl::parse("file:///a/b/").unwrap(), StoreUrl::File("/a/b".into()));
+        assert_eq!(
+            StoreUrl::parse("file:///a/b/").unwrap(),
+            StoreUrl::File("/a/b".into())
+        );
         assert_eq!(
             StoreUrl::parse("s3://bk/p/q").unwrap(),
-            StoreUrl::S3 { bucket: "bk".into(), prefix: "p/q".into() }
+            StoreUrl::S3 {
+                bucket: "bk".into(),
+                prefix: "p/q".into()
+            }
         );
         for (u, needle) in [
             ("file://rel/path", "absolute path"),

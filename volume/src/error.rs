@@ -6,7 +6,11 @@ use spritedisk_store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     #[error("I/O not aligned to the {block_size}-byte block size: offset {offset}, length {len}")]
-    Unaligned { offset: u64, len: u64, block_size: u32 },
+    Unaligned {
+        offset: u64,
+        len: u64,
+        block_size: u32,
+    },
     #[error("I/O beyond the end of the volume: offset {offset}, length {len}, volume size {size}")]
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("request too large: {len} bytes (at most {max} bytes per request)")]

@@ -12,14 +12,29 @@ use crate::VolumeError;
 /// multiples of the volume's block size (4096).
 #[derive(Debug, Clone)]
 pub enum IoRequest {
-    Read { offset: u64, len: u32 },
+    Read {
+        offset: u64,
+        len: u32,
+    },
     /// `fua`: the write is durable when the reply is sent (as if followed by a FLUSH).
-    Write { offset: u64, data: Bytes, fua: bool },
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
     Flush,
     /// Unmaps the range: it reads as zeros, and stops counting as stored.
-    Discard { offset: u64, len: u64, fua: bool },
+    Discard {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
     /// Same effect on the map as a discard: zeros are never stored.
-    WriteZeroes { offset: u64, len: u64, fua: bool },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

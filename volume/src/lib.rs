@@ -1,1 +1,28 @@
-//! stub
+//! The spritedisk volume engine: ties the metadata database, the cache and
+//! the object store together behind one block-device interface.
+//!
+//! Write path: `engine.rs` (admit into the write buffer, `buffer.rs`) →
+//! `upload.rs` (seal into a segment, `segment.rs`; PUT; apply to the map in
+//! sequence order). Read path: `read.rs`. Attach and crash recovery:
+//! `recovery.rs`. Offline checks: `verify.rs`.
+
+pub mod buffer;
+mod config;
+mod engine;
+mod error;
+mod io;
+mod read;
+mod recovery;
+mod retry;
+pub mod segment;
+mod stats;
+mod upload;
+mod verify;
+
+pub use config::{EngineOptions, VolumeConfig, BLOCK_SIZE, CONFIG_KEY, DEFAULT_SIZE_BYTES};
+pub use engine::{Volume, REQUEST_BYTES_MAX};
+pub use error::{libc_errno, VolumeError};
+pub use io::{BlockIo, IoReply, IoRequest};
+pub use recovery::{create_volume, inspect_volume, Inspection, RollForward};
+pub use stats::VolumeStats;
+pub use verify::{verify_volume, VerifyReport};

@@ -1,0 +1,188 @@
+//! Listeners: accept connections on a Unix or TCP socket and serve each one.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spritedisk_volume::BlockIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::handshake::{self, Export, Outcome};
+use crate::{transmission, NbdError};
+
+/// Pause after a failed accept (e.g. EMFILE) so we do not spin.
+const ACCEPT_RETRY_DELAY_MS: u64 = 100;
+
+/// An NBD server exporting one device under one name (the empty name also
+/// selects it).
+pub struct NbdServer<D: BlockIo> {
+    dev: Arc<D>,
+    export_name: String,
+}
+
+impl<D: BlockIo> NbdServer<D> {
+    pub fn new(dev: Arc<D>, export_name: String) -> Self {
+        NbdServer { dev, export_name }
+    }
+
+    /// Serves on a Unix socket at `path` until `*shutdown` becomes true.
+    ///
+    /// A leftover socket file nobody listens on is removed first; a live one,
+    /// or a non-socket file, is an error. The socket file is removed on return.
+    ///
+    /// On shutdown we stop accepting and return `Ok`; connections already
+    /// accepted keep running as detached tasks until their client disconnects
+    /// (or the runtime is dropped). They are not cut off because cancelling
+    /// an engine call half-way is not known to be safe. If the shutdown
+    /// sender is dropped without sending `true`, we serve forever.
+    pub async fn serve_unix(
+        self: Arc<Self>,
+        path: &Path,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NbdError> {
+        remove_stale_socket(path)?;
+        let listener = UnixListener::bind(path).map_err(|source| NbdError::Listen {
+            addr: path.display().to_string(),
+            source,
+        })?;
+        info!(path = %path.display(), export = %self.export_name, "nbd server listening");
+        let listener = &listener;
+        let result = self
+            .accept_loop(
+                || async move {
+                    let (s, _) = listener.accept().await?;
+                    Ok((s, "unix".to_string()))
+                },
+                shutdown,
+            )
+            .await;
+        let _ = std::fs::remove_file(path);
+        result
+    }
+
+    /// Serves on TCP at `addr` until `*shutdown` becomes true (same shutdown
+    /// behaviour as [`Self::serve_unix`]).
+    pub async fn serve_tcp(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NbdError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| NbdError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        self.serve_tcp_listener(listener, shutdown).await
+    }
+
+    /// Like [`Self::serve_tcp`] on an already-bound listener (e.g. port 0).
+    pub async fn serve_tcp_listener(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NbdError> {
+        info!(addr = ?listener.local_addr().ok(), export = %self.export_name, "nbd server listening");
+        let listener = &listener;
+        self.accept_loop(
+            || async move {
+                let (s, peer) = listener.accept().await?;
+                // Small replies (write acks) must not wait for Nagle.
+                s.set_nodelay(true)?;
+                Ok((s, peer.to_string()))
+            },
+            shutdown,
+        )
+        .await
+    }
+
+    /// Serves one accepted connection: handshake, then transmission until the
+    /// client disconnects. `Ok` on NBD_OPT_ABORT, NBD_CMD_DISC or a hang-up
+    /// between requests; `Err` on protocol violations and I/O errors.
+    pub async fn serve_conn<S>(self: Arc<Self>, mut stream: S) -> Result<(), NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let export = Export {
+            name: self.export_name.clone(),
+            size_bytes: self.dev.size_bytes(),
+            block_size: self.dev.block_size(),
+        };
+        match handshake::negotiate(&mut stream, &export).await? {
+            Outcome::Closed => Ok(()),
+            Outcome::Transmission => transmission::serve(self.dev.clone(), stream).await,
+        }
+    }
+
+    async fn accept_loop<S, F, Fut>(
+        self: Arc<Self>,
+        mut accept: F,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::io::Result<(S, String)>>,
+    {
+        let mut shutdown_open = true;
+        loop {
+            if *shutdown.borrow_and_update() {
+                info!("nbd server shutting down");
+                return Ok(());
+            }
+            tokio::select! {
+                accepted = accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        debug!(%peer, "nbd connection accepted");
+                        let server = self.clone();
+                        tokio::spawn(async move {
+                            match server.serve_conn(stream).await {
+                                Ok(()) => debug!(%peer, "nbd connection closed"),
+                                Err(e) => warn!(%peer, error = %e, "nbd connection ended with an error"),
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "nbd accept failed");
+                        tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_DELAY_MS)).await;
+                    }
+                },
+                changed = shutdown.changed(), if shutdown_open => {
+                    // A dropped sender can never ask for shutdown: keep serving.
+                    shutdown_open = changed.is_ok();
+                }
+            }
+        }
+    }
+}
+
+fn remove_stale_socket(path: &Path) -> Result<(), NbdError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(NbdError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    // Someone still answering means another server owns it.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(NbdError::Listen {
+            addr: path.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process is serving on this socket",
+            ),
+        });
+    }
+    std::fs::remove_file(path)?;
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! The volume's identity object in the store (`volume.json`) and the
+//! engine's tunable bounds.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Key of the volume's identity object, written once by `create`.
+pub const CONFIG_KEY: &str = "volume.json";
+pub const CONFIG_FORMAT: u32 = 1;
+/// The only block size: ublk and NBD both serve 4 KiB logical blocks, and
+/// it keeps the map 8× smaller than 512-byte sectors would.
+pub const BLOCK_SIZE: u32 = 4096;
+pub const DEFAULT_SIZE_BYTES: u64 = 100 << 30;
+
+/// What `create` stores under [`CONFIG_KEY`]; it never changes afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeConfig {
+    pub format: u32,
+    pub id: String,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    pub created_unix: i64,
+}
+
+impl VolumeConfig {
+    pub fn new(size_bytes: u64) -> Self {
+        VolumeConfig {
+            format: CONFIG_FORMAT,
+            id: uuid::Uuid::new_v4().to_string(),
+            size_bytes,
+            block_size: BLOCK_SIZE,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        }
+    }
+
+    /// Checks what a config read from the store claims before trusting it.
+    pub fn validate(&self) -> Result<[u8; 16], String> {
+        if self.format != CONFIG_FORMAT {
+            return Err(format!(
+                "unsupported volume format {} (this build reads {CONFIG_FORMAT})",
+                self.format
+            ));
+        }
+        if self.block_size != BLOCK_SIZE {
+            return Err(format!(
+                "block size {} is not supported (only {BLOCK_SIZE})",
+                self.block_size
+            ));
+        }
+        if self.size_bytes == 0 || !self.size_bytes.is_multiple_of(self.block_size as u64) {
+            return Err(format!(
+                "size {} is not a positive multiple of the block size",
+                self.size_bytes
+            ));
+        }
+        uuid::Uuid::parse_str(&self.id)
+            .map(|u| *u.as_bytes())
+            .map_err(|e| format!("bad volume id {:?}: {e}", self.id))
+    }
+}
+
+/// Bounds and timings of the engine. Every queue and retry has a named bound.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// A segment is sealed and uploaded when the write buffer holds this much
+    /// data. 8 MiB: one PUT amortises its ~20–50 ms of S3 latency over enough
+    /// data to run near a stream's bandwidth, while a flush-heavy workload
+    /// still seals small segments early.
+    pub segment_bytes: u64,
+    /// Data held in memory (write buffer + segments not yet durable). Writers
+    /// wait (backpressure) above it.
+    pub dirty_bytes_max: u64,
+    /// Segment PUTs in flight at once.
+    pub upload_inflight_max: usize,
+    /// A FLUSH that cannot reach the store for this long fails with EIO
+    /// (its data stays buffered and is retried).
+    pub flush_timeout: Duration,
+    /// Buffered writes older than this are sealed and uploaded even without
+    /// a FLUSH, bounding what a crash of an idle client can lose.
+    pub writeback_delay: Duration,
+    pub retry_backoff_min: Duration,
+    pub retry_backoff_max: Duration,
+    /// Seed of the retry jitter, so fault tests replay exactly.
+    pub seed: u64,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            segment_bytes: 8 << 20,
+            dirty_bytes_max: 64 << 20,
+            upload_inflight_max: 4,
+            flush_timeout: Duration::from_secs(60),
+            writeback_delay: Duration::from_secs(5),
+            retry_backoff_min: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_secs(5),
+            seed: 0,
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The volume: admission of writes into the write buffer (with backpressure),
+//! flush, and the frontends' `handle_io` entry point.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use spritedisk_cache::{NoCache, ReadCache};
+use spritedisk_meta::MetaDb;
+use spritedisk_store::ObjectStore;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::buffer::WriteBuffer;
+use crate::config::{EngineOptions, VolumeConfig};
+use crate::io::{BlockIo, IoReply, IoRequest};
+use crate::recovery;
+use crate::stats::{Counters, VolumeStats};
+use crate::upload::Sealed;
+use crate::VolumeError;
+
+/// Largest single request: bounds the memory one request can pin.
+pub const REQUEST_BYTES_MAX: u64 = 64 << 20;
+
+/// An attached volume. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Volume {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn ObjectStore>,
+    pub cache: Arc<dyn ReadCache>,
+    pub config: VolumeConfig,
+    pub volume_id: [u8; 16],
+    pub block_size: u64,
+    pub opts: EngineOptions,
+    pub state: Mutex<State>,
+    /// Lock order: `state` before `meta`, never the reverse.
+    pub meta: Mutex<MetaDb>,
+    /// Woken whenever a segment is applied, the engine stops, or memory frees up.
+    pub changed: Notify,
+    pub upload_slots: Semaphore,
+    /// One task at a time applies durable segments to the map, in order.
+    pub apply_lock: tokio::sync::Mutex<()>,
+    pub rng: Mutex<SmallRng>,
+    pub counters: Counters,
+}
+
+pub(crate) struct State {
+    /// Writes since the last seal.
+    pub active: WriteBuffer,
+    pub active_since: Option<Instant>,
+    /// Sealed segments not yet applied to the map, in sequence order. Reads
+    /// consult them (newest first) between the active buffer and the map.
+    pub sealed: VecDeque<Arc<Sealed>>,
+    pub sealed_bytes: u64,
+    pub next_seq: u64,
+    pub applied_seq: u64,
+    pub client_bytes_total: u64,
+    pub last_store_error: Option<String>,
+    /// Set when the engine must stop writing (fenced, metadata failure, closed).
+    pub stopped: Option<String>,
+}
+
+impl State {
+    pub fn dirty_bytes(&self) -> u64 {
+        self.active.data_bytes() + self.sealed_bytes
+    }
+}
+
+impl Volume {
+    /// Attaches the volume at `url`: loads its config, opens (or rebuilds)
+    /// the local metadata in `cache_dir`, rolls forward over newer segments
+    /// and removes the debris of a crashed writer past the first gap.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        url: &str,
+        cache_dir: Option<&Path>,
+        opts: EngineOptions,
+    ) -> Result<Volume, VolumeError> {
+        let (config, meta, rolled) = recovery::recover(&store, url, cache_dir).await?;
+        let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
+        let state = State {
+            active: WriteBuffer::default(),
+            active_since: None,
+            sealed: VecDeque::new(),
+            sealed_bytes: 0,
+            next_seq: rolled.next_seq,
+            applied_seq: rolled.next_seq - 1,
+            client_bytes_total: meta.stats()?.client_bytes_written,
+            last_store_error: None,
+            stopped: None,
+        };
+        let inner = Arc::new(Inner {
+            store,
+            cache: Arc::new(NoCache),
+            block_size: config.block_size as u64,
+            config,
+            volume_id,
+            upload_slots: Semaphore::new(opts.upload_inflight_max.max(1)),
+            rng: Mutex::new(SmallRng::seed_from_u64(opts.seed)),
+            opts,
+            state: Mutex::new(state),
+            meta: Mutex::new(meta),
+            changed: Notify::new(),
+            apply_lock: tokio::sync::Mutex::new(()),
+            counters: Counters::default(),
+        });
+        tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
+        Ok(Volume { inner })
+    }
+
+    pub fn config(&self) -> &VolumeConfig {
+        &self.inner.config
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.config.size_bytes
+    }
+
+    /// Validates a request's range; returns it in blocks.
+    fn blocks_of(&self, offset: u64, len: u64) -> Result<(u64, u64), VolumeError> {
+        let bs = self.inner.block_size;
+        if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
+            return Err(VolumeError::Unaligned {
+                offset,
+                len,
+                block_size: bs as u32,
+            });
+        }
+        let size = self.size_bytes();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(VolumeError::OutOfRange { offset, len, size });
+        }
+        Ok((offset / bs, len / bs))
+    }
+
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, VolumeError> {
+        if len > REQUEST_BYTES_MAX {
+            return Err(VolumeError::TooLarge {
+                len,
+                max: REQUEST_BYTES_MAX,
+            });
+        }
+        let (lba, blocks) = self.blocks_of(offset, len)?;
+        self.inner.read(lba, blocks).await
+    }
+
+    /// Buffers a write; with `fua`, returns only once it is durable.
+    pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
+        let len = data.len() as u64;
+        if len > REQUEST_BYTES_MAX {
+            return Err(VolumeError::TooLarge {
+                len,
+                max: REQUEST_BYTES_MAX,
+            });
+        }
+        let (lba, blocks) = self.blocks_of(offset, len)?;
+        if blocks > 0 {
+            self.admit(lba, blocks, Some(data)).await?;
+        }
+        if fua {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Unmaps a range: it reads as zeros and its old data stops counting as live.
+    pub async fn discard(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
+        let (lba, blocks) = self.blocks_of(offset, len)?;
+        if blocks > 0 {
+            self.admit(lba, blocks, None).await?;
+        }
+        if fua {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Zeros are never stored: the same map change as a discard.
+    pub async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
+        self.discard(offset, len, fua).await
+    }
+
+    /// Puts a change into the write buffer once memory allows (backpressure).
+    async fn admit(&self, lba: u64, blocks: u64, data: Option<Bytes>) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let len = data.as_ref().map_or(0, |d| d.len() as u64);
+        loop {
+            let notified = inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = inner.state.lock().unwrap();
+                if let Some(why) = &st.stopped {
+                    return Err(VolumeError::Stopped(why.clone()));
+                }
+                // One request larger than the bound is let in alone.
+                if st.dirty_bytes() + len <= inner.opts.dirty_bytes_max || st.dirty_bytes() == 0 {
+                    st.active.insert(lba, blocks, data, inner.block_size);
+                    st.active_since.get_or_insert_with(Instant::now);
+                    st.client_bytes_total += len;
+                    inner.counters.add_write(len);
+                    if st.active.data_bytes() >= inner.opts.segment_bytes {
+                        inner.seal_locked(&mut st);
+                    }
+                    return Ok(());
+                }
+                // Full: make sure what is buffered is on its way out, then wait.
+                inner.seal_locked(&mut st);
+            }
+            notified.await;
+        }
+    }
+
+    /// Returns once every write admitted before the call is durable in the
+    /// object store and applied to the map.
+    pub async fn flush(&self) -> Result<(), VolumeError> {
+        let target = {
+            let mut st = self.inner.state.lock().unwrap();
+            if let Some(why) = &st.stopped {
+                return Err(VolumeError::Stopped(why.clone()));
+            }
+            self.inner.seal_locked(&mut st);
+            st.next_seq - 1
+        };
+        self.inner.counters.add_flush();
+        self.inner.wait_applied(target).await
+    }
+
+    /// Flushes and stops the engine: later I/O fails with ESHUTDOWN.
+    pub async fn close(&self) -> Result<(), VolumeError> {
+        let res = self.flush().await;
+        self.inner.stop("volume closed");
+        res
+    }
+
+    /// Stops without flushing, as a crash would (tests).
+    pub fn abandon(&self) {
+        self.inner.stop("volume abandoned");
+    }
+
+    pub fn stats(&self) -> Result<VolumeStats, VolumeError> {
+        self.inner.stats()
+    }
+
+    /// The frontends' entry point.
+    pub async fn handle_io(&self, req: IoRequest) -> Result<IoReply, VolumeError> {
+        match req {
+            IoRequest::Read { offset, len } => {
+                self.read(offset, len as u64).await.map(IoReply::Data)
+            }
+            IoRequest::Write { offset, data, fua } => {
+                self.write(offset, data, fua).await.map(|_| IoReply::Done)
+            }
+            IoRequest::Flush => self.flush().await.map(|_| IoReply::Done),
+            IoRequest::Discard { offset, len, fua } => {
+                self.discard(offset, len, fua).await.map(|_| IoReply::Done)
+            }
+            IoRequest::WriteZeroes { offset, len, fua } => self
+                .write_zeroes(offset, len, fua)
+                .await
+                .map(|_| IoReply::Done),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BlockIo for Volume {
+    fn size_bytes(&self) -> u64 {
+        self.inner.config.size_bytes
+    }
+    fn block_size(&self) -> u32 {
+        self.inner.block_size as u32
+    }
+    async fn handle_io(&self, req: IoRequest) -> Result<IoReply, VolumeError> {
+        Volume::handle_io(self, req).await
+    }
+}
+
+impl Inner {
+    pub fn stop(&self, why: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .stopped
+            .get_or_insert_with(|| why.to_string());
+        self.changed.notify_waiters();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.state.lock().unwrap().stopped.is_some()
+    }
+
+    /// Waits until segment `target` is applied, the engine stops, or the flush deadline passes.
+    pub async fn wait_applied(&self, target: u64) -> Result<(), VolumeError> {
+        let deadline = tokio::time::Instant::now() + self.opts.flush_timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.state.lock().unwrap();
+                if st.applied_seq >= target {
+                    return Ok(());
+                }
+                if let Some(why) = &st.stopped {
+                    return Err(VolumeError::Stopped(why.clone()));
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let st = self.state.lock().unwrap();
+                if st.applied_seq >= target {
+                    return Ok(());
+                }
+                let last_error = st
+                    .last_store_error
+                    .clone()
+                    .unwrap_or_else(|| "uploads still in progress".into());
+                tracing::error!(%last_error, "flush timed out");
+                return Err(VolumeError::FlushTimeout {
+                    timeout_ms: self.opts.flush_timeout.as_millis() as u64,
+                    last_error,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The read path: the newest copy of each block wins — the active write
+//! buffer, then sealed segments still in flight (newest first), then the map.
+//! Unmapped blocks are zeros without I/O; mapped blocks come from the cache
+//! or a ranged GET of their whole piece, verified against its crc32c.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use spritedisk_meta::Extent;
+
+use crate::engine::Inner;
+use crate::retry::retry_read;
+use crate::segment::{segment_key, verify_piece};
+use crate::VolumeError;
+
+impl Inner {
+    pub async fn read(self: &Arc<Self>, lba: u64, blocks: u64) -> Result<Bytes, VolumeError> {
+        let bs = self.block_size;
+        let mut out = vec![0u8; (blocks * bs) as usize];
+        let extents: Vec<Extent> = {
+            let st = self.state.lock().unwrap();
+            let mut holes = vec![(lba, lba + blocks)];
+            let layers =
+                std::iter::once(&st.active).chain(st.sealed.iter().rev().map(|s| &s.frozen));
+            for layer in layers {
+                if holes.is_empty() {
+                    break;
+                }
+                holes = holes
+                    .into_iter()
+                    .flat_map(|(a, b)| layer.fill(a, b, lba, &mut out, bs))
+                    .collect();
+            }
+            // Still under the state lock, so no segment can move from the
+            // in-memory layers into the map between the two looks.
+            let meta = self.meta.lock().unwrap();
+            let mut ex = vec![];
+            for (a, b) in holes {
+                ex.extend(meta.lookup(a, b - a)?);
+            }
+            ex
+        };
+        // One fetch per piece, even when several extents cut from it are read.
+        let mut pieces: HashMap<(u64, u64), Extent> = HashMap::new();
+        for e in &extents {
+            pieces.entry((e.seg, e.piece.piece_off)).or_insert(*e);
+        }
+        let fetched = futures::future::try_join_all(pieces.into_values().map(|e| {
+            let me = self.clone();
+            async move {
+                me.fetch_piece(&e)
+                    .await
+                    .map(|d| ((e.seg, e.piece.piece_off), d))
+            }
+        }))
+        .await?;
+        let fetched: HashMap<(u64, u64), Bytes> = fetched.into_iter().collect();
+        for e in &extents {
+            let piece = &fetched[&(e.seg, e.piece.piece_off)];
+            let src =
+                &piece[(e.skip_blocks * bs) as usize..((e.skip_blocks + e.blocks) * bs) as usize];
+            out[((e.lba - lba) * bs) as usize..((e.end() - lba) * bs) as usize]
+                .copy_from_slice(src);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// A whole piece, from the cache or the store, checked against its crc32c.
+    async fn fetch_piece(&self, e: &Extent) -> Result<Bytes, VolumeError> {
+        let len = e.piece.piece_blocks as u64 * self.block_size;
+        if let Some(d) = self.cache.get(e.seg, e.piece.piece_off, len) {
+            if verify_piece(&d, e.piece.crc, e.piece.piece_off).is_ok() {
+                return Ok(d);
+            }
+        }
+        let key = segment_key(e.seg);
+        let data = retry_read(&key, || self.store.get_range(&key, e.piece.piece_off, len))
+            .await
+            .map_err(|err| {
+                tracing::error!(key, error = %err, "read of segment data failed");
+                match err {
+                    spritedisk_store::StoreError::NotFound(_)
+                    | spritedisk_store::StoreError::OutOfRange { .. } => {
+                        VolumeError::CorruptSegment {
+                            key: key.clone(),
+                            reason: format!("referenced data is missing: {err}"),
+                        }
+                    }
+                    other => VolumeError::Store(other),
+                }
+            })?;
+        self.counters.add_get(len);
+        verify_piece(&data, e.piece.crc, e.piece.piece_off).map_err(|err| {
+            tracing::error!(key, error = %err, "segment data failed its checksum");
+            VolumeError::CorruptSegment {
+                key: key.clone(),
+                reason: err.0,
+            }
+        })?;
+        self.cache.insert(e.seg, e.piece.piece_off, data.clone());
+        Ok(data)
+    }
+}

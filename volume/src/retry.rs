@@ -1,0 +1,32 @@
+//! Bounded retries of idempotent store requests (GET, HEAD, LIST, DELETE)
+//! on transient errors. Uploads have their own unbounded loop in `upload.rs`
+//! because a FLUSH, not the upload, owns the deadline.
+
+use std::future::Future;
+use std::time::Duration;
+
+use spritedisk_store::StoreError;
+
+/// Attempts of one idempotent request before its error reaches the caller.
+pub const STORE_READ_ATTEMPTS_MAX: u32 = 5;
+const STORE_READ_BACKOFF_FIRST: Duration = Duration::from_millis(20);
+
+pub async fn retry_read<T, F, Fut>(what: &str, mut f: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = STORE_READ_BACKOFF_FIRST;
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(e) if e.is_transient() && attempt < STORE_READ_ATTEMPTS_MAX => {
+                tracing::warn!(what, attempt, error = %e, "store request failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+            }
+            res => return res,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Counters and the `stats` view of an attached volume.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::engine::Inner;
+use crate::VolumeError;
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub writes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub puts: AtomicU64,
+    pub put_bytes: AtomicU64,
+    pub gets: AtomicU64,
+    pub get_bytes: AtomicU64,
+}
+
+impl Counters {
+    pub fn add_write(&self, bytes: u64) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.write_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub fn add_flush(&self) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_put(&self, bytes: u64) {
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        self.put_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub fn add_get(&self, bytes: u64) {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.get_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// What an operator sees of a volume (`spritedisk stats`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct VolumeStats {
+    pub volume_id: String,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    /// Bytes clients wrote, all time (overwrites count again).
+    pub client_bytes_written: u64,
+    /// Bytes of segment objects in the store (what storage bills).
+    pub stored_bytes: u64,
+    /// Bytes of segment data the map still references.
+    pub live_bytes: u64,
+    pub segments: u64,
+    pub extents: u64,
+    pub applied_seq: u64,
+    /// Data in memory not yet durable (write buffer + segments uploading).
+    pub dirty_bytes: u64,
+    /// Segments sealed but not yet durable and applied.
+    pub upload_backlog_segments: u64,
+    /// Since attach: requests and object-store traffic of this process.
+    pub session_puts: u64,
+    pub session_put_bytes: u64,
+    pub session_gets: u64,
+    pub session_get_bytes: u64,
+    pub session_flushes: u64,
+}
+
+impl Inner {
+    pub fn stats(&self) -> Result<VolumeStats, VolumeError> {
+        let (dirty, backlog, client) = {
+            let st = self.state.lock().unwrap();
+            (
+                st.dirty_bytes(),
+                st.sealed.len() as u64,
+                st.client_bytes_total,
+            )
+        };
+        let m = self.meta.lock().unwrap().stats()?;
+        let c = &self.counters;
+        Ok(VolumeStats {
+            volume_id: self.config.id.clone(),
+            size_bytes: self.config.size_bytes,
+            block_size: self.config.block_size,
+            client_bytes_written: client,
+            stored_bytes: m.stored_bytes,
+            live_bytes: m.live_bytes,
+            segments: m.segments,
+            extents: m.extents,
+            applied_seq: m.applied_seq,
+            dirty_bytes: dirty,
+            upload_backlog_segments: backlog,
+            session_puts: c.puts.load(Ordering::Relaxed),
+            session_put_bytes: c.put_bytes.load(Ordering::Relaxed),
+            session_gets: c.gets.load(Ordering::Relaxed),
+            session_get_bytes: c.get_bytes.load(Ordering::Relaxed),
+            session_flushes: c.flushes.load(Ordering::Relaxed),
+        })
+    }
+}
+
+impl VolumeStats {
+    /// Stats of a volume that is not attached here (from an inspection).
+    pub fn offline(insp: &crate::Inspection) -> Result<Self, VolumeError> {
+        let m = insp.meta.stats()?;
+        Ok(VolumeStats {
+            volume_id: insp.config.id.clone(),
+            size_bytes: insp.config.size_bytes,
+            block_size: insp.config.block_size,
+            client_bytes_written: m.client_bytes_written,
+            stored_bytes: m.stored_bytes,
+            live_bytes: m.live_bytes,
+            segments: m.segments,
+            extents: m.extents,
+            applied_seq: m.applied_seq,
+            ..Default::default()
+        })
+    }
+}

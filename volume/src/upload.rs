@@ -1,0 +1,183 @@
+//! From write buffer to durable map: seal the buffer into a segment, PUT it
+//! (in parallel, retried with backoff), then apply segments to the map
+//! strictly in sequence order, so the map is always a prefix of the history.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use spritedisk_meta::{MapChange, SegmentApply};
+use spritedisk_store::StoreError;
+
+use crate::buffer::WriteBuffer;
+use crate::engine::{Inner, State};
+use crate::segment::{self, segment_key};
+
+/// A sealed segment on its way to the store.
+pub(crate) struct Sealed {
+    pub seq: u64,
+    pub bytes: Bytes,
+    /// The buffer it was sealed from: reads are served from it until the
+    /// segment is applied to the map.
+    pub frozen: WriteBuffer,
+    pub changes: Vec<MapChange>,
+    pub client_bytes_total: u64,
+    pub durable: AtomicBool,
+}
+
+impl Inner {
+    /// Seals the active buffer (if it holds anything) as the next segment and
+    /// starts its upload.
+    pub fn seal_locked(self: &Arc<Self>, st: &mut State) {
+        if st.active.is_empty() {
+            return;
+        }
+        let frozen = std::mem::take(&mut st.active);
+        st.active_since = None;
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let enc = segment::encode(
+            self.volume_id,
+            seq,
+            st.client_bytes_total,
+            &frozen,
+            self.block_size,
+        );
+        let sealed = Arc::new(Sealed {
+            seq,
+            bytes: enc.bytes,
+            frozen,
+            changes: enc.changes,
+            client_bytes_total: st.client_bytes_total,
+            durable: AtomicBool::new(false),
+        });
+        st.sealed_bytes += sealed.bytes.len() as u64;
+        st.sealed.push_back(sealed.clone());
+        tokio::spawn(self.clone().upload(sealed));
+    }
+
+    async fn upload(self: Arc<Self>, seg: Arc<Sealed>) {
+        let Ok(_slot) = self.upload_slots.acquire().await else {
+            return;
+        };
+        let key = segment_key(seg.seq);
+        let mut backoff = self.opts.retry_backoff_min;
+        loop {
+            if self.is_stopped() {
+                return;
+            }
+            let err = match self.store.put_if_absent(&key, seg.bytes.clone()).await {
+                Ok(_) => break,
+                // Our own earlier attempt may have landed with its reply lost:
+                // the object is ours if it holds exactly our bytes.
+                Err(StoreError::PreconditionFailed(_)) => match self.store.get(&key).await {
+                    Ok(existing) if existing == seg.bytes => break,
+                    Ok(_) => {
+                        self.stop(&format!(
+                            "segment {key} was written by another writer: this daemon no longer owns the volume"
+                        ));
+                        tracing::error!(key, "segment conflict: stopped writing");
+                        return;
+                    }
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            if !err.is_transient() {
+                tracing::error!(key, error = %err, "segment upload failed permanently");
+                self.stop(&format!("uploading {key}: {err}"));
+                return;
+            }
+            tracing::warn!(key, error = %err, backoff_ms = backoff.as_millis() as u64, "segment upload failed; retrying");
+            self.state.lock().unwrap().last_store_error = Some(format!("put {key}: {err}"));
+            let jitter = self
+                .rng
+                .lock()
+                .unwrap()
+                .gen_range(0..=backoff.as_millis() as u64 / 2);
+            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            backoff = (backoff * 2).min(self.opts.retry_backoff_max);
+        }
+        self.counters.add_put(seg.bytes.len() as u64);
+        seg.durable.store(true, Ordering::SeqCst);
+        self.advance().await;
+    }
+
+    /// Applies every durable segment at the head of the queue to the map.
+    async fn advance(self: &Arc<Self>) {
+        let _one_applier = self.apply_lock.lock().await;
+        loop {
+            let seg = {
+                let st = self.state.lock().unwrap();
+                match st.sealed.front() {
+                    Some(s) if s.durable.load(Ordering::SeqCst) => s.clone(),
+                    _ => break,
+                }
+            };
+            let me = self.clone();
+            let s = seg.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                me.meta.lock().unwrap().apply_segment(&SegmentApply {
+                    seq: s.seq,
+                    size_bytes: s.bytes.len() as u64,
+                    client_bytes_total: s.client_bytes_total,
+                    changes: &s.changes,
+                })
+            })
+            .await;
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    // The segment is durable, so nothing is lost; but the map
+                    // cannot move on, so neither can flushes.
+                    self.stop(&format!(
+                        "applying segment {} to the metadata database: {e}",
+                        seg.seq
+                    ));
+                    return;
+                }
+                Err(e) => {
+                    self.stop(&format!("applying segment {}: {e}", seg.seq));
+                    return;
+                }
+            }
+            {
+                let mut st = self.state.lock().unwrap();
+                let popped = st
+                    .sealed
+                    .pop_front()
+                    .expect("the applied segment is at the head");
+                debug_assert_eq!(popped.seq, seg.seq);
+                st.sealed_bytes -= popped.bytes.len() as u64;
+                st.applied_seq = seg.seq;
+                st.last_store_error = None;
+            }
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// Seals buffered writes that have waited longer than `writeback_delay`.
+/// Holds only a weak reference, so it ends when the volume is dropped.
+pub(crate) async fn writeback_loop(inner: Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(i) => (i.opts.writeback_delay / 4).max(Duration::from_millis(10)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut st = inner.state.lock().unwrap();
+        if st.stopped.is_some() {
+            return;
+        }
+        if st
+            .active_since
+            .is_some_and(|t| t.elapsed() >= inner.opts.writeback_delay)
+        {
+            inner.seal_locked(&mut st);
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Helpers shared by the engine's tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spritedisk_store::ObjectStore;
+use spritedisk_volume::{create_volume, EngineOptions, Volume};
+
+pub const BS: u64 = 4096;
+
+/// Small segments and buffers so a few writes exercise sealing, parallel
+/// uploads and backpressure.
+pub fn small_opts(seed: u64) -> EngineOptions {
+    EngineOptions {
+        segment_bytes: 4 * BS,
+        dirty_bytes_max: 16 * BS,
+        upload_inflight_max: 4,
+        flush_timeout: Duration::from_secs(20),
+        writeback_delay: Duration::from_secs(3600),
+        retry_backoff_min: Duration::from_millis(1),
+        retry_backoff_max: Duration::from_millis(20),
+        seed,
+    }
+}
+
+pub async fn create(store: &Arc<dyn ObjectStore>, size: u64) {
+    create_volume(store, "mem://test", size).await.unwrap();
+}
+
+pub async fn open(store: Arc<dyn ObjectStore>, dir: Option<&Path>, opts: EngineOptions) -> Volume {
+    Volume::open(store, "mem://test", dir, opts).await.unwrap()
+}
+
+/// `n` blocks whose every byte says where it is and which write made it.
+pub fn pattern(lba: u64, n: u64, tag: u8) -> Bytes {
+    let mut v = vec![0u8; (n * BS) as usize];
+    for (i, b) in v.iter_mut().enumerate() {
+        *b = (lba as usize * 7 + i / 512 + tag as usize * 31) as u8 | 1;
+    }
+    Bytes::from(v)
+}

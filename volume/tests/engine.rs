@@ -1,0 +1,268 @@
+//! Targeted engine tests: crash debris, torn and corrupt segments, outages,
+//! backpressure, bad input, accounting.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use spritedisk_store::{FaultConfig, FaultStore, MemStore, ObjectStore};
+use spritedisk_volume::segment::{self, segment_key};
+use spritedisk_volume::{
+    create_volume, inspect_volume, libc_errno, verify_volume, Volume, VolumeError,
+};
+
+const SIZE: u64 = 1 << 20;
+
+async fn mem_volume() -> (MemStore, Arc<dyn ObjectStore>) {
+    let mem = MemStore::new();
+    let store: Arc<dyn ObjectStore> = Arc::new(mem.clone());
+    create(&store, SIZE).await;
+    (mem, store)
+}
+
+/// A valid segment as a crashed writer would have left it, carrying `tag` data at `lba`.
+async fn plant_segment(store: &Arc<dyn ObjectStore>, vol: &Volume, seq: u64, lba: u64, tag: u8) {
+    let id = vol.config().validate().unwrap();
+    let enc = segment::encode_run(id, seq, 0, lba, pattern(lba, 2, tag), BS);
+    store.put(&segment_key(seq), enc).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debris_past_a_gap_is_deleted_and_never_rolled_forward() {
+    let (mem, store) = mem_volume().await;
+    let vol = open(store.clone(), None, small_opts(1)).await;
+    vol.write(0, pattern(0, 2, 1), false).await.unwrap();
+    vol.flush().await.unwrap(); // segment 1
+                                // A dead writer's segment 3 landed, its segment 2 did not.
+    plant_segment(&store, &vol, 3, 10, 9).await;
+    vol.abandon();
+    drop(vol);
+
+    let vol = open(store.clone(), None, small_opts(2)).await;
+    assert!(
+        !mem.keys().contains(&segment_key(3)),
+        "debris past the gap must be deleted at attach"
+    );
+    assert_eq!(
+        vol.read(10 * BS, 2 * BS).await.unwrap(),
+        vec![0u8; 2 * BS as usize]
+    );
+    // The new writer fills 2 and 3 with its own data; the old 3 never comes back.
+    vol.write(20 * BS, pattern(20, 1, 2), true).await.unwrap();
+    vol.write(30 * BS, pattern(30, 1, 3), true).await.unwrap();
+    vol.close().await.unwrap();
+    let vol = open(store.clone(), None, small_opts(3)).await;
+    assert_eq!(vol.read(0, 2 * BS).await.unwrap(), pattern(0, 2, 1));
+    assert_eq!(
+        vol.read(10 * BS, 2 * BS).await.unwrap(),
+        vec![0u8; 2 * BS as usize]
+    );
+    assert_eq!(vol.read(30 * BS, BS).await.unwrap(), pattern(30, 1, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_segment_is_a_gap() {
+    let (mem, store) = mem_volume().await;
+    let vol = open(store.clone(), None, small_opts(1)).await;
+    vol.write(0, pattern(0, 2, 1), true).await.unwrap();
+    plant_segment(&store, &vol, 2, 5, 7).await;
+    vol.abandon();
+    mem.tamper(&segment_key(2), |d| d.truncate(d.len() - 100));
+    let vol = open(store.clone(), None, small_opts(2)).await;
+    assert!(!mem.keys().contains(&segment_key(2)));
+    assert_eq!(
+        vol.read(5 * BS, 2 * BS).await.unwrap(),
+        vec![0u8; 2 * BS as usize]
+    );
+    assert_eq!(vol.read(0, 2 * BS).await.unwrap(), pattern(0, 2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_segment_data_is_an_eio_that_names_the_object() {
+    let (mem, store) = mem_volume().await;
+    let vol = open(store.clone(), None, small_opts(1)).await;
+    vol.write(0, pattern(0, 4, 1), true).await.unwrap();
+    vol.write(8 * BS, pattern(8, 1, 2), true).await.unwrap();
+    mem.tamper(&segment_key(1), |d| {
+        let n = d.len();
+        d[n - 10] ^= 0x40
+    });
+    let err = vol.read(0, 4 * BS).await.unwrap_err();
+    assert_eq!(err.errno(), libc_errno::EIO);
+    assert!(err.to_string().contains(&segment_key(1)), "{err}");
+    // Other data is unaffected.
+    assert_eq!(vol.read(8 * BS, BS).await.unwrap(), pattern(8, 1, 2));
+
+    let insp = inspect_volume(&store, "mem://test", None).await.unwrap();
+    let report = verify_volume(&store, &insp, |_, _| {}).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains(&segment_key(1)) && report.problems[0].contains("checksum")
+    );
+
+    // A corrupt index refuses the attach instead of silently skipping writes.
+    mem.tamper(&segment_key(2), |d| d[100] ^= 1);
+    let err = Volume::open(store.clone(), "mem://test", None, small_opts(2))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, VolumeError::CorruptSegment { ref key, .. } if key == &segment_key(2)),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_fails_flush_after_its_deadline_and_loses_nothing() {
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create(&mem, SIZE).await;
+    let fault = Arc::new(FaultStore::new(mem.clone(), FaultConfig::default(), 5));
+    let mut opts = small_opts(4);
+    opts.flush_timeout = Duration::from_millis(300);
+    let vol = open(fault.clone(), None, opts).await;
+    vol.write(0, pattern(0, 2, 1), true).await.unwrap();
+    fault.set_outage(true);
+    vol.write(4 * BS, pattern(4, 2, 2), false).await.unwrap();
+    let err = vol.flush().await.unwrap_err();
+    assert!(matches!(err, VolumeError::FlushTimeout { .. }), "{err}");
+    assert_eq!(err.errno(), libc_errno::EIO);
+    assert!(
+        err.to_string().contains("store outage"),
+        "the error names the store's failure: {err}"
+    );
+    // Unflushed data stays readable from memory during the outage.
+    assert_eq!(vol.read(4 * BS, 2 * BS).await.unwrap(), pattern(4, 2, 2));
+    fault.set_outage(false);
+    vol.flush().await.unwrap();
+    vol.close().await.unwrap();
+    let vol = open(mem.clone(), None, small_opts(5)).await;
+    assert_eq!(
+        vol.read(0, 6 * BS).await.unwrap()[..],
+        [
+            pattern(0, 2, 1),
+            vec![0; 2 * BS as usize].into(),
+            pattern(4, 2, 2)
+        ]
+        .concat()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_block_when_dirty_memory_is_full_and_resume() {
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create(&mem, SIZE).await;
+    let fault = Arc::new(FaultStore::new(mem.clone(), FaultConfig::default(), 6));
+    let vol = open(fault.clone(), None, small_opts(6)).await; // dirty_bytes_max = 16 blocks
+    fault.set_outage(true);
+    let writer = {
+        let vol = vol.clone();
+        tokio::spawn(async move {
+            for i in 0..64u64 {
+                vol.write(i * BS, pattern(i, 1, 3), false).await.unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !writer.is_finished(),
+        "writes must wait while the store is down and memory is full"
+    );
+    let st = vol.stats().unwrap();
+    assert!(
+        st.dirty_bytes <= 16 * BS + 1024,
+        "dirty {} exceeds the bound",
+        st.dirty_bytes
+    );
+    fault.set_outage(false);
+    writer.await.unwrap();
+    vol.flush().await.unwrap();
+    for i in 0..64u64 {
+        assert_eq!(vol.read(i * BS, BS).await.unwrap(), pattern(i, 1, 3));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_einval_and_change_nothing() {
+    let (_mem, store) = mem_volume().await;
+    let vol = open(store.clone(), None, small_opts(1)).await;
+    for (off, len) in [
+        (1, BS),
+        (0, 512),
+        (SIZE, BS),
+        (SIZE - BS, 2 * BS),
+        (u64::MAX - 4095, BS),
+    ] {
+        let e = vol.read(off, len).await.unwrap_err();
+        assert_eq!(e.errno(), libc_errno::EINVAL, "read {off}+{len}: {e}");
+        let e = vol
+            .write(off, vec![1u8; len as usize].into(), false)
+            .await
+            .unwrap_err();
+        assert_eq!(e.errno(), libc_errno::EINVAL, "write {off}+{len}: {e}");
+        let e = vol.discard(off, len, false).await.unwrap_err();
+        assert_eq!(e.errno(), libc_errno::EINVAL);
+    }
+    vol.flush().await.unwrap();
+    assert_eq!(vol.stats().unwrap().client_bytes_written, 0);
+    assert_eq!(vol.stats().unwrap().segments, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounting_survives_recovery_from_the_store_alone() {
+    let (_mem, store) = mem_volume().await;
+    let vol = open(store.clone(), None, small_opts(1)).await;
+    vol.write(0, pattern(0, 8, 1), false).await.unwrap();
+    vol.write(0, pattern(0, 2, 2), false).await.unwrap(); // overwrite inside the buffer
+    vol.flush().await.unwrap();
+    vol.write(2 * BS, pattern(2, 2, 3), true).await.unwrap(); // overwrite a flushed extent
+    vol.discard(6 * BS, 2 * BS, true).await.unwrap();
+    let st = vol.stats().unwrap();
+    assert_eq!(st.client_bytes_written, 12 * BS);
+    assert_eq!(st.live_bytes, 6 * BS, "blocks 0..6 are mapped");
+    assert_eq!(st.extents, 3);
+    vol.close().await.unwrap();
+    let insp = inspect_volume(&store, "mem://test", None).await.unwrap();
+    let off = spritedisk_volume::VolumeStats::offline(&insp).unwrap();
+    assert_eq!(
+        (
+            off.client_bytes_written,
+            off.live_bytes,
+            off.extents,
+            off.segments
+        ),
+        (12 * BS, 6 * BS, 3, st.segments)
+    );
+    assert_eq!(off.stored_bytes, st.stored_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_and_open_errors_name_the_cause() {
+    let (_mem, store) = mem_volume().await;
+    let e = create_volume(&store, "mem://test", SIZE).await.unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    let empty: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let e = Volume::open(empty, "file:///nowhere", None, small_opts(0))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.to_string(),
+        "no volume at file:///nowhere: run 'spritedisk create file:///nowhere' first"
+    );
+
+    // Local metadata of another volume is refused, not merged.
+    let dir = tempfile::tempdir().unwrap();
+    open(store.clone(), Some(dir.path()), small_opts(0))
+        .await
+        .close()
+        .await
+        .unwrap();
+    let (_m2, other) = mem_volume().await;
+    let e = Volume::open(other, "mem://other", Some(dir.path()), small_opts(0))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, VolumeError::ForeignMetadata { .. }), "{e}");
+}
