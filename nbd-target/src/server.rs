@@ -143,6 +143,17 @@ impl<D: BlockIo> NbdServer<D> {
                         tokio::spawn(async move {
                             match server.serve_conn(stream).await {
                                 Ok(()) => debug!(%peer, "nbd connection closed"),
+                                // A client hanging up mid-stream (or a liveness probe) is not worth a warning.
+                                Err(NbdError::Io(e))
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::ConnectionReset
+                                            | std::io::ErrorKind::BrokenPipe
+                                            | std::io::ErrorKind::UnexpectedEof
+                                    ) =>
+                                {
+                                    debug!(%peer, error = %e, "nbd client hung up")
+                                }
                                 Err(e) => warn!(%peer, error = %e, "nbd connection ended with an error"),
                             }
                         });

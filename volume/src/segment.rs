@@ -326,6 +326,21 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
+/// Encodes a segment holding one run of data (tests and tools that plant segments).
+pub fn encode_run(
+    volume_id: [u8; 16],
+    seq: u64,
+    client_bytes_total: u64,
+    lba: u64,
+    data: Bytes,
+    block_size: u64,
+) -> Bytes {
+    let mut buf = WriteBuffer::default();
+    let blocks = data.len() as u64 / block_size;
+    buf.insert(lba, blocks, Some(data), block_size);
+    encode(volume_id, seq, client_bytes_total, &buf, block_size).bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,19 +401,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Encodes a segment holding one run of data (tests and tools that plant segments).
-pub fn encode_run(
-    volume_id: [u8; 16],
-    seq: u64,
-    client_bytes_total: u64,
-    lba: u64,
-    data: Bytes,
-    block_size: u64,
-) -> Bytes {
-    let mut buf = WriteBuffer::default();
-    let blocks = data.len() as u64 / block_size;
-    buf.insert(lba, blocks, Some(data), block_size);
-    encode(volume_id, seq, client_bytes_total, &buf, block_size).bytes
 }

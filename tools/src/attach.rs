@@ -1,0 +1,95 @@
+//! `spritedisk attach`: open the volume, serve it, flush and exit on SIGINT/SIGTERM.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use spritedisk_nbd::NbdServer;
+use spritedisk_volume::Volume;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::cli::{default_cache_dir, AttachArgs};
+
+pub async fn attach(args: AttachArgs) -> Result<i32> {
+    if args.nbd.is_none() && args.nbd_tcp.is_none() {
+        bail!("the ublk frontend is not in this build yet: serve the volume over NBD with --nbd SOCKET (or --nbd-tcp 127.0.0.1:PORT)");
+    }
+    let opts = args.engine_options()?;
+    let url = args.url.clone();
+    let store = spritedisk_store::open_url(&url)?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| default_cache_dir(&url));
+    let t0 = Instant::now();
+    let volume = Volume::open(store, &url, Some(&cache_dir), opts).await?;
+    let stats = volume.stats()?;
+    tracing::info!(
+        url,
+        cache_dir = %cache_dir.display(),
+        segments = stats.segments,
+        extents = stats.extents,
+        open_ms = t0.elapsed().as_millis() as u64,
+        "volume attached"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = Arc::new(NbdServer::new(Arc::new(volume.clone()), String::new()));
+    let serving = match (&args.nbd, args.nbd_tcp) {
+        (Some(path), _) => {
+            let path = path.clone();
+            let desc = format!("nbd+unix:///?socket={}", path.display());
+            (tokio::spawn(async move { server.serve_unix(&path, stop_rx).await }), desc)
+        }
+        (None, Some(addr)) => {
+            let desc = format!("nbd://{addr}");
+            (tokio::spawn(async move { server.serve_tcp(addr, stop_rx).await }), desc)
+        }
+        (None, None) => unreachable!("checked above"),
+    };
+    let (task, desc) = serving;
+    // Scripts wait for this line: the socket is accepting once it is printed.
+    wait_listening(&args).await;
+    println!("attached {url} at {desc}");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: flushing and detaching"),
+        _ = int.recv() => tracing::info!("SIGINT: flushing and detaching"),
+        res = async { (&mut { task }).await } => {
+            // The listener ended on its own: that is an error (socket removed, bind failed).
+            volume.close().await.context("flushing after the server stopped")?;
+            return match res {
+                Ok(Ok(())) => Ok(0),
+                Ok(Err(e)) => Err(e).context("NBD server"),
+                Err(e) => Err(e).context("NBD server task"),
+            };
+        }
+    }
+    let _ = stop_tx.send(true);
+    match volume.close().await {
+        Ok(()) => {
+            let st = volume.stats()?;
+            println!("detached {url}: everything written is durable ({} segments, applied up to {})", st.segments, st.applied_seq);
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: detach could not flush {url}: {e}; unflushed writes since the last successful FLUSH are lost");
+            Ok(1)
+        }
+    }
+}
+
+/// Waits until the listener accepts, so "attached" is only printed when true.
+async fn wait_listening(args: &AttachArgs) {
+    for _ in 0..500 {
+        let up = match (&args.nbd, args.nbd_tcp) {
+            (Some(p), _) => tokio::net::UnixStream::connect(p).await.is_ok(),
+            (None, Some(a)) => tokio::net::TcpStream::connect(a).await.is_ok(),
+            _ => true,
+        };
+        if up {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

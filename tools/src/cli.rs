@@ -1,0 +1,140 @@
+//! Command-line definition and dispatch.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use spritedisk_volume::{create_volume, EngineOptions};
+
+use crate::size::{human, parse_size};
+
+#[derive(Parser, Debug)]
+#[command(name = "spritedisk", version, about = "A block device whose durable state is a URL")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create an empty thin-provisioned volume at URL (file:///dir or s3://bucket/prefix).
+    Create {
+        url: String,
+        /// Virtual size (K, M, G, T; binary units).
+        #[arg(long, default_value = "100G", value_parser = parse_size)]
+        size: u64,
+    },
+    /// Attach a volume and serve it until SIGINT/SIGTERM (which flush, then exit 0).
+    Attach(AttachArgs),
+    /// Show sizes, bytes written vs stored, segments and extents of a volume.
+    Stats {
+        url: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Check every extent of the map against its segment and crc32c.
+    Verify {
+        url: String,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    pub url: String,
+    /// Serve over NBD on this Unix socket (ublk is the default frontend once built).
+    #[arg(long, value_name = "SOCKET")]
+    pub nbd: Option<PathBuf>,
+    /// Serve over NBD on this TCP address instead (keep it on 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub nbd_tcp: Option<std::net::SocketAddr>,
+    /// Local cache directory (metadata database; later the read cache). Only a cache: deleting it while detached is safe.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Seal and upload a segment when this much data is buffered.
+    #[arg(long, default_value = "8M", value_parser = parse_size)]
+    pub segment_size: u64,
+    /// Most data held in memory before writers wait.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub dirty_max: u64,
+    /// Segment uploads in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub uploads: usize,
+    /// A FLUSH that cannot reach the store for this many seconds fails with EIO.
+    #[arg(long, default_value_t = 60.0)]
+    pub flush_timeout: f64,
+    /// Buffered writes older than this many seconds are uploaded without a FLUSH.
+    #[arg(long, default_value_t = 5.0)]
+    pub writeback_delay: f64,
+}
+
+impl AttachArgs {
+    pub fn engine_options(&self) -> Result<EngineOptions> {
+        anyhow::ensure!(self.segment_size >= 4096, "--segment-size must be at least 4K");
+        anyhow::ensure!(self.dirty_max >= 2 * self.segment_size, "--dirty-max must be at least twice --segment-size");
+        anyhow::ensure!(self.flush_timeout > 0.0 && self.writeback_delay > 0.0, "timeouts must be positive");
+        Ok(EngineOptions {
+            segment_bytes: self.segment_size,
+            dirty_bytes_max: self.dirty_max,
+            upload_inflight_max: self.uploads.max(1),
+            flush_timeout: Duration::from_secs_f64(self.flush_timeout),
+            writeback_delay: Duration::from_secs_f64(self.writeback_delay),
+            seed: std::process::id() as u64,
+            ..EngineOptions::default()
+        })
+    }
+}
+
+/// Where a volume's local state lives unless `--cache-dir` says otherwise:
+/// `$SPRITEDISK_CACHE_DIR`, else `$XDG_CACHE_HOME/spritedisk`, else `~/.cache/spritedisk`;
+/// one subdirectory per URL.
+pub fn default_cache_dir(url: &str) -> PathBuf {
+    let base = std::env::var_os("SPRITEDISK_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("spritedisk")))
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/spritedisk")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/spritedisk"));
+    let tail: String = url
+        .rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or("volume")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(40)
+        .collect();
+    base.join(format!("{tail}-{:08x}", fnv1a(url)))
+}
+
+fn fnv1a(s: &str) -> u32 {
+    // A stable short name for the URL; collisions only cost a ForeignMetadata error.
+    let mut h: u32 = 0x811c9dc5;
+    for b in s.bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x01000193);
+    }
+    h
+}
+
+pub async fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Create { url, size } => {
+            anyhow::ensure!(size > 0 && size.is_multiple_of(4096), "--size must be a positive multiple of 4096 bytes");
+            let store = spritedisk_store::open_url(&url)?;
+            let cfg = create_volume(&store, &url, size).await?;
+            println!("created {url}: {} ({} bytes), volume id {}", human(size), size, cfg.id);
+            Ok(0)
+        }
+        Cmd::Attach(args) => crate::attach::attach(args).await,
+        Cmd::Stats { url, json, cache_dir } => {
+            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
+            crate::inspect::stats(&url, &dir, json).await
+        }
+        Cmd::Verify { url, cache_dir } => {
+            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
+            crate::inspect::verify(&url, &dir).await.context("verify")
+        }
+    }
+}
