@@ -1,1 +1,191 @@
+//! Harness for the end-to-end tests: runs the real `spritedisk` binary and
+//! real clients (qemu-io, fio) against it. `make test` builds the binary first.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a daemon may take to print its "attached" line.
+const ATTACH_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// The `spritedisk` binary of this build (target/<profile>/spritedisk).
+pub fn bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
+    let b = dir.join("spritedisk");
+    assert!(
+        b.exists(),
+        "{} is missing: run `cargo build --bins` (make test does) before the end-to-end tests",
+        b.display()
+    );
+    b
+}
+
+/// Fails with an install hint when a client the test needs is missing: a
+/// skipped end-to-end test would pass without testing anything.
+pub fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(
+        found,
+        "{tool} is not installed: apt-get install {package} (.ci/run does)"
+    );
+}
+
+/// Runs `spritedisk ARGS` to completion.
+pub fn spritedisk(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("SPRITEDISK_LOG", "warn")
+        .output()
+        .expect("run spritedisk")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A volume in a temp directory: its store, a cache dir and a socket path.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    pub fn url(&self, name: &str) -> String {
+        format!("file://{}", self.path(name).display())
+    }
+    pub fn sock(&self) -> PathBuf {
+        self.path("nbd.sock")
+    }
+    /// `spritedisk create` of a volume named `name`; panics on failure.
+    pub fn create(&self, name: &str, size: &str) -> String {
+        let url = self.url(name);
+        let o = spritedisk(&["create", &url, "--size", size]);
+        assert!(o.status.success(), "create failed: {}", stderr(&o));
+        url
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `spritedisk attach --nbd` daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    pub sock: PathBuf,
+    stderr_log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits until it prints that it is attached.
+    pub fn attach(url: &str, sock: &Path, cache_dir: &Path, extra: &[&str]) -> Daemon {
+        let stderr_log = cache_dir.with_extension("stderr.log");
+        let log = std::fs::File::create(&stderr_log).unwrap();
+        let mut child = Command::new(bin())
+            .args(["attach", url, "--nbd"])
+            .arg(sock)
+            .arg("--cache-dir")
+            .arg(cache_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn spritedisk attach");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut d = Daemon {
+            child: Some(child),
+            sock: sock.to_path_buf(),
+            stderr_log,
+        };
+        match rx.recv_timeout(ATTACH_WAIT_MAX) {
+            Ok(line) if line.starts_with("attached ") => d,
+            other => {
+                let status = d.child.as_mut().unwrap().try_wait();
+                panic!(
+                    "attach did not come up ({other:?}, {status:?}): {}",
+                    d.log()
+                );
+            }
+        }
+    }
+
+    pub fn nbd_uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    fn signal(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        child.wait().expect("wait for daemon")
+    }
+
+    /// SIGTERM: the daemon flushes and exits; returns its exit code.
+    pub fn detach(mut self) -> i32 {
+        let st = self.signal(libc::SIGTERM);
+        st.code().unwrap_or(-1)
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs a command; panics with its output unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{cmd:?} failed ({}):\n{text}", o.status);
+    text
+}

@@ -18,7 +18,10 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
     let opts = args.engine_options()?;
     let url = args.url.clone();
     let store = spritedisk_store::open_url(&url)?;
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| default_cache_dir(&url));
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_cache_dir(&url));
     let t0 = Instant::now();
     let volume = Volume::open(store, &url, Some(&cache_dir), opts).await?;
     let stats = volume.stats()?;
@@ -37,11 +40,17 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
         (Some(path), _) => {
             let path = path.clone();
             let desc = format!("nbd+unix:///?socket={}", path.display());
-            (tokio::spawn(async move { server.serve_unix(&path, stop_rx).await }), desc)
+            (
+                tokio::spawn(async move { server.serve_unix(&path, stop_rx).await }),
+                desc,
+            )
         }
         (None, Some(addr)) => {
             let desc = format!("nbd://{addr}");
-            (tokio::spawn(async move { server.serve_tcp(addr, stop_rx).await }), desc)
+            (
+                tokio::spawn(async move { server.serve_tcp(addr, stop_rx).await }),
+                desc,
+            )
         }
         (None, None) => unreachable!("checked above"),
     };
@@ -69,7 +78,10 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
     match volume.close().await {
         Ok(()) => {
             let st = volume.stats()?;
-            println!("detached {url}: everything written is durable ({} segments, applied up to {})", st.segments, st.applied_seq);
+            println!(
+                "detached {url}: everything written is durable ({} segments, applied up to {})",
+                st.segments, st.applied_seq
+            );
             Ok(0)
         }
         Err(e) => {

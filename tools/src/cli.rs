@@ -10,7 +10,11 @@ use spritedisk_volume::{create_volume, EngineOptions};
 use crate::size::{human, parse_size};
 
 #[derive(Parser, Debug)]
-#[command(name = "spritedisk", version, about = "A block device whose durable state is a URL")]
+#[command(
+    name = "spritedisk",
+    version,
+    about = "A block device whose durable state is a URL"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -74,9 +78,18 @@ pub struct AttachArgs {
 
 impl AttachArgs {
     pub fn engine_options(&self) -> Result<EngineOptions> {
-        anyhow::ensure!(self.segment_size >= 4096, "--segment-size must be at least 4K");
-        anyhow::ensure!(self.dirty_max >= 2 * self.segment_size, "--dirty-max must be at least twice --segment-size");
-        anyhow::ensure!(self.flush_timeout > 0.0 && self.writeback_delay > 0.0, "timeouts must be positive");
+        anyhow::ensure!(
+            self.segment_size >= 4096,
+            "--segment-size must be at least 4K"
+        );
+        anyhow::ensure!(
+            self.dirty_max >= 2 * self.segment_size,
+            "--dirty-max must be at least twice --segment-size"
+        );
+        anyhow::ensure!(
+            self.flush_timeout > 0.0 && self.writeback_delay > 0.0,
+            "timeouts must be positive"
+        );
         Ok(EngineOptions {
             segment_bytes: self.segment_size,
             dirty_bytes_max: self.dirty_max,
@@ -103,7 +116,13 @@ pub fn default_cache_dir(url: &str) -> PathBuf {
         .find(|s| !s.is_empty())
         .unwrap_or("volume")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
     base.join(format!("{tail}-{:08x}", fnv1a(url)))
@@ -121,14 +140,26 @@ fn fnv1a(s: &str) -> u32 {
 pub async fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Create { url, size } => {
-            anyhow::ensure!(size > 0 && size.is_multiple_of(4096), "--size must be a positive multiple of 4096 bytes");
+            anyhow::ensure!(
+                size > 0 && size.is_multiple_of(4096),
+                "--size must be a positive multiple of 4096 bytes"
+            );
             let store = spritedisk_store::open_url(&url)?;
             let cfg = create_volume(&store, &url, size).await?;
-            println!("created {url}: {} ({} bytes), volume id {}", human(size), size, cfg.id);
+            println!(
+                "created {url}: {} ({} bytes), volume id {}",
+                human(size),
+                size,
+                cfg.id
+            );
             Ok(0)
         }
         Cmd::Attach(args) => crate::attach::attach(args).await,
-        Cmd::Stats { url, json, cache_dir } => {
+        Cmd::Stats {
+            url,
+            json,
+            cache_dir,
+        } => {
             let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
             crate::inspect::stats(&url, &dir, json).await
         }

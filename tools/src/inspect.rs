@@ -19,9 +19,22 @@ pub async fn stats(url: &str, cache_dir: &Path, json: bool) -> Result<i32> {
         return Ok(0);
     }
     println!("volume         {url} (id {})", s.volume_id);
-    println!("virtual size   {} ({} bytes, {}-byte blocks)", human(s.size_bytes), s.size_bytes, s.block_size);
-    println!("written        {} by clients, all time", human(s.client_bytes_written));
-    println!("stored         {} in {} segments ({} live)", human(s.stored_bytes), s.segments, human(s.live_bytes));
+    println!(
+        "virtual size   {} ({} bytes, {}-byte blocks)",
+        human(s.size_bytes),
+        s.size_bytes,
+        s.block_size
+    );
+    println!(
+        "written        {} by clients, all time",
+        human(s.client_bytes_written)
+    );
+    println!(
+        "stored         {} in {} segments ({} live)",
+        human(s.stored_bytes),
+        s.segments,
+        human(s.live_bytes)
+    );
     println!("extents        {}", s.extents);
     if !insp.rolled.debris.is_empty() {
         println!("debris         {} segments past a gap (a crashed writer's; the next attach deletes them)", insp.rolled.debris.len());
@@ -37,7 +50,11 @@ pub async fn verify(url: &str, cache_dir: &Path) -> Result<i32> {
     let report = verify_volume(&store, &insp, |done, total| {
         let pct = done * 100 / total.max(1);
         if pct != last_pct && (tty || pct % 10 == 0) {
-            eprint!("{}verify: {done}/{total} pieces ({pct}%){}", if tty { "\r" } else { "" }, if tty { "" } else { "\n" });
+            eprint!(
+                "{}verify: {done}/{total} pieces ({pct}%){}",
+                if tty { "\r" } else { "" },
+                if tty { "" } else { "\n" }
+            );
             last_pct = pct;
         }
     })

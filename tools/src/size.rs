@@ -4,8 +4,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. 100G, 512M or 4096"))?;
-    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 100G, 512M or 4096"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
@@ -13,7 +20,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "T" => 40,
         _ => return Err(format!("invalid size unit in {s:?}: use K, M, G or T")),
     };
-    n.checked_mul(1 << shift).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 pub fn human(bytes: u64) -> String {
