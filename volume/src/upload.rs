@@ -19,8 +19,8 @@ use crate::segment::{self, segment_key};
 pub(crate) struct Sealed {
     pub seq: u64,
     pub bytes: Bytes,
-    /// The buffer it was sealed from: reads are served from it until the
-    /// segment is applied to the map.
+    /// Read view of `bytes`: reads are served from it until the segment is
+    /// applied to the map.
     pub frozen: WriteBuffer,
     pub changes: Vec<MapChange>,
     pub client_bytes_total: u64,
@@ -34,7 +34,7 @@ impl Inner {
         if st.active.is_empty() {
             return;
         }
-        let frozen = std::mem::take(&mut st.active);
+        let buffer = std::mem::take(&mut st.active);
         st.active_since = None;
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -42,13 +42,13 @@ impl Inner {
             self.volume_id,
             seq,
             st.client_bytes_total,
-            &frozen,
+            &buffer,
             self.block_size,
         );
         let sealed = Arc::new(Sealed {
             seq,
+            frozen: WriteBuffer::from_segment(&enc.changes, &enc.bytes, self.block_size),
             bytes: enc.bytes,
-            frozen,
             changes: enc.changes,
             client_bytes_total: st.client_bytes_total,
             durable: AtomicBool::new(false),

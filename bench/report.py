@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's fio JSON into a Markdown table of ratios and a summary JSON."""
+import json, os, platform, subprocess, sys
+
+out, rss_kb, hwm_kb, write_total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+raw = os.path.join(out, "raw")
+
+def load(name, target):
+    with open(os.path.join(raw, f"{name}-{target}.json")) as f:
+        return json.load(f)["jobs"][0]
+
+def metric(job, kind):
+    side = job["write"] if job["write"]["io_bytes"] > 0 else job["read"]
+    if kind == "bw":
+        return side["bw_bytes"] / 1e6, "MB/s"
+    return side["iops"], "IOPS"
+
+rows, summary = [], {}
+for name, kind in [("seqwrite-1m", "bw"), ("randread-4k-qd1", "iops"), ("randread-4k-qd32", "iops"), ("randwrite-4k-fsync32", "iops")]:
+    r, unit = metric(load(name, "raw"), kind)
+    n, _ = metric(load(name, "nbd"), kind)
+    job = load(name, "nbd")
+    side = job["write"] if job["write"]["io_bytes"] > 0 else job["read"]
+    p99 = side.get("clat_ns", {}).get("percentile", {}).get("99.000000", 0) / 1e3
+    syncs = job.get("sync", {}).get("total_ios", 0)
+    rows.append(f"| {name} | {r:,.0f} {unit} | {n:,.0f} {unit} | {n / r:.2f}× | {p99:,.0f} µs |")
+    summary[name] = {"raw": r, "nbd": n, "ratio": n / r, "unit": unit, "nbd_p99_us": p99, "nbd_syncs": syncs}
+
+stats = json.load(open(os.path.join(raw, "stats.json")))
+summary["memory"] = {"written": write_total, "rss_kib": rss_kb, "peak_rss_kib": hwm_kb}
+summary["write_amplification"] = stats["stored_bytes"] / max(1, stats["client_bytes_written"])
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+md = [
+    f"# spritedisk NBD vs raw file — {os.path.basename(out)}",
+    "",
+    f"Machine: {platform.node()}, {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}. "
+    "spritedisk: release build, file:// store on the same disk, NBD over a Unix socket, fio nbd engine; "
+    "raw: the same fio job on a local file with libaio and O_DIRECT. No read cache yet: cold and warm reads both go to the store.",
+    "",
+    "| job | raw file | spritedisk (NBD) | ratio | NBD p99 latency |",
+    "|---|---|---|---|---|",
+    *rows,
+    "",
+    f"Daemon RSS after writing {write_total} through it: {rss_kb / 1024:.0f} MiB (peak {hwm_kb / 1024:.0f} MiB). "
+    f"Write amplification (bytes stored / bytes written): {summary['write_amplification']:.3f}.",
+]
+open(os.path.join(out, "summary.md"), "w").write("\n".join(md) + "\n")
+json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
+print("\n".join(md))

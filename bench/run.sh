@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Benchmark: the same fio jobs through spritedisk's NBD frontend (fio's nbd
+# engine, file:// store) and on a raw local file (libaio, O_DIRECT), in one
+# run; ratios to the raw file are what to read. Then the daemon's RSS after
+# writing WRITE_TOTAL (default 4G) through it.
+# BENCH_QUICK=1: small working set and short runs (a smoke run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/spritedisk}
+if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE:-256M} RUNTIME=${RUNTIME:-5} WRITE_TOTAL=${WRITE_TOTAL:-1G}
+else SIZE=${SIZE:-1G} RUNTIME=${RUNTIME:-20} WRITE_TOTAL=${WRITE_TOTAL:-4G}; fi
+export SIZE RUNTIME
+OUT=bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)
+mkdir -p "$OUT/raw"
+WORK=$(mktemp -d /var/tmp/spritedisk-bench.XXXXXX)
+trap '[ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+
+start_daemon() {
+  "$BIN" attach "file://$WORK/vol" --nbd "$WORK/nbd.sock" --cache-dir "$WORK/cache" >"$WORK/attach.out" 2>"$WORK/attach.log" &
+  PID=$!
+  for _ in $(seq 200); do grep -q '^attached' "$WORK/attach.out" 2>/dev/null && return; sleep 0.05; done
+  echo "daemon did not attach: $(cat "$WORK/attach.log")" >&2; exit 1
+}
+stop_daemon() { kill -TERM "$PID"; wait "$PID"; PID=; }
+
+NBD=(--ioengine=nbd "--uri=nbd+unix:///?socket=$WORK/nbd.sock")
+RAW=(--ioengine=libaio --direct=1 "--filename=$WORK/raw.img")
+
+run() { # name target job [env...]
+  local name=$1 target=$2 job=$3; shift 3
+  local args; if [ "$target" = raw ]; then args=("${RAW[@]}"); else args=("${NBD[@]}"); fi
+  env "$@" fio "${args[@]}" --output-format=json --output="$OUT/raw/$name-$target.json" "bench/jobs/$job.fio" >/dev/null
+  echo "  $name on $target done" >&2
+}
+
+"$BIN" create "file://$WORK/vol" --size 100G >/dev/null
+truncate -s "$SIZE" "$WORK/raw.img"
+start_daemon
+for t in raw nbd; do
+  run seqwrite-1m $t seqwrite-1m
+  run randread-4k-qd1 $t randread-4k QD=1
+  run randread-4k-qd32 $t randread-4k QD=32
+  run randwrite-4k-fsync32 $t randwrite-4k-fsync32
+done
+stop_daemon
+
+# Memory: write WRITE_TOTAL through a fresh daemon, then read its RSS.
+rm -rf "$WORK/cache"
+start_daemon
+SIZE=$WRITE_TOTAL fio "${NBD[@]}" --name=fill --rw=write --bs=1m --iodepth=8 --size="$WRITE_TOTAL" --end_fsync=1 --output-format=json --output="$OUT/raw/fill.json" >/dev/null
+RSS_KB=$(awk '/^VmRSS/ {print $2}' /proc/$PID/status)
+HWM_KB=$(awk '/^VmHWM/ {print $2}' /proc/$PID/status)
+"$BIN" stats "file://$WORK/vol" --cache-dir "$WORK/cache" --json > "$OUT/raw/stats.json"
+stop_daemon
+
+python3 bench/report.py "$OUT" "$RSS_KB" "$HWM_KB" "$WRITE_TOTAL"
+echo "results in $OUT" >&2
