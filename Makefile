@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DEMO_DIR ?= /tmp/spritedisk-demo
 
-.PHONY: all build test lint demo bench clean
+.PHONY: all build test test-deps lint demo bench clean
 
 all: build
 
@@ -10,9 +10,12 @@ build:
 	$(CARGO) build --release --bins
 
 # The binary must exist before the end-to-end tests run it.
-test:
+test: test-deps
 	$(CARGO) build --bins
 	$(CARGO) test --workspace
+
+test-deps:
+	tools/install-test-deps.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -21,9 +24,11 @@ lint:
 # Create a volume on file://, attach it over NBD, write and read it with
 # qemu-io, detach, print its stats and verify it.
 demo: build
+	tools/install-test-deps.sh
 	DEMO_DIR=$(DEMO_DIR) tools/demo.sh
 
 bench: build
+	tools/install-test-deps.sh
 	bench/run.sh
 
 clean:
