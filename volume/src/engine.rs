@@ -44,6 +44,8 @@ pub(crate) struct Inner {
     /// Woken whenever a segment is applied, the engine stops, or memory frees up.
     pub changed: Notify,
     pub upload_slots: Semaphore,
+    /// Wakes uploads sleeping in retry backoff (a FLUSH asks to try now).
+    pub retry_now: Notify,
     /// One task at a time applies durable segments to the map, in order.
     pub apply_lock: tokio::sync::Mutex<()>,
     pub rng: Mutex<SmallRng>,
@@ -107,6 +109,7 @@ impl Volume {
             state: Mutex::new(state),
             meta: Mutex::new(meta),
             changed: Notify::new(),
+            retry_now: Notify::new(),
             apply_lock: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
         });
@@ -229,6 +232,7 @@ impl Volume {
             st.next_seq - 1
         };
         self.inner.counters.add_flush();
+        self.inner.retry_now.notify_waiters();
         self.inner.wait_applied(target).await
     }
 

@@ -97,7 +97,13 @@ impl Inner {
                 .lock()
                 .unwrap()
                 .gen_range(0..=backoff.as_millis() as u64 / 2);
-            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            // A FLUSH cuts the wait short: the store may be back, and the
+            // flush's own deadline should not be spent sleeping.
+            let _ = tokio::time::timeout(
+                backoff + Duration::from_millis(jitter),
+                self.retry_now.notified(),
+            )
+            .await;
             backoff = (backoff * 2).min(self.opts.retry_backoff_max);
         }
         self.counters.add_put(seg.bytes.len() as u64);
