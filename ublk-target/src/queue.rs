@@ -1,0 +1,174 @@
+//! One hardware queue: a task per tag that fetches a request from the
+//! kernel, runs it on the engine and commits the result.
+
+use std::fs::File;
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use io_uring::{opcode, types};
+use libublk::helpers::IoBuf;
+use libublk::io::{with_task_io_ring, with_task_io_ring_mut, UblkDev, UblkQueue};
+use libublk::uring_async::{ublk_reap_io_events_with_update_queue, ublk_wake_task};
+use libublk::{BufDesc, UblkError, UblkUringData};
+use spritedisk_volume::{BlockIo, IoReply, IoRequest};
+
+/// The queue loop wakes at least this often to notice that it is shutting down.
+const QUEUE_IDLE_WAKE_SECS: u64 = 20;
+
+/// Runs queue `qid` until the device stops. Called on libublk's queue thread.
+pub(crate) fn run_queue<D: BlockIo>(qid: u16, dev: &UblkDev, engine: Arc<D>, rt: tokio::runtime::Handle) {
+    let q = match UblkQueue::new(qid, dev) {
+        Ok(q) => Rc::new(q),
+        Err(e) => {
+            tracing::error!(qid, error = %e, "ublk queue setup failed");
+            return;
+        }
+    };
+    let exe = Rc::new(smol::LocalExecutor::new());
+    let mut tasks = vec![];
+    for tag in 0..dev.dev_info.queue_depth {
+        let (q, engine, rt) = (q.clone(), engine.clone(), rt.clone());
+        tasks.push(exe.spawn(async move {
+            match tag_loop(&q, tag, engine, rt).await {
+                Ok(()) | Err(UblkError::QueueIsDown) => {}
+                Err(e) => tracing::error!(qid, tag, error = %e, "ublk tag task failed"),
+            }
+        }));
+    }
+    let exe2 = exe.clone();
+    if let Err(e) = smol::block_on(exe.run(poll_ring(&exe2, &q, tasks))) {
+        tracing::error!(qid, error = %e, "ublk queue loop failed");
+    }
+}
+
+async fn tag_loop<D: BlockIo>(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    engine: Arc<D>,
+    rt: tokio::runtime::Handle,
+) -> Result<(), UblkError> {
+    let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
+    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf)).await?;
+    loop {
+        let res = handle_one(q, tag, buf.as_mut_slice(), &engine, &rt).await;
+        SubmitNow::new(q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)).await?;
+    }
+}
+
+/// Decodes the kernel's descriptor for `tag`, runs it on the engine, and
+/// returns the ublk result: bytes done, or a negative errno.
+async fn handle_one<D: BlockIo>(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    buf: &mut [u8],
+    engine: &Arc<D>,
+    rt: &tokio::runtime::Handle,
+) -> i32 {
+    let iod = q.get_iod(tag);
+    let op = iod.op_flags & 0xff;
+    let fua = iod.op_flags & libublk::sys::UBLK_IO_F_FUA != 0;
+    let offset = iod.start_sector << 9;
+    let len = (iod.nr_sectors as u64) << 9;
+    let req = match op {
+        libublk::sys::UBLK_IO_OP_READ => IoRequest::Read { offset, len: len as u32 },
+        libublk::sys::UBLK_IO_OP_WRITE => {
+            if len as usize > buf.len() {
+                return -libc::EINVAL;
+            }
+            IoRequest::Write { offset, data: Bytes::copy_from_slice(&buf[..len as usize]), fua }
+        }
+        libublk::sys::UBLK_IO_OP_FLUSH => IoRequest::Flush,
+        libublk::sys::UBLK_IO_OP_DISCARD => IoRequest::Discard { offset, len, fua },
+        libublk::sys::UBLK_IO_OP_WRITE_ZEROES => IoRequest::WriteZeroes { offset, len, fua },
+        _ => return -libc::EOPNOTSUPP,
+    };
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let engine = engine.clone();
+    rt.spawn(async move {
+        let _ = tx.send(engine.handle_io(req).await);
+    });
+    match rx.await {
+        Ok(Ok(IoReply::Data(d))) if d.len() <= buf.len() => {
+            buf[..d.len()].copy_from_slice(&d);
+            d.len() as i32
+        }
+        Ok(Ok(IoReply::Data(_))) => -libc::EIO,
+        Ok(Ok(IoReply::Done)) => len.min(i32::MAX as u64) as i32,
+        Ok(Err(e)) => {
+            tracing::warn!(op, offset, len, error = %e, "ublk request failed");
+            -e.errno()
+        }
+        Err(_) => -libc::EIO,
+    }
+}
+
+/// Submits the SQE a libublk future queued on its first poll right away.
+/// A commit usually follows a wake-up from an engine thread, not a ring
+/// completion, so nothing else would enter the ring to submit it.
+struct SubmitNow<F> {
+    inner: Pin<Box<F>>,
+    submitted: bool,
+}
+
+impl<F> SubmitNow<F> {
+    fn new(inner: F) -> Self {
+        SubmitNow { inner: Box::pin(inner), submitted: false }
+    }
+}
+
+impl<F: Future> Future for SubmitNow<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let res = self.inner.as_mut().poll(cx);
+        if !self.submitted {
+            self.submitted = true;
+            if let Err(e) = with_task_io_ring_mut(|r| r.submit()) {
+                tracing::error!(error = %e, "io_uring submit failed");
+            }
+        }
+        res
+    }
+}
+
+/// Drives the queue's ring: smol's reactor waits for the ring fd to become
+/// readable, so wake-ups from engine threads (which go through smol's
+/// executor) and ring completions both get the thread moving.
+async fn poll_ring<T>(
+    exe: &smol::LocalExecutor<'_>,
+    q: &UblkQueue<'_>,
+    tasks: Vec<smol::Task<T>>,
+) -> Result<(), UblkError> {
+    const TIMEOUT_USER_DATA: u64 = UblkUringData::Target as u64 | UblkUringData::NonAsync as u64;
+    let ring_fd = with_task_io_ring(|ring| ring.as_raw_fd());
+    // SAFETY: the ring fd stays open for the queue's life; the File is turned
+    // back into a raw fd below so that dropping it does not close the ring.
+    let async_ring = smol::Async::new(unsafe { File::from_raw_fd(ring_fd) })
+        .map_err(|_| UblkError::OtherError(-libc::EINVAL))?;
+    let ts = types::Timespec::new().sec(QUEUE_IDLE_WAKE_SECS);
+    let timeout = opcode::Timeout::new(&ts)
+        .flags(types::TimeoutFlags::MULTISHOT)
+        .build()
+        .user_data(TIMEOUT_USER_DATA);
+    q.ublk_submit_sqe_sync(timeout)?;
+
+    let poll_uring = || async {
+        with_task_io_ring_mut(|r| r.submit_and_wait(0))?;
+        async_ring.readable().await.map_err(|_| UblkError::OtherError(-libc::EIO))?;
+        Ok(false)
+    };
+    let reap = |poll_timeout| {
+        ublk_reap_io_events_with_update_queue(q, poll_timeout, Some(TIMEOUT_USER_DATA), |cqe| {
+            ublk_wake_task(cqe.user_data(), cqe);
+        })
+    };
+    let run_ops = || while exe.try_tick() {};
+    let is_done = || tasks.iter().all(|t| t.is_finished());
+    let res = libublk::run_uring_tasks(poll_uring, reap, run_ops, is_done).await;
+    let _ = async_ring.into_inner().map(|f| f.into_raw_fd());
+    res
+}
