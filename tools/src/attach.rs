@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use spritedisk_nbd::NbdServer;
 use spritedisk_volume::Volume;
 use tokio::signal::unix::{signal, SignalKind};
@@ -13,7 +13,7 @@ use crate::cli::{default_cache_dir, AttachArgs};
 
 pub async fn attach(args: AttachArgs) -> Result<i32> {
     if args.nbd.is_none() && args.nbd_tcp.is_none() {
-        bail!("the ublk frontend is not in this build yet: serve the volume over NBD with --nbd SOCKET (or --nbd-tcp 127.0.0.1:PORT)");
+        return crate::ublk::attach(args).await;
     }
     let opts = args.engine_options()?;
     let url = args.url.clone();

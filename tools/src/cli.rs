@@ -29,8 +29,17 @@ pub enum Cmd {
         #[arg(long, default_value = "100G", value_parser = parse_size)]
         size: u64,
     },
-    /// Attach a volume and serve it until SIGINT/SIGTERM (which flush, then exit 0).
+    /// Attach a volume as /dev/ublkbN (default; runs a daemon and prints the device) or over NBD (--nbd, foreground).
     Attach(AttachArgs),
+    /// Flush, stop and delete an attached ublk device (by /dev/ublkbN or URL); its daemon exits.
+    Detach { target: String },
+    /// Show attached ublk devices, their volumes and daemon pids.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart the daemon of /dev/ublkbN after it died; the same device resumes.
+    Recover { device: String },
     /// Show sizes, bytes written vs stored, segments and extents of a volume.
     Stats {
         url: String,
@@ -50,12 +59,24 @@ pub enum Cmd {
 #[derive(clap::Args, Debug)]
 pub struct AttachArgs {
     pub url: String,
-    /// Serve over NBD on this Unix socket (ublk is the default frontend once built).
+    /// Serve over NBD on this Unix socket instead of ublk (foreground).
     #[arg(long, value_name = "SOCKET")]
     pub nbd: Option<PathBuf>,
     /// Serve over NBD on this TCP address instead (keep it on 127.0.0.1).
     #[arg(long, value_name = "ADDR")]
     pub nbd_tcp: Option<std::net::SocketAddr>,
+    /// ublk: stay in the foreground instead of starting a daemon.
+    #[arg(long)]
+    pub foreground: bool,
+    /// ublk: hardware queues (default: the number of CPUs).
+    #[arg(long)]
+    pub queues: Option<u16>,
+    /// ublk: requests in flight per queue.
+    #[arg(long, default_value_t = 64)]
+    pub queue_depth: u16,
+    /// ublk: take over the existing device N whose daemon died (what `recover` runs).
+    #[arg(long, hide = true)]
+    pub recover_dev: Option<u32>,
     /// Local cache directory (metadata database; later the read cache). Only a cache: deleting it while detached is safe.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -77,6 +98,14 @@ pub struct AttachArgs {
 }
 
 impl AttachArgs {
+    /// The defaults clap would give for `attach URL`.
+    pub fn defaults(url: &str) -> AttachArgs {
+        match Cli::parse_from(["spritedisk", "attach", url]).cmd {
+            Cmd::Attach(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
     pub fn engine_options(&self) -> Result<EngineOptions> {
         anyhow::ensure!(
             self.segment_size >= 4096,
@@ -155,6 +184,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Attach(args) => crate::attach::attach(args).await,
+        Cmd::Detach { target } => crate::ublk::detach(&target).await,
+        Cmd::List { json } => crate::ublk::list(json),
+        Cmd::Recover { device } => crate::ublk::recover(&device),
         Cmd::Stats {
             url,
             json,

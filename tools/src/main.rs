@@ -4,7 +4,9 @@
 mod attach;
 mod cli;
 mod inspect;
+mod registry;
 mod size;
+mod ublk;
 
 use clap::Parser;
 
