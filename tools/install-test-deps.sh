@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Installs the real clients the tests drive (fio with its nbd engine,
-# qemu-io) when they are missing. Debian/Ubuntu; needs root for apt-get.
+# Installs what the tests need when it is missing (Debian 12; root or sudo):
+# fio (with its nbd engine), qemu-io, libclang (libublk's bindgen), and the
+# VM rig's packages (qemu-system-x86 and friends, see ../shared/ublk-vm).
 set -euo pipefail
-need=()
-command -v fio >/dev/null || need+=(fio)
-command -v qemu-io >/dev/null || need+=(qemu-utils)
-[ ${#need[@]} -eq 0 ] && exit 0
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq "${need[@]}"
+updated=
+install() {
+  [ -n "$updated" ] || { $SUDO apt-get update -qq; updated=1; }
+  $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+need=()
+command -v fio >/dev/null || need+=(fio)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v depmod >/dev/null || need+=(kmod)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v cpio >/dev/null || need+=(cpio)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+[ ${#need[@]} -eq 0 ] || install "${need[@]}"
+# qemu-system-x86 from Debian 12 can displace a newer qemu-utils: check after.
+command -v qemu-io >/dev/null || install qemu-utils

@@ -20,7 +20,9 @@ pub struct Entry {
 }
 
 pub fn dir() -> PathBuf {
-    std::env::var_os("SPRITEDISK_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/spritedisk"))
+    std::env::var_os("SPRITEDISK_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/spritedisk"))
 }
 
 fn path(dev_id: u32) -> PathBuf {
@@ -53,8 +55,14 @@ pub fn all() -> Vec<Entry> {
 
 /// The entry for `/dev/ublkbN`, `ublkbN`, `N` or a volume URL.
 pub fn find(what: &str) -> Option<Entry> {
-    let id = what.trim_start_matches("/dev/").trim_start_matches("ublkb").parse::<u32>().ok();
-    all().into_iter().find(|e| Some(e.dev_id) == id || e.url == what || e.device == what)
+    let id = what
+        .trim_start_matches("/dev/")
+        .trim_start_matches("ublkb")
+        .parse::<u32>()
+        .ok();
+    all()
+        .into_iter()
+        .find(|e| Some(e.dev_id) == id || e.url == what || e.device == what)
 }
 
 pub fn pid_alive(pid: u32) -> bool {

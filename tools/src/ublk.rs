@@ -44,15 +44,36 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
 /// Re-runs this binary as `attach --foreground` in a new session, relays
 /// its "attached … at /dev/ublkbN" line and returns; the daemon keeps serving.
 fn start_daemon(args: &AttachArgs) -> Result<i32> {
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| default_cache_dir(&args.url));
-    std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_cache_dir(&args.url));
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("creating {}", cache_dir.display()))?;
     let log_path = cache_dir.join(DAEMON_LOG);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("attach").arg(&args.url).arg("--foreground").arg("--cache-dir").arg(&cache_dir);
+    cmd.arg("attach")
+        .arg(&args.url)
+        .arg("--foreground")
+        .arg("--cache-dir")
+        .arg(&cache_dir);
     cmd.args(["--queue-depth", &args.queue_depth.to_string()]);
-    cmd.args(["--segment-size", &args.segment_size.to_string(), "--dirty-max", &args.dirty_max.to_string()]);
-    cmd.args(["--uploads", &args.uploads.to_string(), "--flush-timeout", &args.flush_timeout.to_string()]);
+    cmd.args([
+        "--segment-size",
+        &args.segment_size.to_string(),
+        "--dirty-max",
+        &args.dirty_max.to_string(),
+    ]);
+    cmd.args([
+        "--uploads",
+        &args.uploads.to_string(),
+        "--flush-timeout",
+        &args.flush_timeout.to_string(),
+    ]);
     cmd.args(["--writeback-delay", &args.writeback_delay.to_string()]);
     if let Some(q) = args.queues {
         cmd.args(["--queues", &q.to_string()]);
@@ -94,11 +115,17 @@ fn start_daemon(args: &AttachArgs) -> Result<i32> {
                     for l in last.iter().rev() {
                         eprintln!("{l}");
                     }
-                    bail!("the daemon exited ({status}) before the device came up; its log: {}", log_path.display());
+                    bail!(
+                        "the daemon exited ({status}) before the device came up; its log: {}",
+                        log_path.display()
+                    );
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    bail!("the device did not come up within {START_WAIT_MAX:?}; see {}", log_path.display());
+                    bail!(
+                        "the device did not come up within {START_WAIT_MAX:?}; see {}",
+                        log_path.display()
+                    );
                 }
             }
         }
@@ -110,11 +137,18 @@ fn start_daemon(args: &AttachArgs) -> Result<i32> {
 async fn serve(args: AttachArgs) -> Result<i32> {
     let opts = args.engine_options()?;
     let url = args.url.clone();
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| default_cache_dir(&url));
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_cache_dir(&url));
     let store = spritedisk_store::open_url(&url)?;
     let t0 = Instant::now();
     let volume = Volume::open(store, &url, Some(&cache_dir), opts).await?;
-    tracing::info!(url, open_ms = t0.elapsed().as_millis() as u64, "volume opened");
+    tracing::info!(
+        url,
+        open_ms = t0.elapsed().as_millis() as u64,
+        "volume opened"
+    );
 
     let uopts = UblkOptions {
         queues: args.queues.unwrap_or_else(|| UblkOptions::default().queues),
@@ -150,7 +184,9 @@ async fn serve(args: AttachArgs) -> Result<i32> {
         cache_dir: cache_dir.clone(),
         queues: uopts.queues,
         queue_depth: uopts.depth,
-        since_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        since_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     })?;
     tracing::info!(url, device, dev_id, "device live");
     say(&format!("attached {url} at {device}"));
@@ -213,14 +249,27 @@ pub async fn detach(target: &str) -> Result<i32> {
     let t0 = Instant::now();
     while registry::pid_alive(e.pid) {
         if t0.elapsed() > DETACH_WAIT_MAX {
-            bail!("the daemon (pid {}) is still flushing after {DETACH_WAIT_MAX:?}; see {}", e.pid, e.cache_dir.join(DAEMON_LOG).display());
+            bail!(
+                "the daemon (pid {}) is still flushing after {DETACH_WAIT_MAX:?}; see {}",
+                e.pid,
+                e.cache_dir.join(DAEMON_LOG).display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Its exit status is not ours to read; the log says whether the final flush worked.
     let log = std::fs::read_to_string(e.cache_dir.join(DAEMON_LOG)).unwrap_or_default();
-    if log.lines().rev().take(5).any(|l| l.contains("final flush failed")) {
-        bail!("{} was detached but its final flush failed; see {}", e.device, e.cache_dir.join(DAEMON_LOG).display());
+    if log
+        .lines()
+        .rev()
+        .take(5)
+        .any(|l| l.contains("final flush failed"))
+    {
+        bail!(
+            "{} was detached but its final flush failed; see {}",
+            e.device,
+            e.cache_dir.join(DAEMON_LOG).display()
+        );
     }
     if Path::new(&e.device).exists() {
         bail!("{} still exists after its daemon exited", e.device);
@@ -234,14 +283,20 @@ pub fn list(json: bool) -> Result<i32> {
     if json {
         let v: Vec<_> = entries
             .iter()
-            .map(|e| serde_json::json!({ "entry": e, "daemon_running": registry::pid_alive(e.pid) }))
+            .map(
+                |e| serde_json::json!({ "entry": e, "daemon_running": registry::pid_alive(e.pid) }),
+            )
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
     println!("{:<14} {:>8} {:<9} URL", "DEVICE", "PID", "STATE");
     for e in entries {
-        let state = if registry::pid_alive(e.pid) { "running" } else { "orphaned" };
+        let state = if registry::pid_alive(e.pid) {
+            "running"
+        } else {
+            "orphaned"
+        };
         println!("{:<14} {:>8} {:<9} {}", e.device, e.pid, state, e.url);
     }
     Ok(0)
@@ -255,7 +310,11 @@ pub fn recover(device: &str) -> Result<i32> {
         bail!("{device} is not a device spritedisk attached here (see 'spritedisk list')");
     };
     if registry::pid_alive(e.pid) {
-        bail!("the daemon of {} (pid {}) is running: nothing to recover", e.device, e.pid);
+        bail!(
+            "the daemon of {} (pid {}) is running: nothing to recover",
+            e.device,
+            e.pid
+        );
     }
     let args = AttachArgs {
         url: e.url.clone(),

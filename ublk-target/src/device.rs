@@ -58,10 +58,15 @@ pub fn serve<D: BlockIo>(
         return Err(UblkTargetError::DriverMissing(DRIVER_MISSING));
     }
     if opts.queues == 0 || opts.depth == 0 {
-        return Err(UblkTargetError::BadOption("queues and queue depth must be at least 1".into()));
+        return Err(UblkTargetError::BadOption(
+            "queues and queue depth must be at least 1".into(),
+        ));
     }
     if engine.block_size() != 4096 {
-        return Err(UblkTargetError::BadOption(format!("block size {} is not 4096", engine.block_size())));
+        return Err(UblkTargetError::BadOption(format!(
+            "block size {} is not 4096",
+            engine.block_size()
+        )));
     }
     let (id, dev_flags) = match opts.recover_dev_id {
         Some(id) => (id as i32, UblkFlags::UBLK_DEV_F_RECOVER_DEV),
@@ -76,15 +81,27 @@ pub fn serve<D: BlockIo>(
         .ctrl_flags(libublk::sys::UBLK_F_USER_RECOVERY as u64)
         .dev_flags(dev_flags)
         .build()
-        .map_err(UblkTargetError::ublk(if opts.recover_dev_id.is_some() { "recover device" } else { "add device" }))?;
+        .map_err(UblkTargetError::ublk(if opts.recover_dev_id.is_some() {
+            "recover device"
+        } else {
+            "add device"
+        }))?;
+    if opts.recover_dev_id.is_some() {
+        // The kernel holds the device's queued I/O until a new daemon ends
+        // the recovery (START_DEV does that once the queues are set up).
+        ctrl.start_user_recover()
+            .map_err(UblkTargetError::ublk("start recovery"))?;
+    }
     let size = engine.size_bytes();
     let tgt_init = move |dev: &mut UblkDev| {
         set_params(dev, size);
         Ok(())
     };
     let q_fn = move |qid: u16, dev: &UblkDev| run_queue(qid, dev, engine.clone(), rt.clone());
-    ctrl.run_target(tgt_init, q_fn, move |ctrl: &UblkCtrl| on_live(ctrl.dev_info().dev_id, ctrl.get_bdev_path()))
-        .map_err(UblkTargetError::ublk("run device"))?;
+    ctrl.run_target(tgt_init, q_fn, move |ctrl: &UblkCtrl| {
+        on_live(ctrl.dev_info().dev_id, ctrl.get_bdev_path())
+    })
+    .map_err(UblkTargetError::ublk("run device"))?;
     let dev_id = ctrl.dev_info().dev_id;
     // Stopped: remove it so no /dev/ublkbN or /dev/ublkcN is left behind.
     if let Err(e) = ctrl.del_dev() {
@@ -119,7 +136,8 @@ fn set_params(dev: &mut UblkDev, size: u64) {
 /// the daemon serving it returns from [`serve`].
 pub fn kill_device(dev_id: u32) -> Result<(), UblkTargetError> {
     let ctrl = UblkCtrl::new_simple(dev_id as i32).map_err(UblkTargetError::ublk("open device"))?;
-    ctrl.kill_dev().map_err(UblkTargetError::ublk("stop device"))?;
+    ctrl.kill_dev()
+        .map_err(UblkTargetError::ublk("stop device"))?;
     Ok(())
 }
 
@@ -127,6 +145,7 @@ pub fn kill_device(dev_id: u32) -> Result<(), UblkTargetError> {
 /// user detaches instead of recovering).
 pub fn remove_device(dev_id: u32) -> Result<(), UblkTargetError> {
     let ctrl = UblkCtrl::new_simple(dev_id as i32).map_err(UblkTargetError::ublk("open device"))?;
-    ctrl.del_dev().map_err(UblkTargetError::ublk("delete device"))?;
+    ctrl.del_dev()
+        .map_err(UblkTargetError::ublk("delete device"))?;
     Ok(())
 }

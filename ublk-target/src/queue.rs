@@ -21,7 +21,12 @@ use spritedisk_volume::{BlockIo, IoReply, IoRequest};
 const QUEUE_IDLE_WAKE_SECS: u64 = 20;
 
 /// Runs queue `qid` until the device stops. Called on libublk's queue thread.
-pub(crate) fn run_queue<D: BlockIo>(qid: u16, dev: &UblkDev, engine: Arc<D>, rt: tokio::runtime::Handle) {
+pub(crate) fn run_queue<D: BlockIo>(
+    qid: u16,
+    dev: &UblkDev,
+    engine: Arc<D>,
+    rt: tokio::runtime::Handle,
+) {
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -53,7 +58,8 @@ async fn tag_loop<D: BlockIo>(
     rt: tokio::runtime::Handle,
 ) -> Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
-    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf)).await?;
+    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
+        .await?;
     loop {
         let res = handle_one(q, tag, buf.as_mut_slice(), &engine, &rt).await;
         SubmitNow::new(q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)).await?;
@@ -75,12 +81,19 @@ async fn handle_one<D: BlockIo>(
     let offset = iod.start_sector << 9;
     let len = (iod.nr_sectors as u64) << 9;
     let req = match op {
-        libublk::sys::UBLK_IO_OP_READ => IoRequest::Read { offset, len: len as u32 },
+        libublk::sys::UBLK_IO_OP_READ => IoRequest::Read {
+            offset,
+            len: len as u32,
+        },
         libublk::sys::UBLK_IO_OP_WRITE => {
             if len as usize > buf.len() {
                 return -libc::EINVAL;
             }
-            IoRequest::Write { offset, data: Bytes::copy_from_slice(&buf[..len as usize]), fua }
+            IoRequest::Write {
+                offset,
+                data: Bytes::copy_from_slice(&buf[..len as usize]),
+                fua,
+            }
         }
         libublk::sys::UBLK_IO_OP_FLUSH => IoRequest::Flush,
         libublk::sys::UBLK_IO_OP_DISCARD => IoRequest::Discard { offset, len, fua },
@@ -117,7 +130,10 @@ struct SubmitNow<F> {
 
 impl<F> SubmitNow<F> {
     fn new(inner: F) -> Self {
-        SubmitNow { inner: Box::pin(inner), submitted: false }
+        SubmitNow {
+            inner: Box::pin(inner),
+            submitted: false,
+        }
     }
 }
 
@@ -158,7 +174,10 @@ async fn poll_ring<T>(
 
     let poll_uring = || async {
         with_task_io_ring_mut(|r| r.submit_and_wait(0))?;
-        async_ring.readable().await.map_err(|_| UblkError::OtherError(-libc::EIO))?;
+        async_ring
+            .readable()
+            .await
+            .map_err(|_| UblkError::OtherError(-libc::EIO))?;
         Ok(false)
     };
     let reap = |poll_timeout| {

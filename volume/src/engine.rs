@@ -20,6 +20,7 @@ use crate::io::{BlockIo, IoReply, IoRequest};
 use crate::recovery;
 use crate::stats::{Counters, VolumeStats};
 use crate::upload::Sealed;
+use crate::wlog::{Replay, WriteLog};
 use crate::VolumeError;
 
 /// Largest single request: bounds the memory one request can pin.
@@ -66,6 +67,8 @@ pub(crate) struct State {
     pub last_store_error: Option<String>,
     /// Set when the engine must stop writing (fenced, metadata failure, closed).
     pub stopped: Option<String>,
+    /// Local log of acknowledged writes not yet durable (None: no cache dir, or disabled).
+    pub wlog: Option<WriteLog>,
 }
 
 impl State {
@@ -86,6 +89,14 @@ impl Volume {
     ) -> Result<Volume, VolumeError> {
         let (config, meta, rolled) = recovery::recover(&store, url, cache_dir).await?;
         let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
+        let (wlog, replay, first_new_gen) = match cache_dir {
+            Some(dir) => {
+                let (log, old, gen) =
+                    WriteLog::open(dir, rolled.next_seq).map_err(VolumeError::WriteLog)?;
+                (Some(log), old, gen)
+            }
+            None => (None, vec![], 0),
+        };
         let state = State {
             active: WriteBuffer::default(),
             active_since: None,
@@ -96,6 +107,7 @@ impl Volume {
             client_bytes_total: meta.stats()?.client_bytes_written,
             last_store_error: None,
             stopped: None,
+            wlog,
         };
         let inner = Arc::new(Inner {
             store,
@@ -114,7 +126,37 @@ impl Volume {
             counters: Counters::default(),
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
-        Ok(Volume { inner })
+        let vol = Volume { inner };
+        vol.replay(rolled.next_seq - 1, replay, first_new_gen)
+            .await?;
+        Ok(vol)
+    }
+
+    /// Re-applies the writes a dead daemon had acknowledged but not made
+    /// durable (from the local write log), in their original order.
+    async fn replay(
+        &self,
+        applied: u64,
+        logged: Replay,
+        first_new_gen: u64,
+    ) -> Result<(), VolumeError> {
+        let mut count = 0u64;
+        for (_, writes) in logged.into_iter().filter(|(seq, _)| *seq > applied) {
+            for w in writes {
+                self.admit(w.lba, w.blocks, w.data).await?;
+                count += 1;
+            }
+        }
+        if let Some(log) = self.inner.state.lock().unwrap().wlog.as_mut() {
+            log.forget_before(first_new_gen);
+        }
+        if count > 0 {
+            tracing::info!(
+                writes = count,
+                "replayed acknowledged writes from the local write log"
+            );
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &VolumeConfig {
@@ -204,6 +246,13 @@ impl Volume {
                 }
                 // One request larger than the bound is let in alone.
                 if st.dirty_bytes() + len <= inner.opts.dirty_bytes_max || st.dirty_bytes() == 0 {
+                    if let Some(log) = st.wlog.as_mut() {
+                        if let Err(e) = log.append(lba, blocks, data.as_deref()) {
+                            tracing::warn!(error = %e, "write log disabled: unflushed writes will not survive a daemon crash");
+                            log.abandon();
+                            st.wlog = None;
+                        }
+                    }
                     st.active.insert(lba, blocks, data, inner.block_size);
                     st.active_since.get_or_insert_with(Instant::now);
                     st.client_bytes_total += len;

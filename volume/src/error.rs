@@ -31,6 +31,8 @@ pub enum VolumeError {
     BadConfig(String),
     #[error("the local metadata in {path} does not belong to this volume ({reason}); delete that directory (it is only a cache) and attach again")]
     ForeignMetadata { path: String, reason: String },
+    #[error("{0}")]
+    WriteLog(String),
     #[error("volume is stopped: {0}")]
     Stopped(String),
 }

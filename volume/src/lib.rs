@@ -18,6 +18,7 @@ pub mod segment;
 mod stats;
 mod upload;
 mod verify;
+mod wlog;
 
 pub use config::{EngineOptions, VolumeConfig, BLOCK_SIZE, CONFIG_KEY, DEFAULT_SIZE_BYTES};
 pub use engine::{Volume, REQUEST_BYTES_MAX};

@@ -38,6 +38,13 @@ impl Inner {
         st.active_since = None;
         let seq = st.next_seq;
         st.next_seq += 1;
+        if let Some(log) = st.wlog.as_mut() {
+            if let Err(e) = log.rotate(st.next_seq) {
+                tracing::warn!(error = %e, "write log disabled: unflushed writes will not survive a daemon crash");
+                log.abandon();
+                st.wlog = None;
+            }
+        }
         let enc = segment::encode(
             self.volume_id,
             seq,
@@ -158,6 +165,9 @@ impl Inner {
                 debug_assert_eq!(popped.seq, seg.seq);
                 st.sealed_bytes -= popped.bytes.len() as u64;
                 st.applied_seq = seg.seq;
+                if let Some(log) = st.wlog.as_mut() {
+                    log.retire(seg.seq);
+                }
                 st.last_store_error = None;
             }
             self.changed.notify_waiters();
