@@ -62,7 +62,13 @@ async fn tag_loop<D: BlockIo>(
         .await?;
     loop {
         let res = handle_one(q, tag, buf.as_mut_slice(), &engine, &rt).await;
-        SubmitNow::new(q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)).await?;
+        let r = SubmitNow::new(q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)).await?;
+        // Anything but OK means no new request is in this tag's descriptor:
+        // serving it again would answer a request with stale data.
+        if r != libublk::sys::UBLK_IO_RES_OK as i32 {
+            tracing::error!(tag, r, "ublk COMMIT_AND_FETCH failed; this tag stops");
+            return Err(UblkError::OtherError(r));
+        }
     }
 }
 
@@ -182,7 +188,12 @@ async fn poll_ring<T>(
     };
     let reap = |poll_timeout| {
         ublk_reap_io_events_with_update_queue(q, poll_timeout, Some(TIMEOUT_USER_DATA), |cqe| {
-            ublk_wake_task(cqe.user_data(), cqe);
+            // The idle timeout's CQE belongs to no future: handing it to
+            // ublk_wake_task would complete whichever future holds slab key 0
+            // (its user_data has no key bits) with a bogus result.
+            if cqe.user_data() & UblkUringData::NonAsync as u64 == 0 {
+                ublk_wake_task(cqe.user_data(), cqe);
+            }
         })
     };
     let run_ops = || while exe.try_tick() {};

@@ -266,3 +266,27 @@ async fn create_and_open_errors_name_the_cause() {
         .unwrap();
     assert!(matches!(e, VolumeError::ForeignMetadata { .. }), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_right_while_segments_are_still_uploading() {
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create(&mem, 64 << 20).await;
+    let fault = Arc::new(FaultStore::new(
+        mem.clone(),
+        FaultConfig { error_rate: 0.0, put_delay_max: Duration::from_millis(200) },
+        9,
+    ));
+    let mut opts = small_opts(9);
+    opts.segment_bytes = 1 << 20;
+    opts.dirty_bytes_max = 8 << 20;
+    let vol = open(fault, None, opts).await;
+    // A fixed pseudo-random permutation of 4096 blocks, like fio's random map.
+    let n = 4096u64;
+    let order: Vec<u64> = (0..n).map(|i| (i * 2654435761) % n).collect();
+    for &b in &order {
+        vol.write(b * BS, pattern(b, 1, 5), false).await.unwrap();
+    }
+    for &b in order.iter().rev() {
+        assert_eq!(vol.read(b * BS, BS).await.unwrap(), pattern(b, 1, 5), "block {b}");
+    }
+}
