@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DEMO_DIR ?= /tmp/spritedisk-demo
 
-.PHONY: all build test test-deps lint demo bench clean
+.PHONY: all build test test-deps vm-test lint demo bench clean
 
 all: build
 
@@ -17,7 +17,12 @@ test: test-deps
 test-deps:
 	tools/install-test-deps.sh
 
-lint:
+# Only the ublk tests in the VM rig (make test runs them too).
+vm-test: test-deps
+	$(CARGO) build --bins
+	$(CARGO) test -p spritedisk-e2e --test ublk -- --nocapture
+
+lint: test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

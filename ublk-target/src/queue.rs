@@ -62,7 +62,8 @@ async fn tag_loop<D: BlockIo>(
         .await?;
     loop {
         let res = handle_one(q, tag, buf.as_mut_slice(), &engine, &rt).await;
-        let r = SubmitNow::new(q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)).await?;
+        let r = SubmitNow::new(q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res))
+            .await?;
         // Anything but OK means no new request is in this tag's descriptor:
         // serving it again would answer a request with stale data.
         if r != libublk::sys::UBLK_IO_RES_OK as i32 {

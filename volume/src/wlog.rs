@@ -67,10 +67,7 @@ impl WriteLog {
     /// segment `next_seq`. The caller replays the returned writes through
     /// the normal write path (which logs them again), then calls
     /// [`WriteLog::forget_before`] with the returned generation.
-    pub fn open(
-        cache_dir: &Path,
-        next_seq: u64,
-    ) -> Result<(WriteLog, Replay, u64), String> {
+    pub fn open(cache_dir: &Path, next_seq: u64) -> Result<(WriteLog, Replay, u64), String> {
         let dir = cache_dir.join(DIR);
         fs::create_dir_all(&dir).map_err(|e| io_err("mkdir", &dir, e))?;
         let mut gens: Vec<u64> = fs::read_dir(&dir)

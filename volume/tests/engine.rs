@@ -273,7 +273,10 @@ async fn reads_are_right_while_segments_are_still_uploading() {
     create(&mem, 64 << 20).await;
     let fault = Arc::new(FaultStore::new(
         mem.clone(),
-        FaultConfig { error_rate: 0.0, put_delay_max: Duration::from_millis(200) },
+        FaultConfig {
+            error_rate: 0.0,
+            put_delay_max: Duration::from_millis(200),
+        },
         9,
     ));
     let mut opts = small_opts(9);
@@ -287,6 +290,10 @@ async fn reads_are_right_while_segments_are_still_uploading() {
         vol.write(b * BS, pattern(b, 1, 5), false).await.unwrap();
     }
     for &b in order.iter().rev() {
-        assert_eq!(vol.read(b * BS, BS).await.unwrap(), pattern(b, 1, 5), "block {b}");
+        assert_eq!(
+            vol.read(b * BS, BS).await.unwrap(),
+            pattern(b, 1, 5),
+            "block {b}"
+        );
     }
 }
