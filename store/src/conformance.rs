@@ -59,7 +59,18 @@ async fn contract(s: Arc<dyn ObjectStore>) {
     s.delete("a/x").await.unwrap();
     s.delete("a/x").await.unwrap();
     assert_eq!(s.head("a/x").await.unwrap(), None);
-    for bad in ["", "/abs", "a/../b", "a//b", ".tmp-x"] {
+    // Etags agree between put, head and list.
+    let e3 = s
+        .put("a/big", Bytes::from(vec![7u8; 3 << 20]))
+        .await
+        .unwrap();
+    assert_eq!(s.head("a/big").await.unwrap().unwrap().etag, e3);
+    assert_eq!(s.list("a/big").await.unwrap()[0].etag, e3);
+    s.put_if_match("a/big", Bytes::from_static(b"small"), &e3)
+        .await
+        .unwrap();
+    s.delete("a/big").await.unwrap();
+    for bad in ["", "/abs", "a/../b", "a//b", ".tmp-x", ".lock"] {
         assert!(
             matches!(s.put(bad, b("x")).await, Err(StoreError::InvalidKey(_))),
             "{bad}"

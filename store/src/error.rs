@@ -22,6 +22,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{key} was written but cannot be made durable (fsync of its directory failed: {source}); stopping rather than trusting it")]
+    NotDurable {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("injected fault: {0}")]
     Injected(String),
 }
@@ -38,6 +44,22 @@ impl StoreError {
     /// Whether retrying the same request may succeed (an outage, a full disk
     /// being freed), as opposed to an answer that will not change.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Io { .. } | StoreError::Injected(_))
+        use std::io::ErrorKind as K;
+        match self {
+            StoreError::Injected(_) => true,
+            // A full disk can be freed and a network can come back; a
+            // permission, a read-only mount or a wrong path will not change.
+            StoreError::Io { source, .. } => !matches!(
+                source.kind(),
+                K::PermissionDenied
+                    | K::ReadOnlyFilesystem
+                    | K::NotADirectory
+                    | K::IsADirectory
+                    | K::InvalidInput
+                    | K::InvalidFilename
+                    | K::Unsupported
+            ),
+            _ => false,
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{check_key, etag_of, ObjectMeta, ObjectStore, StoreError};
+use crate::{check_key, ObjectMeta, ObjectStore, StoreError};
 
 const LOCK_FILE: &str = ".lock";
 
@@ -110,29 +110,50 @@ impl FileStore {
         Ok(tmp)
     }
 
-    fn commit_temp(&self, key: &str, tmp: &Path, path: &Path) -> Result<(), StoreError> {
-        let res = fs::rename(tmp, path).and_then(|_| fsync_dir(path.parent().unwrap()));
-        if let Err(e) = res {
+    /// Renames the temp file into place and makes the rename durable; returns the new etag.
+    fn commit_temp(&self, key: &str, tmp: &Path, path: &Path) -> Result<String, StoreError> {
+        if let Err(e) = fs::rename(tmp, path) {
             let _ = fs::remove_file(tmp);
             return Err(StoreError::io("put", key, e));
         }
-        Ok(())
+        // The object is visible now; if its directory entry cannot be made
+        // durable, a retry would find it and take it for durable. Fail for good.
+        fsync_dir(path.parent().unwrap()).map_err(|e| StoreError::NotDurable {
+            key: key.to_string(),
+            source: e,
+        })?;
+        let m = fs::metadata(path).map_err(|e| StoreError::io("put", key, e))?;
+        Ok(meta_etag(&m))
     }
 
     fn put_sync(&self, key: &str, data: &[u8]) -> Result<String, StoreError> {
         let path = self.path(key)?;
         let tmp = self.write_temp(key, &path, data)?;
-        self.commit_temp(key, &tmp, &path)?;
-        Ok(etag_of(data))
+        let _lock = self.lock(key)?;
+        self.commit_temp(key, &tmp, &path)
     }
 
     fn current_etag(&self, key: &str, path: &Path) -> Result<Option<String>, StoreError> {
-        match fs::read(path) {
-            Ok(d) => Ok(Some(etag_of(&d))),
+        match fs::metadata(path) {
+            Ok(m) => Ok(Some(meta_etag(&m))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("head", key, e)),
         }
     }
+}
+
+/// Etag of a stored file from its metadata: every put renames a new inode
+/// into place, so size, inode and mtime together change with every version,
+/// and `head`, `list` and conditional puts all agree without reading data.
+fn meta_etag(m: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{:x}-{:x}-{:x}.{:x}",
+        m.len(),
+        m.ino(),
+        m.mtime(),
+        m.mtime_nsec()
+    )
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -197,12 +218,15 @@ impl ObjectStore for FileStore {
             let path = s.path(&key)?;
             let tmp = s.write_temp(&key, &path, &data)?;
             let _lock = s.lock(&key)?;
-            if path.exists() {
+            let exists = path
+                .try_exists()
+                .map_err(|e| StoreError::io("put", &key, e));
+            if exists.as_ref().map_or(true, |e| *e) {
                 let _ = fs::remove_file(&tmp);
+                exists?;
                 return Err(StoreError::PreconditionFailed(key));
             }
-            s.commit_temp(&key, &tmp, &path)?;
-            Ok(etag_of(&data))
+            s.commit_temp(&key, &tmp, &path)
         })
         .await
     }
@@ -218,8 +242,7 @@ impl ObjectStore for FileStore {
                 let _ = fs::remove_file(&tmp);
                 return Err(StoreError::PreconditionFailed(key));
             }
-            s.commit_temp(&key, &tmp, &path)?;
-            Ok(etag_of(&data))
+            s.commit_temp(&key, &tmp, &path)
         })
         .await
     }
@@ -233,15 +256,8 @@ impl ObjectStore for FileStore {
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(StoreError::io("head", &key, e)),
             };
-            // Etags are only needed for small guarded objects; big ones get a
-            // cheap stand-in so that HEAD of a segment never reads it.
-            let etag = if size <= 1 << 20 {
-                match s.current_etag(&key, &path)? {
-                    Some(e) => e,
-                    None => return Ok(None),
-                }
-            } else {
-                format!("{size:x}-large")
+            let Some(etag) = s.current_etag(&key, &path)? else {
+                return Ok(None);
             };
             Ok(Some(ObjectMeta { key, size, etag }))
         })
@@ -305,11 +321,11 @@ fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::
                 walk(&entry.path(), &key, prefix, out)?;
             }
         } else if ft.is_file() && key.starts_with(prefix) {
-            let size = entry.metadata()?.len();
+            let m = entry.metadata()?;
             out.push(ObjectMeta {
-                etag: format!("{size:x}"),
+                etag: meta_etag(&m),
                 key,
-                size,
+                size: m.len(),
             });
         }
     }

@@ -70,7 +70,8 @@ pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
         || key.starts_with('/')
         || key
             .split('/')
-            .any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with(".tmp-"));
+            .any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with(".tmp-"))
+        || key == ".lock";
     if bad {
         return Err(StoreError::InvalidKey(key.to_string()));
     }

@@ -25,6 +25,11 @@ impl WriteBuffer {
         self.runs.is_empty()
     }
 
+    /// Number of runs (each becomes at least one segment index entry).
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
     /// Bytes of data held (unmapped runs hold none).
     pub fn data_bytes(&self) -> u64 {
         self.data_bytes

@@ -235,6 +235,9 @@ impl Volume {
     async fn admit(&self, lba: u64, blocks: u64, data: Option<Bytes>) -> Result<(), VolumeError> {
         let inner = &self.inner;
         let len = data.as_ref().map_or(0, |d| d.len() as u64);
+        // A writer waiting for memory gives up when a FLUSH would: the store
+        // has been failing for that long.
+        let deadline = tokio::time::Instant::now() + inner.opts.flush_timeout;
         loop {
             let notified = inner.changed.notified();
             tokio::pin!(notified);
@@ -257,7 +260,9 @@ impl Volume {
                     st.active_since.get_or_insert_with(Instant::now);
                     st.client_bytes_total += len;
                     inner.counters.add_write(len);
-                    if st.active.data_bytes() >= inner.opts.segment_bytes {
+                    if st.active.data_bytes() >= inner.opts.segment_bytes
+                        || st.active.run_count() >= crate::segment::BUFFER_RUNS_MAX
+                    {
                         inner.seal_locked(&mut st);
                     }
                     return Ok(());
@@ -265,7 +270,17 @@ impl Volume {
                 // Full: make sure what is buffered is on its way out, then wait.
                 inner.seal_locked(&mut st);
             }
-            notified.await;
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let st = inner.state.lock().unwrap();
+                let last_error = st
+                    .last_store_error
+                    .clone()
+                    .unwrap_or_else(|| "uploads still in progress".into());
+                return Err(VolumeError::FlushTimeout {
+                    timeout_ms: inner.opts.flush_timeout.as_millis() as u64,
+                    last_error,
+                });
+            }
         }
     }
 

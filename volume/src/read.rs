@@ -18,22 +18,27 @@ impl Inner {
     pub async fn read(self: &Arc<Self>, lba: u64, blocks: u64) -> Result<Bytes, VolumeError> {
         let bs = self.block_size;
         let mut out = vec![0u8; (blocks * bs) as usize];
-        let extents: Vec<Extent> = {
+        // The active buffer is copied under the state lock; sealed segments
+        // are immutable, so holding them (Arc) is enough and the lock is not
+        // held through their copies or the SQLite lookup. A segment applied
+        // to the map meanwhile is harmless: the in-memory layers win over the
+        // map, and ranges they do not cover are the same in both.
+        let (mut holes, sealed) = {
             let st = self.state.lock().unwrap();
-            let mut holes = vec![(lba, lba + blocks)];
-            let layers =
-                std::iter::once(&st.active).chain(st.sealed.iter().rev().map(|s| &s.frozen));
-            for layer in layers {
-                if holes.is_empty() {
-                    break;
-                }
-                holes = holes
-                    .into_iter()
-                    .flat_map(|(a, b)| layer.fill(a, b, lba, &mut out, bs))
-                    .collect();
+            let holes = st.active.fill(lba, lba + blocks, lba, &mut out, bs);
+            let sealed: Vec<_> = st.sealed.iter().rev().cloned().collect();
+            (holes, sealed)
+        };
+        for seg in &sealed {
+            if holes.is_empty() {
+                break;
             }
-            // Still under the state lock, so no segment can move from the
-            // in-memory layers into the map between the two looks.
+            holes = holes
+                .into_iter()
+                .flat_map(|(a, b)| seg.frozen.fill(a, b, lba, &mut out, bs))
+                .collect();
+        }
+        let extents: Vec<Extent> = {
             let meta = self.meta.lock().unwrap();
             let mut ex = vec![];
             for (a, b) in holes {

@@ -244,6 +244,17 @@ async fn roll_forward(
                 config.id
             )));
         }
+        let volume_blocks = config.size_bytes / bs;
+        if let Some(c) = changes.iter().find(|c| {
+            c.lba
+                .checked_add(c.blocks)
+                .is_none_or(|end| end > volume_blocks)
+        }) {
+            return Err(corrupt(format!(
+                "an entry maps blocks {}+{} beyond the volume's {volume_blocks} blocks",
+                c.lba, c.blocks
+            )));
+        }
         meta.apply_segment(&SegmentApply {
             seq,
             size_bytes: size,

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use spritedisk_store::StoreError;
 
-/// Attempts of one idempotent request before its error reaches the caller.
-pub const STORE_READ_ATTEMPTS_MAX: u32 = 5;
+/// Attempts of one idempotent request before its error reaches the caller:
+/// with the backoff below, about 6 s of store trouble before a read fails.
+pub const STORE_READ_ATTEMPTS_MAX: u32 = 8;
 const STORE_READ_BACKOFF_FIRST: Duration = Duration::from_millis(20);
+const STORE_READ_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 pub async fn retry_read<T, F, Fut>(what: &str, mut f: F) -> Result<T, StoreError>
 where
@@ -23,7 +25,7 @@ where
             Err(e) if e.is_transient() && attempt < STORE_READ_ATTEMPTS_MAX => {
                 tracing::warn!(what, attempt, error = %e, "store request failed; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                backoff = (backoff * 2).min(STORE_READ_BACKOFF_MAX);
                 attempt += 1;
             }
             res => return res,

@@ -31,6 +31,11 @@ pub const ENTRY_BYTES: usize = 32;
 pub const PIECE_BLOCKS_MAX: u64 = 16;
 /// Most entries one segment may hold: bounds what a decoder allocates.
 const ENTRIES_MAX: u32 = 1 << 20;
+/// The write buffer is sealed at this many runs, whatever its data size, so
+/// that a storm of small discards never builds a segment past
+/// [`ENTRIES_MAX`] (a run of data yields at most `segment_bytes / 64 KiB`
+/// extra entries, far below the margin).
+pub const BUFFER_RUNS_MAX: usize = 1 << 16;
 
 const KIND_DATA: u32 = 1;
 const KIND_UNMAP: u32 = 2;
@@ -108,6 +113,11 @@ pub fn encode(
             }
         }
     }
+    assert!(
+        entries.len() <= ENTRIES_MAX as usize,
+        "segment {seq} would have {} entries",
+        entries.len()
+    );
     let data_offset = (HEADER_BYTES + entries.len() * ENTRY_BYTES) as u64;
     let data_len: u64 = entries
         .iter()

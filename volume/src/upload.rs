@@ -66,7 +66,7 @@ impl Inner {
     }
 
     async fn upload(self: Arc<Self>, seg: Arc<Sealed>) {
-        let Ok(_slot) = self.upload_slots.acquire().await else {
+        let Ok(slot) = self.upload_slots.acquire().await else {
             return;
         };
         let key = segment_key(seg.seq);
@@ -75,6 +75,10 @@ impl Inner {
             if self.is_stopped() {
                 return;
             }
+            // Armed before the attempt, so a FLUSH during it is not missed.
+            let retry_now = self.retry_now.notified();
+            tokio::pin!(retry_now);
+            retry_now.as_mut().enable();
             let err = match self.store.put_if_absent(&key, seg.bytes.clone()).await {
                 Ok(_) => break,
                 // Our own earlier attempt may have landed with its reply lost:
@@ -106,13 +110,11 @@ impl Inner {
                 .gen_range(0..=backoff.as_millis() as u64 / 2);
             // A FLUSH cuts the wait short: the store may be back, and the
             // flush's own deadline should not be spent sleeping.
-            let _ = tokio::time::timeout(
-                backoff + Duration::from_millis(jitter),
-                self.retry_now.notified(),
-            )
-            .await;
+            let _ = tokio::time::timeout(backoff + Duration::from_millis(jitter), retry_now).await;
             backoff = (backoff * 2).min(self.opts.retry_backoff_max);
         }
+        // The next PUT need not wait for this segment's metadata work.
+        drop(slot);
         self.counters.add_put(seg.bytes.len() as u64);
         seg.durable.store(true, Ordering::SeqCst);
         self.advance().await;
