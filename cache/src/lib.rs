@@ -1,12 +1,38 @@
-//! The read-through cache tier's interface. The NVMe tier itself (sparse
-//! file, checksummed lines, eviction, warm restart) has its own issue; the
-//! engine already talks to it through this trait so that tier drops in.
+//! The read-through cache tier: local disk that makes reads fast and never
+//! holds the only copy of anything (every line is a copy of immutable
+//! segment bytes that stay in the object store).
 //!
 //! Lines are keyed by (segment, byte offset in the segment) — never by LBA —
 //! so a line stays valid across restore and fork and an overwritten LBA can
 //! never be served stale bytes: new data lives in a new segment.
+//!
+//! [`DiskCache`] (`disk.rs`) is the tier; [`NoCache`] turns it off.
+
+mod disk;
+mod index;
+
+pub use disk::{DiskCache, LINE_BYTES};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Counters of a cache, since it was opened.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_bytes: u64,
+    pub inserts: u64,
+    pub evictions: u64,
+    /// Lines whose checksum failed on read: dropped, and refetched by the caller.
+    pub corrupt_drops: u64,
+    /// Inserts that could not be written (e.g. a full disk): reads stay uncached.
+    pub write_errors: u64,
+    pub lines: u64,
+    pub capacity_bytes: u64,
+    /// Space the cache file really occupies on disk.
+    pub physical_bytes: u64,
+}
 
 /// A cache of immutable segment bytes.
 pub trait ReadCache: Send + Sync + std::fmt::Debug + 'static {
@@ -14,6 +40,11 @@ pub trait ReadCache: Send + Sync + std::fmt::Debug + 'static {
     fn get(&self, seg: u64, offset: u64, len: u64) -> Option<Bytes>;
     /// Offers bytes that were just written or fetched (and verified).
     fn insert(&self, seg: u64, offset: u64, data: Bytes);
+    /// Makes the cache's contents usable by the next process (clean detach).
+    fn persist(&self) {}
+    fn stats(&self) -> CacheStats {
+        CacheStats::default()
+    }
 }
 
 /// No cache: every read of flushed data goes to the object store.

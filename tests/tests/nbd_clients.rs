@@ -157,6 +157,16 @@ fn fio_verify_survives_reattach_and_a_fresh_machine() {
 
     let d = Daemon::attach(&url, &env.sock(), &env.path("cache"), &[]);
     run_verify(&d, true);
+    // The verify pass read everything the first run wrote: from the warm cache.
+    let live = wait_live_stats(&url, &env.path("cache"));
+    assert!(
+        live["cache"]["hits"].as_u64().unwrap() > 0,
+        "no cache hits after a warm restart: {live}"
+    );
+    assert_eq!(
+        live["session_gets"], 0,
+        "a warm restart re-read its data from the store: {live}"
+    );
     assert_eq!(d.detach(), 0);
 
     run_ok(
@@ -182,6 +192,26 @@ fn fio_verify_survives_reattach_and_a_fresh_machine() {
     ]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("0 problems"));
+}
+
+/// `spritedisk stats --json` of an attached volume, once its daemon has published live numbers.
+fn wait_live_stats(url: &str, cache: &std::path::Path) -> serde_json::Value {
+    for _ in 0..50 {
+        let o = spritedisk(&[
+            "stats",
+            url,
+            "--json",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if !v["live"].is_null() && v["live"]["cache"]["hits"].as_u64().unwrap_or(0) > 0 {
+            return v["live"].clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the daemon published no live stats with cache hits");
 }
 
 #[test]

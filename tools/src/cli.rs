@@ -80,6 +80,9 @@ pub struct AttachArgs {
     /// Local cache directory (metadata database; later the read cache). Only a cache: deleting it while detached is safe.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Size of the local read cache (a sparse file in the cache directory; 0 turns it off).
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    pub cache_size: u64,
     /// Seal and upload a segment when this much data is buffered.
     #[arg(long, default_value = "8M", value_parser = parse_size)]
     pub segment_size: u64,
@@ -125,6 +128,7 @@ impl AttachArgs {
             upload_inflight_max: self.uploads.max(1),
             flush_timeout: Duration::from_secs_f64(self.flush_timeout),
             writeback_delay: Duration::from_secs_f64(self.writeback_delay),
+            cache_bytes: self.cache_size,
             seed: std::process::id() as u64,
             ..EngineOptions::default()
         })

@@ -3,19 +3,57 @@
 //! daemon has it attached.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use spritedisk_volume::{inspect_volume, verify_volume, VolumeStats};
+use spritedisk_volume::{inspect_volume, verify_volume, Volume, VolumeStats};
 
 use crate::size::human;
+
+/// Where an attached daemon publishes its live stats, every [`STATS_PERIOD`].
+const STATS_FILE: &str = "stats.json";
+const STATS_PERIOD: Duration = Duration::from_secs(2);
+
+/// Publishes the daemon's live stats (cache, upload backlog) for `spritedisk stats`.
+pub fn publish_stats(volume: Volume, cache_dir: PathBuf) {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(st) = volume.stats() {
+                let tmp = cache_dir.join("stats.json.tmp");
+                if let Ok(b) = serde_json::to_vec_pretty(&st) {
+                    if std::fs::write(&tmp, b).is_ok() {
+                        let _ = std::fs::rename(&tmp, cache_dir.join(STATS_FILE));
+                    }
+                }
+            }
+            tokio::time::sleep(STATS_PERIOD).await;
+        }
+    });
+}
+
+/// The live stats of a daemon serving this cache directory, if it published lately.
+fn live_stats(cache_dir: &Path) -> Option<VolumeStats> {
+    let p = cache_dir.join(STATS_FILE);
+    let age = SystemTime::now()
+        .duration_since(std::fs::metadata(&p).ok()?.modified().ok()?)
+        .ok()?;
+    if age > STATS_PERIOD * 3 {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
 
 pub async fn stats(url: &str, cache_dir: &Path, json: bool) -> Result<i32> {
     let store = spritedisk_store::open_url(url)?;
     let insp = inspect_volume(&store, url, Some(cache_dir)).await?;
     let s = VolumeStats::offline(&insp)?;
+    let live = live_stats(cache_dir);
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "durable": s, "live": live }))?
+        );
         return Ok(0);
     }
     println!("volume         {url} (id {})", s.volume_id);
@@ -36,6 +74,31 @@ pub async fn stats(url: &str, cache_dir: &Path, json: bool) -> Result<i32> {
         human(s.live_bytes)
     );
     println!("extents        {}", s.extents);
+    if let Some(l) = &live {
+        let c = &l.cache;
+        let ratio = c.hits as f64 / (c.hits + c.misses).max(1) as f64;
+        println!(
+            "attached       yes: {} buffered, {} segments uploading",
+            human(l.dirty_bytes),
+            l.upload_backlog_segments
+        );
+        println!(
+            "cache          {:.1}% hits ({} hits, {} misses), {} served from cache, {} from the store",
+            ratio * 100.0,
+            c.hits,
+            c.misses,
+            human(c.hit_bytes),
+            human(l.session_get_bytes)
+        );
+        println!(
+            "cache space    {} of {} on disk, {} lines, {} evictions, {} checksum drops",
+            human(c.physical_bytes),
+            human(c.capacity_bytes),
+            c.lines,
+            c.evictions,
+            c.corrupt_drops
+        );
+    }
     if !insp.rolled.debris.is_empty() {
         println!("debris         {} segments past a gap (a crashed writer's; the next attach deletes them)", insp.rolled.debris.len());
     }

@@ -75,6 +75,7 @@ fn start_daemon(args: &AttachArgs) -> Result<i32> {
         &args.flush_timeout.to_string(),
     ]);
     cmd.args(["--writeback-delay", &args.writeback_delay.to_string()]);
+    cmd.args(["--cache-size", &args.cache_size.to_string()]);
     if let Some(q) = args.queues {
         cmd.args(["--queues", &q.to_string()]);
     }
@@ -189,6 +190,7 @@ async fn serve(args: AttachArgs) -> Result<i32> {
             .map_or(0, |d| d.as_secs()),
     })?;
     tracing::info!(url, device, dev_id, "device live");
+    crate::inspect::publish_stats(volume.clone(), cache_dir.clone());
     say(&format!("attached {url} at {device}"));
 
     let mut term = signal(SignalKind::terminate())?;

@@ -84,6 +84,8 @@ pub struct EngineOptions {
     pub writeback_delay: Duration,
     pub retry_backoff_min: Duration,
     pub retry_backoff_max: Duration,
+    /// Size of the local read cache under the cache directory (0: none).
+    pub cache_bytes: u64,
     /// Seed of the retry jitter, so fault tests replay exactly.
     pub seed: u64,
 }
@@ -98,6 +100,7 @@ impl Default for EngineOptions {
             writeback_delay: Duration::from_secs(5),
             retry_backoff_min: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(5),
+            cache_bytes: 0,
             seed: 0,
         }
     }

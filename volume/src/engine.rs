@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use spritedisk_cache::{NoCache, ReadCache};
+use spritedisk_cache::{DiskCache, NoCache, ReadCache};
 use spritedisk_meta::MetaDb;
 use spritedisk_store::ObjectStore;
 use tokio::sync::{Notify, Semaphore};
@@ -111,7 +111,7 @@ impl Volume {
         };
         let inner = Arc::new(Inner {
             store,
-            cache: Arc::new(NoCache),
+            cache: open_cache(cache_dir, opts.cache_bytes),
             block_size: config.block_size as u64,
             config,
             volume_id,
@@ -300,10 +300,13 @@ impl Volume {
         self.inner.wait_applied(target).await
     }
 
-    /// Flushes and stops the engine: later I/O fails with ESHUTDOWN.
+    /// Flushes and stops the engine: later I/O fails with ESHUTDOWN. The
+    /// read cache is saved for a warm restart.
     pub async fn close(&self) -> Result<(), VolumeError> {
         let res = self.flush().await;
         self.inner.stop("volume closed");
+        let cache = self.inner.cache.clone();
+        let _ = tokio::task::spawn_blocking(move || cache.persist()).await;
         res
     }
 
@@ -334,6 +337,21 @@ impl Volume {
                 .await
                 .map(|_| IoReply::Done),
         }
+    }
+}
+
+/// The read cache in `cache_dir/cache`. A cache that cannot be opened (a
+/// full or read-only disk) is not an error: reads go to the store.
+fn open_cache(cache_dir: Option<&Path>, bytes: u64) -> Arc<dyn ReadCache> {
+    match cache_dir {
+        Some(dir) if bytes > 0 => match DiskCache::open(&dir.join("cache"), bytes) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "read cache unavailable: reads go to the object store");
+                Arc::new(NoCache)
+            }
+        },
+        _ => Arc::new(NoCache),
     }
 }
 

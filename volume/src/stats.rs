@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::Inner;
 use crate::VolumeError;
@@ -37,7 +37,7 @@ impl Counters {
 }
 
 /// What an operator sees of a volume (`spritedisk stats`).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VolumeStats {
     pub volume_id: String,
     pub size_bytes: u64,
@@ -61,6 +61,8 @@ pub struct VolumeStats {
     pub session_gets: u64,
     pub session_get_bytes: u64,
     pub session_flushes: u64,
+    /// The local read cache (zeros when there is none, or offline).
+    pub cache: spritedisk_cache::CacheStats,
 }
 
 impl Inner {
@@ -92,6 +94,7 @@ impl Inner {
             session_gets: c.gets.load(Ordering::Relaxed),
             session_get_bytes: c.get_bytes.load(Ordering::Relaxed),
             session_flushes: c.flushes.load(Ordering::Relaxed),
+            cache: self.cache.stats(),
         })
     }
 }

@@ -115,6 +115,21 @@ impl Inner {
         }
         // The next PUT need not wait for this segment's metadata work.
         drop(slot);
+        // Reading back recent writes needs no GET: the pieces go to the cache
+        // once they are durable (a line is never the only copy).
+        let cache = self.cache.clone();
+        let (s2, bs) = (seg.clone(), self.block_size as usize);
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in s2.changes.iter().filter_map(|c| c.piece) {
+                let end = p.piece_off as usize + p.piece_blocks as usize * bs;
+                cache.insert(
+                    s2.seq,
+                    p.piece_off,
+                    s2.bytes.slice(p.piece_off as usize..end),
+                );
+            }
+        })
+        .await;
         self.counters.add_put(seg.bytes.len() as u64);
         seg.durable.store(true, Ordering::SeqCst);
         self.advance().await;

@@ -22,6 +22,7 @@ pub fn small_opts(seed: u64) -> EngineOptions {
         writeback_delay: Duration::from_secs(3600),
         retry_backoff_min: Duration::from_millis(1),
         retry_backoff_max: Duration::from_millis(20),
+        cache_bytes: 0,
         seed,
     }
 }

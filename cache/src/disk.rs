@@ -1,0 +1,417 @@
+//! The cache on local disk: one sparse file of fixed 64 KiB slots.
+//!
+//! Line size: 64 KiB, the engine's checksummed piece (the unit a read of
+//! flushed data fetches), so a line is exactly one verified piece and one
+//! ranged GET; big enough to amortise a GET's latency, small enough that a
+//! 4 KiB random read does not drag in megabytes.
+//!
+//! Eviction: CLOCK (second chance). A hit sets the slot's reference bit; the
+//! hand clears bits and evicts the first unreferenced slot. It keeps hot
+//! lines under a scan almost as well as LRU with no list to update on every
+//! hit (a hit is one bit store under the lock).
+//!
+//! Bound: the file has `capacity / 64 KiB` slots and a line only ever lives in
+//! its slot, so its allocated size never exceeds the capacity. Dropped lines
+//! are punched out (FALLOC_FL_PUNCH_HOLE), so a damaged or unused slot holds
+//! no disk space.
+//!
+//! Trust: every line's crc32c is kept in memory and checked on every read; a
+//! mismatch drops the line. The index is saved only on a clean close and is
+//! deleted when the cache opens, so after a crash every line is dropped,
+//! never trusted. Any I/O error (a full disk) makes the cache skip that line:
+//! reads degrade to uncached, never to errors.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use crate::index::{self, SavedLine};
+use crate::{CacheStats, ReadCache};
+
+pub const LINE_BYTES: u64 = 64 << 10;
+const DATA_FILE: &str = "cache.data";
+const INDEX_FILE: &str = "cache.index";
+
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    seg: u64,
+    off: u64,
+    len: u32,
+    crc: u32,
+    referenced: bool,
+}
+
+#[derive(Debug)]
+struct Slots {
+    map: HashMap<(u64, u64), u32>,
+    /// Per slot: the line it holds, if any.
+    lines: Vec<Option<Line>>,
+    /// Bumped whenever a slot's content changes, so a reader that copied a
+    /// slot without the lock can tell that it raced a rewrite.
+    gens: Vec<u64>,
+    free: Vec<u32>,
+    hand: u32,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    hit_bytes: AtomicU64,
+    inserts: AtomicU64,
+    evictions: AtomicU64,
+    corrupt_drops: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct DiskCache {
+    dir: PathBuf,
+    file: File,
+    slots: Mutex<Slots>,
+    nslots: u32,
+    c: Counters,
+}
+
+impl DiskCache {
+    /// Opens (creating if needed) a cache of `capacity_bytes` in `dir`. A
+    /// cleanly closed cache comes back warm; anything else starts cold.
+    pub fn open(dir: &Path, capacity_bytes: u64) -> std::io::Result<DiskCache> {
+        std::fs::create_dir_all(dir)?;
+        let nslots = (capacity_bytes / LINE_BYTES).clamp(1, u32::MAX as u64) as u32;
+        let index_path = dir.join(INDEX_FILE);
+        let saved = index::load(&index_path, LINE_BYTES, nslots);
+        // From here on, a crash must not find an index that describes lines
+        // this process may rewrite.
+        if index_path.exists() {
+            std::fs::remove_file(&index_path)?;
+            File::open(dir)?.sync_all()?;
+        }
+        let data_path = dir.join(DATA_FILE);
+        if saved.is_none() {
+            // Cold: drop whatever an earlier process left, and its disk space.
+            let _ = std::fs::remove_file(&data_path);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&data_path)?;
+        file.set_len(nslots as u64 * LINE_BYTES)?;
+        let mut slots = Slots {
+            map: HashMap::new(),
+            lines: vec![None; nslots as usize],
+            gens: vec![0; nslots as usize],
+            free: vec![],
+            hand: 0,
+        };
+        let mut warm = 0;
+        for l in saved.unwrap_or_default() {
+            if slots.lines[l.slot as usize].is_none() && !slots.map.contains_key(&(l.seg, l.off)) {
+                slots.lines[l.slot as usize] = Some(Line {
+                    seg: l.seg,
+                    off: l.off,
+                    len: l.len,
+                    crc: l.crc,
+                    referenced: false,
+                });
+                slots.map.insert((l.seg, l.off), l.slot);
+                warm += 1;
+            }
+        }
+        slots.free = (0..nslots)
+            .rev()
+            .filter(|&s| slots.lines[s as usize].is_none())
+            .collect();
+        tracing::info!(dir = %dir.display(), capacity_bytes, warm_lines = warm, "cache opened");
+        Ok(DiskCache {
+            dir: dir.to_path_buf(),
+            file,
+            slots: Mutex::new(slots),
+            nslots,
+            c: Counters::default(),
+        })
+    }
+
+    fn punch(&self, slot: u32) {
+        // SAFETY: fallocate on our own open file descriptor.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (slot as u64 * LINE_BYTES) as libc::off_t,
+                LINE_BYTES as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(slot, error = %std::io::Error::last_os_error(), "punching a cache slot");
+        }
+    }
+
+    /// Drops the line in `slot` if it still is (`seg`, `off`) at generation `gen`.
+    fn drop_line(&self, slot: u32, key: (u64, u64), gen: u64) {
+        let mut s = self.slots.lock().unwrap();
+        if s.gens[slot as usize] == gen && s.map.get(&key) == Some(&slot) {
+            s.map.remove(&key);
+            s.lines[slot as usize] = None;
+            s.gens[slot as usize] += 1;
+            s.free.push(slot);
+            drop(s);
+            self.punch(slot);
+        }
+    }
+
+    /// A slot for a new line: a free one, else the CLOCK victim.
+    fn take_slot(s: &mut Slots, nslots: u32, evictions: &AtomicU64) -> u32 {
+        if let Some(slot) = s.free.pop() {
+            return slot;
+        }
+        loop {
+            let h = s.hand;
+            s.hand = (s.hand + 1) % nslots;
+            match &mut s.lines[h as usize] {
+                Some(l) if l.referenced => l.referenced = false,
+                Some(l) => {
+                    let key = (l.seg, l.off);
+                    s.map.remove(&key);
+                    s.lines[h as usize] = None;
+                    s.gens[h as usize] += 1;
+                    evictions.fetch_add(1, Ordering::Relaxed);
+                    return h;
+                }
+                // A slot being filled by another insert: skip it.
+                None => {}
+            }
+        }
+    }
+}
+
+impl ReadCache for DiskCache {
+    fn get(&self, seg: u64, offset: u64, len: u64) -> Option<Bytes> {
+        let key = (seg, offset);
+        let found = {
+            let mut s = self.slots.lock().unwrap();
+            match s.map.get(&key).copied() {
+                Some(slot) => {
+                    let gen = s.gens[slot as usize];
+                    let line = s.lines[slot as usize]
+                        .as_mut()
+                        .expect("mapped slot holds a line");
+                    line.referenced = true;
+                    (line.len as u64 == len).then_some((slot, gen, line.crc))
+                }
+                None => None,
+            }
+        };
+        let Some((slot, gen, crc)) = found else {
+            self.c.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let mut buf = vec![0u8; len as usize];
+        let read_ok = self
+            .file
+            .read_exact_at(&mut buf, slot as u64 * LINE_BYTES)
+            .is_ok();
+        let raced = self.slots.lock().unwrap().gens[slot as usize] != gen;
+        if raced {
+            self.c.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if !read_ok || crc32c::crc32c(&buf) != crc {
+            tracing::warn!(
+                seg,
+                offset,
+                slot,
+                "cache line failed its checksum: dropped, refetching"
+            );
+            self.c.corrupt_drops.fetch_add(1, Ordering::Relaxed);
+            self.c.misses.fetch_add(1, Ordering::Relaxed);
+            self.drop_line(slot, key, gen);
+            return None;
+        }
+        self.c.hits.fetch_add(1, Ordering::Relaxed);
+        self.c.hit_bytes.fetch_add(len, Ordering::Relaxed);
+        Some(Bytes::from(buf))
+    }
+
+    fn insert(&self, seg: u64, offset: u64, data: Bytes) {
+        if data.is_empty() || data.len() as u64 > LINE_BYTES {
+            return;
+        }
+        let key = (seg, offset);
+        let (slot, gen) = {
+            let mut s = self.slots.lock().unwrap();
+            if s.map.contains_key(&key) {
+                return;
+            }
+            let slot = Self::take_slot(&mut s, self.nslots, &self.c.evictions);
+            s.gens[slot as usize] += 1;
+            (slot, s.gens[slot as usize])
+        };
+        // Written outside the lock; the line becomes visible only once whole.
+        if let Err(e) = self.file.write_all_at(&data, slot as u64 * LINE_BYTES) {
+            tracing::debug!(error = %e, "cache write failed: line skipped");
+            self.c.write_errors.fetch_add(1, Ordering::Relaxed);
+            let mut s = self.slots.lock().unwrap();
+            s.free.push(slot);
+            drop(s);
+            self.punch(slot);
+            return;
+        }
+        let crc = crc32c::crc32c(&data);
+        let mut s = self.slots.lock().unwrap();
+        if s.gens[slot as usize] != gen || s.map.contains_key(&key) {
+            s.free.push(slot);
+            return;
+        }
+        s.lines[slot as usize] = Some(Line {
+            seg,
+            off: offset,
+            len: data.len() as u32,
+            crc,
+            referenced: false,
+        });
+        s.map.insert(key, slot);
+        s.gens[slot as usize] += 1;
+        self.c.inserts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn persist(&self) {
+        let lines: Vec<SavedLine> = {
+            let s = self.slots.lock().unwrap();
+            s.lines
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, l)| {
+                    l.map(|l| SavedLine {
+                        slot: slot as u32,
+                        seg: l.seg,
+                        off: l.off,
+                        len: l.len,
+                        crc: l.crc,
+                    })
+                })
+                .collect()
+        };
+        let res = self
+            .file
+            .sync_data()
+            .and_then(|_| index::save(&self.dir.join(INDEX_FILE), LINE_BYTES, self.nslots, &lines));
+        match res {
+            Ok(()) => tracing::info!(lines = lines.len(), "cache index saved"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cache index not saved: the next attach starts cold")
+            }
+        }
+    }
+
+    fn stats(&self) -> CacheStats {
+        let lines = self.slots.lock().unwrap().map.len() as u64;
+        let c = &self.c;
+        CacheStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            hit_bytes: c.hit_bytes.load(Ordering::Relaxed),
+            inserts: c.inserts.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            corrupt_drops: c.corrupt_drops.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            lines,
+            capacity_bytes: self.nslots as u64 * LINE_BYTES,
+            physical_bytes: self.file.metadata().map_or(0, |m| m.blocks() * 512),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(tag: u8, len: usize) -> Bytes {
+        Bytes::from(
+            (0..len)
+                .map(|i| tag.wrapping_add(i as u8))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn hit_miss_and_warm_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(c.get(1, 0, 4096), None);
+        c.insert(1, 0, line(1, 4096));
+        c.insert(1, 4096, line(2, 65536));
+        assert_eq!(c.get(1, 0, 4096), Some(line(1, 4096)));
+        assert_eq!(c.get(1, 4096, 65536), Some(line(2, 65536)));
+        assert_eq!(c.get(1, 0, 8192), None, "a length mismatch is a miss");
+        let st = c.stats();
+        assert_eq!((st.hits, st.misses, st.inserts, st.lines), (2, 2, 2, 2));
+        c.persist();
+        drop(c);
+        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            c.get(1, 4096, 65536),
+            Some(line(2, 65536)),
+            "warm after a clean close"
+        );
+        assert!(
+            !dir.path().join(INDEX_FILE).exists(),
+            "the index is consumed at open"
+        );
+        drop(c); // no persist: a crash
+        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(c.get(1, 4096, 65536), None, "cold after a crash");
+    }
+
+    #[test]
+    fn corruption_is_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        c.insert(7, 0, line(9, 65536));
+        c.insert(7, 65536, line(3, 65536));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(DATA_FILE))
+            .unwrap();
+        let slot = c.slots.lock().unwrap().map[&(7, 0)];
+        f.write_all_at(&[0xff], slot as u64 * LINE_BYTES + 100)
+            .unwrap();
+        assert_eq!(c.get(7, 0, 65536), None);
+        assert_eq!(c.stats().corrupt_drops, 1);
+        assert_eq!(c.get(7, 0, 65536), None, "the dropped line stays gone");
+        assert_eq!(c.stats().corrupt_drops, 1);
+        // A truncated file: reads fail, lines are dropped, nothing wrong is served.
+        f.set_len(0).unwrap();
+        assert_eq!(c.get(7, 65536, 65536), None);
+        assert_eq!(c.stats().corrupt_drops, 2);
+    }
+
+    #[test]
+    fn a_working_set_ten_times_the_capacity_stays_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 1 << 20; // 16 slots
+        let c = DiskCache::open(dir.path(), cap).unwrap();
+        for i in 0..160u64 {
+            c.insert(i, 0, line(i as u8, 65536));
+            // Re-reading a few keeps them hot under CLOCK.
+            c.get(0, 0, 65536);
+        }
+        let st = c.stats();
+        assert!(st.physical_bytes <= cap, "{} > {cap}", st.physical_bytes);
+        assert_eq!(st.lines, 16);
+        assert!(st.evictions >= 144);
+        assert_eq!(
+            c.get(0, 0, 65536),
+            Some(line(0, 65536)),
+            "the hot line survived the scan"
+        );
+    }
+}

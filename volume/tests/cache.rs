@@ -1,0 +1,153 @@
+//! The read cache as the engine uses it: exact hit/miss accounting counted
+//! in GETs through the store wrapper, write-populated lines, warm restart,
+//! corruption, crash, and a deleted cache directory.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use spritedisk_store::{FaultConfig, FaultStore, MemStore, ObjectStore};
+use spritedisk_volume::Volume;
+
+const MIB: u64 = 1 << 20;
+
+fn opts() -> spritedisk_volume::EngineOptions {
+    let mut o = small_opts(3);
+    o.segment_bytes = MIB;
+    o.dirty_bytes_max = 8 * MIB;
+    o.cache_bytes = 8 * MIB;
+    o
+}
+
+async fn setup() -> (Arc<dyn ObjectStore>, tempfile::TempDir) {
+    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create(&mem, 64 * MIB).await;
+    (mem, tempfile::tempdir().unwrap())
+}
+
+fn counted(mem: &Arc<dyn ObjectStore>) -> Arc<FaultStore> {
+    Arc::new(FaultStore::new(mem.clone(), FaultConfig::default(), 1))
+}
+
+/// GETs of segment data: attach itself reads volume.json once.
+fn data_gets(store: &FaultStore) -> u64 {
+    store.gets() - 1
+}
+
+/// Writes 2 MiB (32 pieces of 64 KiB) and flushes.
+async fn write_2mib(vol: &Volume) {
+    vol.write(0, pattern(0, 512, 1), true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_writes_and_warm_restarts_read_with_zero_gets() {
+    let (mem, dir) = setup().await;
+    let store = counted(&mem);
+    let vol = open(store.clone(), Some(dir.path()), opts()).await;
+    write_2mib(&vol).await;
+    assert_eq!(vol.read(0, 2 * MIB).await.unwrap(), pattern(0, 512, 1));
+    assert_eq!(data_gets(&store), 0, "written pieces are in the cache");
+    let st = vol.stats().unwrap();
+    assert_eq!(
+        (st.cache.hits, st.cache.misses, st.cache.lines),
+        (32, 0, 32)
+    );
+    vol.close().await.unwrap();
+
+    // Warm restart: same cache directory, zero GETs.
+    let store = counted(&mem);
+    let vol = open(store.clone(), Some(dir.path()), opts()).await;
+    assert_eq!(vol.read(0, 2 * MIB).await.unwrap(), pattern(0, 512, 1));
+    assert_eq!(data_gets(&store), 0, "a clean restart keeps the cache warm");
+    vol.close().await.unwrap();
+
+    // Deleting the cache directory while detached is safe: one GET per piece, then warm.
+    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+    let store = counted(&mem);
+    let vol = open(store.clone(), Some(dir.path()), opts()).await;
+    assert_eq!(vol.read(0, 2 * MIB).await.unwrap(), pattern(0, 512, 1));
+    assert_eq!(data_gets(&store), 32);
+    assert_eq!(vol.read(0, 2 * MIB).await.unwrap(), pattern(0, 512, 1));
+    assert_eq!(data_gets(&store), 32, "fetched pieces are cached");
+    let st = vol.stats().unwrap();
+    assert_eq!((st.cache.hits, st.cache.misses), (32, 32));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_leaves_nothing_trusted_and_corruption_is_refetched() {
+    let (mem, dir) = setup().await;
+    let vol = open(counted(&mem), Some(dir.path()), opts()).await;
+    write_2mib(&vol).await;
+    vol.abandon(); // crash: no index saved
+    drop(vol);
+    let store = counted(&mem);
+    let vol = open(store.clone(), Some(dir.path()), opts()).await;
+    assert_eq!(vol.read(0, 2 * MIB).await.unwrap(), pattern(0, 512, 1));
+    assert_eq!(
+        data_gets(&store),
+        32,
+        "after a crash every line is refetched"
+    );
+    vol.close().await.unwrap();
+
+    // Flip bits all over the cache file: reads stay right, the counters show the refetches.
+    let data = dir.path().join("cache/cache.data");
+    let mut raw = std::fs::read(&data).unwrap();
+    for i in (0..raw.len()).step_by(65536) {
+        raw[i + 77] ^= 0x20;
+    }
+    std::fs::write(&data, raw).unwrap();
+    let store = counted(&mem);
+    let vol = open(store.clone(), Some(dir.path()), opts()).await;
+    assert_eq!(vol.read(0, 2 * MIB).await.unwrap(), pattern(0, 512, 1));
+    assert_eq!(data_gets(&store), 32);
+    assert_eq!(vol.stats().unwrap().cache.corrupt_drops, 32);
+    // Truncated to nothing: still right.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert_eq!(vol.read(0, 2 * MIB).await.unwrap(), pattern(0, 512, 1));
+    assert_eq!(data_gets(&store), 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_set_ten_times_the_cache_stays_within_its_bound() {
+    let (mem, dir) = setup().await;
+    let mut o = opts();
+    o.cache_bytes = 2 * MIB;
+    let vol = open(counted(&mem), Some(dir.path()), o).await;
+    for i in 0..10u64 {
+        vol.write(i * 2 * MIB, pattern(i * 512, 512, 2), true)
+            .await
+            .unwrap();
+    }
+    for i in 0..10u64 {
+        assert_eq!(
+            vol.read(i * 2 * MIB, 2 * MIB).await.unwrap(),
+            pattern(i * 512, 512, 2)
+        );
+    }
+    let st = vol.stats().unwrap().cache;
+    assert!(
+        st.physical_bytes <= 2 * MIB,
+        "cache uses {} bytes of disk",
+        st.physical_bytes
+    );
+    let du = std::process::Command::new("du")
+        .arg("-k")
+        .arg(dir.path().join("cache/cache.data"))
+        .output()
+        .unwrap();
+    let kib: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kib <= 2048, "du says {kib} KiB");
+    assert!(st.evictions > 0);
+}
