@@ -10,7 +10,15 @@ mod ublk;
 
 use clap::Parser;
 
+/// Buffers of a megabyte and more (write buffers, segments) are mmapped and
+/// returned to the kernel when freed. glibc's default raises this threshold
+/// after the first such free and then keeps freed segments in its arenas:
+/// measured, a 4 GiB write left the daemon at 500+ MiB RSS instead of ~100.
+const MMAP_THRESHOLD_BYTES: i32 = 1 << 20;
+
 fn main() {
+    // SAFETY: mallopt only tunes the allocator; called before any thread starts.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
