@@ -79,6 +79,26 @@ impl Env {
     pub fn sock(&self) -> PathBuf {
         self.path("nbd.sock")
     }
+    /// Copies the store of volume `name` and attaches the copy with an empty
+    /// cache directory: the volume as another machine sees it.
+    pub fn attach_copy_elsewhere(&self, name: &str) -> Daemon {
+        let copy = format!("{name}-copy");
+        let _ = std::fs::remove_dir_all(self.path(&copy));
+        run_ok(
+            Command::new("cp")
+                .arg("-a")
+                .arg(self.path(name))
+                .arg(self.path(&copy)),
+        );
+        let _ = std::fs::remove_dir_all(self.path("cache-elsewhere"));
+        Daemon::attach(
+            &self.url(&copy),
+            &self.sock(),
+            &self.path("cache-elsewhere"),
+            &[],
+        )
+    }
+
     /// `spritedisk create` of a volume named `name`; panics on failure.
     pub fn create(&self, name: &str, size: &str) -> String {
         let url = self.url(name);

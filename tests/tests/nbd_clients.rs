@@ -59,18 +59,7 @@ fn qemu_io_patterns_survive_detach_and_a_fresh_machine() {
     assert_eq!(d.detach(), 0);
 
     // A copy of the store alone, attached with an empty cache directory.
-    run_ok(
-        Command::new("cp")
-            .arg("-a")
-            .arg(env.path("vol"))
-            .arg(env.path("vol-copy")),
-    );
-    let d = Daemon::attach(
-        &env.url("vol-copy"),
-        &env.sock(),
-        &env.path("cache-fresh"),
-        &[],
-    );
+    let d = env.attach_copy_elsewhere("vol");
     qemu_io(&d, &reads());
     assert_eq!(d.detach(), 0);
 }
@@ -169,18 +158,7 @@ fn fio_verify_survives_reattach_and_a_fresh_machine() {
     );
     assert_eq!(d.detach(), 0);
 
-    run_ok(
-        Command::new("cp")
-            .arg("-a")
-            .arg(env.path("vol"))
-            .arg(env.path("vol-copy")),
-    );
-    let d = Daemon::attach(
-        &env.url("vol-copy"),
-        &env.sock(),
-        &env.path("cache-fresh"),
-        &[],
-    );
+    let d = env.attach_copy_elsewhere("vol");
     run_verify(&d, true);
     assert_eq!(d.detach(), 0);
 
@@ -243,18 +221,7 @@ fn sigkill_of_the_daemon_loses_no_acknowledged_write() {
     assert_eq!(d.detach(), 0);
     // On another machine (the store alone) the flushed data is there; the
     // overwrite too, because the restarted daemon flushed it at detach.
-    run_ok(
-        Command::new("cp")
-            .arg("-a")
-            .arg(env.path("vol"))
-            .arg(env.path("vol-copy")),
-    );
-    let d = Daemon::attach(
-        &env.url("vol-copy"),
-        &env.sock(),
-        &env.path("cache-fresh"),
-        &[],
-    );
+    let d = env.attach_copy_elsewhere("vol");
     qemu_io(
         &d,
         &["read -P 0x42 0 1M".into(), "read -P 0x43 1M 64k".into()],
