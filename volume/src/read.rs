@@ -9,10 +9,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use spritedisk_meta::Extent;
 
+use futures::{StreamExt, TryStreamExt};
+
 use crate::engine::Inner;
 use crate::retry::retry_read;
 use crate::segment::{segment_key, verify_piece};
 use crate::VolumeError;
+
+/// Ranged GETs one read request keeps in flight.
+const PIECE_FETCHES_INFLIGHT_MAX: usize = 16;
 
 impl Inner {
     pub async fn read(self: &Arc<Self>, lba: u64, blocks: u64) -> Result<Bytes, VolumeError> {
@@ -51,15 +56,19 @@ impl Inner {
         for e in &extents {
             pieces.entry((e.seg, e.piece.piece_off)).or_insert(*e);
         }
-        let fetched = futures::future::try_join_all(pieces.into_values().map(|e| {
-            let me = self.clone();
-            async move {
-                me.fetch_piece(&e)
-                    .await
-                    .map(|d| ((e.seg, e.piece.piece_off), d))
-            }
-        }))
-        .await?;
+        // A large cold read fetches its pieces in parallel, a bounded number at a time.
+        let fetched: Vec<((u64, u64), Bytes)> =
+            futures::stream::iter(pieces.into_values().map(|e| {
+                let me = self.clone();
+                async move {
+                    me.fetch_piece(&e)
+                        .await
+                        .map(|d| ((e.seg, e.piece.piece_off), d))
+                }
+            }))
+            .buffer_unordered(PIECE_FETCHES_INFLIGHT_MAX)
+            .try_collect()
+            .await?;
         let fetched: HashMap<(u64, u64), Bytes> = fetched.into_iter().collect();
         for e in &extents {
             let piece = &fetched[&(e.seg, e.piece.piece_off)];
