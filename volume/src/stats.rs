@@ -16,6 +16,8 @@ pub(crate) struct Counters {
     pub put_bytes: AtomicU64,
     pub gets: AtomicU64,
     pub get_bytes: AtomicU64,
+    /// Bytes of sealed segments still in memory, whoever holds them.
+    pub segment_bytes_alive: std::sync::Arc<AtomicU64>,
 }
 
 impl Counters {
@@ -55,6 +57,8 @@ pub struct VolumeStats {
     pub dirty_bytes: u64,
     /// Segments sealed but not yet durable and applied.
     pub upload_backlog_segments: u64,
+    /// Memory held by sealed segments (queued or not): bounded by the dirty limit.
+    pub segment_memory_bytes: u64,
     /// Since attach: requests and object-store traffic of this process.
     pub session_puts: u64,
     pub session_put_bytes: u64,
@@ -89,6 +93,7 @@ impl Inner {
             applied_seq: m.applied_seq,
             dirty_bytes: dirty,
             upload_backlog_segments: backlog,
+            segment_memory_bytes: c.segment_bytes_alive.load(Ordering::Relaxed),
             session_puts: c.puts.load(Ordering::Relaxed),
             session_put_bytes: c.put_bytes.load(Ordering::Relaxed),
             session_gets: c.gets.load(Ordering::Relaxed),
