@@ -1,6 +1,8 @@
 //! `spritedisk verify`: an fsck of the map against the objects. Every map
 //! extent's segment must exist and every referenced piece must match its
-//! crc32c; every segment in the store must decode.
+//! crc32c. (Segments newer than the local metadata were decoded and their
+//! indexes checked by the roll-forward that built the map being verified;
+//! debris past a gap is reported.)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
