@@ -45,6 +45,8 @@ struct Line {
     len: u32,
     crc: u32,
     referenced: bool,
+    /// Inserted by read-ahead and not read since.
+    prefetched: bool,
 }
 
 #[derive(Debug)]
@@ -68,6 +70,8 @@ struct Counters {
     evictions: AtomicU64,
     corrupt_drops: AtomicU64,
     write_errors: AtomicU64,
+    prefetch_inserts: AtomicU64,
+    prefetch_hits: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -121,6 +125,7 @@ impl DiskCache {
                     len: l.len,
                     crc: l.crc,
                     referenced: false,
+                    prefetched: false,
                 });
                 slots.map.insert((l.seg, l.off), l.slot);
                 warm += 1;
@@ -193,6 +198,54 @@ impl DiskCache {
     }
 }
 
+impl DiskCache {
+    fn insert_line(&self, seg: u64, offset: u64, data: Bytes, prefetched: bool) {
+        if data.is_empty() || data.len() as u64 > LINE_BYTES {
+            return;
+        }
+        let key = (seg, offset);
+        let (slot, gen) = {
+            let mut s = self.slots.lock().unwrap();
+            if s.map.contains_key(&key) {
+                return;
+            }
+            let slot = Self::take_slot(&mut s, self.nslots, &self.c.evictions);
+            s.gens[slot as usize] += 1;
+            (slot, s.gens[slot as usize])
+        };
+        // Written outside the lock; the line becomes visible only once whole.
+        if let Err(e) = self.file.write_all_at(&data, slot as u64 * LINE_BYTES) {
+            tracing::debug!(error = %e, "cache write failed: line skipped");
+            self.c.write_errors.fetch_add(1, Ordering::Relaxed);
+            let mut s = self.slots.lock().unwrap();
+            s.free.push(slot);
+            drop(s);
+            self.punch(slot);
+            return;
+        }
+        let crc = crc32c::crc32c(&data);
+        let mut s = self.slots.lock().unwrap();
+        if s.gens[slot as usize] != gen || s.map.contains_key(&key) {
+            s.free.push(slot);
+            return;
+        }
+        s.lines[slot as usize] = Some(Line {
+            seg,
+            off: offset,
+            len: data.len() as u32,
+            crc,
+            referenced: false,
+            prefetched,
+        });
+        s.map.insert(key, slot);
+        s.gens[slot as usize] += 1;
+        self.c.inserts.fetch_add(1, Ordering::Relaxed);
+        if prefetched {
+            self.c.prefetch_inserts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl ReadCache for DiskCache {
     fn get(&self, seg: u64, offset: u64, len: u64) -> Option<Bytes> {
         let key = (seg, offset);
@@ -205,6 +258,9 @@ impl ReadCache for DiskCache {
                         .as_mut()
                         .expect("mapped slot holds a line");
                     line.referenced = true;
+                    if std::mem::take(&mut line.prefetched) {
+                        self.c.prefetch_hits.fetch_add(1, Ordering::Relaxed);
+                    }
                     (line.len as u64 == len).then_some((slot, gen, line.crc))
                 }
                 None => None,
@@ -242,45 +298,19 @@ impl ReadCache for DiskCache {
     }
 
     fn insert(&self, seg: u64, offset: u64, data: Bytes) {
-        if data.is_empty() || data.len() as u64 > LINE_BYTES {
-            return;
-        }
-        let key = (seg, offset);
-        let (slot, gen) = {
-            let mut s = self.slots.lock().unwrap();
-            if s.map.contains_key(&key) {
-                return;
-            }
-            let slot = Self::take_slot(&mut s, self.nslots, &self.c.evictions);
-            s.gens[slot as usize] += 1;
-            (slot, s.gens[slot as usize])
-        };
-        // Written outside the lock; the line becomes visible only once whole.
-        if let Err(e) = self.file.write_all_at(&data, slot as u64 * LINE_BYTES) {
-            tracing::debug!(error = %e, "cache write failed: line skipped");
-            self.c.write_errors.fetch_add(1, Ordering::Relaxed);
-            let mut s = self.slots.lock().unwrap();
-            s.free.push(slot);
-            drop(s);
-            self.punch(slot);
-            return;
-        }
-        let crc = crc32c::crc32c(&data);
-        let mut s = self.slots.lock().unwrap();
-        if s.gens[slot as usize] != gen || s.map.contains_key(&key) {
-            s.free.push(slot);
-            return;
-        }
-        s.lines[slot as usize] = Some(Line {
-            seg,
-            off: offset,
-            len: data.len() as u32,
-            crc,
-            referenced: false,
-        });
-        s.map.insert(key, slot);
-        s.gens[slot as usize] += 1;
-        self.c.inserts.fetch_add(1, Ordering::Relaxed);
+        self.insert_line(seg, offset, data, false)
+    }
+
+    fn insert_prefetched(&self, seg: u64, offset: u64, data: Bytes) {
+        self.insert_line(seg, offset, data, true)
+    }
+
+    fn contains(&self, seg: u64, offset: u64) -> bool {
+        self.slots.lock().unwrap().map.contains_key(&(seg, offset))
+    }
+
+    fn enabled(&self) -> bool {
+        true
     }
 
     fn persist(&self) {
@@ -323,6 +353,8 @@ impl ReadCache for DiskCache {
             evictions: c.evictions.load(Ordering::Relaxed),
             corrupt_drops: c.corrupt_drops.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
+            prefetch_inserts: c.prefetch_inserts.load(Ordering::Relaxed),
+            prefetch_hits: c.prefetch_hits.load(Ordering::Relaxed),
             lines,
             capacity_bytes: self.nslots as u64 * LINE_BYTES,
             physical_bytes: self.file.metadata().map_or(0, |m| m.blocks() * 512),

@@ -28,6 +28,9 @@ pub struct CacheStats {
     pub corrupt_drops: u64,
     /// Inserts that could not be written (e.g. a full disk): reads stay uncached.
     pub write_errors: u64,
+    /// Lines read ahead of a sequential reader, and how many of them were then read.
+    pub prefetch_inserts: u64,
+    pub prefetch_hits: u64,
     pub lines: u64,
     pub capacity_bytes: u64,
     /// Space the cache file really occupies on disk.
@@ -40,6 +43,19 @@ pub trait ReadCache: Send + Sync + std::fmt::Debug + 'static {
     fn get(&self, seg: u64, offset: u64, len: u64) -> Option<Bytes>;
     /// Offers bytes that were just written or fetched (and verified).
     fn insert(&self, seg: u64, offset: u64, data: Bytes);
+    /// Whether the line is cached (no counters touched, no data read).
+    fn contains(&self, _seg: u64, _offset: u64) -> bool {
+        false
+    }
+    /// Offers bytes fetched ahead of a sequential reader (counted apart, so
+    /// `stats` can tell how often read-ahead was used).
+    fn insert_prefetched(&self, seg: u64, offset: u64, data: Bytes) {
+        self.insert(seg, offset, data)
+    }
+    /// Whether inserts are kept at all (read-ahead is pointless otherwise).
+    fn enabled(&self) -> bool {
+        false
+    }
     /// Makes the cache's contents usable by the next process (clean detach).
     fn persist(&self) {}
     fn stats(&self) -> CacheStats {

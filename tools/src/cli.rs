@@ -83,6 +83,9 @@ pub struct AttachArgs {
     /// Size of the local read cache (a sparse file in the cache directory; 0 turns it off).
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     pub cache_size: u64,
+    /// How far ahead of a sequential reader flushed data is fetched into the cache (0: off).
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub prefetch_window: u64,
     /// Seal and upload a segment when this much data is buffered.
     #[arg(long, default_value = "8M", value_parser = parse_size)]
     pub segment_size: u64,
@@ -129,6 +132,7 @@ impl AttachArgs {
             flush_timeout: Duration::from_secs_f64(self.flush_timeout),
             writeback_delay: Duration::from_secs_f64(self.writeback_delay),
             cache_bytes: self.cache_size,
+            prefetch_window_bytes: self.prefetch_window,
             seed: std::process::id() as u64,
             ..EngineOptions::default()
         })

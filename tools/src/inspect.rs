@@ -98,6 +98,10 @@ pub async fn stats(url: &str, cache_dir: &Path, json: bool) -> Result<i32> {
             c.evictions,
             c.corrupt_drops
         );
+        println!(
+            "read-ahead     {} lines fetched ahead, {} of them read",
+            c.prefetch_inserts, c.prefetch_hits
+        );
     }
     if !insp.rolled.debris.is_empty() {
         println!("debris         {} segments past a gap (a crashed writer's; the next attach deletes them)", insp.rolled.debris.len());

@@ -76,6 +76,7 @@ fn start_daemon(args: &AttachArgs) -> Result<i32> {
     ]);
     cmd.args(["--writeback-delay", &args.writeback_delay.to_string()]);
     cmd.args(["--cache-size", &args.cache_size.to_string()]);
+    cmd.args(["--prefetch-window", &args.prefetch_window.to_string()]);
     if let Some(q) = args.queues {
         cmd.args(["--queues", &q.to_string()]);
     }

@@ -86,6 +86,9 @@ pub struct EngineOptions {
     pub retry_backoff_max: Duration,
     /// Size of the local read cache under the cache directory (0: none).
     pub cache_bytes: u64,
+    /// How far ahead of a sequential reader flushed data is fetched into the
+    /// cache (0: no read-ahead).
+    pub prefetch_window_bytes: u64,
     /// Seed of the retry jitter, so fault tests replay exactly.
     pub seed: u64,
 }
@@ -101,6 +104,7 @@ impl Default for EngineOptions {
             retry_backoff_min: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(5),
             cache_bytes: 0,
+            prefetch_window_bytes: 4 << 20,
             seed: 0,
         }
     }

@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     pub apply_lock: tokio::sync::Mutex<()>,
     pub rng: Mutex<SmallRng>,
     pub counters: Counters,
+    pub readahead: Mutex<crate::prefetch::ReadAhead>,
+    pub prefetch_slots: Arc<Semaphore>,
 }
 
 pub(crate) struct State {
@@ -124,6 +126,8 @@ impl Volume {
             retry_now: Notify::new(),
             apply_lock: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
+            readahead: Mutex::new(Default::default()),
+            prefetch_slots: Arc::new(Semaphore::new(crate::prefetch::PREFETCH_INFLIGHT_MAX)),
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
         let vol = Volume { inner };
@@ -192,6 +196,7 @@ impl Volume {
             });
         }
         let (lba, blocks) = self.blocks_of(offset, len)?;
+        self.inner.note_read(lba, blocks);
         self.inner.read(lba, blocks).await
     }
 

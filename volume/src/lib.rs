@@ -11,6 +11,7 @@ mod config;
 mod engine;
 mod error;
 mod io;
+mod prefetch;
 mod read;
 mod recovery;
 mod retry;

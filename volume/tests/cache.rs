@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use spritedisk_store::{FaultConfig, FaultStore, MemStore, ObjectStore};
@@ -150,4 +151,54 @@ async fn a_working_set_ten_times_the_cache_stays_within_its_bound() {
         .unwrap();
     assert!(kib <= 2048, "du says {kib} KiB");
     assert!(st.evictions > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_reader_finds_the_next_window_prefetched() {
+    let (mem, dir) = setup().await;
+    let vol = open(counted(&mem), Some(dir.path()), opts()).await;
+    let piece = 64 << 10;
+    for i in 0..128u64 {
+        vol.write(i * piece, pattern(i * 16, 16, 4), false)
+            .await
+            .unwrap();
+    }
+    vol.close().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+
+    let mut o = opts();
+    o.cache_bytes = 64 * MIB;
+    o.prefetch_window_bytes = 4 * MIB;
+    let store = counted(&mem);
+    let vol = open(store.clone(), Some(dir.path()), o).await;
+    // Two reads in a row make a sequential reader: the next 4 MiB (64 pieces) are fetched ahead.
+    for i in 0..2u64 {
+        assert!(
+            vol.read(i * piece, piece).await.unwrap() == pattern(i * 16, 16, 4),
+            "piece {i}"
+        );
+    }
+    let mut waited = 0;
+    while vol.stats().unwrap().cache.prefetch_inserts < 64 {
+        assert!(
+            waited < 500,
+            "read-ahead did not arrive: {:?}",
+            vol.stats().unwrap().cache
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert_eq!(data_gets(&store), 2 + 64);
+    for i in 2..66u64 {
+        assert!(
+            vol.read(i * piece, piece).await.unwrap() == pattern(i * 16, 16, 4),
+            "piece {i}"
+        );
+    }
+    let st = vol.stats().unwrap().cache;
+    assert_eq!(
+        st.misses, 2,
+        "only the two reads before the stream was detected missed"
+    );
+    assert_eq!(st.prefetch_hits, 64);
 }

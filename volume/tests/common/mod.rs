@@ -23,6 +23,7 @@ pub fn small_opts(seed: u64) -> EngineOptions {
         retry_backoff_min: Duration::from_millis(1),
         retry_backoff_max: Duration::from_millis(20),
         cache_bytes: 0,
+        prefetch_window_bytes: 0,
         seed,
     }
 }

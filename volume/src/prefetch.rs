@@ -1,0 +1,96 @@
+//! Read-ahead: a reader that asks for the blocks right after its previous
+//! request is reading sequentially; the next `prefetch_window_bytes` of
+//! flushed data are then fetched in the background with parallel ranged GETs
+//! (at most [`PREFETCH_INFLIGHT_MAX`] at a time) into the read cache, so the
+//! reader finds them there. Only data in the map is read ahead: what is still
+//! in memory is fast already. A piece a reader asks for while it is being
+//! prefetched may be fetched twice; that costs a GET, never correctness.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::engine::Inner;
+use crate::retry::retry_read;
+use crate::segment::{segment_key, verify_piece};
+
+/// Read-ahead GETs in flight at once, for the whole volume.
+pub const PREFETCH_INFLIGHT_MAX: usize = 8;
+
+/// Where the last read ended and how far ahead has been fetched.
+#[derive(Debug, Default)]
+pub(crate) struct ReadAhead {
+    next_lba: u64,
+    streak: u32,
+    fetched_until: u64,
+}
+
+impl Inner {
+    /// Called for every read: detects a sequential reader and starts read-ahead.
+    pub fn note_read(self: &Arc<Self>, lba: u64, blocks: u64) {
+        let window = self.opts.prefetch_window_bytes / self.block_size;
+        if window == 0 || !self.cache.enabled() {
+            return;
+        }
+        let end = lba + blocks;
+        let range = {
+            let mut ra = self.readahead.lock().unwrap();
+            if lba == ra.next_lba && lba != 0 {
+                ra.streak += 1;
+            } else {
+                ra.streak = 0;
+                ra.fetched_until = 0;
+            }
+            ra.next_lba = end;
+            // The second read in a row is the sequential signal.
+            if ra.streak == 0 {
+                return;
+            }
+            let from = ra.fetched_until.max(end);
+            let to = (end + window).min(self.config.size_bytes / self.block_size);
+            // Wait until a quarter of the window is consumed before asking again.
+            if from >= to || (ra.fetched_until > end && ra.fetched_until - end > window * 3 / 4) {
+                return;
+            }
+            ra.fetched_until = to;
+            (from, to)
+        };
+        let me = self.clone();
+        tokio::spawn(async move { me.prefetch(range.0, range.1).await });
+    }
+
+    async fn prefetch(self: Arc<Self>, from: u64, to: u64) {
+        let extents = match self.meta.lock().unwrap().lookup(from, to - from) {
+            Ok(e) => e,
+            Err(_) => return,
+        };
+        let mut pieces = BTreeMap::new();
+        for e in extents {
+            if !self.cache.contains(e.seg, e.piece.piece_off) {
+                pieces.insert((e.seg, e.piece.piece_off), e.piece);
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for ((seg, off), piece) in pieces {
+            let Ok(permit) = self.prefetch_slots.clone().acquire_owned().await else {
+                return;
+            };
+            let me = self.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let len = piece.piece_blocks as u64 * me.block_size;
+                let key = segment_key(seg);
+                if let Ok(data) = retry_read(&key, || me.store.get_range(&key, off, len)).await {
+                    me.counters.add_get(len);
+                    if verify_piece(&data, piece.crc, off).is_ok() {
+                        let cache = me.cache.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            cache.insert_prefetched(seg, off, data)
+                        })
+                        .await;
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
