@@ -58,7 +58,7 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
     // Scripts wait for this line: the socket is accepting once it is printed.
     wait_listening(&args).await;
     println!("attached {url} at {desc}");
-    crate::inspect::publish_stats(volume.clone(), cache_dir.clone());
+    let _publisher = crate::inspect::publish_stats(volume.clone(), cache_dir.clone());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

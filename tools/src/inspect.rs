@@ -15,9 +15,11 @@ use crate::size::human;
 const STATS_FILE: &str = "stats.json";
 const STATS_PERIOD: Duration = Duration::from_secs(2);
 
-/// Publishes the daemon's live stats (cache, upload backlog) for `spritedisk stats`.
-pub fn publish_stats(volume: Volume, cache_dir: PathBuf) {
-    tokio::spawn(async move {
+/// Publishes the daemon's live stats (cache, upload backlog) for `spritedisk stats`
+/// until the returned guard is dropped (at detach), which also removes them.
+pub fn publish_stats(volume: Volume, cache_dir: PathBuf) -> StatsPublisher {
+    let path = cache_dir.join(STATS_FILE);
+    let task = tokio::spawn(async move {
         loop {
             if let Ok(st) = volume.stats() {
                 let tmp = cache_dir.join("stats.json.tmp");
@@ -30,6 +32,19 @@ pub fn publish_stats(volume: Volume, cache_dir: PathBuf) {
             tokio::time::sleep(STATS_PERIOD).await;
         }
     });
+    StatsPublisher { task, path }
+}
+
+pub struct StatsPublisher {
+    task: tokio::task::JoinHandle<()>,
+    path: PathBuf,
+}
+
+impl Drop for StatsPublisher {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The live stats of a daemon serving this cache directory, if it published lately.

@@ -191,7 +191,7 @@ async fn serve(args: AttachArgs) -> Result<i32> {
             .map_or(0, |d| d.as_secs()),
     })?;
     tracing::info!(url, device, dev_id, "device live");
-    crate::inspect::publish_stats(volume.clone(), cache_dir.clone());
+    let _publisher = crate::inspect::publish_stats(volume.clone(), cache_dir.clone());
     say(&format!("attached {url} at {device}"));
 
     let mut term = signal(SignalKind::terminate())?;
