@@ -78,7 +78,14 @@ pub fn serve<D: BlockIo>(
         .nr_queues(opts.queues)
         .depth(opts.depth)
         .io_buf_bytes(opts.io_buf_bytes)
-        .ctrl_flags(libublk::sys::UBLK_F_USER_RECOVERY as u64)
+        // REISSUE: requests the dead daemon had taken are given to the new
+        // one instead of failing with EIO. Re-running a write or a discard
+        // is harmless here (same data, same blocks), and a filesystem on the
+        // device never sees an error from a daemon restart.
+        .ctrl_flags(
+            (libublk::sys::UBLK_F_USER_RECOVERY | libublk::sys::UBLK_F_USER_RECOVERY_REISSUE)
+                as u64,
+        )
         .dev_flags(dev_flags)
         .build()
         .map_err(UblkTargetError::ublk(if opts.recover_dev_id.is_some() {
