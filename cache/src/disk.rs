@@ -247,7 +247,7 @@ impl DiskCache {
 }
 
 impl ReadCache for DiskCache {
-    fn get(&self, seg: u64, offset: u64, len: u64) -> Option<Bytes> {
+    fn get(&self, seg: u64, offset: u64, len: u64, crc: u32) -> Option<Bytes> {
         let key = (seg, offset);
         let found = {
             let mut s = self.slots.lock().unwrap();
@@ -261,15 +261,30 @@ impl ReadCache for DiskCache {
                     if std::mem::take(&mut line.prefetched) {
                         self.c.prefetch_hits.fetch_add(1, Ordering::Relaxed);
                     }
-                    (line.len as u64 == len).then_some((slot, gen, line.crc))
+                    // The line must be the bytes the map points at: same
+                    // length and the map's checksum (then the one crc32c
+                    // pass below checks the data against both).
+                    (line.len as u64 == len).then_some((slot, gen, line.crc == crc))
                 }
                 None => None,
             }
         };
-        let Some((slot, gen, crc)) = found else {
+        let Some((slot, gen, vouched)) = found else {
             self.c.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         };
+        if !vouched {
+            tracing::warn!(
+                seg,
+                offset,
+                slot,
+                "cache line disagrees with the map's checksum: dropped"
+            );
+            self.c.corrupt_drops.fetch_add(1, Ordering::Relaxed);
+            self.c.misses.fetch_add(1, Ordering::Relaxed);
+            self.drop_line(slot, key, gen);
+            return None;
+        }
         let mut buf = vec![0u8; len as usize];
         let read_ok = self
             .file
@@ -374,23 +389,41 @@ mod tests {
         )
     }
 
+    fn crc(tag: u8, len: usize) -> u32 {
+        crc32c::crc32c(&line(tag, len))
+    }
+
     #[test]
     fn hit_miss_and_warm_restart() {
+        let dir0 = tempfile::tempdir().unwrap();
+        let c0 = DiskCache::open(dir0.path(), 1 << 20).unwrap();
+        c0.insert(5, 0, line(5, 4096));
+        assert_eq!(
+            c0.get(5, 0, 4096, crc(6, 4096)),
+            None,
+            "a line the map does not vouch for is never served"
+        );
+        assert_eq!(c0.get(5, 0, 4096, crc(5, 4096)), None, "and it was dropped");
+
         let dir = tempfile::tempdir().unwrap();
         let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(c.get(1, 0, 4096), None);
+        assert_eq!(c.get(1, 0, 4096, crc(1, 4096)), None);
         c.insert(1, 0, line(1, 4096));
         c.insert(1, 4096, line(2, 65536));
-        assert_eq!(c.get(1, 0, 4096), Some(line(1, 4096)));
-        assert_eq!(c.get(1, 4096, 65536), Some(line(2, 65536)));
-        assert_eq!(c.get(1, 0, 8192), None, "a length mismatch is a miss");
+        assert_eq!(c.get(1, 0, 4096, crc(1, 4096)), Some(line(1, 4096)));
+        assert_eq!(c.get(1, 4096, 65536, crc(2, 65536)), Some(line(2, 65536)));
+        assert_eq!(
+            c.get(1, 0, 8192, crc(1, 8192)),
+            None,
+            "a length mismatch is a miss"
+        );
         let st = c.stats();
         assert_eq!((st.hits, st.misses, st.inserts, st.lines), (2, 2, 2, 2));
         c.persist();
         drop(c);
         let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(
-            c.get(1, 4096, 65536),
+            c.get(1, 4096, 65536, crc(2, 65536)),
             Some(line(2, 65536)),
             "warm after a clean close"
         );
@@ -400,7 +433,11 @@ mod tests {
         );
         drop(c); // no persist: a crash
         let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(c.get(1, 4096, 65536), None, "cold after a crash");
+        assert_eq!(
+            c.get(1, 4096, 65536, crc(2, 65536)),
+            None,
+            "cold after a crash"
+        );
     }
 
     #[test]
@@ -416,13 +453,17 @@ mod tests {
         let slot = c.slots.lock().unwrap().map[&(7, 0)];
         f.write_all_at(&[0xff], slot as u64 * LINE_BYTES + 100)
             .unwrap();
-        assert_eq!(c.get(7, 0, 65536), None);
+        assert_eq!(c.get(7, 0, 65536, crc(9, 65536)), None);
         assert_eq!(c.stats().corrupt_drops, 1);
-        assert_eq!(c.get(7, 0, 65536), None, "the dropped line stays gone");
+        assert_eq!(
+            c.get(7, 0, 65536, crc(9, 65536)),
+            None,
+            "the dropped line stays gone"
+        );
         assert_eq!(c.stats().corrupt_drops, 1);
         // A truncated file: reads fail, lines are dropped, nothing wrong is served.
         f.set_len(0).unwrap();
-        assert_eq!(c.get(7, 65536, 65536), None);
+        assert_eq!(c.get(7, 65536, 65536, crc(3, 65536)), None);
         assert_eq!(c.stats().corrupt_drops, 2);
     }
 
@@ -434,14 +475,14 @@ mod tests {
         for i in 0..160u64 {
             c.insert(i, 0, line(i as u8, 65536));
             // Re-reading a few keeps them hot under CLOCK.
-            c.get(0, 0, 65536);
+            c.get(0, 0, 65536, crc(0, 65536));
         }
         let st = c.stats();
         assert!(st.physical_bytes <= cap, "{} > {cap}", st.physical_bytes);
         assert_eq!(st.lines, 16);
         assert!(st.evictions >= 144);
         assert_eq!(
-            c.get(0, 0, 65536),
+            c.get(0, 0, 65536, crc(0, 65536)),
             Some(line(0, 65536)),
             "the hot line survived the scan"
         );

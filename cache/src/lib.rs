@@ -39,8 +39,10 @@ pub struct CacheStats {
 
 /// A cache of immutable segment bytes.
 pub trait ReadCache: Send + Sync + std::fmt::Debug + 'static {
-    /// The `len` bytes at `offset` of segment `seg`, if cached and intact.
-    fn get(&self, seg: u64, offset: u64, len: u64) -> Option<Bytes>;
+    /// The `len` bytes at `offset` of segment `seg`, if cached and intact:
+    /// the line must carry checksum `crc` (the map's) and its bytes must
+    /// match it. Callers trust what this returns without checking again.
+    fn get(&self, seg: u64, offset: u64, len: u64, crc: u32) -> Option<Bytes>;
     /// Offers bytes that were just written or fetched (and verified).
     fn insert(&self, seg: u64, offset: u64, data: Bytes);
     /// Whether the line is cached (no counters touched, no data read).
@@ -68,7 +70,7 @@ pub trait ReadCache: Send + Sync + std::fmt::Debug + 'static {
 pub struct NoCache;
 
 impl ReadCache for NoCache {
-    fn get(&self, _seg: u64, _offset: u64, _len: u64) -> Option<Bytes> {
+    fn get(&self, _seg: u64, _offset: u64, _len: u64, _crc: u32) -> Option<Bytes> {
         None
     }
     fn insert(&self, _seg: u64, _offset: u64, _data: Bytes) {}

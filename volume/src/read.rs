@@ -83,10 +83,9 @@ impl Inner {
     /// A whole piece, from the cache or the store, checked against its crc32c.
     async fn fetch_piece(&self, e: &Extent) -> Result<Bytes, VolumeError> {
         let len = e.piece.piece_blocks as u64 * self.block_size;
-        if let Some(d) = self.cache.get(e.seg, e.piece.piece_off, len) {
-            if verify_piece(&d, e.piece.crc, e.piece.piece_off).is_ok() {
-                return Ok(d);
-            }
+        // The cache checks the line against the map's crc32c itself.
+        if let Some(d) = self.cache.get(e.seg, e.piece.piece_off, len, e.piece.crc) {
+            return Ok(d);
         }
         let key = segment_key(e.seg);
         let data = retry_read(&key, || self.store.get_range(&key, e.piece.piece_off, len))
