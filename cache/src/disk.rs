@@ -328,6 +328,41 @@ impl ReadCache for DiskCache {
         true
     }
 
+    fn release(&self, bytes: u64) -> u64 {
+        let want = bytes.div_ceil(LINE_BYTES);
+        let mut freed = vec![];
+        {
+            let mut s = self.slots.lock().unwrap();
+            // Two turns of the CLOCK hand: the first clears reference bits.
+            for _ in 0..2 * self.nslots as u64 {
+                if freed.len() as u64 >= want || s.map.is_empty() {
+                    break;
+                }
+                let h = s.hand;
+                s.hand = (s.hand + 1) % self.nslots;
+                match &mut s.lines[h as usize] {
+                    Some(l) if l.referenced => l.referenced = false,
+                    Some(l) => {
+                        let key = (l.seg, l.off);
+                        s.map.remove(&key);
+                        s.lines[h as usize] = None;
+                        s.gens[h as usize] += 1;
+                        s.free.push(h);
+                        freed.push(h);
+                    }
+                    None => {}
+                }
+            }
+        }
+        self.c
+            .evictions
+            .fetch_add(freed.len() as u64, Ordering::Relaxed);
+        for &slot in &freed {
+            self.punch(slot);
+        }
+        freed.len() as u64 * LINE_BYTES
+    }
+
     fn persist(&self) {
         let lines: Vec<SavedLine> = {
             let s = self.slots.lock().unwrap();
@@ -486,5 +521,26 @@ mod tests {
             Some(line(0, 65536)),
             "the hot line survived the scan"
         );
+    }
+
+    #[test]
+    fn release_gives_back_disk_space_from_cold_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..16u64 {
+            c.insert(i, 0, line(i as u8, 65536));
+        }
+        c.get(3, 0, 65536, crc(3, 65536));
+        let before = c.stats().physical_bytes;
+        assert_eq!(c.release(4 * 65536), 4 * 65536);
+        let st = c.stats();
+        assert_eq!(st.lines, 12);
+        assert!(st.physical_bytes <= before - 4 * 65536, "{st:?}");
+        assert!(
+            c.get(3, 0, 65536, crc(3, 65536)).is_some(),
+            "the hot line stays"
+        );
+        assert_eq!(c.release(u64::MAX), 12 * 65536);
+        assert_eq!(c.stats().physical_bytes, 0);
     }
 }

@@ -58,6 +58,12 @@ pub trait ReadCache: Send + Sync + std::fmt::Debug + 'static {
     fn enabled(&self) -> bool {
         false
     }
+    /// Gives back at least `bytes` of disk space by dropping cold lines, for
+    /// a neighbour that needs it more (the metadata database on a full disk).
+    /// Returns the bytes freed.
+    fn release(&self, _bytes: u64) -> u64 {
+        0
+    }
     /// Makes the cache's contents usable by the next process (clean detach).
     fn persist(&self) {}
     fn stats(&self) -> CacheStats {

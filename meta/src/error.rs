@@ -19,6 +19,16 @@ pub enum MetaError {
 }
 
 impl MetaError {
+    /// The database could not grow: its disk is full. Worth retrying once
+    /// space is freed (nothing was applied; the transaction rolled back).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            MetaError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+
     pub(crate) fn open(path: &Path, source: rusqlite::Error) -> Self {
         MetaError::Open {
             path: path.display().to_string(),

@@ -135,27 +135,36 @@ async fn a_corrupted_segment_reads_as_eio_and_verify_names_it() {
 
 /// A store directory on a small tmpfs that fills up: FLUSH fails with EIO,
 /// nothing acknowledged is lost, and once space is freed the flush succeeds.
+/// A tmpfs of a given size, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_the_store_fails_flush_and_loses_nothing() {
     let env = Env::new();
     let mnt = env.path("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "mounting a tmpfs needs root (CI runs as root)"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let _guard = SmallDisk::mount(&mnt, "6m");
 
     let url = format!("file://{}/vol", mnt.display());
     let o = spritedisk(&["create", &url, "--size", "64M"]);
@@ -199,6 +208,80 @@ async fn a_full_disk_under_the_store_fails_flush_and_loses_nothing() {
     let mut c = NbdClient::connect_unix(&d.sock, "").await.unwrap();
     assert_eq!(c.read(0, 1 << 20).await.unwrap(), a);
     assert_eq!(c.read(4 << 20, 2 << 20).await.unwrap(), b);
+    c.disconnect().await;
+    assert_eq!(d.detach(), 0);
+}
+
+/// A cache directory on a disk that fills up: reads and writes keep working
+/// (uncached), the stats count the cache's write errors, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cache_disk_degrades_to_uncached_reads() {
+    let env = Env::new();
+    let url = env.create("vol", "64M");
+    let cache = env.path("cache");
+    let _guard = SmallDisk::mount(&cache, "64m");
+    let args = ["--cache-size", "32M", "--segment-size", "1M"];
+    let d = Daemon::attach(&url, &env.sock(), &cache, &args);
+    let mut c = NbdClient::connect_unix(&d.sock, "").await.unwrap();
+    // Fill the cache disk to the last byte, then write and read 16 MiB.
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", cache.join("filler").display()))
+        .arg("bs=64k")
+        .output();
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i / 4096 * 7 + i % 251) as u8)
+        .collect();
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        c.write((i as u64) << 20, chunk, false).await.unwrap();
+    }
+    c.flush().await.unwrap();
+    for _ in 0..2 {
+        let back = c.read(0, 16 << 20).await.unwrap();
+        assert!(back == data, "reads through a full cache disk are wrong");
+    }
+    let o = spritedisk(&[
+        "stats",
+        &url,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut st: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // Live stats are published every 2 s: wait for a set taken after the reads.
+    for _ in 0..100 {
+        if st["live"]["session_gets"].as_u64() > Some(0) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let o = spritedisk(&[
+            "stats",
+            &url,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--json",
+        ]);
+        st = serde_json::from_str(&stdout(&o)).unwrap();
+    }
+    assert!(
+        d.log().contains("the local disk is full"),
+        "the log tells the operator: {}",
+        d.log()
+    );
+    c.disconnect().await;
+    assert_eq!(d.detach(), 0);
+    let live = &st["live"]["cache"];
+    assert!(
+        live["write_errors"].as_u64().unwrap() > 0,
+        "stats show the cache's write errors: {st:#}"
+    );
+    std::fs::remove_file(cache.join("filler")).unwrap();
+
+    // Nothing was lost: a fresh attach reads it all back.
+    let d = Daemon::attach(&url, &env.sock(), &env.path("cache-fresh"), &[]);
+    let mut c = NbdClient::connect_unix(&d.sock, "").await.unwrap();
+    assert!(c.read(0, 16 << 20).await.unwrap() == data);
     c.disconnect().await;
     assert_eq!(d.detach(), 0);
 }

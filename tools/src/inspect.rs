@@ -15,17 +15,23 @@ use crate::size::human;
 const STATS_FILE: &str = "stats.json";
 const STATS_PERIOD: Duration = Duration::from_secs(2);
 
+/// Room reserved for the published stats: the file is written once at this
+/// size and then overwritten in place, so publishing needs no new disk blocks
+/// and keeps working when the cache disk is full (the case an operator most
+/// wants to see). Readers tolerate the trailing padding and retry a torn read.
+const STATS_FILE_BYTES: usize = 64 << 10;
+
 /// Publishes the daemon's live stats (cache, upload backlog) for `spritedisk stats`
 /// until the returned guard is dropped (at detach), which also removes them.
 pub fn publish_stats(volume: Volume, cache_dir: PathBuf) -> StatsPublisher {
     let path = cache_dir.join(STATS_FILE);
+    let file = path.clone();
     let task = tokio::spawn(async move {
         loop {
             if let Ok(st) = volume.stats() {
-                let tmp = cache_dir.join("stats.json.tmp");
                 if let Ok(b) = serde_json::to_vec_pretty(&st) {
-                    if std::fs::write(&tmp, b).is_ok() {
-                        let _ = std::fs::rename(&tmp, cache_dir.join(STATS_FILE));
+                    if let Err(e) = write_padded(&file, &b) {
+                        tracing::debug!(error = %e, "could not publish live stats");
                     }
                 }
             }
@@ -33,6 +39,20 @@ pub fn publish_stats(volume: Volume, cache_dir: PathBuf) -> StatsPublisher {
         }
     });
     StatsPublisher { task, path }
+}
+
+/// Overwrites `path` in place with `json` padded by spaces to [`STATS_FILE_BYTES`].
+fn write_padded(path: &Path, json: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut buf = json.to_vec();
+    buf.resize(buf.len().max(STATS_FILE_BYTES), b' ');
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    f.write_all(&buf)?;
+    f.set_len(buf.len() as u64)
 }
 
 pub struct StatsPublisher {
@@ -56,7 +76,14 @@ fn live_stats(cache_dir: &Path) -> Option<VolumeStats> {
     if age > STATS_PERIOD * 3 {
         return None;
     }
-    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    // The publisher overwrites in place: a read may catch it half-way.
+    (0..3).find_map(|_| {
+        let st = serde_json::from_slice(&std::fs::read(&p).ok()?).ok();
+        if st.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        st
+    })
 }
 
 pub async fn stats(url: &str, cache_dir: &Path, json: bool) -> Result<i32> {

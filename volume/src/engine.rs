@@ -18,6 +18,7 @@ use crate::buffer::WriteBuffer;
 use crate::config::{EngineOptions, VolumeConfig};
 use crate::io::{BlockIo, IoReply, IoRequest};
 use crate::recovery;
+use crate::reserve::MetaReserve;
 use crate::stats::{Counters, VolumeStats};
 use crate::upload::Sealed;
 use crate::wlog::{Replay, WriteLog};
@@ -35,6 +36,8 @@ pub struct Volume {
 pub(crate) struct Inner {
     pub store: Arc<dyn ObjectStore>,
     pub cache: Arc<dyn ReadCache>,
+    /// Room for the metadata database on a local disk that fills up.
+    pub reserve: Mutex<Option<MetaReserve>>,
     pub config: VolumeConfig,
     pub volume_id: [u8; 16],
     pub block_size: u64,
@@ -114,6 +117,7 @@ impl Volume {
         let inner = Arc::new(Inner {
             store,
             cache: open_cache(cache_dir, opts.cache_bytes),
+            reserve: Mutex::new(cache_dir.map(MetaReserve::open)),
             block_size: config.block_size as u64,
             config,
             volume_id,

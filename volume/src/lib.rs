@@ -14,6 +14,7 @@ mod io;
 mod prefetch;
 mod read;
 mod recovery;
+mod reserve;
 mod retry;
 pub mod segment;
 mod stats;

@@ -157,6 +157,7 @@ impl Inner {
     /// Applies every durable segment at the head of the queue to the map.
     async fn advance(self: &Arc<Self>) {
         let _one_applier = self.apply_lock.lock().await;
+        let mut backoff = self.opts.retry_backoff_min;
         loop {
             let seg = {
                 let st = self.state.lock().unwrap();
@@ -177,7 +178,31 @@ impl Inner {
             })
             .await;
             match res {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => backoff = self.opts.retry_backoff_min,
+                // The local disk is full (the database shares it with the
+                // cache). The segment is durable and still served from
+                // memory, so wait for space like for a store outage: ask the
+                // cache for room, retry, and let flushes time out meanwhile.
+                Ok(Err(e)) if e.is_disk_full() => {
+                    let freed = self.cache.release(META_ROOM_BYTES);
+                    tracing::warn!(seq = seg.seq, freed, error = %e, "metadata database: disk full; retrying");
+                    if freed < META_ROOM_BYTES
+                        && self
+                            .reserve
+                            .lock()
+                            .unwrap()
+                            .as_mut()
+                            .is_some_and(|r| r.release())
+                    {
+                        tracing::error!("the local disk is full: gave up the metadata reserve; free space on it");
+                    }
+                    self.state.lock().unwrap().last_store_error =
+                        Some(format!("metadata database: {e}"));
+                    drop(seg);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.opts.retry_backoff_max);
+                    continue;
+                }
                 Ok(Err(e)) => {
                     // The segment is durable, so nothing is lost; but the map
                     // cannot move on, so neither can flushes.
@@ -210,6 +235,9 @@ impl Inner {
         }
     }
 }
+
+/// Disk space the cache gives up when the metadata database finds its disk full.
+const META_ROOM_BYTES: u64 = 16 << 20;
 
 /// Seals buffered writes that have waited longer than `writeback_delay`.
 /// Holds only a weak reference, so it ends when the volume is dropped.
