@@ -26,6 +26,26 @@ for name, kind in [("seqwrite-1m", "bw"), ("randread-4k-qd1", "iops"), ("randrea
     rows.append(f"| {name} | {r:,.0f} {unit} | {n:,.0f} {unit} | {n / r:.2f}× | {p99:,.0f} µs |")
     summary[name] = {"raw": r, "nbd": n, "ratio": n / r, "unit": unit, "nbd_p99_us": p99, "nbd_syncs": syncs}
 
+# Cache: warm random reads vs the cache file itself; cold vs warm sequential reads.
+def bw(name, target):
+    return metric(load(name, target), "bw")[0]
+def gets(name):
+    return int(open(os.path.join(raw, f"{name}.gets")).read())
+def secs(name, target):
+    return load(name, target)["read"]["runtime"] / 1e3
+warm, cachefile = metric(load("randread-4k-qd32-warm", "nbd"), "iops")[0], metric(load("randread-4k-qd32-warm", "cachefile"), "iops")[0]
+cold_ra, cold_nora, warm_seq = bw("seqread-1m-cold-readahead", "nbd"), bw("seqread-1m-cold-noreadahead", "nbd"), bw("seqread-1m-warm", "nbd")
+cache_rows = [
+    f"| 4 KiB random read QD32, warm cache | {warm:,.0f} IOPS | fio on the cache file: {cachefile:,.0f} IOPS | {warm / cachefile:.2f}× (goal ≥ 0.8×) |",
+    f"| 1 MiB sequential read, warm | {warm_seq:,.0f} MB/s | cold, read-ahead 4 MiB: {cold_ra:,.0f} MB/s | warm/cold {warm_seq / cold_ra:.2f}× |",
+    f"| 1 MiB sequential read, cold, read-ahead 4 MiB | {cold_ra:,.0f} MB/s, {gets('seqread-1m-cold-readahead'):,} GETs, {secs('seqread-1m-cold-readahead', 'nbd'):.1f} s | no read-ahead: {cold_nora:,.0f} MB/s, {gets('seqread-1m-cold-noreadahead'):,} GETs, {secs('seqread-1m-cold-noreadahead', 'nbd'):.1f} s | {cold_ra / cold_nora:.2f}× |",
+]
+summary["cache"] = {
+    "randread_4k_qd32_warm_iops": warm, "randread_4k_qd32_cachefile_iops": cachefile, "ratio": warm / cachefile,
+    "seqread_1m_warm_mbps": warm_seq, "seqread_1m_cold_readahead_mbps": cold_ra, "seqread_1m_cold_noreadahead_mbps": cold_nora,
+    "seqread_1m_cold_readahead_gets": gets("seqread-1m-cold-readahead"), "seqread_1m_cold_noreadahead_gets": gets("seqread-1m-cold-noreadahead"),
+}
+
 stats = json.load(open(os.path.join(raw, "stats.json")))["durable"]
 summary["memory"] = {"written": write_total, "rss_kib": rss_kb, "peak_rss_kib": hwm_kb}
 summary["write_amplification"] = stats["stored_bytes"] / max(1, stats["client_bytes_written"])
@@ -40,6 +60,14 @@ md = [
     "| job | raw file | spritedisk (NBD) | ratio | NBD p99 latency |",
     "|---|---|---|---|---|",
     *rows,
+    "",
+    "## Read cache",
+    "",
+    "Same file:// store and volume; the cache file is the daemon's own (`CACHE_DIR/cache/cache.data`), read by fio with libaio and O_DIRECT while the daemon is detached. Cold = cache directory deleted before attach.",
+    "",
+    "| measure | spritedisk | baseline | ratio |",
+    "|---|---|---|---|",
+    *cache_rows,
     "",
     f"Daemon RSS after writing {write_total} through it: {rss_kb / 1024:.0f} MiB (peak {hwm_kb / 1024:.0f} MiB). "
     f"Write amplification (bytes stored / bytes written): {summary['write_amplification']:.3f}.",

@@ -16,7 +16,7 @@ WORK=$(mktemp -d /var/tmp/spritedisk-bench.XXXXXX)
 trap '[ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 
 start_daemon() {
-  "$BIN" attach "file://$WORK/vol" --nbd "$WORK/nbd.sock" --cache-dir "$WORK/cache" >"$WORK/attach.out" 2>"$WORK/attach.log" &
+  "$BIN" attach "file://$WORK/vol" --nbd "$WORK/nbd.sock" --cache-dir "$WORK/cache" "$@" >"$WORK/attach.out" 2>"$WORK/attach.log" &
   PID=$!
   for _ in $(seq 200); do grep -q '^attached' "$WORK/attach.out" 2>/dev/null && return; sleep 0.05; done
   echo "daemon did not attach: $(cat "$WORK/attach.log")" >&2; exit 1
@@ -28,7 +28,7 @@ RAW=(--ioengine=libaio --direct=1 "--filename=$WORK/raw.img")
 
 run() { # name target job [env...]
   local name=$1 target=$2 job=$3; shift 3
-  local args; if [ "$target" = raw ]; then args=("${RAW[@]}"); else args=("${NBD[@]}"); fi
+  local args; if [ "$target" = nbd ]; then args=("${NBD[@]}"); else args=("${RAW[@]}"); fi
   env "$@" fio "${args[@]}" --output-format=json --output="$OUT/raw/$name-$target.json" "bench/jobs/$job.fio" >/dev/null
   echo "  $name on $target done" >&2
 }
@@ -52,6 +52,28 @@ RSS_KB=$(awk '/^VmRSS/ {print $2}' /proc/$PID/status)
 HWM_KB=$(awk '/^VmHWM/ {print $2}' /proc/$PID/status)
 "$BIN" stats "file://$WORK/vol" --cache-dir "$WORK/cache" --json > "$OUT/raw/stats.json"
 stop_daemon
+
+# Cache: the volume written above is detached cleanly, so its cache is warm.
+# (1) 4 KiB random reads QD32 on the warm cache vs the same job on the cache
+# file itself (the lines sit at its start); (2) 1 MiB sequential reads cold
+# (cache deleted) vs warm, and cold without read-ahead; GETs counted by the
+# daemon's live stats.
+gets() { sleep 2.5; "$BIN" stats "file://$WORK/vol" --cache-dir "$WORK/cache" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["live"]["session_gets"])'; }
+start_daemon
+run warmup nbd seqread-1m  # the fill may have pushed the first lines out
+run randread-4k-qd32-warm nbd randread-4k QD=32
+stop_daemon
+RAW=(--ioengine=libaio --direct=1 "--filename=$WORK/cache/cache/cache.data")
+run randread-4k-qd32-warm cachefile randread-4k QD=32
+for mode in readahead noreadahead; do
+  rm -rf "$WORK/cache/cache"
+  if [ $mode = noreadahead ]; then EXTRA=(--prefetch-window 0); else EXTRA=(); fi
+  start_daemon "${EXTRA[@]}"
+  run seqread-1m-cold-$mode nbd seqread-1m
+  gets > "$OUT/raw/seqread-1m-cold-$mode.gets"
+  [ $mode = readahead ] && run seqread-1m-warm nbd seqread-1m
+  stop_daemon
+done
 
 python3 bench/report.py "$OUT" "$RSS_KB" "$HWM_KB" "$WRITE_TOTAL"
 echo "results in $OUT" >&2

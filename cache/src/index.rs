@@ -1,33 +1,38 @@
 //! The saved index of a cleanly closed cache (`cache.index`): which slot holds
-//! which line, with the line's crc32c. Loaded and deleted at open, so after a
+//! which line, with the line's crc32c and those of its 4 KiB blocks. Loaded and deleted at open, so after a
 //! crash there is no index and nothing in the data file is trusted.
 
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"SPRTCIX1";
+const MAGIC: &[u8; 8] = b"SPRTCIX2";
+/// Fixed part of an entry; the block checksums follow it.
 const ENTRY_BYTES: usize = 28;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SavedLine {
     pub slot: u32,
     pub seg: u64,
     pub off: u64,
     pub len: u32,
     pub crc: u32,
+    pub block_crcs: Vec<u32>,
 }
 
 /// Writes the index durably (temp file, fsync, rename, fsync dir).
 pub(crate) fn save(
     path: &Path,
     line_bytes: u64,
+    check_bytes: u64,
     slots: u32,
     lines: &[SavedLine],
 ) -> std::io::Result<()> {
-    let mut b = Vec::with_capacity(32 + lines.len() * ENTRY_BYTES);
+    let per_line = (line_bytes / check_bytes) as usize;
+    let mut b = Vec::with_capacity(40 + lines.len() * (ENTRY_BYTES + 4 * per_line));
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&line_bytes.to_le_bytes());
+    b.extend_from_slice(&check_bytes.to_le_bytes());
     b.extend_from_slice(&slots.to_le_bytes());
     b.extend_from_slice(&(lines.len() as u32).to_le_bytes());
     for l in lines {
@@ -36,6 +41,9 @@ pub(crate) fn save(
         b.extend_from_slice(&l.off.to_le_bytes());
         b.extend_from_slice(&l.len.to_le_bytes());
         b.extend_from_slice(&l.crc.to_le_bytes());
+        for c in &l.block_crcs {
+            b.extend_from_slice(&c.to_le_bytes());
+        }
     }
     let crc = crc32c::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
@@ -49,9 +57,14 @@ pub(crate) fn save(
 
 /// Reads an index saved for the same geometry; None if absent, damaged or
 /// for another geometry (then the cache starts cold).
-pub(crate) fn load(path: &Path, line_bytes: u64, slots: u32) -> Option<Vec<SavedLine>> {
+pub(crate) fn load(
+    path: &Path,
+    line_bytes: u64,
+    check_bytes: u64,
+    slots: u32,
+) -> Option<Vec<SavedLine>> {
     let b = fs::read(path).ok()?;
-    if b.len() < 28 || &b[..8] != MAGIC {
+    if b.len() < 36 || &b[..8] != MAGIC {
         return None;
     }
     let (body, tail) = b.split_at(b.len() - 4);
@@ -60,27 +73,36 @@ pub(crate) fn load(path: &Path, line_bytes: u64, slots: u32) -> Option<Vec<Saved
     }
     let u32_at = |i: usize| u32::from_le_bytes(body[i..i + 4].try_into().unwrap());
     let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap());
-    if u64_at(8) != line_bytes || u32_at(16) != slots {
+    if u64_at(8) != line_bytes || u64_at(16) != check_bytes || u32_at(24) != slots {
         return None;
     }
-    let n = u32_at(20) as usize;
-    if body.len() != 24 + n * ENTRY_BYTES {
-        return None;
-    }
+    let n = u32_at(28) as usize;
     let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let at = 24 + i * ENTRY_BYTES;
-        let l = SavedLine {
-            slot: u32_at(at),
-            seg: u64_at(at + 4),
-            off: u64_at(at + 12),
-            len: u32_at(at + 20),
-            crc: u32_at(at + 24),
-        };
-        if l.slot >= slots || l.len as u64 > line_bytes || l.len == 0 {
+    let mut at = 32;
+    for _ in 0..n {
+        if body.len() < at + ENTRY_BYTES {
             return None;
         }
-        out.push(l);
+        let (slot, len) = (u32_at(at), u32_at(at + 20));
+        if slot >= slots || len as u64 > line_bytes || len == 0 {
+            return None;
+        }
+        let nblocks = (len as u64).div_ceil(check_bytes) as usize;
+        let end = at + ENTRY_BYTES + 4 * nblocks;
+        if body.len() < end {
+            return None;
+        }
+        out.push(SavedLine {
+            slot,
+            seg: u64_at(at + 4),
+            off: u64_at(at + 12),
+            len,
+            crc: u32_at(at + 24),
+            block_crcs: (0..nblocks)
+                .map(|i| u32_at(at + ENTRY_BYTES + 4 * i))
+                .collect(),
+        });
+        at = end;
     }
-    Some(out)
+    (at == body.len()).then_some(out)
 }

@@ -11,7 +11,7 @@
 mod disk;
 mod index;
 
-pub use disk::{DiskCache, LINE_BYTES};
+pub use disk::{DiskCache, CHECK_BYTES, LINE_BYTES};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -39,10 +39,25 @@ pub struct CacheStats {
 
 /// A cache of immutable segment bytes.
 pub trait ReadCache: Send + Sync + std::fmt::Debug + 'static {
-    /// The `len` bytes at `offset` of segment `seg`, if cached and intact:
-    /// the line must carry checksum `crc` (the map's) and its bytes must
-    /// match it. Callers trust what this returns without checking again.
-    fn get(&self, seg: u64, offset: u64, len: u64, crc: u32) -> Option<Bytes>;
+    /// Fills `dst` with bytes `from..from + dst.len()` of the line at
+    /// `offset` of segment `seg` (`len` bytes, map checksum `crc`) if it is
+    /// cached and intact; `from` and the end are 4 KiB aligned or the end is
+    /// the line's. Callers trust what this returns without checking again.
+    fn read_into(
+        &self,
+        seg: u64,
+        offset: u64,
+        len: u64,
+        crc: u32,
+        from: u64,
+        dst: &mut [u8],
+    ) -> bool;
+    /// The whole line, if cached and intact (see [`ReadCache::read_into`]).
+    fn get(&self, seg: u64, offset: u64, len: u64, crc: u32) -> Option<Bytes> {
+        let mut buf = vec![0u8; len as usize];
+        self.read_into(seg, offset, len, crc, 0, &mut buf)
+            .then(|| Bytes::from(buf))
+    }
     /// Offers bytes that were just written or fetched (and verified).
     fn insert(&self, seg: u64, offset: u64, data: Bytes);
     /// Whether the line is cached (no counters touched, no data read).
@@ -76,8 +91,8 @@ pub trait ReadCache: Send + Sync + std::fmt::Debug + 'static {
 pub struct NoCache;
 
 impl ReadCache for NoCache {
-    fn get(&self, _seg: u64, _offset: u64, _len: u64, _crc: u32) -> Option<Bytes> {
-        None
+    fn read_into(&self, _: u64, _: u64, _: u64, _: u32, _: u64, _: &mut [u8]) -> bool {
+        false
     }
     fn insert(&self, _seg: u64, _offset: u64, _data: Bytes) {}
 }

@@ -11,6 +11,7 @@
 //! once the reply is written, which bounds both the tasks and the queued
 //! read data.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -212,7 +213,7 @@ impl<D: BlockIo> Conn<D> {
         ];
         let dev = self.dev.clone();
         let tx = self.tx.clone();
-        tokio::spawn(async move {
+        let mut answer = Box::pin(async move {
             let io = IoRequest::Read {
                 offset: req.offset,
                 len: req.len,
@@ -239,6 +240,17 @@ impl<D: BlockIo> Conn<D> {
                 })
                 .await;
         });
+        // A read served from memory or the cache completes on its first
+        // poll: answer it here rather than pay a task spawn and a wake-up on
+        // another thread (measured: a third of the warm 4 KiB read path).
+        // Only reads that must wait (a GET) get a task of their own; the
+        // spawned task polls again and so registers its own waker.
+        if std::future::poll_fn(|cx| std::task::Poll::Ready(answer.as_mut().poll(cx)))
+            .await
+            .is_pending()
+        {
+            tokio::spawn(answer);
+        }
         Ok(())
     }
 

@@ -51,10 +51,29 @@ impl Inner {
             }
             ex
         };
-        // One fetch per piece, even when several extents cut from it are read.
+        // Cached extents are read straight into place (only their blocks);
+        // the rest need their whole piece, fetched once even when several
+        // extents cut from it are read.
+        let mut missed: Vec<Extent> = vec![];
         let mut pieces: HashMap<(u64, u64), Extent> = HashMap::new();
-        for e in &extents {
-            pieces.entry((e.seg, e.piece.piece_off)).or_insert(*e);
+        for e in extents {
+            let line_len = e.piece.piece_blocks as u64 * bs;
+            let dst = &mut out[((e.lba - lba) * bs) as usize..((e.end() - lba) * bs) as usize];
+            // The cache checks the line against the map's crc32c itself.
+            if !self.cache.read_into(
+                e.seg,
+                e.piece.piece_off,
+                line_len,
+                e.piece.crc,
+                e.skip_blocks * bs,
+                dst,
+            ) {
+                pieces.entry((e.seg, e.piece.piece_off)).or_insert(e);
+                missed.push(e);
+            }
+        }
+        if pieces.is_empty() {
+            return Ok(Bytes::from(out));
         }
         // A large cold read fetches its pieces in parallel, a bounded number at a time.
         let fetched: Vec<((u64, u64), Bytes)> =
@@ -70,7 +89,7 @@ impl Inner {
             .try_collect()
             .await?;
         let fetched: HashMap<(u64, u64), Bytes> = fetched.into_iter().collect();
-        for e in &extents {
+        for e in &missed {
             let piece = &fetched[&(e.seg, e.piece.piece_off)];
             let src =
                 &piece[(e.skip_blocks * bs) as usize..((e.skip_blocks + e.blocks) * bs) as usize];
@@ -80,13 +99,9 @@ impl Inner {
         Ok(Bytes::from(out))
     }
 
-    /// A whole piece, from the cache or the store, checked against its crc32c.
+    /// A whole piece from the store, checked against its crc32c, then cached.
     async fn fetch_piece(&self, e: &Extent) -> Result<Bytes, VolumeError> {
         let len = e.piece.piece_blocks as u64 * self.block_size;
-        // The cache checks the line against the map's crc32c itself.
-        if let Some(d) = self.cache.get(e.seg, e.piece.piece_off, len, e.piece.crc) {
-            return Ok(d);
-        }
         let key = segment_key(e.seg);
         let data = retry_read(&key, || self.store.get_range(&key, e.piece.piece_off, len))
             .await
