@@ -280,7 +280,9 @@ impl ReadCache for DiskCache {
         let key = (seg, offset);
         let to = from + dst.len() as u64;
         assert!(
-            from % CHECK_BYTES == 0 && (to % CHECK_BYTES == 0 || to == len) && to <= len,
+            from.is_multiple_of(CHECK_BYTES)
+                && (to.is_multiple_of(CHECK_BYTES) || to == len)
+                && to <= len,
             "cache reads are whole 4 KiB blocks of the line: {from}..{to} of {len}"
         );
         let found = {

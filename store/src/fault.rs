@@ -21,6 +21,8 @@ pub struct FaultConfig {
     pub error_rate: f64,
     /// Each put sleeps a random time up to this before it lands (reorders parallel puts).
     pub put_delay_max: Duration,
+    /// Each get waits this long before it is answered (a remote store's latency).
+    pub get_delay: Duration,
 }
 
 /// What happens to a put that is in flight when [`FaultStore::crash`] is called.
@@ -135,6 +137,9 @@ impl ObjectStore for FaultStore {
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         self.gate("get", key)?;
         self.gets.fetch_add(1, Ordering::SeqCst);
+        if !self.config.get_delay.is_zero() {
+            tokio::time::sleep(self.config.get_delay).await;
+        }
         self.inner.get_range(key, offset, len).await
     }
 

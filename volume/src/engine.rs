@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     pub cache: Arc<dyn ReadCache>,
     /// Room for the metadata database on a local disk that fills up.
     pub reserve: Mutex<Option<MetaReserve>>,
+    /// Pieces being fetched from the store, so each is fetched once at a time.
+    pub(crate) fetches: crate::fetch::Fetches,
     pub config: VolumeConfig,
     pub volume_id: [u8; 16],
     pub block_size: u64,
@@ -131,6 +133,7 @@ impl Volume {
             apply_lock: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
             readahead: Mutex::new(Default::default()),
+            fetches: Default::default(),
             prefetch_slots: Arc::new(Semaphore::new(crate::prefetch::PREFETCH_INFLIGHT_MAX)),
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));

@@ -10,6 +10,7 @@ pub mod buffer;
 mod config;
 mod engine;
 mod error;
+mod fetch;
 mod io;
 mod prefetch;
 mod read;

@@ -3,15 +3,13 @@
 //! flushed data are then fetched in the background with parallel ranged GETs
 //! (at most [`PREFETCH_INFLIGHT_MAX`] at a time) into the read cache, so the
 //! reader finds them there. Only data in the map is read ahead: what is still
-//! in memory is fast already. A piece a reader asks for while it is being
-//! prefetched may be fetched twice; that costs a GET, never correctness.
+//! in memory is fast already. A reader that asks for a piece being read ahead
+//! waits for that GET (`fetch.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::engine::Inner;
-use crate::retry::retry_read;
-use crate::segment::{segment_key, verify_piece};
 
 /// Read-ahead GETs in flight at once, for the whole volume.
 pub const PREFETCH_INFLIGHT_MAX: usize = 8;
@@ -70,25 +68,15 @@ impl Inner {
             }
         }
         let mut tasks = tokio::task::JoinSet::new();
-        for ((seg, off), piece) in pieces {
+        for ((seg, _), piece) in pieces {
             let Ok(permit) = self.prefetch_slots.clone().acquire_owned().await else {
                 return;
             };
             let me = self.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                let len = piece.piece_blocks as u64 * me.block_size;
-                let key = segment_key(seg);
-                if let Ok(data) = retry_read(&key, || me.store.get_range(&key, off, len)).await {
-                    me.counters.add_get(len);
-                    if verify_piece(&data, piece.crc, off).is_ok() {
-                        let cache = me.cache.clone();
-                        let _ = tokio::task::spawn_blocking(move || {
-                            cache.insert_prefetched(seg, off, data)
-                        })
-                        .await;
-                    }
-                }
+                // Errors are the reader's to see, if it gets there.
+                let _ = me.fetch_piece(seg, piece, true).await;
             });
         }
         while tasks.join_next().await.is_some() {}

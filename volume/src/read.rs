@@ -12,8 +12,6 @@ use spritedisk_meta::Extent;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::engine::Inner;
-use crate::retry::retry_read;
-use crate::segment::{segment_key, verify_piece};
 use crate::VolumeError;
 
 /// Ranged GETs one read request keeps in flight.
@@ -80,7 +78,7 @@ impl Inner {
             futures::stream::iter(pieces.into_values().map(|e| {
                 let me = self.clone();
                 async move {
-                    me.fetch_piece(&e)
+                    me.fetch_piece(e.seg, e.piece, false)
                         .await
                         .map(|d| ((e.seg, e.piece.piece_off), d))
                 }
@@ -97,36 +95,5 @@ impl Inner {
                 .copy_from_slice(src);
         }
         Ok(Bytes::from(out))
-    }
-
-    /// A whole piece from the store, checked against its crc32c, then cached.
-    async fn fetch_piece(&self, e: &Extent) -> Result<Bytes, VolumeError> {
-        let len = e.piece.piece_blocks as u64 * self.block_size;
-        let key = segment_key(e.seg);
-        let data = retry_read(&key, || self.store.get_range(&key, e.piece.piece_off, len))
-            .await
-            .map_err(|err| {
-                tracing::error!(key, error = %err, "read of segment data failed");
-                match err {
-                    spritedisk_store::StoreError::NotFound(_)
-                    | spritedisk_store::StoreError::OutOfRange { .. } => {
-                        VolumeError::CorruptSegment {
-                            key: key.clone(),
-                            reason: format!("referenced data is missing: {err}"),
-                        }
-                    }
-                    other => VolumeError::Store(other),
-                }
-            })?;
-        self.counters.add_get(len);
-        verify_piece(&data, e.piece.crc, e.piece.piece_off).map_err(|err| {
-            tracing::error!(key, error = %err, "segment data failed its checksum");
-            VolumeError::CorruptSegment {
-                key: key.clone(),
-                reason: err.0,
-            }
-        })?;
-        self.cache.insert(e.seg, e.piece.piece_off, data.clone());
-        Ok(data)
     }
 }

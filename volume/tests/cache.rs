@@ -202,3 +202,37 @@ async fn a_sequential_reader_finds_the_next_window_prefetched() {
     );
     assert_eq!(st.prefetch_hits, 64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_a_piece_being_fetched_wait_for_that_get() {
+    let (mem, dir) = setup().await;
+    let vol = open(counted(&mem), Some(dir.path()), opts()).await;
+    vol.write(0, pattern(0, 16, 5), true).await.unwrap();
+    vol.close().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+
+    let slow = FaultConfig {
+        get_delay: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let store = Arc::new(FaultStore::new(mem.clone(), slow, 1));
+    let vol = open(store.clone(), Some(dir.path()), opts()).await;
+    // Four readers of four blocks of one cold piece, at once.
+    let reads = (0..4u64).map(|i| {
+        let vol = vol.clone();
+        tokio::spawn(async move { vol.read(i * 4 * 4096, 4096).await.unwrap() })
+    });
+    for (i, r) in futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let want = pattern(0, 16, 5).slice(i * 4 * 4096..(i * 4 + 1) * 4096);
+        assert!(r.unwrap() == want, "reader {i}");
+    }
+    assert_eq!(
+        data_gets(&store),
+        1,
+        "one GET for the piece, shared by its readers"
+    );
+}

@@ -67,7 +67,7 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
     rt.block_on(async move {
         let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
         create(&mem, BLOCKS * BS).await;
-        let fault_cfg = FaultConfig { error_rate: 0.05, put_delay_max: Duration::from_millis(3) };
+        let fault_cfg = FaultConfig { error_rate: 0.05, put_delay_max: Duration::from_millis(3), ..Default::default() };
         let mut incarnation = 0u64;
         let mut local = tempfile::tempdir().unwrap();
         let mut fault = Arc::new(FaultStore::new(mem.clone(), fault_cfg.clone(), seed));
