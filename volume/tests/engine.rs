@@ -276,6 +276,7 @@ async fn reads_are_right_while_segments_are_still_uploading() {
         FaultConfig {
             error_rate: 0.0,
             put_delay_max: Duration::from_millis(200),
+            ..Default::default()
         },
         9,
     ));
