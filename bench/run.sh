@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/spritedisk}
-if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE:-256M} RUNTIME=${RUNTIME:-5} WRITE_TOTAL=${WRITE_TOTAL:-1G}
-else SIZE=${SIZE:-1G} RUNTIME=${RUNTIME:-20} WRITE_TOTAL=${WRITE_TOTAL:-4G}; fi
+if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE:-256M} RUNTIME=${RUNTIME:-5} WRITE_TOTAL=${WRITE_TOTAL:-1G} SIZE_COLD_LATENCY=${SIZE_COLD_LATENCY:-64M}
+else SIZE=${SIZE:-1G} RUNTIME=${RUNTIME:-20} WRITE_TOTAL=${WRITE_TOTAL:-4G} SIZE_COLD_LATENCY=${SIZE_COLD_LATENCY:-256M}; fi
 export SIZE RUNTIME
 OUT=bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)
 mkdir -p "$OUT/raw"
@@ -65,14 +65,20 @@ run randread-4k-qd32-warm nbd randread-4k QD=32
 stop_daemon
 RAW=(--ioengine=libaio --direct=1 "--filename=$WORK/cache/cache/cache.data")
 run randread-4k-qd32-warm cachefile randread-4k QD=32
-for mode in readahead noreadahead; do
-  rm -rf "$WORK/cache/cache"
-  if [ $mode = noreadahead ]; then EXTRA=(--prefetch-window 0); else EXTRA=(); fi
-  start_daemon "${EXTRA[@]}"
-  run seqread-1m-cold-$mode nbd seqread-1m
-  gets > "$OUT/raw/seqread-1m-cold-$mode.gets"
-  [ $mode = readahead ] && run seqread-1m-warm nbd seqread-1m
-  stop_daemon
+# Cold reads on the store as it is (loopback file://) and with 20 ms added
+# to every GET, as from a remote region; SIZE_COLD_LATENCY bounds the latter.
+for lat in 0 20; do
+  for mode in readahead noreadahead; do
+    rm -rf "$WORK/cache/cache"
+    EXTRA=(); [ $mode = noreadahead ] && EXTRA+=(--prefetch-window 0)
+    [ $lat != 0 ] && EXTRA+=(--simulate-get-latency-ms $lat)
+    start_daemon "${EXTRA[@]}"
+    name=seqread-1m-cold-$mode-${lat}ms
+    if [ $lat = 0 ]; then run $name nbd seqread-1m; else run $name nbd seqread-1m SIZE=$SIZE_COLD_LATENCY; fi
+    gets > "$OUT/raw/$name.gets"
+    if [ $mode = readahead ] && [ $lat = 0 ]; then run seqread-1m-warm nbd seqread-1m; fi
+    stop_daemon
+  done
 done
 
 python3 bench/report.py "$OUT" "$RSS_KB" "$HWM_KB" "$WRITE_TOTAL"

@@ -17,7 +17,7 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
     }
     let opts = args.engine_options()?;
     let url = args.url.clone();
-    let store = spritedisk_store::open_url(&url)?;
+    let store = args.open_store()?;
     let cache_dir = args
         .cache_dir
         .clone()

@@ -77,7 +77,11 @@ pub struct AttachArgs {
     /// ublk: take over the existing device N whose daemon died (what `recover` runs).
     #[arg(long, hide = true)]
     pub recover_dev: Option<u32>,
-    /// Local cache directory (metadata database; later the read cache). Only a cache: deleting it while detached is safe.
+    /// Benchmarking aid: delay every GET this long, as a remote region would
+    /// (a loopback store flatters read-ahead and cold reads).
+    #[arg(long, hide = true, value_name = "MS")]
+    pub simulate_get_latency_ms: Option<u64>,
+    /// Local cache directory (metadata database, write log, read cache). Only a cache: deleting it while detached is safe.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Size of the local read cache (a sparse file in the cache directory; 0 turns it off).
@@ -110,6 +114,21 @@ impl AttachArgs {
             Cmd::Attach(a) => a,
             _ => unreachable!(),
         }
+    }
+
+    /// The volume's object store, with any simulated latency.
+    pub fn open_store(&self) -> Result<std::sync::Arc<dyn spritedisk_store::ObjectStore>> {
+        let store = spritedisk_store::open_url(&self.url)?;
+        Ok(match self.simulate_get_latency_ms {
+            Some(ms) => {
+                let cfg = spritedisk_store::FaultConfig {
+                    get_delay: std::time::Duration::from_millis(ms),
+                    ..Default::default()
+                };
+                std::sync::Arc::new(spritedisk_store::FaultStore::new(store, cfg, 0))
+            }
+            None => store,
+        })
     }
 
     pub fn engine_options(&self) -> Result<EngineOptions> {

@@ -143,7 +143,7 @@ async fn serve(args: AttachArgs) -> Result<i32> {
         .cache_dir
         .clone()
         .unwrap_or_else(|| default_cache_dir(&url));
-    let store = spritedisk_store::open_url(&url)?;
+    let store = args.open_store()?;
     let t0 = Instant::now();
     let volume = Volume::open(store, &url, Some(&cache_dir), opts).await?;
     tracing::info!(

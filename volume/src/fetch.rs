@@ -84,6 +84,61 @@ impl Inner {
         }
     }
 
+    /// Read-ahead of `pieces`, adjacent in segment `seg` and sorted: one
+    /// ranged GET for all of them (fewer, larger requests are what object
+    /// stores serve fastest), each piece verified and cached on its own.
+    /// Pieces someone else is fetching are left to them.
+    pub(crate) async fn prefetch_run(&self, seg: u64, pieces: &[PieceRef]) {
+        let (mut guards, mut mine) = (vec![], vec![]);
+        {
+            let mut m = self.fetches.0.lock().unwrap();
+            for p in pieces {
+                let key = (seg, p.piece_off);
+                if m.contains_key(&key) || self.cache.contains(seg, p.piece_off) {
+                    continue;
+                }
+                let (tx, rx) = watch::channel(());
+                m.insert(key, rx);
+                guards.push((key, tx));
+                mine.push(*p);
+            }
+        }
+        let _fetching: Vec<Fetching> = guards
+            .into_iter()
+            .map(|(key, tx)| Fetching {
+                fetches: &self.fetches,
+                key,
+                _done: tx,
+            })
+            .collect();
+        let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
+            return;
+        };
+        let bs = self.block_size;
+        let start = first.piece_off;
+        let end = last.piece_off + last.piece_blocks as u64 * bs;
+        let key = segment_key(seg);
+        // Errors are the reader's to see, if it gets there.
+        let Ok(data) = retry_read(&key, || self.store.get_range(&key, start, end - start)).await
+        else {
+            return;
+        };
+        self.counters.add_get(data.len() as u64);
+        let cache = self.cache.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in mine {
+                let at = (p.piece_off - start) as usize;
+                let Some(d) = data.get(at..at + p.piece_blocks as usize * bs as usize) else {
+                    return;
+                };
+                if verify_piece(d, p.crc, p.piece_off).is_ok() {
+                    cache.insert_prefetched(seg, p.piece_off, data.slice(at..at + d.len()));
+                }
+            }
+        })
+        .await;
+    }
+
     async fn get_piece(
         &self,
         seg: u64,

@@ -1,7 +1,8 @@
 //! Read-ahead: a reader that asks for the blocks right after its previous
 //! request is reading sequentially; the next `prefetch_window_bytes` of
 //! flushed data are then fetched in the background with parallel ranged GETs
-//! (at most [`PREFETCH_INFLIGHT_MAX`] at a time) into the read cache, so the
+//! (at most [`PREFETCH_INFLIGHT_MAX`] at a time, each covering adjacent
+//! pieces up to [`PREFETCH_GET_BYTES_MAX`]) into the read cache, so the
 //! reader finds them there. Only data in the map is read ahead: what is still
 //! in memory is fast already. A reader that asks for a piece being read ahead
 //! waits for that GET (`fetch.rs`).
@@ -9,10 +10,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use spritedisk_meta::PieceRef;
+
 use crate::engine::Inner;
 
 /// Read-ahead GETs in flight at once, for the whole volume.
 pub const PREFETCH_INFLIGHT_MAX: usize = 8;
+/// One read-ahead GET covers adjacent pieces of a segment up to this size.
+pub const PREFETCH_GET_BYTES_MAX: u64 = 1 << 20;
 
 /// Where the last read ended and how far ahead has been fetched.
 #[derive(Debug, Default)]
@@ -67,16 +72,32 @@ impl Inner {
                 pieces.insert((e.seg, e.piece.piece_off), e.piece);
             }
         }
+        // Runs of pieces adjacent in one segment, up to PREFETCH_GET_BYTES_MAX each.
+        let mut runs: Vec<(u64, Vec<PieceRef>)> = vec![];
+        for ((seg, off), piece) in pieces {
+            let len = piece.piece_blocks as u64 * self.block_size;
+            match runs.last_mut() {
+                Some((s, run))
+                    if *s == seg
+                        && run.last().is_some_and(|p| {
+                            p.piece_off + p.piece_blocks as u64 * self.block_size == off
+                        })
+                        && off + len - run[0].piece_off <= PREFETCH_GET_BYTES_MAX =>
+                {
+                    run.push(piece)
+                }
+                _ => runs.push((seg, vec![piece])),
+            }
+        }
         let mut tasks = tokio::task::JoinSet::new();
-        for ((seg, _), piece) in pieces {
+        for (seg, run) in runs {
             let Ok(permit) = self.prefetch_slots.clone().acquire_owned().await else {
                 return;
             };
             let me = self.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                // Errors are the reader's to see, if it gets there.
-                let _ = me.fetch_piece(seg, piece, true).await;
+                me.prefetch_run(seg, &run).await;
             });
         }
         while tasks.join_next().await.is_some() {}
