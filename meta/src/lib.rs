@@ -9,8 +9,11 @@
 //! Units: LBAs and lengths in the map are in blocks; sizes in bytes.
 
 mod error;
+pub mod ltx;
 mod map;
+pub mod replica;
 mod schema;
+mod wal;
 
 pub use error::MetaError;
 pub use map::{Extent, MapChange, PieceRef};

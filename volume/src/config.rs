@@ -91,6 +91,8 @@ pub struct EngineOptions {
     pub prefetch_window_bytes: u64,
     /// Seed of the retry jitter, so fault tests replay exactly.
     pub seed: u64,
+    /// How often metadata changes are shipped to the replica in the store.
+    pub replica_interval: Duration,
 }
 
 impl Default for EngineOptions {
@@ -106,6 +108,7 @@ impl Default for EngineOptions {
             cache_bytes: 0,
             prefetch_window_bytes: 4 << 20,
             seed: 0,
+            replica_interval: Duration::from_secs(1),
         }
     }
 }

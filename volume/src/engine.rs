@@ -38,6 +38,10 @@ pub(crate) struct Inner {
     pub cache: Arc<dyn ReadCache>,
     /// Room for the metadata database on a local disk that fills up.
     pub reserve: Mutex<Option<MetaReserve>>,
+    /// Metadata shipping to the replica (on-disk metadata only).
+    pub(crate) replica: Option<tokio::sync::Mutex<crate::replicate::Shipper>>,
+    /// Newest TXID durable in the replica.
+    pub(crate) replica_txid: std::sync::atomic::AtomicU64,
     /// Pieces being fetched from the store, so each is fetched once at a time.
     pub(crate) fetches: crate::fetch::Fetches,
     pub config: VolumeConfig,
@@ -134,12 +138,20 @@ impl Volume {
             counters: Counters::default(),
             readahead: Mutex::new(Default::default()),
             fetches: Default::default(),
+            replica: cache_dir.map(|_| {
+                tokio::sync::Mutex::new(crate::replicate::Shipper::new(
+                    crate::replicate::layout_for(url),
+                ))
+            }),
+            replica_txid: Default::default(),
             prefetch_slots: Arc::new(Semaphore::new(crate::prefetch::PREFETCH_INFLIGHT_MAX)),
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
         let vol = Volume { inner };
         vol.replay(rolled.next_seq - 1, replay, first_new_gen)
             .await?;
+        vol.inner.start_replica().await?;
+        tokio::spawn(crate::replicate::replica_loop(Arc::downgrade(&vol.inner)));
         Ok(vol)
     }
 
@@ -315,7 +327,11 @@ impl Volume {
     /// Flushes and stops the engine: later I/O fails with ESHUTDOWN. The
     /// read cache is saved for a warm restart.
     pub async fn close(&self) -> Result<(), VolumeError> {
-        let res = self.flush().await;
+        let mut res = self.flush().await;
+        if res.is_ok() {
+            // A clean detach leaves a replica that needs no roll-forward.
+            res = self.inner.ship_meta().await;
+        }
         self.inner.stop("volume closed");
         let cache = self.inner.cache.clone();
         let _ = tokio::task::spawn_blocking(move || cache.persist()).await;

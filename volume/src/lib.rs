@@ -15,6 +15,7 @@ mod io;
 mod prefetch;
 mod read;
 mod recovery;
+pub mod replicate;
 mod reserve;
 mod retry;
 pub mod segment;

@@ -130,6 +130,12 @@ pub(crate) async fn recover(
                 ))
             })?;
             let path = dir.join(META_FILE);
+            // No local database (a fresh machine, a deleted cache): start
+            // from the replica rather than from the first segment.
+            if !path.exists() {
+                let layout = crate::replicate::layout_for(url);
+                crate::replicate::restore_from_replica(store, layout, &path).await?;
+            }
             (MetaDb::open(&path)?, path.display().to_string())
         }
         None => (MetaDb::open_in_memory()?, "memory".to_string()),

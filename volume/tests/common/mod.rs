@@ -25,6 +25,8 @@ pub fn small_opts(seed: u64) -> EngineOptions {
         cache_bytes: 0,
         prefetch_window_bytes: 0,
         seed,
+        // Often, so the model's crashes hit shipping and restores use it.
+        replica_interval: Duration::from_millis(20),
     }
 }
 

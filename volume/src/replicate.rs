@@ -1,0 +1,293 @@
+//! Shipping the metadata database to the object store as a Litestream 0.5
+//! replica under `<volume>/meta/` (files built by `spritedisk_meta::replica`),
+//! and restoring from it at attach on a machine with no local database.
+//!
+//! What must be in the replica before a FLUSH returns: only metadata that
+//! cannot be rolled forward from segments. Today that is none — every map
+//! change comes from a segment, and FLUSH already waits for the segment —
+//! so map changes are shipped in the background every `replica_interval`
+//! and the replica only bounds how many segments an attach rolls forward.
+//! Metadata that segments cannot rebuild (checkpoints, restores, forks)
+//! must call [`Inner::ship_meta`] before it reports success.
+//!
+//! One writer: files are created with If-None-Match, so a second writer can
+//! never overwrite one; finding a different file under our name stops us.
+
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use spritedisk_meta::ltx::{self, ReplicaLayout};
+use spritedisk_meta::replica::{plan_restore, restore_image, ListedLtx, LtxObject, Replica};
+use spritedisk_store::{ObjectStore, StoreError};
+
+use crate::engine::Inner;
+use crate::retry::retry_read;
+use crate::VolumeError;
+
+/// Where the replica lives below the volume: `litestream restore <url>/meta`.
+pub const REPLICA_PREFIX: &str = "meta/";
+
+/// The key layout `litestream` reads for the volume's kind of URL.
+pub fn layout_for(url: &str) -> ReplicaLayout {
+    if url.starts_with("s3://") {
+        ReplicaLayout::S3
+    } else {
+        ReplicaLayout::File
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Every LTX file of the replica, with its key.
+pub async fn list_replica(
+    store: &Arc<dyn ObjectStore>,
+    layout: ReplicaLayout,
+) -> Result<Vec<(ListedLtx, String)>, VolumeError> {
+    let listed = retry_read(REPLICA_PREFIX, || store.list(REPLICA_PREFIX)).await?;
+    let mut out = vec![];
+    for m in listed {
+        let rest = &m.key[REPLICA_PREFIX.len()..];
+        let Some((dir, name)) = rest.rsplit_once('/') else {
+            continue;
+        };
+        let level = match layout {
+            ReplicaLayout::File => dir.strip_prefix("ltx/").and_then(|l| l.parse().ok()),
+            ReplicaLayout::S3 => u32::from_str_radix(dir, 16).ok().filter(|_| dir.len() == 4),
+        };
+        if let (Some(level), Some((min_txid, max_txid))) = (level, ReplicaLayout::parse_name(name))
+        {
+            out.push((
+                ListedLtx {
+                    level,
+                    min_txid,
+                    max_txid,
+                },
+                m.key,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Rebuilds the local database at `path` from the replica. Returns the
+/// newest TXID restored, or None when there is no replica. A corrupt file
+/// or a gap ends the restore at the last good file (an older, consistent
+/// state; the roll-forward over segments brings it up to date) and is
+/// logged with the file's name.
+pub async fn restore_from_replica(
+    store: &Arc<dyn ObjectStore>,
+    layout: ReplicaLayout,
+    path: &Path,
+) -> Result<Option<u64>, VolumeError> {
+    let listing = list_replica(store, layout).await?;
+    let keys: std::collections::HashMap<(u32, u64, u64), String> = listing
+        .iter()
+        .map(|(f, k)| ((f.level, f.min_txid, f.max_txid), k.clone()))
+        .collect();
+    let files: Vec<ListedLtx> = listing.iter().map(|(f, _)| *f).collect();
+    let (plan, gap) = plan_restore(&files);
+    if let Some(gap) = gap {
+        tracing::error!(%gap, "metadata replica has a gap: restoring up to it, then rolling forward over segments");
+    }
+    let mut decoded = vec![];
+    for f in &plan {
+        let key = &keys[&(f.level, f.min_txid, f.max_txid)];
+        let raw = retry_read(key, || store.get(key)).await?;
+        match ltx::decode(key, &raw) {
+            Ok(d) => decoded.push(d),
+            Err(e) => {
+                tracing::error!(error = %e, "corrupt metadata replica file: restoring up to the file before it, then rolling forward over segments");
+                break;
+            }
+        }
+    }
+    let Some(last) = decoded.last().map(|d| d.header.max_txid) else {
+        return Ok(None);
+    };
+    let image = restore_image(&decoded)?;
+    install_image(path, &image)
+        .map_err(|e| VolumeError::BadConfig(format!("cannot write {}: {e}", path.display())))?;
+    tracing::info!(
+        txid = last,
+        files = decoded.len(),
+        bytes = image.len(),
+        "restored metadata from the replica"
+    );
+    Ok(Some(last))
+}
+
+/// Writes a database image as the file at `path` (durably; no stale log).
+fn install_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let tmp = path.with_extension("restore");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(image)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// Shipping state: the replica position and the keys a snapshot supersedes.
+#[derive(Debug)]
+pub(crate) struct Shipper {
+    pub rep: Replica,
+    /// A built file not yet durable. The log it came from is already folded
+    /// into the database, so it is retried as it is, never rebuilt.
+    pub pending: Option<LtxObject>,
+    /// Files older than the newest snapshot, deleted once it is durable.
+    pub superseded: Vec<String>,
+    pub files_shipped: u64,
+}
+
+impl Shipper {
+    pub fn new(layout: ReplicaLayout) -> Shipper {
+        Shipper {
+            rep: Replica::new(layout, 0),
+            pending: None,
+            superseded: vec![],
+            files_shipped: 0,
+        }
+    }
+}
+
+impl Inner {
+    /// At attach: continue the replica's TXIDs with a snapshot of the
+    /// database as it is now, then delete the files it supersedes.
+    pub(crate) async fn start_replica(self: &Arc<Self>) -> Result<(), VolumeError> {
+        let Some(shipper) = &self.replica else {
+            return Ok(());
+        };
+        let mut s = shipper.lock().await;
+        let listing = list_replica(&self.store, s.rep.layout).await?;
+        let max = listing.iter().map(|(f, _)| f.max_txid).max().unwrap_or(0);
+        s.rep = Replica::new(s.rep.layout, max);
+        s.superseded = listing.into_iter().map(|(_, k)| k).collect();
+        self.meta.lock().unwrap().hold_wal_for_replication()?;
+        self.build_snapshot(&mut s).await?;
+        self.put_pending(&mut s).await
+    }
+
+    async fn build_snapshot(self: &Arc<Self>, s: &mut Shipper) -> Result<(), VolumeError> {
+        let me = self.clone();
+        let mut rep = s.rep.clone();
+        let (obj, rep) = tokio::task::spawn_blocking(move || {
+            let obj = me.meta.lock().unwrap().replica_snapshot(&mut rep, now_ms());
+            obj.map(|o| (o, rep))
+        })
+        .await
+        .map_err(|e| VolumeError::Stopped(format!("snapshot task: {e}")))??;
+        s.rep = rep;
+        s.pending = Some(obj);
+        Ok(())
+    }
+
+    /// Makes the pending file durable; after a snapshot, deletes what it covers.
+    async fn put_pending(&self, s: &mut Shipper) -> Result<(), VolumeError> {
+        let Some(obj) = s.pending.clone() else {
+            return Ok(());
+        };
+        self.put_ltx(&obj).await?;
+        s.pending = None;
+        s.files_shipped += 1;
+        self.replica_txid
+            .store(obj.max_txid, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("{REPLICA_PREFIX}{}", obj.key);
+        if obj.level == ltx::SNAPSHOT_LEVEL {
+            for old in std::mem::take(&mut s.superseded) {
+                if let Err(e) = self.store.delete(&old).await {
+                    tracing::debug!(key = old, error = %e, "deleting a superseded replica file");
+                }
+            }
+        }
+        s.superseded.push(key);
+        Ok(())
+    }
+
+    /// Ships every metadata change committed so far (as a snapshot every
+    /// `SNAPSHOT_EVERY_FILES` files). Returns once it is durable.
+    pub(crate) async fn ship_meta(self: &Arc<Self>) -> Result<(), VolumeError> {
+        let Some(shipper) = &self.replica else {
+            return Ok(());
+        };
+        let mut s = shipper.lock().await;
+        self.put_pending(&mut s).await?;
+        if s.rep.l0_since_snapshot >= spritedisk_meta::replica::SNAPSHOT_EVERY_FILES {
+            self.build_snapshot(&mut s).await?;
+        } else {
+            let mut rep = s.rep.clone();
+            let obj = self
+                .meta
+                .lock()
+                .unwrap()
+                .replica_changes(&mut rep, now_ms())?;
+            s.rep = rep;
+            s.pending = obj;
+        }
+        self.put_pending(&mut s).await
+    }
+
+    /// Creates one LTX file, retrying transient errors until the engine stops.
+    async fn put_ltx(&self, obj: &LtxObject) -> Result<(), VolumeError> {
+        let key = format!("{REPLICA_PREFIX}{}", obj.key);
+        let bytes = Bytes::from(obj.bytes.clone());
+        let mut backoff = self.opts.retry_backoff_min;
+        loop {
+            let err = match self.store.put_if_absent(&key, bytes.clone()).await {
+                Ok(_) => {
+                    self.counters.add_put(bytes.len() as u64);
+                    return Ok(());
+                }
+                Err(StoreError::PreconditionFailed(_)) => match self.store.get(&key).await {
+                    // Our own earlier attempt, its reply lost.
+                    Ok(existing) if existing == bytes => return Ok(()),
+                    Ok(_) => {
+                        let why = format!(
+                            "metadata replica file {key} was written by another writer: this daemon no longer owns the volume"
+                        );
+                        self.stop(&why);
+                        return Err(VolumeError::Stopped(why));
+                    }
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            if !err.is_transient() {
+                return Err(err.into());
+            }
+            if let Some(why) = &self.state.lock().unwrap().stopped {
+                return Err(VolumeError::Stopped(why.clone()));
+            }
+            tracing::warn!(key, error = %err, "replica upload failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.opts.retry_backoff_max);
+        }
+    }
+}
+
+/// Ships metadata changes every `replica_interval` until the volume stops.
+pub(crate) async fn replica_loop(inner: Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(i) => i.opts.replica_interval.max(Duration::from_millis(10)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.state.lock().unwrap().stopped.is_some() {
+            return;
+        }
+        if let Err(e) = inner.ship_meta().await {
+            tracing::warn!(error = %e, "shipping metadata to the replica failed");
+            inner.state.lock().unwrap().last_store_error = Some(format!("metadata replica: {e}"));
+        }
+    }
+}
