@@ -12,8 +12,10 @@ pub enum MetaError {
     },
     #[error("metadata database is corrupt: {0}")]
     Corrupt(String),
-    #[error("segment {got} applied out of order (expected {expected})")]
-    OutOfOrder { expected: u64, got: u64 },
+    #[error(
+        "a segment following segment {prev} applied out of order (the last applied is {applied})"
+    )]
+    OutOfOrder { applied: u64, prev: u64 },
     #[error("metadata replica: {0}")]
     Ltx(String),
     #[error("metadata mismatch: {0}")]

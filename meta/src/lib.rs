@@ -35,6 +35,8 @@ pub struct VolumeRecord {
 #[derive(Debug, Clone)]
 pub struct SegmentApply<'a> {
     pub seq: u64,
+    /// The segment it follows: must be the last one applied.
+    pub prev_seq: u64,
     pub size_bytes: u64,
     /// Total bytes written by clients up to and including this segment.
     pub client_bytes_total: u64,
@@ -139,6 +141,23 @@ impl MetaDb {
             .optional()?)
     }
 
+    /// The lease epoch of the writer that last used this database.
+    pub fn writer_epoch(&self) -> Result<Option<u64>, MetaError> {
+        Ok(self
+            .conn
+            .query_row("SELECT epoch FROM writer", [], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|e| e as u64))
+    }
+
+    pub fn set_writer_epoch(&mut self, epoch: u64) -> Result<(), MetaError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM writer", [])?;
+        tx.execute("INSERT INTO writer (epoch) VALUES (?1)", [epoch as i64])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records the volume's identity in an empty database.
     pub fn init_volume(&mut self, v: &VolumeRecord) -> Result<(), MetaError> {
         if let Some(existing) = self.volume()? {
@@ -169,14 +188,15 @@ impl MetaDb {
     }
 
     /// Applies one segment to the map in one transaction. Segments must be
-    /// applied in sequence order without gaps: that order is what makes the
-    /// map a prefix of the write history.
+    /// applied in history order, each following the last one applied (a
+    /// writer that took the volume over continues at a higher number): that
+    /// order is what makes the map a prefix of the write history.
     pub fn apply_segment(&mut self, seg: &SegmentApply<'_>) -> Result<(), MetaError> {
-        let expected = self.applied_seq()? + 1;
-        if seg.seq != expected {
+        let applied = self.applied_seq()?;
+        if seg.prev_seq != applied || seg.seq <= applied {
             return Err(MetaError::OutOfOrder {
-                expected,
-                got: seg.seq,
+                applied,
+                prev: seg.prev_seq,
             });
         }
         let bs = self.block_size;

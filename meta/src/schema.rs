@@ -10,6 +10,12 @@ CREATE TABLE IF NOT EXISTS volume (
     applied_seq INTEGER NOT NULL,
     client_bytes_written INTEGER NOT NULL
 );
+-- The lease epoch of the writer that last wrote through this database: a
+-- database from an older epoch describes a history another writer has moved
+-- past (docs/design/0003).
+CREATE TABLE IF NOT EXISTS writer (
+    epoch INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS segments (
     seq INTEGER PRIMARY KEY,
     size_bytes INTEGER NOT NULL,

@@ -42,6 +42,7 @@ fn overwrite_splits_an_extent() {
     };
     db.apply_segment(&SegmentApply {
         seq: 1,
+        prev_seq: 0,
         size_bytes: 50_000,
         client_bytes_total: 40960,
         changes: &[MapChange {
@@ -58,6 +59,7 @@ fn overwrite_splits_an_extent() {
     };
     db.apply_segment(&SegmentApply {
         seq: 2,
+        prev_seq: 1,
         size_bytes: 9000,
         client_bytes_total: 49152,
         changes: &[MapChange {
@@ -86,13 +88,14 @@ fn overwrite_splits_an_extent() {
     assert!(matches!(
         db.apply_segment(&SegmentApply {
             seq: 5,
+            prev_seq: 4,
             size_bytes: 1,
             client_bytes_total: 0,
             changes: &[]
         }),
         Err(MetaError::OutOfOrder {
-            expected: 3,
-            got: 5
+            applied: 2,
+            prev: 4
         })
     ));
     let st = db.stats().unwrap();
@@ -121,6 +124,7 @@ fn survives_reopen_and_copy() {
         };
         db.apply_segment(&SegmentApply {
             seq: 1,
+            prev_seq: 0,
             size_bytes: 100,
             client_bytes_total: 1,
             changes: &[MapChange {
@@ -167,7 +171,7 @@ proptest! {
             let seq = i as u64 + 1;
             let piece = (!unmap).then_some(PieceRef { piece_off: seq * 1000, piece_blocks: blocks as u32, crc: 0 });
             db.apply_segment(&SegmentApply {
-                seq, size_bytes: blocks * 4096, client_bytes_total: 0,
+                seq, prev_seq: seq - 1, size_bytes: blocks * 4096, client_bytes_total: 0,
                 changes: &[MapChange { lba, blocks, piece }],
             }).unwrap();
             for b in 0..blocks {

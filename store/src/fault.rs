@@ -43,6 +43,8 @@ pub struct FaultStore {
     crashed: Mutex<Option<CrashPolicy>>,
     crashed_flag: AtomicBool,
     gets: AtomicU64,
+    /// GETs by the first component of their key (`segments`, `meta`, ...).
+    gets_by_dir: Mutex<std::collections::HashMap<String, u64>>,
     puts: AtomicU64,
 }
 
@@ -56,6 +58,7 @@ impl FaultStore {
             crashed: Mutex::new(None),
             crashed_flag: AtomicBool::new(false),
             gets: AtomicU64::new(0),
+            gets_by_dir: Default::default(),
             puts: AtomicU64::new(0),
         }
     }
@@ -73,6 +76,22 @@ impl FaultStore {
     }
 
     /// Number of get / get_range calls that reached the inner store.
+    /// GETs (whole or ranged) of keys under `dir/` (or of the key `dir`).
+    pub fn gets_in(&self, dir: &str) -> u64 {
+        self.gets_by_dir
+            .lock()
+            .unwrap()
+            .get(dir)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_get(&self, key: &str) {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        let dir = key.split('/').next().unwrap_or(key).to_string();
+        *self.gets_by_dir.lock().unwrap().entry(dir).or_default() += 1;
+    }
+
     pub fn gets(&self) -> u64 {
         self.gets.load(Ordering::SeqCst)
     }
@@ -130,13 +149,13 @@ impl FaultStore {
 impl ObjectStore for FaultStore {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.gate("get", key)?;
-        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.count_get(key);
         self.inner.get(key).await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         self.gate("get", key)?;
-        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.count_get(key);
         if !self.config.get_delay.is_zero() {
             tokio::time::sleep(self.config.get_delay).await;
         }

@@ -105,6 +105,14 @@ pub struct AttachArgs {
     /// Buffered writes older than this many seconds are uploaded without a FLUSH.
     #[arg(long, default_value_t = 5.0)]
     pub writeback_delay: f64,
+    /// Take the volume over from a daemon that still holds it (another
+    /// machine, a hung process): that daemon is fenced, its next flush fails.
+    #[arg(long)]
+    pub force: bool,
+    /// A holder that has not renewed its lease for this many seconds is
+    /// presumed dead, and its volume may be attached without --force.
+    #[arg(long, default_value_t = 30.0)]
+    pub lease_ttl: f64,
 }
 
 impl AttachArgs {
@@ -141,8 +149,8 @@ impl AttachArgs {
             "--dirty-max must be at least twice --segment-size"
         );
         anyhow::ensure!(
-            self.flush_timeout > 0.0 && self.writeback_delay > 0.0,
-            "timeouts must be positive"
+            self.flush_timeout > 0.0 && self.writeback_delay > 0.0 && self.lease_ttl >= 1.0,
+            "timeouts must be positive (and --lease-ttl at least 1 s)"
         );
         Ok(EngineOptions {
             segment_bytes: self.segment_size,
@@ -153,6 +161,9 @@ impl AttachArgs {
             cache_bytes: self.cache_size,
             prefetch_window_bytes: self.prefetch_window,
             seed: std::process::id() as u64,
+            lease_ttl: Duration::from_secs_f64(self.lease_ttl),
+            // Recovering a device whose daemon died takes its lease back.
+            take_over: self.force || self.recover_dev.is_some(),
             ..EngineOptions::default()
         })
     }

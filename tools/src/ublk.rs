@@ -77,6 +77,13 @@ fn start_daemon(args: &AttachArgs) -> Result<i32> {
     cmd.args(["--writeback-delay", &args.writeback_delay.to_string()]);
     cmd.args(["--cache-size", &args.cache_size.to_string()]);
     cmd.args(["--prefetch-window", &args.prefetch_window.to_string()]);
+    cmd.args(["--lease-ttl", &args.lease_ttl.to_string()]);
+    if args.force {
+        cmd.arg("--force");
+    }
+    if let Some(ms) = args.simulate_get_latency_ms {
+        cmd.args(["--simulate-get-latency-ms", &ms.to_string()]);
+    }
     if let Some(q) = args.queues {
         cmd.args(["--queues", &q.to_string()]);
     }

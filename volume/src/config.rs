@@ -93,6 +93,11 @@ pub struct EngineOptions {
     pub seed: u64,
     /// How often metadata changes are shipped to the replica in the store.
     pub replica_interval: Duration,
+    /// A holder that has not renewed its lease for this long is presumed
+    /// dead and may be taken over; renewals come every third of it.
+    pub lease_ttl: Duration,
+    /// Take the lease even from a live holder (`--force`), fencing it.
+    pub take_over: bool,
 }
 
 impl Default for EngineOptions {
@@ -109,6 +114,8 @@ impl Default for EngineOptions {
             prefetch_window_bytes: 4 << 20,
             seed: 0,
             replica_interval: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(30),
+            take_over: false,
         }
     }
 }

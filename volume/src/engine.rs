@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -17,6 +17,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::buffer::WriteBuffer;
 use crate::config::{EngineOptions, VolumeConfig};
 use crate::io::{BlockIo, IoReply, IoRequest};
+use crate::lease::{self, Held};
 use crate::recovery;
 use crate::reserve::MetaReserve;
 use crate::stats::{Counters, VolumeStats};
@@ -40,6 +41,8 @@ pub(crate) struct Inner {
     pub reserve: Mutex<Option<MetaReserve>>,
     /// Metadata shipping to the replica (on-disk metadata only).
     pub(crate) replica: Option<tokio::sync::Mutex<crate::replicate::Shipper>>,
+    /// The lease this writer holds; renewed by `lease_loop`, checked by FLUSH.
+    pub(crate) lease: tokio::sync::Mutex<Held>,
     /// Newest TXID durable in the replica.
     pub(crate) replica_txid: std::sync::atomic::AtomicU64,
     /// Pieces being fetched from the store, so each is fetched once at a time.
@@ -73,6 +76,8 @@ pub(crate) struct State {
     pub sealed: VecDeque<Arc<Sealed>>,
     pub sealed_bytes: u64,
     pub next_seq: u64,
+    /// The segment the next one follows (the chain roll-forward walks).
+    pub prev_seq: u64,
     pub applied_seq: u64,
     pub client_bytes_total: u64,
     pub last_store_error: Option<String>,
@@ -98,8 +103,12 @@ impl Volume {
         cache_dir: Option<&Path>,
         opts: EngineOptions,
     ) -> Result<Volume, VolumeError> {
-        let (config, meta, rolled) = recovery::recover(&store, url, cache_dir).await?;
+        let config = recovery::load_config(&store, url).await?;
         let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
+        // The lease first: the store is listed and debris deleted only by
+        // the one writer (docs/design/0003).
+        let held = lease::acquire(&store, url, opts.lease_ttl, opts.take_over).await?;
+        let (meta, rolled) = recovery::recover(&store, url, &config, cache_dir, &held).await?;
         let (wlog, replay, first_new_gen) = match cache_dir {
             Some(dir) => {
                 let (log, old, gen) =
@@ -114,7 +123,8 @@ impl Volume {
             sealed: VecDeque::new(),
             sealed_bytes: 0,
             next_seq: rolled.next_seq,
-            applied_seq: rolled.next_seq - 1,
+            prev_seq: rolled.tail,
+            applied_seq: rolled.tail,
             client_bytes_total: meta.stats()?.client_bytes_written,
             last_store_error: None,
             stopped: None,
@@ -144,14 +154,15 @@ impl Volume {
                 ))
             }),
             replica_txid: Default::default(),
+            lease: tokio::sync::Mutex::new(held),
             prefetch_slots: Arc::new(Semaphore::new(crate::prefetch::PREFETCH_INFLIGHT_MAX)),
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
         let vol = Volume { inner };
-        vol.replay(rolled.next_seq - 1, replay, first_new_gen)
-            .await?;
+        vol.replay(rolled.tail, replay, first_new_gen).await?;
         vol.inner.start_replica().await?;
         tokio::spawn(crate::replicate::replica_loop(Arc::downgrade(&vol.inner)));
+        tokio::spawn(lease_loop(Arc::downgrade(&vol.inner)));
         Ok(vol)
     }
 
@@ -317,11 +328,16 @@ impl Volume {
                 return Err(VolumeError::Stopped(why.clone()));
             }
             self.inner.seal_locked(&mut st);
-            st.next_seq - 1
+            // The newest segment sealed (numbers jump after a takeover).
+            st.prev_seq
         };
         self.inner.counters.add_flush();
         self.inner.retry_now.notify_waiters();
-        self.inner.wait_applied(target).await
+        self.inner.wait_applied(target).await?;
+        // Durable, but acknowledged only if we still own the volume: a
+        // writer that took over listed the store after taking the lease, so
+        // it sees every segment that landed while the lease was ours.
+        self.inner.check_lease().await
     }
 
     /// Flushes and stops the engine: later I/O fails with ESHUTDOWN. The
@@ -333,6 +349,13 @@ impl Volume {
             res = self.inner.ship_meta().await;
         }
         self.inner.stop("volume closed");
+        if res.is_ok() {
+            // Released: the next attach (anywhere) continues without waiting.
+            let held = self.inner.lease.lock().await;
+            if let Err(e) = lease::release(&self.inner.store, &held).await {
+                tracing::warn!(error = %e, "could not release the lease: the next attach waits for it to expire or needs --force");
+            }
+        }
         let cache = self.inner.cache.clone();
         let _ = tokio::task::spawn_blocking(move || cache.persist()).await;
         res
@@ -370,6 +393,62 @@ impl Volume {
 
 /// The read cache in `cache_dir/cache`. A cache that cannot be opened (a
 /// full or read-only disk) is not an error: reads go to the store.
+/// Tries at reading the lease when a FLUSH checks it, on transient errors.
+const LEASE_CHECK_ATTEMPTS_MAX: u32 = 8;
+
+impl Inner {
+    /// Fails (and stops the engine) if another writer has taken the lease.
+    pub(crate) async fn check_lease(&self) -> Result<(), VolumeError> {
+        let mut held = self.lease.lock().await;
+        let mut backoff = self.opts.retry_backoff_min;
+        let mut attempt = 0;
+        loop {
+            match lease::check(&self.store, &mut held).await {
+                Ok(lease::LeaseState::Ours) => return Ok(()),
+                Ok(lease::LeaseState::Lost(by)) => return Err(self.fenced(by)),
+                Err(e) if e.is_transient() && attempt < LEASE_CHECK_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.opts.retry_backoff_max);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn fenced(&self, by: String) -> VolumeError {
+        tracing::error!(%by, "fenced: another writer took the volume over; stopping");
+        self.stop(&format!("fenced: the volume was taken over ({by})"));
+        VolumeError::Fenced(by)
+    }
+}
+
+/// Renews the lease every third of its TTL until the volume stops; losing
+/// it stops the engine.
+async fn lease_loop(inner: std::sync::Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(i) => (i.opts.lease_ttl / 3).max(Duration::from_millis(100)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.state.lock().unwrap().stopped.is_some() {
+            return;
+        }
+        let mut held = inner.lease.lock().await;
+        match lease::renew(&inner.store, &mut held).await {
+            Ok(lease::LeaseState::Ours) => {}
+            Ok(lease::LeaseState::Lost(by)) => {
+                drop(held);
+                inner.fenced(by);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing the lease failed; retrying"),
+        }
+    }
+}
+
 fn open_cache(cache_dir: Option<&Path>, bytes: u64) -> Arc<dyn ReadCache> {
     match cache_dir {
         Some(dir) if bytes > 0 => match DiskCache::open(&dir.join("cache"), bytes) {

@@ -35,6 +35,14 @@ pub enum VolumeError {
     WriteLog(String),
     #[error("volume is stopped: {0}")]
     Stopped(String),
+    #[error("{url} is attached by {holder} (lease renewed {renewed_secs_ago} s ago): detach it there, or take it over with --force (that daemon is then fenced: its next flush fails)")]
+    Leased {
+        url: String,
+        holder: String,
+        renewed_secs_ago: u64,
+    },
+    #[error("fenced: another writer took this volume over ({0}); this daemon stopped writing")]
+    Fenced(String),
 }
 
 impl VolumeError {

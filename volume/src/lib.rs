@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod fetch;
 mod io;
+pub mod lease;
 mod prefetch;
 mod read;
 mod recovery;
@@ -28,6 +29,8 @@ pub use config::{EngineOptions, VolumeConfig, BLOCK_SIZE, CONFIG_KEY, DEFAULT_SI
 pub use engine::{Volume, REQUEST_BYTES_MAX};
 pub use error::{libc_errno, VolumeError};
 pub use io::{BlockIo, IoReply, IoRequest};
-pub use recovery::{create_volume, inspect_volume, Inspection, RollForward};
+pub use recovery::{
+    create_volume, inspect_volume, takeover_seq_base, Inspection, RollForward, EPOCH_SEQ_RANGE,
+};
 pub use stats::VolumeStats;
 pub use verify::{verify_volume, VerifyReport};

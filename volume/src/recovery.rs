@@ -18,6 +18,7 @@ use spritedisk_meta::{MetaDb, SegmentApply, VolumeRecord};
 use spritedisk_store::{ObjectStore, StoreError};
 
 use crate::config::{VolumeConfig, CONFIG_KEY};
+use crate::lease::Held;
 use crate::retry::retry_read;
 use crate::segment::{self, parse_segment_key, segment_key, HEADER_BYTES};
 use crate::VolumeError;
@@ -32,6 +33,8 @@ const INDEX_PREFETCH_BYTES: u64 = 64 << 10;
 pub struct RollForward {
     /// Segments applied from the store on top of the local metadata.
     pub applied: u64,
+    /// The last segment of the history (the next one follows it).
+    pub tail: u64,
     /// The sequence number the next segment will get.
     pub next_seq: u64,
     /// Segments past the first gap: a dead writer's debris.
@@ -64,7 +67,7 @@ pub async fn create_volume(
     }
 }
 
-pub(crate) async fn load_config(
+pub async fn load_config(
     store: &Arc<dyn ObjectStore>,
     url: &str,
 ) -> Result<VolumeConfig, VolumeError> {
@@ -113,14 +116,16 @@ fn adopt(meta: &mut MetaDb, config: &VolumeConfig, path: &str) -> Result<(), Vol
     Ok(())
 }
 
-/// Attach-time recovery: open the local metadata (created if absent), roll
-/// forward, delete debris past the first gap.
+/// Attach-time recovery, once the lease is held: open the local metadata
+/// if it is still ours (else restore it from the replica), roll forward,
+/// delete debris that is not on the chain, and pick the next segment number.
 pub(crate) async fn recover(
     store: &Arc<dyn ObjectStore>,
     url: &str,
+    config: &VolumeConfig,
     cache_dir: Option<&Path>,
-) -> Result<(VolumeConfig, MetaDb, RollForward), VolumeError> {
-    let config = load_config(store, url).await?;
+    held: &Held,
+) -> Result<(MetaDb, RollForward), VolumeError> {
     let (mut meta, where_) = match cache_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -130,8 +135,11 @@ pub(crate) async fn recover(
                 ))
             })?;
             let path = dir.join(META_FILE);
-            // No local database (a fresh machine, a deleted cache): start
-            // from the replica rather than from the first segment.
+            if path.exists() {
+                discard_if_stale(dir, &path, config, held)?;
+            }
+            // No local database (a fresh machine, a deleted cache, a stale
+            // one): start from the replica rather than from the first segment.
             if !path.exists() {
                 let layout = crate::replicate::layout_for(url);
                 crate::replicate::restore_from_replica(store, layout, &path).await?;
@@ -140,14 +148,19 @@ pub(crate) async fn recover(
         }
         None => (MetaDb::open_in_memory()?, "memory".to_string()),
     };
-    adopt(&mut meta, &config, &where_)?;
-    let rolled = roll_forward(store, &mut meta, &config, &where_).await?;
+    adopt(&mut meta, config, &where_)?;
+    let mut rolled = roll_forward(store, &mut meta, config, &where_).await?;
     for key in &rolled.debris {
         tracing::warn!(
             key,
-            "deleting a crashed writer's segment past the first gap"
+            "deleting a dead or fenced writer's segment that is not part of the history"
         );
         retry_read(key, || store.delete(key)).await?;
+    }
+    meta.set_writer_epoch(held.doc.epoch)?;
+    if held.took_over() {
+        // The previous holder may still be uploading: leave its numbers alone.
+        rolled.next_seq = rolled.next_seq.max(takeover_seq_base(held.doc.epoch));
     }
     if rolled.applied > 0 {
         tracing::info!(
@@ -156,7 +169,37 @@ pub(crate) async fn recover(
             "rolled forward over segments in the store"
         );
     }
-    Ok((config, meta, rolled))
+    Ok((meta, rolled))
+}
+
+/// Deletes the local database and write log if another writer has written
+/// the volume since they were last used here (their epoch is not the one
+/// the lease had before we took it).
+fn discard_if_stale(
+    dir: &Path,
+    path: &Path,
+    config: &VolumeConfig,
+    held: &Held,
+) -> Result<(), VolumeError> {
+    let mut db = MetaDb::open(path)?;
+    // Another volume's database is a mistake to report, not a cache to drop.
+    adopt(&mut db, config, &path.display().to_string())?;
+    let local = db.writer_epoch()?;
+    drop(db);
+    let before = held.previous.as_ref().map(|p| p.epoch);
+    if local == before {
+        return Ok(());
+    }
+    tracing::warn!(
+        local_epoch = local,
+        volume_epoch = before,
+        "the local metadata is from an older writer of this volume: discarding it and its unflushed write log, restoring from the store"
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    crate::wlog::discard(dir);
+    Ok(())
 }
 
 /// A read-only view of a volume for offline tools (`stats`, `verify`): the
@@ -188,6 +231,95 @@ pub async fn inspect_volume(
     })
 }
 
+/// Segment numbers of one lease epoch that took a volume over start at a
+/// multiple of this (plus one): far beyond anything the fenced writer can
+/// still reach (docs/design/0003).
+pub const EPOCH_SEQ_RANGE: u64 = 1 << 40;
+
+/// First segment number of a writer of lease `epoch` that took over from a
+/// holder that may still be writing.
+pub fn takeover_seq_base(epoch: u64) -> u64 {
+    (epoch.max(1) - 1) * EPOCH_SEQ_RANGE + 1
+}
+
+/// A segment read during roll-forward: its header and map changes.
+struct Candidate {
+    size: u64,
+    header: segment::SegmentHeader,
+    changes: Vec<spritedisk_meta::MapChange>,
+}
+
+/// Reads and checks segment `seq` (`size` bytes as listed). None when torn.
+async fn read_candidate(
+    store: &Arc<dyn ObjectStore>,
+    config: &VolumeConfig,
+    volume_id: [u8; 16],
+    seq: u64,
+    size: u64,
+) -> Result<Option<Candidate>, VolumeError> {
+    let bs = config.block_size as u64;
+    let key = segment_key(seq);
+    let corrupt = |reason: String| VolumeError::CorruptSegment {
+        key: key.clone(),
+        reason,
+    };
+    if size < HEADER_BYTES as u64 {
+        tracing::warn!(
+            key,
+            size,
+            "torn segment (shorter than a header): not part of the history"
+        );
+        return Ok(None);
+    }
+    let mut head = retry_read(&key, || {
+        store.get_range(&key, 0, size.min(INDEX_PREFETCH_BYTES))
+    })
+    .await?;
+    let h = segment::decode_header(&head).map_err(|e| corrupt(e.0))?;
+    if h.object_size() != size {
+        tracing::warn!(
+            key,
+            size,
+            expected = h.object_size(),
+            "torn segment: not part of the history"
+        );
+        return Ok(None);
+    }
+    if h.data_offset > head.len() as u64 {
+        head = retry_read(&key, || store.get_range(&key, 0, h.data_offset)).await?;
+    }
+    let (h, changes) = segment::decode_index(&head, bs).map_err(|e| corrupt(e.0))?;
+    if h.seq != seq || h.volume_id != volume_id {
+        return Err(corrupt(format!(
+            "its header says segment {} of volume {}, expected segment {seq} of volume {}",
+            h.seq,
+            uuid_string(&h.volume_id),
+            config.id
+        )));
+    }
+    let volume_blocks = config.size_bytes / bs;
+    if let Some(c) = changes.iter().find(|c| {
+        c.lba
+            .checked_add(c.blocks)
+            .is_none_or(|end| end > volume_blocks)
+    }) {
+        return Err(corrupt(format!(
+            "an entry maps blocks {}+{} beyond the volume's {volume_blocks} blocks",
+            c.lba, c.blocks
+        )));
+    }
+    Ok(Some(Candidate {
+        size,
+        header: h,
+        changes,
+    }))
+}
+
+/// Follows the chain of segments from the last one applied: the successor
+/// of segment T is the one whose header says it follows T — normally T + 1;
+/// after a takeover, the first segment of the new writer's range, which wins
+/// over a late T + 1 of the writer it fenced (the higher number is the newer
+/// writer). Everything after T not on the chain is debris.
 async fn roll_forward(
     store: &Arc<dyn ObjectStore>,
     meta: &mut MetaDb,
@@ -195,7 +327,6 @@ async fn roll_forward(
     meta_path: &str,
 ) -> Result<RollForward, VolumeError> {
     let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
-    let bs = config.block_size as u64;
     let listed: BTreeMap<u64, u64> = retry_read("segments/", || store.list("segments/"))
         .await?
         .into_iter()
@@ -208,72 +339,59 @@ async fn roll_forward(
             reason: format!("it has applied segment {applied}, which the store does not hold (was the store rolled back?)"),
         });
     }
-    let mut seq = applied + 1;
+    // Where a taken-over writer's range starts: the only places the chain can jump to.
+    let range_starts: Vec<u64> = listed
+        .keys()
+        .copied()
+        .filter(|&s| s > applied && (s - 1) % EPOCH_SEQ_RANGE == 0)
+        .collect();
+    let mut read: std::collections::HashMap<u64, Option<Candidate>> = Default::default();
+    let mut tail = applied;
     let mut count = 0;
-    while let Some(&size) = listed.get(&seq) {
-        let key = segment_key(seq);
-        let corrupt = |reason: String| VolumeError::CorruptSegment {
-            key: key.clone(),
-            reason,
-        };
-        if size < HEADER_BYTES as u64 {
-            tracing::warn!(
-                key,
-                size,
-                "torn segment (shorter than a header): treated as a gap"
-            );
-            break;
+    let mut chain = std::collections::HashSet::new();
+    loop {
+        let mut cands: Vec<u64> = range_starts.iter().copied().filter(|&s| s > tail).collect();
+        if listed.contains_key(&(tail + 1)) && !cands.contains(&(tail + 1)) {
+            cands.push(tail + 1);
         }
-        let mut head = retry_read(&key, || {
-            store.get_range(&key, 0, size.min(INDEX_PREFETCH_BYTES))
-        })
-        .await?;
-        let h = segment::decode_header(&head).map_err(|e| corrupt(e.0))?;
-        if h.object_size() != size {
-            tracing::warn!(
-                key,
-                size,
-                expected = h.object_size(),
-                "torn segment: treated as a gap"
-            );
-            break;
+        cands.sort_unstable_by(|a, b| b.cmp(a)); // the newest writer first
+        let mut next = None;
+        for seq in cands {
+            if let std::collections::hash_map::Entry::Vacant(slot) = read.entry(seq) {
+                slot.insert(read_candidate(store, config, volume_id, seq, listed[&seq]).await?);
+            }
+            if read[&seq]
+                .as_ref()
+                .is_some_and(|c| c.header.prev_seq == tail)
+            {
+                next = read.remove(&seq).flatten();
+                break;
+            }
         }
-        if h.data_offset > head.len() as u64 {
-            head = retry_read(&key, || store.get_range(&key, 0, h.data_offset)).await?;
-        }
-        let (h, changes) = segment::decode_index(&head, bs).map_err(|e| corrupt(e.0))?;
-        if h.seq != seq || h.volume_id != volume_id {
-            return Err(corrupt(format!(
-                "its header says segment {} of volume {}, expected segment {seq} of volume {}",
-                h.seq,
-                uuid_string(&h.volume_id),
-                config.id
-            )));
-        }
-        let volume_blocks = config.size_bytes / bs;
-        if let Some(c) = changes.iter().find(|c| {
-            c.lba
-                .checked_add(c.blocks)
-                .is_none_or(|end| end > volume_blocks)
-        }) {
-            return Err(corrupt(format!(
-                "an entry maps blocks {}+{} beyond the volume's {volume_blocks} blocks",
-                c.lba, c.blocks
-            )));
-        }
+        let Some(c) = next else { break };
+        let seq = c.header.seq;
         meta.apply_segment(&SegmentApply {
             seq,
-            size_bytes: size,
-            client_bytes_total: h.client_bytes_total,
-            changes: &changes,
+            prev_seq: tail,
+            size_bytes: c.size,
+            client_bytes_total: c.header.client_bytes_total,
+            changes: &c.changes,
         })?;
-        seq += 1;
+        chain.insert(seq);
+        tail = seq;
         count += 1;
+        // Drop what can no longer be a successor, to bound memory.
+        read.retain(|&s, _| s > tail);
     }
-    let debris = listed.range(seq..).map(|(&s, _)| segment_key(s)).collect();
+    let debris = listed
+        .range(applied + 1..)
+        .filter(|(s, _)| !chain.contains(*s))
+        .map(|(&s, _)| segment_key(s))
+        .collect();
     Ok(RollForward {
         applied: count,
-        next_seq: seq,
+        tail,
+        next_seq: tail + 1,
         debris,
     })
 }

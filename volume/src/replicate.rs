@@ -26,6 +26,10 @@ use crate::engine::Inner;
 use crate::retry::retry_read;
 use crate::VolumeError;
 
+/// TXIDs of a writer that took over from a live holder start above
+/// `(epoch − 1) << TXID_EPOCH_SHIFT` (docs/design/0003).
+pub const TXID_EPOCH_SHIFT: u32 = 32;
+
 /// Where the replica lives below the volume: `litestream restore <url>/meta`.
 pub const REPLICA_PREFIX: &str = "meta/";
 
@@ -168,7 +172,14 @@ impl Inner {
         };
         let mut s = shipper.lock().await;
         let listing = list_replica(&self.store, s.rep.layout).await?;
-        let max = listing.iter().map(|(f, _)| f.max_txid).max().unwrap_or(0);
+        let mut max = listing.iter().map(|(f, _)| f.max_txid).max().unwrap_or(0);
+        let held = self.lease.lock().await;
+        if held.took_over() {
+            // The fenced writer may still ship files: number ours far above
+            // anything it can reach, so a restore never mixes the two.
+            max = max.max((held.doc.epoch.max(1) - 1) << TXID_EPOCH_SHIFT);
+        }
+        drop(held);
         s.rep = Replica::new(s.rep.layout, max);
         s.superseded = listing.into_iter().map(|(_, k)| k).collect();
         self.meta.lock().unwrap().hold_wal_for_replication()?;

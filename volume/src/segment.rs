@@ -5,7 +5,9 @@
 //! header (80 bytes, little-endian)
 //!   magic "SPRTSEG\0" | version u32 | crc32c u32 (over header with this field
 //!   zeroed, then the index) | volume id [16] | seq u64 | client_bytes_total u64
-//!   | entry_count u32 | reserved u32 | data_offset u64 | data_len u64 | reserved [8]
+//!   | entry_count u32 | reserved u32 | data_offset u64 | data_len u64
+//!   | prev_seq u64 (the segment this one follows: roll-forward follows this
+//!   chain, see docs/design/0003; version 1 had zeros here and meant seq − 1)
 //! index: entry_count × 32 bytes
 //!   lba u64 (blocks) | blocks u32 | kind u32 (1 data, 2 unmap) | data_off u64
 //!   (bytes from the start of the object) | crc32c u32 of the piece | reserved u32
@@ -22,7 +24,7 @@ use spritedisk_meta::{MapChange, PieceRef};
 pub use crate::buffer::WriteBuffer;
 
 pub const MAGIC: &[u8; 8] = b"SPRTSEG\0";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_BYTES: usize = 80;
 pub const ENTRY_BYTES: usize = 32;
 /// Largest checksummed piece: 16 blocks = 64 KiB. It bounds the read
@@ -59,6 +61,8 @@ pub struct SegmentHeader {
     pub entry_count: u32,
     pub data_offset: u64,
     pub data_len: u64,
+    /// The segment this one follows in the volume's history.
+    pub prev_seq: u64,
 }
 
 impl SegmentHeader {
@@ -83,10 +87,12 @@ pub struct EncodedSegment {
     pub changes: Vec<MapChange>,
 }
 
-/// Encodes the frozen contents of a write buffer as segment `seq`.
+/// Encodes the frozen contents of a write buffer as segment `seq`, which
+/// follows segment `prev_seq`.
 pub fn encode(
     volume_id: [u8; 16],
     seq: u64,
+    prev_seq: u64,
     client_bytes_total: u64,
     buf: &WriteBuffer,
     block_size: u64,
@@ -135,7 +141,7 @@ pub fn encode(
     out.put_u32_le(0);
     out.put_u64_le(data_offset);
     out.put_u64_le(data_len);
-    out.put_bytes(0, 8);
+    out.put_u64_le(prev_seq);
     debug_assert_eq!(out.len(), HEADER_BYTES);
     let mut changes = Vec::with_capacity(entries.len());
     let mut data_off = data_offset;
@@ -196,7 +202,7 @@ pub fn decode_header(b: &[u8]) -> Result<SegmentHeader, SegmentError> {
         return Err(bad("bad magic: not a spritedisk segment"));
     }
     let version = u32_at(b, 8);
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(bad(format!(
             "unsupported format version {version} (this build reads {VERSION})"
         )));
@@ -208,6 +214,11 @@ pub fn decode_header(b: &[u8]) -> Result<SegmentHeader, SegmentError> {
         entry_count: u32_at(b, 48),
         data_offset: u64_at(b, 56),
         data_len: u64_at(b, 64),
+        prev_seq: if version == 1 {
+            u64_at(b, 32).saturating_sub(1)
+        } else {
+            u64_at(b, 72)
+        },
     };
     if h.entry_count > ENTRIES_MAX {
         return Err(bad(format!("implausible entry count {}", h.entry_count)));
@@ -348,7 +359,15 @@ pub fn encode_run(
     let mut buf = WriteBuffer::default();
     let blocks = data.len() as u64 / block_size;
     buf.insert(lba, blocks, Some(data), block_size);
-    encode(volume_id, seq, client_bytes_total, &buf, block_size).bytes
+    encode(
+        volume_id,
+        seq,
+        seq - 1,
+        client_bytes_total,
+        &buf,
+        block_size,
+    )
+    .bytes
 }
 
 #[cfg(test)]
@@ -360,7 +379,7 @@ mod tests {
         buf.insert(0, 20, Some(Bytes::from(vec![7u8; 20 * 4096])), 4096);
         buf.insert(100, 3, None, 4096);
         buf.insert(40, 1, Some(Bytes::from(vec![9u8; 4096])), 4096);
-        (encode([3; 16], 42, 12345, &buf, 4096), buf)
+        (encode([3; 16], 42, 41, 12345, &buf, 4096), buf)
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::segment::{self, segment_key};
 /// A sealed segment on its way to the store.
 pub(crate) struct Sealed {
     pub seq: u64,
+    /// The segment it follows in the history.
+    pub prev_seq: u64,
     pub bytes: Bytes,
     /// Read view of `bytes`: reads are served from it until the segment is
     /// applied to the map.
@@ -46,6 +48,7 @@ impl Inner {
         let buffer = std::mem::take(&mut st.active);
         st.active_since = None;
         let seq = st.next_seq;
+        let prev_seq = std::mem::replace(&mut st.prev_seq, seq);
         st.next_seq += 1;
         if let Some(log) = st.wlog.as_mut() {
             if let Err(e) = log.rotate(st.next_seq) {
@@ -57,12 +60,14 @@ impl Inner {
         let enc = segment::encode(
             self.volume_id,
             seq,
+            prev_seq,
             st.client_bytes_total,
             &buffer,
             self.block_size,
         );
         let sealed = Arc::new(Sealed {
             seq,
+            prev_seq,
             frozen: WriteBuffer::from_segment(&enc.changes, &enc.bytes, self.block_size),
             bytes: enc.bytes,
             changes: enc.changes,
@@ -171,6 +176,7 @@ impl Inner {
             let res = tokio::task::spawn_blocking(move || {
                 me.meta.lock().unwrap().apply_segment(&SegmentApply {
                     seq: s.seq,
+                    prev_seq: s.prev_seq,
                     size_bytes: s.bytes.len() as u64,
                     client_bytes_total: s.client_bytes_total,
                     changes: &s.changes,

@@ -61,6 +61,12 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
     format!("write log {what} {}: {e}", path.display())
 }
 
+/// Deletes the write log in `cache_dir`: its writes belong to a history
+/// another writer has moved past (never flushed, so they may be dropped).
+pub(crate) fn discard(cache_dir: &Path) {
+    let _ = fs::remove_dir_all(cache_dir.join(DIR));
+}
+
 impl WriteLog {
     /// Reads what earlier daemons left in `cache_dir` (a prefix of their
     /// writes, by segment), and opens a new log whose first file feeds

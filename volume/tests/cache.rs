@@ -31,9 +31,9 @@ fn counted(mem: &Arc<dyn ObjectStore>) -> Arc<FaultStore> {
     Arc::new(FaultStore::new(mem.clone(), FaultConfig::default(), 1))
 }
 
-/// GETs of segment data: attach itself reads volume.json once.
+/// GETs of segment data (attach also reads the config and the lease).
 fn data_gets(store: &FaultStore) -> u64 {
-    store.gets() - 1
+    store.gets_in("segments")
 }
 
 /// Writes 2 MiB (32 pieces of 64 KiB) and flushes.

@@ -27,6 +27,9 @@ pub fn small_opts(seed: u64) -> EngineOptions {
         seed,
         // Often, so the model's crashes hit shipping and restores use it.
         replica_interval: Duration::from_millis(20),
+        lease_ttl: Duration::from_secs(30),
+        // Tests reopen after simulated crashes, whose leases are not released.
+        take_over: true,
     }
 }
 

@@ -1,0 +1,307 @@
+//! One writer per volume: a lease object taken and renewed with conditional
+//! PUTs, whose epoch fences a writer that lost it. The protocol and why it
+//! is enough: docs/design/0003-single-writer-lease-and-fencing.md.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use spritedisk_store::{ObjectStore, StoreError};
+
+use crate::retry::retry_read;
+use crate::VolumeError;
+
+pub const LEASE_KEY: &str = "lease.json";
+/// Conditional-PUT races lost in a row before attach gives up.
+const ACQUIRE_ATTEMPTS_MAX: u32 = 16;
+
+/// Who holds a volume: enough for a person to find the process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub host: String,
+    pub pid: u32,
+    /// When this holder took the lease (Unix seconds).
+    pub since_unix: i64,
+    /// Unique per attach: tells our own lease from an earlier one of the
+    /// same process.
+    pub attach_id: String,
+}
+
+impl Holder {
+    pub fn this_process() -> Holder {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown-host".into());
+        Holder {
+            host,
+            pid: std::process::id(),
+            since_unix: now_unix(),
+            attach_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+}
+
+impl Holder {
+    /// A holder on this machine whose process is gone (kill -9, a crash):
+    /// no need to wait for its lease to expire.
+    fn died_here(&self, me: &Holder) -> bool {
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let gone = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        self.host == me.host && gone
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} pid {} since {}",
+            self.host,
+            self.pid,
+            rfc3339(self.since_unix)
+        )
+    }
+}
+
+/// The lease object's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseDoc {
+    pub epoch: u64,
+    pub holder: Holder,
+    pub renewed_unix: i64,
+    pub ttl_secs: u64,
+    /// Set by a clean detach: the holder wrote its last byte.
+    pub released: bool,
+}
+
+impl LeaseDoc {
+    fn expired(&self, now: i64) -> bool {
+        now - self.renewed_unix > self.ttl_secs as i64
+    }
+    fn bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec_pretty(self).expect("lease serializes"))
+    }
+}
+
+/// A lease this process holds.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub doc: LeaseDoc,
+    pub etag: String,
+    /// The lease before we took it (None: the first attach ever).
+    pub previous: Option<LeaseDoc>,
+}
+
+impl Held {
+    /// Whether the previous holder may still be writing: it neither released
+    /// the lease nor is known to be gone. Its numbers must be avoided.
+    pub fn took_over(&self) -> bool {
+        self.previous.as_ref().is_some_and(|p| !p.released)
+    }
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn rfc3339(unix: i64) -> String {
+    // Civil-from-days (H. Hinnant): a date without pulling in a time crate.
+    let (days, secs) = (unix.div_euclid(86400), unix.rem_euclid(86400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+async fn read(store: &Arc<dyn ObjectStore>) -> Result<Option<(LeaseDoc, String)>, VolumeError> {
+    let Some(meta) = retry_read(LEASE_KEY, || store.head(LEASE_KEY)).await? else {
+        return Ok(None);
+    };
+    let raw = match retry_read(LEASE_KEY, || store.get(LEASE_KEY)).await {
+        Ok(raw) => raw,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let doc = serde_json::from_slice(&raw).map_err(|e| {
+        VolumeError::BadConfig(format!(
+            "{}/{LEASE_KEY} is not a lease ({e}); delete it if no daemon has the volume attached",
+            store.describe()
+        ))
+    })?;
+    Ok(Some((doc, meta.etag)))
+}
+
+/// Takes the lease: refused while another holder renews it, unless `force`.
+pub async fn acquire(
+    store: &Arc<dyn ObjectStore>,
+    url: &str,
+    ttl: Duration,
+    force: bool,
+) -> Result<Held, VolumeError> {
+    let me = Holder::this_process();
+    let mut backoff = Duration::from_millis(50);
+    let mut previous: Option<LeaseDoc> = None;
+    for _ in 0..ACQUIRE_ATTEMPTS_MAX {
+        let now = now_unix();
+        let mut doc = LeaseDoc {
+            epoch: 1,
+            holder: me.clone(),
+            renewed_unix: now,
+            ttl_secs: ttl.as_secs().max(1),
+            released: false,
+        };
+        let res = match read(store).await? {
+            // Our own earlier attempt landed though its reply was lost.
+            Some((cur, etag)) if cur.holder == me && !cur.released => {
+                return Ok(Held {
+                    doc: cur,
+                    etag,
+                    previous,
+                });
+            }
+            None => store
+                .put_if_absent(LEASE_KEY, doc.bytes())
+                .await
+                .map(|etag| (etag, None)),
+            Some((old, etag)) => {
+                if !old.released && !old.expired(now) && !force && !old.holder.died_here(&me) {
+                    return Err(VolumeError::Leased {
+                        url: url.to_string(),
+                        holder: old.holder.to_string(),
+                        renewed_secs_ago: (now - old.renewed_unix).max(0) as u64,
+                    });
+                }
+                if !old.released {
+                    tracing::warn!(
+                        previous = %old.holder,
+                        epoch = old.epoch + 1,
+                        expired = old.expired(now),
+                        died = old.holder.died_here(&me),
+                        "taking the volume over from a holder that did not detach: it is fenced"
+                    );
+                }
+                doc.epoch = old.epoch + 1;
+                previous = Some(old.clone());
+                store
+                    .put_if_match(LEASE_KEY, doc.bytes(), &etag)
+                    .await
+                    .map(|etag| (etag, Some(old)))
+            }
+        };
+        match res {
+            Ok((etag, previous)) => {
+                return Ok(Held {
+                    doc,
+                    etag,
+                    previous,
+                })
+            }
+            // Lost a race with another attach: look again.
+            Err(StoreError::PreconditionFailed(_)) | Err(StoreError::NotFound(_)) => continue,
+            // Maybe landed, maybe not: the next look tells.
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "taking the lease failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(VolumeError::BadConfig(format!(
+        "{url}: the lease kept changing under {ACQUIRE_ATTEMPTS_MAX} attempts to take it; is another attach looping?"
+    )))
+}
+
+/// What a renewal or check found.
+#[derive(Debug)]
+pub enum LeaseState {
+    Ours,
+    /// Someone else holds it now (or it is gone): we are fenced.
+    Lost(String),
+}
+
+/// Renews `held` in place (If-Match); `Lost` on 412 or 404 unless the lease
+/// turns out to be ours after all (an earlier renewal landed unanswered).
+pub async fn renew(
+    store: &Arc<dyn ObjectStore>,
+    held: &mut Held,
+) -> Result<LeaseState, StoreError> {
+    let mut doc = held.doc.clone();
+    doc.renewed_unix = now_unix();
+    match store.put_if_match(LEASE_KEY, doc.bytes(), &held.etag).await {
+        Ok(etag) => {
+            held.etag = etag;
+            held.doc = doc;
+            Ok(LeaseState::Ours)
+        }
+        Err(StoreError::PreconditionFailed(_)) | Err(StoreError::NotFound(_)) => {
+            Ok(reconcile(store, held).await)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the lease is still ours: the etag we wrote, or content we wrote.
+pub async fn check(
+    store: &Arc<dyn ObjectStore>,
+    held: &mut Held,
+) -> Result<LeaseState, StoreError> {
+    match store.head(LEASE_KEY).await? {
+        Some(m) if m.etag == held.etag => Ok(LeaseState::Ours),
+        _ => Ok(reconcile(store, held).await),
+    }
+}
+
+/// Reads the lease after a mismatch: ours if it still names our epoch and
+/// us (adopting its etag), else lost, with who holds it now.
+async fn reconcile(store: &Arc<dyn ObjectStore>, held: &mut Held) -> LeaseState {
+    match read(store).await {
+        Ok(Some((doc, etag)))
+            if doc.epoch == held.doc.epoch && doc.holder == held.doc.holder && !doc.released =>
+        {
+            held.etag = etag;
+            held.doc = doc;
+            LeaseState::Ours
+        }
+        Ok(Some((doc, _))) => {
+            LeaseState::Lost(format!("epoch {} held by {}", doc.epoch, doc.holder))
+        }
+        Ok(None) => LeaseState::Lost("the lease object was deleted".into()),
+        Err(e) => LeaseState::Lost(format!("the lease could not be read: {e}")),
+    }
+}
+
+/// Marks the lease released (clean detach), so the next attach needs no wait.
+pub async fn release(store: &Arc<dyn ObjectStore>, held: &Held) -> Result<(), StoreError> {
+    let mut doc = held.doc.clone();
+    doc.released = true;
+    doc.renewed_unix = now_unix();
+    store
+        .put_if_match(LEASE_KEY, doc.bytes(), &held.etag)
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_are_rfc3339() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+}

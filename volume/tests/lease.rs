@@ -1,0 +1,144 @@
+//! One writer per volume: a second attach is refused, `take_over` (--force)
+//! fences the first writer, an expired lease is taken over, and the history
+//! after a takeover is the new writer's (docs/design/0003).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use spritedisk_store::{MemStore, ObjectStore};
+use spritedisk_volume::segment::parse_segment_key;
+use spritedisk_volume::{takeover_seq_base, EngineOptions, Volume, VolumeError, EPOCH_SEQ_RANGE};
+
+fn polite() -> EngineOptions {
+    let mut o = small_opts(7);
+    o.take_over = false;
+    o
+}
+
+fn forceful() -> EngineOptions {
+    small_opts(8)
+}
+
+async fn segment_seqs(store: &Arc<dyn ObjectStore>) -> Vec<u64> {
+    store
+        .list("segments/")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| parse_segment_key(&m.key))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_is_refused_with_the_holder_named() {
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create(&store, 64 << 20).await;
+    let a = open(store.clone(), None, polite()).await;
+    let e = Volume::open(store.clone(), "mem://test", None, polite())
+        .await
+        .err()
+        .expect("a second attach must be refused");
+    let msg = e.to_string();
+    assert!(matches!(e, VolumeError::Leased { .. }), "{msg}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(msg.contains(host.trim()), "names the host: {msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "names the pid: {msg}"
+    );
+    assert!(msg.contains("--force"), "says how to take over: {msg}");
+    // The first writer is untouched.
+    a.write(0, pattern(0, 4, 1), true).await.unwrap();
+    a.close().await.unwrap();
+    // Released at close: the next attach needs no force, and continues the
+    // same numbering (nothing can race it).
+    let b = open(store.clone(), None, polite()).await;
+    b.write(4 * BS, pattern(4, 4, 2), true).await.unwrap();
+    assert!(segment_seqs(&store)
+        .await
+        .iter()
+        .all(|&s| s < EPOCH_SEQ_RANGE));
+    assert!(b.read(0, 4 * BS).await.unwrap() == pattern(0, 4, 1));
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_fences_the_old_writer_and_its_late_segments_lose() {
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create(&store, 64 << 20).await;
+    let a = open(store.clone(), None, polite()).await;
+    a.write(0, pattern(0, 4, 1), true).await.unwrap();
+
+    let b = open(store.clone(), None, forceful()).await;
+    // The old writer's next flush fails as fenced, and it stops writing.
+    a.write(0, pattern(0, 4, 66), false).await.unwrap();
+    let e = a.flush().await.unwrap_err();
+    assert!(matches!(e, VolumeError::Fenced(_)), "{e}");
+    assert_eq!(e.errno(), spritedisk_volume::libc_errno::EIO);
+    assert!(
+        e.to_string().contains("epoch 2"),
+        "names the new holder: {e}"
+    );
+    assert!(a.write(0, pattern(0, 4, 67), true).await.is_err());
+    // Its late segment landed in its own numbers, below the new writer's.
+    let before_b = segment_seqs(&store).await;
+    assert!(
+        before_b.iter().all(|&s| s < takeover_seq_base(2)),
+        "{before_b:?}"
+    );
+
+    // The new writer sees the old writer's flushed data, never its fenced write.
+    assert!(b.read(0, 4 * BS).await.unwrap() == pattern(0, 4, 1));
+    b.write(8 * BS, pattern(8, 4, 3), true).await.unwrap();
+    let mine: Vec<u64> = segment_seqs(&store)
+        .await
+        .into_iter()
+        .filter(|&s| s >= takeover_seq_base(2))
+        .collect();
+    assert_eq!(
+        mine,
+        [takeover_seq_base(2)],
+        "the new writer numbers from its own range"
+    );
+    b.abandon(); // a crash: the next attach rolls forward from the store alone
+
+    // The chain goes to the new writer's segment, not the fenced one's late P+1.
+    let c = open(store.clone(), None, forceful()).await;
+    assert!(
+        c.read(0, 4 * BS).await.unwrap() == pattern(0, 4, 1),
+        "the fenced write never appears"
+    );
+    assert!(c.read(8 * BS, 4 * BS).await.unwrap() == pattern(8, 4, 3));
+    let left = segment_seqs(&store).await;
+    assert!(
+        !left
+            .iter()
+            .any(|s| before_b.contains(s) && *s > before_b[0]),
+        "the fenced writer's late segment was deleted as debris: {left:?}"
+    );
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holder_is_taken_over_once_its_lease_expires() {
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    create(&store, 64 << 20).await;
+    let mut o = polite();
+    o.lease_ttl = Duration::from_secs(1);
+    let a = open(store.clone(), None, o.clone()).await;
+    a.write(0, pattern(0, 4, 1), true).await.unwrap();
+    a.abandon(); // died: no more renewals
+    assert!(matches!(
+        Volume::open(store.clone(), "mem://test", None, o.clone())
+            .await
+            .err(),
+        Some(VolumeError::Leased { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let b = open(store.clone(), None, o).await;
+    assert!(b.read(0, 4 * BS).await.unwrap() == pattern(0, 4, 1));
+    b.close().await.unwrap();
+}
