@@ -173,3 +173,39 @@ async fn a_corrupt_replica_file_is_named_and_attach_rolls_forward_instead() {
     c.disconnect().await;
     assert_eq!(d.detach(), 0);
 }
+
+/// Re-attaching where the local database equals the replica continues the
+/// replica without a snapshot; litestream still restores exactly our map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_continued_across_attaches_still_restores_exactly() {
+    let env = Env::new();
+    let url = env.create("vol", "1G");
+    let q = "select lba, blocks, seg, piece_off, piece_blocks, skip_blocks, crc from extents order by lba";
+    let snapshots = || std::fs::read_dir(env.path("vol/meta/ltx/9")).map_or(0, |d| d.count());
+    for (round, cache) in ["cache", "cache", "cache-elsewhere"].iter().enumerate() {
+        let d = Daemon::attach(&url, &env.sock(), &env.path(cache), &[]);
+        let mut c = NbdClient::connect_unix(&d.sock, "").await.unwrap();
+        for i in 0..50u64 {
+            let off = ((round as u64 * 977 + i * 131) % 8192) * 4096;
+            c.write(off, &[round as u8 * 50 + i as u8 + 1; 4096], false)
+                .await
+                .unwrap();
+        }
+        c.flush().await.unwrap();
+        c.disconnect().await;
+        assert_eq!(d.detach(), 0);
+        let out = env.path(&format!("restored-{round}.db"));
+        run_ok(
+            Command::new(litestream())
+                .args(["restore", "-o"])
+                .arg(&out)
+                .arg(format!("{url}/meta")),
+        );
+        assert_eq!(sqlite(&out, "pragma integrity_check").trim(), "ok");
+        assert!(
+            sqlite(&out, q) == sqlite(&env.path(cache).join("meta.db"), q),
+            "round {round}: litestream's restore differs from our map"
+        );
+    }
+    assert_eq!(snapshots(), 1, "only the first attach needed a snapshot");
+}

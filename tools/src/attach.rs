@@ -57,7 +57,12 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
     let (task, desc) = serving;
     // Scripts wait for this line: the socket is accepting once it is printed.
     wait_listening(&args).await;
-    println!("attached {url} at {desc}");
+    println!(
+        "attached {url} at {desc} (ready in {} ms; {} extents, {} segments)",
+        t0.elapsed().as_millis(),
+        stats.extents,
+        stats.segments
+    );
     let _publisher = crate::inspect::publish_stats(volume.clone(), cache_dir.clone());
 
     let mut term = signal(SignalKind::terminate())?;

@@ -133,17 +133,38 @@ pub async fn stats(url: &str, cache_dir: &Path, json: bool) -> Result<i32> {
             human(l.session_get_bytes)
         );
         println!(
-            "cache space    {} of {} on disk, {} lines, {} evictions, {} checksum drops",
+            "cache space    {} of {} on disk, {} lines, {} evictions, {} checksum drops, {} write errors",
             human(c.physical_bytes),
             human(c.capacity_bytes),
             c.lines,
             c.evictions,
-            c.corrupt_drops
+            c.corrupt_drops,
+            c.write_errors
         );
         println!(
             "read-ahead     {} lines fetched ahead, {} of them read",
             c.prefetch_inserts, c.prefetch_hits
         );
+        println!(
+            "replica        TXID {} durable; {} LTX files, {} shipped since attach",
+            l.replica_txid,
+            l.session_replica_files,
+            human(l.session_replica_bytes)
+        );
+    }
+    match spritedisk_volume::lease::current(&store).await {
+        Ok(Some(l)) if l.released => println!(
+            "lease          free (epoch {}, released by {})",
+            l.epoch, l.holder
+        ),
+        Ok(Some(l)) => println!(
+            "lease          epoch {} held by {}, renewed {} s ago",
+            l.epoch,
+            l.holder,
+            (spritedisk_volume::lease::now_unix() - l.renewed_unix).max(0)
+        ),
+        Ok(None) => println!("lease          none (never attached)"),
+        Err(e) => println!("lease          unreadable: {e}"),
     }
     if !insp.rolled.debris.is_empty() {
         println!("debris         {} segments past a gap (a crashed writer's; the next attach deletes them)", insp.rolled.debris.len());

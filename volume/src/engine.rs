@@ -41,6 +41,10 @@ pub(crate) struct Inner {
     pub reserve: Mutex<Option<MetaReserve>>,
     /// Metadata shipping to the replica (on-disk metadata only).
     pub(crate) replica: Option<tokio::sync::Mutex<crate::replicate::Shipper>>,
+    /// Local state directory (metadata, write log, cache), if any.
+    pub(crate) cache_dir: Option<std::path::PathBuf>,
+    /// This writer's lease epoch.
+    pub(crate) epoch: u64,
     /// The lease this writer holds; renewed by `lease_loop`, checked by FLUSH.
     pub(crate) lease: tokio::sync::Mutex<Held>,
     /// Newest TXID durable in the replica.
@@ -154,13 +158,15 @@ impl Volume {
                 ))
             }),
             replica_txid: Default::default(),
+            epoch: held.doc.epoch,
+            cache_dir: cache_dir.map(Path::to_path_buf),
             lease: tokio::sync::Mutex::new(held),
             prefetch_slots: Arc::new(Semaphore::new(crate::prefetch::PREFETCH_INFLIGHT_MAX)),
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
         let vol = Volume { inner };
         vol.replay(rolled.tail, replay, first_new_gen).await?;
-        vol.inner.start_replica().await?;
+        vol.inner.start_replica(rolled.replica_txid).await?;
         tokio::spawn(crate::replicate::replica_loop(Arc::downgrade(&vol.inner)));
         tokio::spawn(lease_loop(Arc::downgrade(&vol.inner)));
         Ok(vol)
@@ -347,6 +353,13 @@ impl Volume {
         if res.is_ok() {
             // A clean detach leaves a replica that needs no roll-forward.
             res = self.inner.ship_meta().await;
+        }
+        if let (Ok(()), Some(dir)) = (&res, &self.inner.cache_dir) {
+            let txid = self
+                .inner
+                .replica_txid
+                .load(std::sync::atomic::Ordering::Relaxed);
+            crate::replicate::write_clean_mark(dir, txid);
         }
         self.inner.stop("volume closed");
         if res.is_ok() {

@@ -146,6 +146,11 @@ async fn read(store: &Arc<dyn ObjectStore>) -> Result<Option<(LeaseDoc, String)>
     Ok(Some((doc, meta.etag)))
 }
 
+/// The lease as it is now, for `stats`.
+pub async fn current(store: &Arc<dyn ObjectStore>) -> Result<Option<LeaseDoc>, VolumeError> {
+    Ok(read(store).await?.map(|(doc, _)| doc))
+}
+
 /// Takes the lease: refused while another holder renews it, unless `force`.
 pub async fn acquire(
     store: &Arc<dyn ObjectStore>,

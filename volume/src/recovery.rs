@@ -39,6 +39,9 @@ pub struct RollForward {
     pub next_seq: u64,
     /// Segments past the first gap: a dead writer's debris.
     pub debris: Vec<String>,
+    /// The replica TXID the local database equaled before this attach
+    /// changed it (restored from it, or cleanly detached after shipping it).
+    pub replica_txid: Option<u64>,
 }
 
 /// Creates a new volume at `url`; refuses to touch an existing one.
@@ -126,6 +129,8 @@ pub(crate) async fn recover(
     cache_dir: Option<&Path>,
     held: &Held,
 ) -> Result<(MetaDb, RollForward), VolumeError> {
+    // The replica TXID the local database is known to equal, if any.
+    let mut in_sync_with = None;
     let (mut meta, where_) = match cache_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -135,16 +140,29 @@ pub(crate) async fn recover(
                 ))
             })?;
             let path = dir.join(META_FILE);
+            // Taken (and deleted) before anything changes the database.
+            let clean_at = crate::replicate::take_clean_mark(dir);
             if path.exists() {
                 discard_if_stale(dir, &path, config, held)?;
             }
             // No local database (a fresh machine, a deleted cache, a stale
             // one): start from the replica rather than from the first segment.
-            if !path.exists() {
+            let meta = if path.exists() {
+                in_sync_with = clean_at;
+                MetaDb::open(&path)?
+            } else {
                 let layout = crate::replicate::layout_for(url);
-                crate::replicate::restore_from_replica(store, layout, &path).await?;
-            }
-            (MetaDb::open(&path)?, path.display().to_string())
+                match crate::replicate::restore_from_replica(store, layout, &path).await? {
+                    Some(txid) => {
+                        in_sync_with = Some(txid);
+                        MetaDb::open_restored(&path)?
+                    }
+                    None => MetaDb::open(&path)?,
+                }
+            };
+            // Every change from here on must stay in the log until shipped.
+            meta.hold_wal_for_replication()?;
+            (meta, path.display().to_string())
         }
         None => (MetaDb::open_in_memory()?, "memory".to_string()),
     };
@@ -169,6 +187,7 @@ pub(crate) async fn recover(
             "rolled forward over segments in the store"
         );
     }
+    rolled.replica_txid = in_sync_with;
     Ok((meta, rolled))
 }
 
@@ -393,6 +412,7 @@ async fn roll_forward(
         tail,
         next_seq: tail + 1,
         debris,
+        replica_txid: None,
     })
 }
 

@@ -126,18 +126,32 @@ pub async fn restore_from_replica(
     Ok(Some(last))
 }
 
-/// Writes a database image as the file at `path` (durably; no stale log).
+/// Writes a database image as the file at `path` (no stale log). Not
+/// fsynced: it is a cache of the store, and a torn copy after a power loss
+/// fails its integrity check at the next attach and is restored again.
 fn install_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     let tmp = path.with_extension("restore");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(image)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    std::fs::write(&tmp, image)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Written at a clean detach once everything is shipped: the local database
+/// then equals the replica at this TXID. Taken (deleted) at attach, so a
+/// crash never leaves a stale claim.
+const CLEAN_MARK: &str = "meta.replica";
+
+pub(crate) fn write_clean_mark(cache_dir: &Path, txid: u64) {
+    let _ = std::fs::write(cache_dir.join(CLEAN_MARK), txid.to_string());
+}
+
+pub(crate) fn take_clean_mark(cache_dir: &Path) -> Option<u64> {
+    let p = cache_dir.join(CLEAN_MARK);
+    let txid = std::fs::read_to_string(&p).ok()?.trim().parse().ok();
+    let _ = std::fs::remove_file(&p);
+    txid
 }
 
 /// Shipping state: the replica position and the keys a snapshot supersedes.
@@ -166,23 +180,35 @@ impl Shipper {
 impl Inner {
     /// At attach: continue the replica's TXIDs with a snapshot of the
     /// database as it is now, then delete the files it supersedes.
-    pub(crate) async fn start_replica(self: &Arc<Self>) -> Result<(), VolumeError> {
+    /// `in_sync_with`: the replica TXID the database equaled before this
+    /// attach changed it; then the replica just continues (no snapshot, which
+    /// for a million-extent map is tens of MB to upload).
+    pub(crate) async fn start_replica(
+        self: &Arc<Self>,
+        in_sync_with: Option<u64>,
+    ) -> Result<(), VolumeError> {
         let Some(shipper) = &self.replica else {
             return Ok(());
         };
         let mut s = shipper.lock().await;
         let listing = list_replica(&self.store, s.rep.layout).await?;
         let mut max = listing.iter().map(|(f, _)| f.max_txid).max().unwrap_or(0);
-        let held = self.lease.lock().await;
-        if held.took_over() {
+        let took_over = self.lease.lock().await.took_over();
+        if took_over {
             // The fenced writer may still ship files: number ours far above
             // anything it can reach, so a restore never mixes the two.
-            max = max.max((held.doc.epoch.max(1) - 1) << TXID_EPOCH_SHIFT);
+            max = max.max((self.epoch.max(1) - 1) << TXID_EPOCH_SHIFT);
         }
-        drop(held);
         s.rep = Replica::new(s.rep.layout, max);
         s.superseded = listing.into_iter().map(|(_, k)| k).collect();
-        self.meta.lock().unwrap().hold_wal_for_replication()?;
+        if in_sync_with == Some(max) && !took_over && max > 0 {
+            // The log holds exactly this attach's changes: they are the next file.
+            tracing::info!(
+                txid = max,
+                "local metadata equals the replica: continuing it"
+            );
+            return Ok(());
+        }
         self.build_snapshot(&mut s).await?;
         self.put_pending(&mut s).await
     }
@@ -209,6 +235,7 @@ impl Inner {
         self.put_ltx(&obj).await?;
         s.pending = None;
         s.files_shipped += 1;
+        self.counters.add_replica_file(obj.bytes.len() as u64);
         self.replica_txid
             .store(obj.max_txid, std::sync::atomic::Ordering::Relaxed);
         let key = format!("{REPLICA_PREFIX}{}", obj.key);

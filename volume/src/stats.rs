@@ -16,6 +16,8 @@ pub(crate) struct Counters {
     pub put_bytes: AtomicU64,
     pub gets: AtomicU64,
     pub get_bytes: AtomicU64,
+    pub replica_files: AtomicU64,
+    pub replica_bytes: AtomicU64,
     /// Bytes of sealed segments still in memory, whoever holds them.
     pub segment_bytes_alive: std::sync::Arc<AtomicU64>,
 }
@@ -31,6 +33,10 @@ impl Counters {
     pub fn add_put(&self, bytes: u64) {
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.put_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub fn add_replica_file(&self, bytes: u64) {
+        self.replica_files.fetch_add(1, Ordering::Relaxed);
+        self.replica_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
     pub fn add_get(&self, bytes: u64) {
         self.gets.fetch_add(1, Ordering::Relaxed);
@@ -65,6 +71,12 @@ pub struct VolumeStats {
     pub session_gets: u64,
     pub session_get_bytes: u64,
     pub session_flushes: u64,
+    /// Lease epoch of this writer (0 offline).
+    pub lease_epoch: u64,
+    /// Newest TXID durable in the metadata replica, and what this session shipped.
+    pub replica_txid: u64,
+    pub session_replica_files: u64,
+    pub session_replica_bytes: u64,
     /// The local read cache (zeros when there is none, or offline).
     pub cache: spritedisk_cache::CacheStats,
 }
@@ -99,6 +111,10 @@ impl Inner {
             session_gets: c.gets.load(Ordering::Relaxed),
             session_get_bytes: c.get_bytes.load(Ordering::Relaxed),
             session_flushes: c.flushes.load(Ordering::Relaxed),
+            lease_epoch: self.epoch,
+            replica_txid: self.replica_txid.load(Ordering::Relaxed),
+            session_replica_files: c.replica_files.load(Ordering::Relaxed),
+            session_replica_bytes: c.replica_bytes.load(Ordering::Relaxed),
             cache: self.cache.stats(),
         })
     }
