@@ -251,14 +251,14 @@ impl Inner {
     }
 
     /// Ships every metadata change committed so far (as a snapshot every
-    /// `SNAPSHOT_EVERY_FILES` files). Returns once it is durable.
+    /// `Replica::snapshot_due`). Returns once it is durable.
     pub(crate) async fn ship_meta(self: &Arc<Self>) -> Result<(), VolumeError> {
         let Some(shipper) = &self.replica else {
             return Ok(());
         };
         let mut s = shipper.lock().await;
         self.put_pending(&mut s).await?;
-        if s.rep.l0_since_snapshot >= spritedisk_meta::replica::SNAPSHOT_EVERY_FILES {
+        if s.rep.snapshot_due() {
             self.build_snapshot(&mut s).await?;
         } else {
             let mut rep = s.rep.clone();
