@@ -82,4 +82,6 @@ for lat in 0 20; do
 done
 
 python3 bench/report.py "$OUT" "$RSS_KB" "$HWM_KB" "$WRITE_TOTAL"
+# Metadata replica: attach-to-first-I/O by map size, LTX bytes per FLUSH.
+bench/replica.sh "$OUT"
 echo "results in $OUT" >&2
