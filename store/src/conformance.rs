@@ -141,3 +141,26 @@ async fn file_store_conditional_put_is_atomic_across_store_instances() {
         "exactly one conditional put wins: {ra:?} {rb:?}"
     );
 }
+
+/// The same contract on `s3://`, against moto on 127.0.0.1 (serialised, so
+/// conditional creates are atomic as on AWS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_contract() {
+    crate::testing::use_s3_env();
+    let url = crate::testing::s3_url("contract");
+    contract(open_url(&url).unwrap()).await;
+}
+
+/// Above the multipart threshold a plain put goes up in parts and reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_multipart_put() {
+    crate::testing::use_s3_env();
+    let s = open_url(&crate::testing::s3_url("multipart")).unwrap();
+    let big: Vec<u8> = (0..crate::s3::MULTIPART_THRESHOLD_BYTES + 5_000_000)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let etag = s.put("big", Bytes::from(big.clone())).await.unwrap();
+    assert_eq!(s.head("big").await.unwrap().unwrap().etag, etag);
+    assert!(s.get("big").await.unwrap() == big);
+    assert!(s.get_range("big", 20_000_000, 10).await.unwrap()[..] == big[20_000_000..20_000_010]);
+}

@@ -30,6 +30,14 @@ pub enum StoreError {
     },
     #[error("injected fault: {0}")]
     Injected(String),
+    /// A remote store's answer or silence (S3).
+    #[error("{op} {key}: {detail}")]
+    Remote {
+        op: &'static str,
+        key: String,
+        detail: String,
+        transient: bool,
+    },
 }
 
 impl StoreError {
@@ -47,6 +55,7 @@ impl StoreError {
         use std::io::ErrorKind as K;
         match self {
             StoreError::Injected(_) => true,
+            StoreError::Remote { transient, .. } => *transient,
             // A full disk can be freed and a network can come back; a
             // permission, a read-only mount or a wrong path will not change.
             StoreError::Io { source, .. } => !matches!(

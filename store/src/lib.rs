@@ -1,6 +1,6 @@
 //! The object-store client of spritedisk: one narrow async trait, [`ObjectStore`],
 //! with a `file://` implementation (the embedded default), an in-memory one and
-//! a fault-injecting wrapper for tests. `s3://` plugs in behind the same trait.
+//! a fault-injecting wrapper for tests, and `s3://` on aws-sdk-s3.
 //!
 //! The trait is deliberately narrow: only what every S3-compatible server
 //! serves (get, ranged get, put, conditional put, head, delete, list).
@@ -9,12 +9,15 @@ mod error;
 mod fault;
 mod file;
 mod memory;
+mod s3;
+pub mod testing;
 mod url;
 
 pub use error::StoreError;
 pub use fault::{CrashPolicy, FaultConfig, FaultStore};
 pub use file::FileStore;
 pub use memory::MemStore;
+pub use s3::S3Store;
 pub use url::{open_url, StoreUrl};
 
 use async_trait::async_trait;

@@ -54,10 +54,7 @@ impl StoreUrl {
 pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     match StoreUrl::parse(url)? {
         StoreUrl::File(path) => Ok(Arc::new(FileStore::new(path))),
-        StoreUrl::S3 { .. } => Err(StoreError::InvalidUrl {
-            url: url.to_string(),
-            reason: "s3:// is not supported by this build yet; use file:///path".to_string(),
-        }),
+        StoreUrl::S3 { bucket, prefix } => Ok(crate::s3::open(&bucket, &prefix)),
     }
 }
 

@@ -29,6 +29,28 @@ fn litestream() -> PathBuf {
     p
 }
 
+/// `litestream restore -o OUT` of the replica of the volume at `url`.
+fn litestream_restore(url: &str, out: &Path) {
+    let replica = if on_s3() {
+        let ep = &spritedisk_store::testing::server().endpoint;
+        format!("{url}/meta?endpoint={ep}&region=us-east-1&forcePathStyle=true")
+    } else {
+        format!("{url}/meta")
+    };
+    run_ok(
+        with_store_env(&mut Command::new(litestream()))
+            .args(["restore", "-o"])
+            .arg(out)
+            .arg(replica),
+    );
+}
+
+/// The newest snapshot's key (level 9), in the layout of the URL's scheme.
+fn snapshot_keys(url: &str) -> Vec<String> {
+    let dir = if on_s3() { "meta/0009/" } else { "meta/ltx/9/" };
+    list_keys(url, dir)
+}
+
 fn sqlite(db: &Path, sql: &str) -> String {
     require("sqlite3", "sqlite3");
     run_ok(Command::new("sqlite3").arg(db).arg(sql))
@@ -79,24 +101,14 @@ async fn litestream_restores_our_replica_and_its_map_equals_ours() {
     // While attached: the background shipping makes a restorable replica.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let live = env.path("live.db");
-    run_ok(
-        Command::new(litestream())
-            .args(["restore", "-o"])
-            .arg(&live)
-            .arg(format!("{url}/meta")),
-    );
+    litestream_restore(&url, &live);
     assert_eq!(sqlite(&live, "pragma integrity_check").trim(), "ok");
     c.disconnect().await;
     assert_eq!(d.detach(), 0);
 
     // After a clean detach the replica equals the local database exactly.
     let out = env.path("restored.db");
-    run_ok(
-        Command::new(litestream())
-            .args(["restore", "-o"])
-            .arg(&out)
-            .arg(format!("{url}/meta")),
-    );
+    litestream_restore(&url, &out);
     assert_eq!(sqlite(&out, "pragma integrity_check").trim(), "ok");
     let q = "select lba, blocks, seg, piece_off, piece_blocks, skip_blocks, crc from extents order by lba";
     let theirs = sqlite(&out, q);
@@ -149,20 +161,11 @@ async fn a_corrupt_replica_file_is_named_and_attach_rolls_forward_instead() {
     assert_eq!(d.detach(), 0);
 
     // Damage the newest snapshot (the one a restore starts from).
-    let snaps = env.path("vol/meta/ltx/9");
-    let mut files: Vec<_> = std::fs::read_dir(&snaps)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let newest = files.last().expect("a snapshot").clone();
-    let mut raw = std::fs::read(&newest).unwrap();
-    let mid = raw.len() / 2;
-    raw[mid] ^= 0xff;
-    std::fs::write(&newest, raw).unwrap();
+    let newest = snapshot_keys(&url).last().expect("a snapshot").clone();
+    corrupt_object(&url, &newest);
 
     let d = env.attach_copy_elsewhere("vol");
-    let name = newest.file_name().unwrap().to_str().unwrap();
+    let name = newest.rsplit('/').next().unwrap();
     assert!(
         d.log().contains(name) && d.log().contains("checksum"),
         "the log names the corrupt file: {}",
@@ -181,7 +184,7 @@ async fn a_replica_continued_across_attaches_still_restores_exactly() {
     let env = Env::new();
     let url = env.create("vol", "1G");
     let q = "select lba, blocks, seg, piece_off, piece_blocks, skip_blocks, crc from extents order by lba";
-    let snapshots = || std::fs::read_dir(env.path("vol/meta/ltx/9")).map_or(0, |d| d.count());
+    let snapshots = || snapshot_keys(&url).len();
     for (round, cache) in ["cache", "cache", "cache-elsewhere"].iter().enumerate() {
         let d = Daemon::attach(&url, &env.sock(), &env.path(cache), &[]);
         let mut c = NbdClient::connect_unix(&d.sock, "").await.unwrap();
@@ -195,12 +198,7 @@ async fn a_replica_continued_across_attaches_still_restores_exactly() {
         c.disconnect().await;
         assert_eq!(d.detach(), 0);
         let out = env.path(&format!("restored-{round}.db"));
-        run_ok(
-            Command::new(litestream())
-                .args(["restore", "-o"])
-                .arg(&out)
-                .arg(format!("{url}/meta")),
-        );
+        litestream_restore(&url, &out);
         assert_eq!(sqlite(&out, "pragma integrity_check").trim(), "ok");
         assert!(
             sqlite(&out, q) == sqlite(&env.path(cache).join("meta.db"), q),

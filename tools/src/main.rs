@@ -35,8 +35,22 @@ fn main() {
     match rt.block_on(cli::run(args)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             std::process::exit(1);
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: our error types
+/// often quote their source in their own message already.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
 }

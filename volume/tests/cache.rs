@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use spritedisk_store::{FaultConfig, FaultStore, MemStore, ObjectStore};
+use spritedisk_store::{FaultConfig, FaultStore, ObjectStore};
 use spritedisk_volume::Volume;
 
 const MIB: u64 = 1 << 20;
@@ -22,7 +22,7 @@ fn opts() -> spritedisk_volume::EngineOptions {
 }
 
 async fn setup() -> (Arc<dyn ObjectStore>, tempfile::TempDir) {
-    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let mem: Arc<dyn ObjectStore> = fresh_store();
     create(&mem, 64 * MIB).await;
     (mem, tempfile::tempdir().unwrap())
 }

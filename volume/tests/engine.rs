@@ -116,7 +116,7 @@ async fn corrupt_segment_data_is_an_eio_that_names_the_object() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_fails_flush_after_its_deadline_and_loses_nothing() {
-    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let mem: Arc<dyn ObjectStore> = fresh_store();
     create(&mem, SIZE).await;
     let fault = Arc::new(FaultStore::new(mem.clone(), FaultConfig::default(), 5));
     let mut opts = small_opts(4);
@@ -151,7 +151,7 @@ async fn an_outage_fails_flush_after_its_deadline_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_block_when_dirty_memory_is_full_and_resume() {
-    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let mem: Arc<dyn ObjectStore> = fresh_store();
     create(&mem, SIZE).await;
     let fault = Arc::new(FaultStore::new(mem.clone(), FaultConfig::default(), 6));
     let vol = open(fault.clone(), None, small_opts(6)).await; // dirty_bytes_max = 16 blocks
@@ -242,7 +242,7 @@ async fn create_and_open_errors_name_the_cause() {
     let (_mem, store) = mem_volume().await;
     let e = create_volume(&store, "mem://test", SIZE).await.unwrap_err();
     assert!(e.to_string().contains("already exists"), "{e}");
-    let empty: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let empty: Arc<dyn ObjectStore> = fresh_store();
     let e = Volume::open(empty, "file:///nowhere", None, small_opts(0))
         .await
         .err()
@@ -269,7 +269,7 @@ async fn create_and_open_errors_name_the_cause() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_right_while_segments_are_still_uploading() {
-    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let mem: Arc<dyn ObjectStore> = fresh_store();
     create(&mem, 64 << 20).await;
     let fault = Arc::new(FaultStore::new(
         mem.clone(),
@@ -307,7 +307,7 @@ async fn reads_are_right_while_segments_are_still_uploading() {
 /// shows it on a live daemon.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_memory_stays_bounded_when_applies_lag() {
-    let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let mem: Arc<dyn ObjectStore> = fresh_store();
     let size = 256u64 << 20;
     create(&mem, size).await;
     let dir = tempfile::tempdir().unwrap();

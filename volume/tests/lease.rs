@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use spritedisk_store::{MemStore, ObjectStore};
+use spritedisk_store::ObjectStore;
 use spritedisk_volume::segment::parse_segment_key;
 use spritedisk_volume::{takeover_seq_base, EngineOptions, Volume, VolumeError, EPOCH_SEQ_RANGE};
 
@@ -34,7 +34,7 @@ async fn segment_seqs(store: &Arc<dyn ObjectStore>) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_writer_is_refused_with_the_holder_named() {
-    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let store: Arc<dyn ObjectStore> = fresh_store();
     create(&store, 64 << 20).await;
     let a = open(store.clone(), None, polite()).await;
     let e = Volume::open(store.clone(), "mem://test", None, polite())
@@ -67,7 +67,7 @@ async fn a_second_writer_is_refused_with_the_holder_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_fences_the_old_writer_and_its_late_segments_lose() {
-    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let store: Arc<dyn ObjectStore> = fresh_store();
     create(&store, 64 << 20).await;
     let a = open(store.clone(), None, polite()).await;
     a.write(0, pattern(0, 4, 1), true).await.unwrap();
@@ -124,7 +124,7 @@ async fn force_fences_the_old_writer_and_its_late_segments_lose() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_holder_is_taken_over_once_its_lease_expires() {
-    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let store: Arc<dyn ObjectStore> = fresh_store();
     create(&store, 64 << 20).await;
     let mut o = polite();
     o.lease_ttl = Duration::from_secs(1);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
-use spritedisk_store::{CrashPolicy, FaultConfig, FaultStore, MemStore, ObjectStore};
+use spritedisk_store::{CrashPolicy, FaultConfig, FaultStore, ObjectStore};
 
 const BLOCKS: u64 = 48;
 
@@ -65,7 +65,7 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        let mem: Arc<dyn ObjectStore> = fresh_store();
         create(&mem, BLOCKS * BS).await;
         let fault_cfg = FaultConfig { error_rate: 0.05, put_delay_max: Duration::from_millis(3), ..Default::default() };
         let mut incarnation = 0u64;

@@ -33,6 +33,17 @@ pub fn small_opts(seed: u64) -> EngineOptions {
     }
 }
 
+/// An empty store for one test: in memory, or a fresh prefix of the test
+/// bucket on moto when `SPRITEDISK_TEST_STORE=s3` (the engine's suite on s3://).
+pub fn fresh_store() -> Arc<dyn ObjectStore> {
+    if spritedisk_store::testing::s3_selected() {
+        spritedisk_store::testing::use_s3_env();
+        spritedisk_store::open_url(&spritedisk_store::testing::s3_url("engine")).unwrap()
+    } else {
+        Arc::new(spritedisk_store::MemStore::new())
+    }
+}
+
 pub async fn create(store: &Arc<dyn ObjectStore>, size: u64) {
     create_volume(store, "mem://test", size).await.unwrap();
 }
