@@ -1,6 +1,9 @@
 //! Harness for the end-to-end tests: runs the real `spritedisk` binary and
 //! real clients (qemu-io, fio) against it. `make test` builds the binary first.
 
+#[path = "proxy.rs"]
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -148,9 +151,21 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon and waits until it prints that it is attached.
     pub fn attach(url: &str, sock: &Path, cache_dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::attach_with_env(url, sock, cache_dir, extra, &[])
+    }
+
+    /// [`Daemon::attach`] with extra environment (e.g. another endpoint).
+    pub fn attach_with_env(
+        url: &str,
+        sock: &Path,
+        cache_dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, String)],
+    ) -> Daemon {
         let stderr_log = cache_dir.with_extension("stderr.log");
         let log = std::fs::File::create(&stderr_log).unwrap();
         let mut child = with_store_env(&mut Command::new(bin()))
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["attach", url, "--nbd"])
             .arg(sock)
             .arg("--cache-dir")

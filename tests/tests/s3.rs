@@ -2,7 +2,9 @@
 //! is a clear error at attach naming the cause, and nothing is created.
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
+use spritedisk_e2e::proxy::{Fault, FaultProxy};
 use spritedisk_e2e::*;
 use spritedisk_store::testing::{self, TEST_BUCKET};
 
@@ -69,4 +71,100 @@ fn create_and_attach_on_s3_report_the_cause() {
 fn list_keys_s3(url: &str) -> Vec<String> {
     testing::use_s3_env();
     list_keys(url, "")
+}
+
+fn moto_addr() -> std::net::SocketAddr {
+    testing::server()
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn http_403_is_access_denied_at_once() {
+    let proxy = FaultProxy::start(moto_addr());
+    proxy.set(Fault::Status(403));
+    let url = testing::s3_url("vol");
+    let o = run_with(&["create", &url, "--size", "1G"], |c| {
+        c.env("AWS_ENDPOINT_URL", proxy.endpoint());
+    });
+    fails_with(&o, "access denied (HTTP 403");
+}
+
+/// A 30-second outage of the store (15 s of reset connections, 15 s of
+/// stalled ones) in the middle of fio writes with FLUSHes: writes block,
+/// flushes wait, I/O resumes, and fio's verify finds every block.
+#[test]
+fn a_30_second_outage_in_the_middle_of_fio_writes_loses_nothing() {
+    require("fio", "fio");
+    let proxy = FaultProxy::start(moto_addr());
+    let url = testing::s3_url("outage");
+    let o = run_with(&["create", &url, "--size", "1G"], |_| {});
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nbd.sock");
+    let mut via_proxy = testing::s3_env();
+    via_proxy.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    via_proxy.push(("AWS_ENDPOINT_URL", proxy.endpoint()));
+    let small = [
+        "--dirty-max",
+        "16M",
+        "--segment-size",
+        "4M",
+        "--flush-timeout",
+        "90",
+    ];
+    let d = Daemon::attach_with_env(&url, &sock, &dir.path().join("cache"), &small, &via_proxy);
+    let uri = format!("--uri={}", d.nbd_uri());
+    let fio = |extra: &[&str]| {
+        let mut c = Command::new("fio");
+        c.args([
+            "--name=outage",
+            "--ioengine=nbd",
+            &uri,
+            "--rw=write",
+            "--bs=64k",
+            "--size=96M",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+        ])
+        .args(extra);
+        c
+    };
+    // 96 MiB at 2 MB/s with a FLUSH every 32 writes: ~50 s of writing.
+    let writer = fio(&["--rate=2m", "--fsync=32"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    proxy.set(Fault::Reset);
+    std::thread::sleep(Duration::from_secs(15));
+    proxy.set(Fault::Stall);
+    std::thread::sleep(Duration::from_secs(15));
+    proxy.set(Fault::Pass);
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "fio failed across the outage: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        d.log()
+    );
+    assert!(
+        d.log().contains("retrying"),
+        "the outage was seen: {}",
+        d.log()
+    );
+    assert_eq!(d.detach(), 0);
+
+    // Everything is in the store: a fresh machine verifies every block.
+    let cache2 = dir.path().join("cache2");
+    let d = Daemon::attach_with_env(&url, &sock, &cache2, &[], &testing::s3_env());
+    let out = fio(&["--verify_only"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "verify after re-attach failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(d.detach(), 0);
 }
