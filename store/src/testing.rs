@@ -22,6 +22,7 @@ pub struct S3TestServer {
 }
 
 static SERVER: OnceLock<S3TestServer> = OnceLock::new();
+static S3S_FS: OnceLock<S3TestServer> = OnceLock::new();
 
 /// The environment that points an S3 client at the test server.
 pub fn s3_env() -> Vec<(&'static str, String)> {
@@ -63,47 +64,15 @@ pub fn server() -> &'static S3TestServer {
 }
 
 fn start() -> S3TestServer {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/s3/moto_serial.py");
     let mut cmd = Command::new("python3");
-    cmd.arg(&script)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: prctl in the child before exec: the server dies with us.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    // PR_SET_PDEATHSIG fires when the spawning *thread* exits: spawn from a
-    // thread that lives as long as the process, not from a test's runtime.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(cmd.spawn());
-        loop {
-            std::thread::park();
-        }
-    });
-    let child = rx
-        .recv()
-        .unwrap()
-        .expect("python3 tests/s3/moto_serial.py (pip install 'moto[server]'; .ci/run does)");
-    let t0 = Instant::now();
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < START_WAIT_MAX,
-            "moto did not start on port {port}: is moto[server] installed? (pip install 'moto[server]')"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cmd.arg(&script).arg(port.to_string());
+    let child = spawn_for_life(
+        cmd,
+        "python3 tests/s3/moto_serial.py (pip install 'moto[server]'; .ci/run does)",
+    );
+    wait_listening(port, "moto (pip install 'moto[server]')");
     // Create the bucket (moto does not check signatures).
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
@@ -121,4 +90,70 @@ fn start() -> S3TestServer {
         endpoint: format!("http://127.0.0.1:{port}"),
         _child: child,
     }
+}
+
+/// s3s-fs (a second implementation, files on disk) with the test bucket and
+/// the credentials of [`s3_env`]. Its conditional creates are not atomic
+/// under races (reference/s3-test-servers.md): tests that race avoid it.
+pub fn s3s_fs_server() -> &'static S3TestServer {
+    S3S_FS.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("spritedisk-s3s-{}", std::process::id()));
+        std::fs::create_dir_all(root.join(TEST_BUCKET)).unwrap();
+        let port = free_port();
+        let mut cmd = Command::new("s3s-fs");
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "test", "--secret-key", "test"])
+            .arg(&root);
+        let child = spawn_for_life(
+            cmd,
+            "s3s-fs (cargo install s3s-fs@0.14.1 --features binary; .ci/run does)",
+        );
+        wait_listening(port, "s3s-fs");
+        S3TestServer {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _child: child,
+        }
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn wait_listening(port: u16, what: &str) {
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < START_WAIT_MAX,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Spawns a server that dies with this process.
+fn spawn_for_life(mut cmd: Command, what: &str) -> Child {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: prctl in the child before exec: the server dies with us.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    // PR_SET_PDEATHSIG fires when the spawning *thread* exits: spawn from a
+    // thread that lives as long as the process, not from a test's runtime.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"))
 }

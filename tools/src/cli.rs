@@ -54,6 +54,17 @@ pub enum Cmd {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
+    /// Measure the raw object store (parallel PUT/GET of SIZE objects, small
+    /// PUT latency) under URL/store-bench/, deleting what it wrote; JSON out.
+    StoreBench {
+        url: String,
+        #[arg(long, default_value = "8M", value_parser = parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 32)]
+        count: usize,
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -233,6 +244,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
             crate::inspect::stats(&url, &dir, json).await
         }
+        Cmd::StoreBench {
+            url,
+            size,
+            count,
+            parallel,
+        } => crate::storebench::run(&url, size, count, parallel.max(1)).await,
         Cmd::Verify { url, cache_dir } => {
             let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
             crate::inspect::verify(&url, &dir).await.context("verify")

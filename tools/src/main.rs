@@ -6,6 +6,7 @@ mod cli;
 mod inspect;
 mod registry;
 mod size;
+mod storebench;
 mod ublk;
 
 use clap::Parser;
