@@ -191,21 +191,32 @@ impl DiskCache {
             return slot;
         }
         loop {
-            let h = s.hand;
-            s.hand = (s.hand + 1) % nslots;
-            match &mut s.lines[h as usize] {
-                Some(l) if l.referenced => l.referenced = false,
-                Some(l) => {
-                    let key = (l.seg, l.off);
-                    s.map.remove(&key);
-                    s.lines[h as usize] = None;
-                    s.gens[h as usize] += 1;
-                    evictions.fetch_add(1, Ordering::Relaxed);
-                    return h;
-                }
-                // A slot being filled by another insert: skip it.
-                None => {}
+            if let Some(slot) = Self::clock_step(s, nslots) {
+                evictions.fetch_add(1, Ordering::Relaxed);
+                return slot;
             }
+        }
+    }
+
+    /// One move of the CLOCK hand: a referenced line loses its bit, an
+    /// unreferenced one is evicted and its slot returned (not yet free).
+    fn clock_step(s: &mut Slots, nslots: u32) -> Option<u32> {
+        let h = s.hand;
+        s.hand = (s.hand + 1) % nslots;
+        match &mut s.lines[h as usize] {
+            Some(l) if l.referenced => {
+                l.referenced = false;
+                None
+            }
+            Some(l) => {
+                let key = (l.seg, l.off);
+                s.map.remove(&key);
+                s.lines[h as usize] = None;
+                s.gens[h as usize] += 1;
+                Some(h)
+            }
+            // A slot being filled by another insert: skip it.
+            None => None,
         }
     }
 }
@@ -387,19 +398,9 @@ impl ReadCache for DiskCache {
                 if freed.len() as u64 >= want || s.map.is_empty() {
                     break;
                 }
-                let h = s.hand;
-                s.hand = (s.hand + 1) % self.nslots;
-                match &mut s.lines[h as usize] {
-                    Some(l) if l.referenced => l.referenced = false,
-                    Some(l) => {
-                        let key = (l.seg, l.off);
-                        s.map.remove(&key);
-                        s.lines[h as usize] = None;
-                        s.gens[h as usize] += 1;
-                        s.free.push(h);
-                        freed.push(h);
-                    }
-                    None => {}
+                if let Some(slot) = Self::clock_step(&mut s, self.nslots) {
+                    s.free.push(slot);
+                    freed.push(slot);
                 }
             }
         }

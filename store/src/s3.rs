@@ -187,6 +187,19 @@ impl S3Store {
         }
     }
 
+    /// Reads a GET's body; a connection lost mid-body is worth a retry.
+    async fn body(&self, key: &str, body: ByteStream) -> Result<Bytes, StoreError> {
+        match body.collect().await {
+            Ok(b) => Ok(b.into_bytes()),
+            Err(e) => Err(StoreError::Remote {
+                op: "get",
+                key: format!("{}/{key}", self.url()),
+                detail: format!("reading the body: {e}"),
+                transient: true,
+            }),
+        }
+    }
+
     /// After a refused conditional PUT: did our own earlier attempt land?
     async fn landed(&self, key: &str, put_id: &str) -> Option<String> {
         let h = self
@@ -354,13 +367,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.err("get", key, e))?;
-        let body = o.body.collect().await.map_err(|e| StoreError::Remote {
-            op: "get",
-            key: format!("{}/{key}", self.url()),
-            detail: format!("reading the body: {e}"),
-            transient: true,
-        })?;
-        Ok(body.into_bytes())
+        self.body(key, o.body).await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
@@ -395,13 +402,7 @@ impl ObjectStore for S3Store {
             .and_then(|r| r.rsplit('/').next())
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let body = o.body.collect().await.map_err(|e| StoreError::Remote {
-            op: "get",
-            key: format!("{}/{key}", self.url()),
-            detail: format!("reading the body: {e}"),
-            transient: true,
-        })?;
-        let b = body.into_bytes();
+        let b = self.body(key, o.body).await?;
         // S3 clips a range that runs past the end instead of refusing it.
         if b.len() as u64 != len {
             return Err(StoreError::OutOfRange {
