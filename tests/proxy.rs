@@ -19,6 +19,9 @@ pub enum Fault {
     Stall,
     /// Answer every request with this HTTP status (403, 503...).
     Status(u16),
+    /// Forward the next connection's request, swallow the answer and reset
+    /// the client (an ambiguous failure: the request took effect); then Pass.
+    LoseReplyOnce,
 }
 
 pub struct FaultProxy {
@@ -52,8 +55,27 @@ impl FaultProxy {
 }
 
 fn serve(client: TcpStream, upstream: SocketAddr, fault: Arc<Mutex<Fault>>) {
-    let now = *fault.lock().unwrap();
+    let now = {
+        let mut f = fault.lock().unwrap();
+        let now = *f;
+        if now == Fault::LoseReplyOnce {
+            *f = Fault::Pass;
+        }
+        now
+    };
     match now {
+        Fault::LoseReplyOnce => {
+            let Ok(server) = TcpStream::connect(upstream) else {
+                return;
+            };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || pump(c2, s2));
+            // The server answers and closes (HTTP/1.0): swallow it all.
+            let _ = std::io::copy(&mut &server, &mut std::io::sink());
+            let _ = socket_linger_zero(&client);
+            // Also ends the request pump, which holds a copy of the socket.
+            let _ = client.shutdown(Shutdown::Both);
+        }
         Fault::Reset => {
             // SO_LINGER 0: the close is a reset, as a crashed server's.
             let _ = socket_linger_zero(&client);

@@ -65,7 +65,6 @@ fn create_and_attach_on_s3_report_the_cause() {
 
     // Nothing was created along the way.
     assert!(list_keys_s3(&url).is_empty());
-    let _ = TEST_BUCKET;
 }
 
 fn list_keys_s3(url: &str) -> Vec<String> {
@@ -92,9 +91,10 @@ fn http_403_is_access_denied_at_once() {
     fails_with(&o, "access denied (HTTP 403");
 }
 
-/// A 30-second outage of the store (15 s of reset connections, 15 s of
-/// stalled ones) in the middle of fio writes with FLUSHes: writes block,
-/// flushes wait, I/O resumes, and fio's verify finds every block.
+/// A 30-second outage of the store (10 s of reset connections, 10 s of HTTP
+/// 503, 10 s of stalled connections) in the middle of fio writes with
+/// FLUSHes: writes block within the memory bound, flushes wait, I/O
+/// resumes, and fio's verify finds every block.
 #[test]
 fn a_30_second_outage_in_the_middle_of_fio_writes_loses_nothing() {
     require("fio", "fio");
@@ -139,9 +139,35 @@ fn a_30_second_outage_in_the_middle_of_fio_writes_loses_nothing() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(8));
     proxy.set(Fault::Reset);
-    std::thread::sleep(Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(10));
+    proxy.set(Fault::Status(503));
+    std::thread::sleep(Duration::from_secs(10));
     proxy.set(Fault::Stall);
-    std::thread::sleep(Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(8));
+    // Deep in the outage: writers wait, memory stays within --dirty-max.
+    let cache = dir.path().join("cache");
+    let o = run_with(
+        &[
+            "stats",
+            &url,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--json",
+        ],
+        |_| {},
+    );
+    let st: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("stats --json");
+    let live = &st["live"];
+    assert!(
+        live["dirty_bytes"].as_u64().unwrap() <= (16 << 20) + (64 << 10)
+            && live["segment_memory_bytes"].as_u64().unwrap() <= (16 << 20) + (4 << 20),
+        "memory is bounded during the outage: {live:#}"
+    );
+    assert!(
+        live["upload_backlog_segments"].as_u64().unwrap() > 0,
+        "uploads are waiting: {live:#}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
     proxy.set(Fault::Pass);
     let out = writer.wait_with_output().unwrap();
     assert!(
@@ -167,4 +193,38 @@ fn a_30_second_outage_in_the_middle_of_fio_writes_loses_nothing() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(d.detach(), 0);
+}
+
+/// A conditional PUT whose answer is lost after it took effect: the SDK
+/// retries, the retry is refused (412), and the put id in the object's
+/// metadata shows the first attempt was ours, so the PUT succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_conditional_put_is_resolved_by_its_put_id() {
+    testing::use_s3_env();
+    let proxy = FaultProxy::start(moto_addr());
+    let prefix = uuid_prefix();
+    let s = spritedisk_store::S3Store::new_at(TEST_BUCKET, &prefix, Some(proxy.endpoint()));
+    use spritedisk_store::ObjectStore;
+    proxy.set(Fault::LoseReplyOnce);
+    let etag = s
+        .put_if_absent("segments/x", bytes_of("mine"))
+        .await
+        .expect("our own landed attempt counts as success");
+    assert_eq!(s.head("segments/x").await.unwrap().unwrap().etag, etag);
+    assert_eq!(s.get("segments/x").await.unwrap(), bytes_of("mine"));
+    // Someone else's object is still refused.
+    assert!(matches!(
+        s.put_if_absent("segments/x", bytes_of("theirs")).await,
+        Err(spritedisk_store::StoreError::PreconditionFailed(_))
+    ));
+}
+
+fn uuid_prefix() -> String {
+    testing::s3_url("ambiguous")
+        .trim_start_matches(&format!("s3://{TEST_BUCKET}/"))
+        .to_string()
+}
+
+fn bytes_of(s: &str) -> bytes::Bytes {
+    bytes::Bytes::from(s.to_string())
 }
