@@ -10,7 +10,7 @@ build:
 	$(CARGO) build --release --bins
 
 # The binary must exist before the end-to-end tests run it. Then the
-# engine's suite and the NBD, replica and single-writer end-to-end tests
+# engine's suite and the NBD, replica, single-writer and checkpoint e2e tests
 # again on s3:// (moto on 127.0.0.1, started by the tests themselves).
 test: test-deps
 	$(CARGO) build --bins
@@ -20,7 +20,7 @@ test: test-deps
 test-s3: test-deps
 	$(CARGO) build --bins
 	SPRITEDISK_TEST_STORE=s3 $(CARGO) test -p spritedisk-volume --tests
-	SPRITEDISK_TEST_STORE=s3 $(CARGO) test -p spritedisk-e2e --test nbd_clients --test replica --test single_writer --test s3
+	SPRITEDISK_TEST_STORE=s3 $(CARGO) test -p spritedisk-e2e --test nbd_clients --test replica --test single_writer --test checkpoint --test s3
 
 test-deps:
 	tools/install-test-deps.sh

@@ -84,6 +84,8 @@ done
 python3 bench/report.py "$OUT" "$RSS_KB" "$HWM_KB" "$WRITE_TOTAL"
 # Metadata replica: attach-to-first-I/O by map size, LTX bytes per FLUSH.
 bench/replica.sh "$OUT"
+# Checkpoint and restore latency by map size.
+bench/checkpoint.sh "$OUT"
 # s3://: raw store vs spritedisk on moto and s3s-fs.
 bench/s3.sh "$OUT"
 echo "results in $OUT" >&2

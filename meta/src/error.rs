@@ -16,6 +16,8 @@ pub enum MetaError {
         "a segment following segment {prev} applied out of order (the last applied is {applied})"
     )]
     OutOfOrder { applied: u64, prev: u64 },
+    #[error("{0}")]
+    Checkpoint(String),
     #[error("metadata replica: {0}")]
     Ltx(String),
     #[error("metadata mismatch: {0}")]

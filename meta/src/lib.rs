@@ -8,6 +8,7 @@
 //!
 //! Units: LBAs and lengths in the map are in blocks; sizes in bytes.
 
+mod checkpoint;
 mod error;
 pub mod ltx;
 mod map;
@@ -15,6 +16,7 @@ pub mod replica;
 mod schema;
 mod wal;
 
+pub use checkpoint::CheckpointRow;
 pub use error::MetaError;
 pub use map::{Extent, MapChange, PieceRef};
 

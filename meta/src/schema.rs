@@ -35,4 +35,24 @@ CREATE TABLE IF NOT EXISTS extents (
     crc INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS extents_by_seg ON extents (seg);
+-- Checkpoints: named copies of the map (checkpoint.rs).
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_unix INTEGER NOT NULL,
+    client_bytes_written INTEGER NOT NULL,
+    applied_seq INTEGER NOT NULL,
+    extents INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoint_extents (
+    ckpt INTEGER NOT NULL,
+    lba INTEGER NOT NULL,
+    blocks INTEGER NOT NULL,
+    seg INTEGER NOT NULL,
+    piece_off INTEGER NOT NULL,
+    piece_blocks INTEGER NOT NULL,
+    skip_blocks INTEGER NOT NULL,
+    crc INTEGER NOT NULL,
+    PRIMARY KEY (ckpt, lba)
+) WITHOUT ROWID;
 ";

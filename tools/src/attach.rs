@@ -64,6 +64,7 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
         stats.segments
     );
     let _publisher = crate::inspect::publish_stats(volume.clone(), cache_dir.clone());
+    let _control = crate::control::serve(volume.clone(), &cache_dir)?;
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

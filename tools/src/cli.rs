@@ -54,6 +54,35 @@ pub enum Cmd {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
+    /// Checkpoint the volume (durable when this returns; auto-named v1, v2… when NAME is omitted).
+    Checkpoint {
+        url: String,
+        name: Option<String>,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// List the volume's checkpoints.
+    Checkpoints {
+        url: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Make the volume's content a checkpoint's (unmount its filesystem first).
+    Restore {
+        url: String,
+        name: String,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Delete a checkpoint (its data stays until nothing references it).
+    DeleteCheckpoint {
+        url: String,
+        name: String,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Measure the raw object store (parallel PUT/GET of SIZE objects, small
     /// PUT latency) under URL/store-bench/, deleting what it wrote; JSON out.
     StoreBench {
@@ -243,6 +272,47 @@ pub async fn run(cli: Cli) -> Result<i32> {
         } => {
             let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
             crate::inspect::stats(&url, &dir, json).await
+        }
+        Cmd::Checkpoint {
+            url,
+            name,
+            cache_dir,
+        } => {
+            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
+            let op = crate::checkpoints::Op::Checkpoint(name.as_deref());
+            crate::checkpoints::run(&url, &dir, op, false)
+                .await
+                .context("checkpoint")
+        }
+        Cmd::Checkpoints {
+            url,
+            json,
+            cache_dir,
+        } => {
+            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
+            crate::checkpoints::run(&url, &dir, crate::checkpoints::Op::List, json)
+                .await
+                .context("checkpoints")
+        }
+        Cmd::Restore {
+            url,
+            name,
+            cache_dir,
+        } => {
+            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
+            crate::checkpoints::run(&url, &dir, crate::checkpoints::Op::Restore(&name), false)
+                .await
+                .context("restore")
+        }
+        Cmd::DeleteCheckpoint {
+            url,
+            name,
+            cache_dir,
+        } => {
+            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
+            crate::checkpoints::run(&url, &dir, crate::checkpoints::Op::Delete(&name), false)
+                .await
+                .context("delete-checkpoint")
         }
         Cmd::StoreBench {
             url,

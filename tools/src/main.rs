@@ -2,7 +2,9 @@
 //! state lives in an object store.
 
 mod attach;
+mod checkpoints;
 mod cli;
+mod control;
 mod inspect;
 mod registry;
 mod size;

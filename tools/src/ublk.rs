@@ -199,6 +199,7 @@ async fn serve(args: AttachArgs) -> Result<i32> {
     })?;
     tracing::info!(url, device, dev_id, "device live");
     let _publisher = crate::inspect::publish_stats(volume.clone(), cache_dir.clone());
+    let _control = crate::control::serve(volume.clone(), &cache_dir)?;
     say(&format!("attached {url} at {device}"));
 
     let mut term = signal(SignalKind::terminate())?;

@@ -108,7 +108,7 @@ pub fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn rfc3339(unix: i64) -> String {
+pub fn rfc3339(unix: i64) -> String {
     // Civil-from-days (H. Hinnant): a date without pulling in a time crate.
     let (days, secs) = (unix.div_euclid(86400), unix.rem_euclid(86400));
     let z = days + 719_468;

@@ -7,6 +7,7 @@
 //! `recovery.rs`. Offline checks: `verify.rs`.
 
 pub mod buffer;
+mod checkpoint;
 mod config;
 mod engine;
 mod error;
@@ -32,5 +33,6 @@ pub use io::{BlockIo, IoReply, IoRequest};
 pub use recovery::{
     create_volume, inspect_volume, takeover_seq_base, Inspection, RollForward, EPOCH_SEQ_RANGE,
 };
+pub use spritedisk_meta::CheckpointRow;
 pub use stats::VolumeStats;
 pub use verify::{verify_volume, VerifyReport};

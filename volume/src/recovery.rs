@@ -152,7 +152,9 @@ pub(crate) async fn recover(
                 MetaDb::open(&path)?
             } else {
                 let layout = crate::replicate::layout_for(url);
-                match crate::replicate::restore_from_replica(store, layout, &path).await? {
+                let restored = crate::replicate::restore_from_replica(store, layout, &path).await?;
+                crate::replicate::check_restore_mark(store, restored).await?;
+                match restored {
                     Some(txid) => {
                         in_sync_with = Some(txid);
                         MetaDb::open_restored(&path)?

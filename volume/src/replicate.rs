@@ -138,6 +138,47 @@ fn install_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The replica TXID of the last restore: a map rebuilt from an older state
+/// plus segments would silently miss it, so attach refuses that.
+const RESTORE_MARK_KEY: &str = "meta/restored.json";
+
+pub(crate) async fn mark_restore(
+    store: &Arc<dyn ObjectStore>,
+    txid: u64,
+) -> Result<(), VolumeError> {
+    let body = Bytes::from(format!("{{\"txid\": {txid}}}\n"));
+    retry_read(RESTORE_MARK_KEY, || {
+        store.put(RESTORE_MARK_KEY, body.clone())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Fails if the last restore is newer than `restored_txid` (what the
+/// replica gave; None: nothing).
+pub(crate) async fn check_restore_mark(
+    store: &Arc<dyn ObjectStore>,
+    restored_txid: Option<u64>,
+) -> Result<(), VolumeError> {
+    let raw = match retry_read(RESTORE_MARK_KEY, || store.get(RESTORE_MARK_KEY)).await {
+        Ok(raw) => raw,
+        Err(StoreError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let need: u64 = serde_json::from_slice::<serde_json::Value>(&raw)
+        .ok()
+        .and_then(|v| v["txid"].as_u64())
+        .unwrap_or(u64::MAX);
+    if restored_txid.unwrap_or(0) < need {
+        return Err(VolumeError::BadConfig(format!(
+            "the metadata replica ends at TXID {} but the volume was restored to a checkpoint at TXID {need}: \
+             its map cannot be rebuilt from segments alone (see the errors above about the replica's files)",
+            restored_txid.unwrap_or(0)
+        )));
+    }
+    Ok(())
+}
+
 /// Written at a clean detach once everything is shipped: the local database
 /// then equals the replica at this TXID. Taken (deleted) at attach, so a
 /// crash never leaves a stale claim.

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Checkpoint and restore latency against map size: a volume gets EXTENTS
+# scattered 4 KiB writes (default 1k 10k 100k 1M), then `spritedisk
+# checkpoint` and `spritedisk restore` run through the attached daemon's
+# control socket; each reports the time until it is durable in the store.
+# Appends a Markdown table to OUT/summary.md. Usage: bench/checkpoint.sh OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: bench/checkpoint.sh OUT}
+BIN=${BIN:-target/release/spritedisk}
+if [ "${BENCH_QUICK:-0}" = 1 ]; then EXTENTS=${EXTENTS:-"1000 10000"}; else EXTENTS=${EXTENTS:-"1000 10000 100000 1000000"}; fi
+WORK=$(mktemp -d /var/tmp/spritedisk-ckpt.XXXXXX)
+trap '[ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+URI="nbd+unix:///?socket=$WORK/nbd.sock"
+ROWS=()
+for n in $EXTENTS; do
+  rm -rf "$WORK/vol" "$WORK/c"
+  "$BIN" create "file://$WORK/vol" --size 100G >/dev/null
+  "$BIN" attach "file://$WORK/vol" --nbd "$WORK/nbd.sock" --cache-dir "$WORK/c" >"$WORK/attach.out" 2>"$WORK/attach.log" &
+  PID=$!
+  for _ in $(seq 600); do grep -q '^attached' "$WORK/attach.out" 2>/dev/null && break; sleep 0.05; done
+  fio --name=fill --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
+      --size=100G --number_ios="$n" --norandommap --randrepeat=0 --end_fsync=1 >/dev/null
+  ck=$("$BIN" checkpoint "file://$WORK/vol" base --cache-dir "$WORK/c")
+  fio --name=more --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
+      --size=100G --number_ios=1000 --norandommap --randrepeat=0 --end_fsync=1 >/dev/null
+  rs=$("$BIN" restore "file://$WORK/vol" base --cache-dir "$WORK/c")
+  ext=$(echo "$ck" | sed -E 's/.*: ([0-9]+) extents.*/\1/')
+  ck_ms=$(echo "$ck" | sed -E 's/.* in ([0-9]+) ms.*/\1/')
+  rs_ms=$(echo "$rs" | sed -E 's/.* in ([0-9]+) ms.*/\1/')
+  echo "  $ext extents: checkpoint $ck_ms ms, restore $rs_ms ms" >&2
+  ROWS+=("| $ext | $ck_ms ms | $rs_ms ms |")
+  kill -TERM "$PID"; wait "$PID"; PID=
+done
+{
+  echo
+  echo "## Checkpoint and restore (file:// store, through the daemon's control socket, until durable)"
+  echo
+  echo "| extents in the map | checkpoint | restore |"
+  echo "|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+} | tee -a "$OUT/summary.md"

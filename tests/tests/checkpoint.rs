@@ -1,0 +1,90 @@
+//! Checkpoint and restore with a real client (qemu-io over NBD): online
+//! through the daemon's control socket, offline on a detached volume, and
+//! on a fresh machine from the store alone.
+
+use std::process::Command;
+
+use spritedisk_e2e::*;
+
+fn qemu_io(d: &Daemon, cmds: &[&str]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw", &d.nbd_uri()]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    let out = run_ok(&mut c);
+    assert!(!out.contains("verification failed"), "qemu-io: {out}");
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = spritedisk(args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn write_a_checkpoint_write_b_restore_reads_a() {
+    require("qemu-io", "qemu-utils");
+    let env = Env::new();
+    let url = env.create("vol", "1G");
+    let cache = env.path("cache");
+    let c = cache.to_str().unwrap();
+    let d = Daemon::attach(&url, &env.sock(), &cache, &[]);
+    qemu_io(&d, &["write -P 0xaa 0 1M", "write -P 0xa1 100M 64k"]);
+
+    // Online: the daemon takes it through its control socket.
+    let out = ok(&["checkpoint", &url, "a", "--cache-dir", c]);
+    assert!(
+        out.contains("checkpoint a of") && out.contains("durable"),
+        "{out}"
+    );
+    qemu_io(
+        &d,
+        &["write -P 0xbb 0 512k", "write -P 0xb2 200M 64k", "flush"],
+    );
+    qemu_io(&d, &["read -P 0xbb 0 512k"]);
+    ok(&["restore", &url, "a", "--cache-dir", c]);
+    qemu_io(
+        &d,
+        &[
+            "read -P 0xaa 0 1M",
+            "read -P 0xa1 100M 64k",
+            "read -P 0 200M 64k",
+        ],
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&["checkpoints", &url, "--json", "--cache-dir", c])).unwrap();
+    assert_eq!(list[0]["name"], "a");
+    assert!(d.log().contains("restored"), "{}", d.log());
+    assert_eq!(d.detach(), 0);
+
+    // Offline: a detached volume takes checkpoints and restores too.
+    let out = ok(&["checkpoint", &url, "--cache-dir", c]);
+    assert!(out.contains("checkpoint v2 of"), "auto-named: {out}");
+    let d = Daemon::attach(&url, &env.sock(), &cache, &[]);
+    qemu_io(&d, &["write -P 0xcc 0 1M", "flush"]);
+    assert_eq!(d.detach(), 0);
+    ok(&["restore", &url, "v2", "--cache-dir", c]);
+
+    // A fresh machine: the store alone holds the checkpoints and the restore.
+    let d = env.attach_copy_elsewhere("vol");
+    qemu_io(&d, &["read -P 0xaa 0 1M", "read -P 0 200M 64k"]);
+    assert_eq!(d.detach(), 0);
+    let copy = env.url("vol-copy");
+    let out = ok(&[
+        "checkpoints",
+        &copy,
+        "--cache-dir",
+        env.path("cache-elsewhere").to_str().unwrap(),
+    ]);
+    assert!(out.contains("a ") && out.contains("v2 "), "{out}");
+
+    // Bad names are refused by name.
+    let o = spritedisk(&["restore", &url, "nope", "--cache-dir", c]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no checkpoint named \"nope\""),
+        "{}",
+        stderr(&o)
+    );
+}

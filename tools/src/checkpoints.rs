@@ -1,0 +1,104 @@
+//! `checkpoint`, `checkpoints`, `restore`, `delete-checkpoint`: through the
+//! daemon's control socket when the volume is attached here, else on the
+//! volume directly (taking its lease for the moment, like a short attach).
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::json;
+use spritedisk_volume::{CheckpointRow, Volume};
+
+use crate::cli::AttachArgs;
+use crate::control;
+use crate::size::human;
+
+/// What to do.
+pub enum Op<'a> {
+    Checkpoint(Option<&'a str>),
+    Restore(&'a str),
+    Delete(&'a str),
+    List,
+}
+
+impl Op<'_> {
+    fn request(&self) -> serde_json::Value {
+        match self {
+            Op::Checkpoint(name) => json!({ "op": "checkpoint", "name": name }),
+            Op::Restore(name) => json!({ "op": "restore", "name": name }),
+            Op::Delete(name) => json!({ "op": "delete-checkpoint", "name": name }),
+            Op::List => json!({ "op": "checkpoints" }),
+        }
+    }
+}
+
+pub async fn run(url: &str, cache_dir: &Path, op: Op<'_>, json_out: bool) -> Result<i32> {
+    let t0 = Instant::now();
+    let reply = match control::call(cache_dir, op.request()).await? {
+        Some(v) => v,
+        None => offline(url, cache_dir, &op).await?,
+    };
+    let ms = t0.elapsed().as_millis();
+    match op {
+        Op::Checkpoint(_) => {
+            let c = control::row_from_json(&reply)?;
+            println!(
+                "checkpoint {} of {url}: {} extents, durable in {ms} ms",
+                c.name, c.extents
+            );
+        }
+        Op::Restore(_) => {
+            let c = control::row_from_json(&reply)?;
+            println!("restored {url} to checkpoint {} in {ms} ms", c.name);
+        }
+        Op::Delete(name) => println!("deleted checkpoint {name} of {url}"),
+        Op::List if json_out => println!("{}", serde_json::to_string_pretty(&reply)?),
+        Op::List => {
+            let rows: Vec<CheckpointRow> = reply
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| control::row_from_json(v).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if rows.is_empty() {
+                println!("no checkpoints of {url}");
+            }
+            let mut before = 0;
+            for c in rows {
+                println!(
+                    "{:<16} {}  {:>10} written since the previous  {} extents",
+                    c.name,
+                    spritedisk_volume::lease::rfc3339(c.created_unix),
+                    human(c.client_bytes_written.saturating_sub(before)),
+                    c.extents
+                );
+                before = c.client_bytes_written;
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn offline(url: &str, cache_dir: &Path, op: &Op<'_>) -> Result<serde_json::Value> {
+    let args = AttachArgs::defaults(url);
+    let mut opts = args.engine_options()?;
+    opts.cache_bytes = 0;
+    let volume = Volume::open(args.open_store()?, url, Some(cache_dir), opts).await?;
+    let res = match op {
+        Op::Checkpoint(name) => volume
+            .checkpoint(*name)
+            .await
+            .map(|c| control::row_json(&c)),
+        Op::Restore(name) => volume.restore(name).await.map(|c| control::row_json(&c)),
+        Op::Delete(name) => volume.delete_checkpoint(name).await.map(|_| json!(null)),
+        Op::List => volume
+            .checkpoints()
+            .map(|cs| serde_json::Value::Array(cs.iter().map(control::row_json).collect())),
+    };
+    let closed = volume.close().await;
+    let v = res?;
+    closed?;
+    Ok(v)
+}

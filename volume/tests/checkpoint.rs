@@ -1,0 +1,108 @@
+//! Checkpoint and restore through the engine: restore brings back the
+//! checkpoint's content, both survive a crash and a fresh machine (they are
+//! in the metadata replica before they return), names are checked.
+
+mod common;
+
+use common::*;
+use spritedisk_volume::VolumeError;
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_brings_back_the_checkpoint_and_survives_a_fresh_machine() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = open(store.clone(), Some(dir.path()), small_opts(1)).await;
+    vol.write(0, pattern(0, 16, 1), false).await.unwrap();
+    vol.write(MIB, pattern(256, 16, 1), false).await.unwrap();
+    let a = vol.checkpoint(Some("a")).await.unwrap();
+    assert_eq!(a.name, "a");
+    assert!(a.extents >= 2);
+    // B overwrites part of A and writes where A had nothing.
+    vol.write(0, pattern(0, 8, 2), false).await.unwrap();
+    vol.write(2 * MIB, pattern(512, 8, 2), true).await.unwrap();
+    assert!(vol.read(0, 8 * BS).await.unwrap() == pattern(0, 8, 2));
+
+    vol.restore("a").await.unwrap();
+    assert!(vol.read(0, 16 * BS).await.unwrap() == pattern(0, 16, 1));
+    assert!(vol.read(MIB, 16 * BS).await.unwrap() == pattern(256, 16, 1));
+    assert!(vol
+        .read(2 * MIB, 8 * BS)
+        .await
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
+    // Writes after a restore land on top of it.
+    vol.write(4 * MIB, pattern(1024, 4, 3), true).await.unwrap();
+    vol.abandon(); // crash right after
+
+    // A fresh machine (the store alone) sees the restore and the checkpoint.
+    let fresh = tempfile::tempdir().unwrap();
+    let vol = open(store.clone(), Some(fresh.path()), small_opts(2)).await;
+    assert!(vol.read(0, 16 * BS).await.unwrap() == pattern(0, 16, 1));
+    assert!(vol
+        .read(2 * MIB, 8 * BS)
+        .await
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
+    assert!(vol.read(4 * MIB, 4 * BS).await.unwrap() == pattern(1024, 4, 3));
+    let names: Vec<String> = vol
+        .checkpoints()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["a"]);
+    vol.close().await.unwrap();
+
+    // Without the replica, segments alone would silently undo the restore:
+    // attach refuses instead.
+    for m in store.list("meta/ltx/").await.unwrap() {
+        store.delete(&m.key).await.unwrap();
+    }
+    for m in store.list("meta/0").await.unwrap() {
+        store.delete(&m.key).await.unwrap();
+    }
+    let lost = tempfile::tempdir().unwrap();
+    let e = spritedisk_volume::Volume::open(store, "mem://test", Some(lost.path()), small_opts(3))
+        .await
+        .err()
+        .expect("attach must refuse")
+        .to_string();
+    assert!(e.contains("restored to a checkpoint"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_automatic_unique_and_checked() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = open(store.clone(), Some(dir.path()), small_opts(1)).await;
+    vol.write(0, pattern(0, 4, 1), false).await.unwrap();
+    assert_eq!(vol.checkpoint(None).await.unwrap().name, "v1");
+    assert_eq!(vol.checkpoint(None).await.unwrap().name, "v2");
+    let e = vol.checkpoint(Some("v1")).await.unwrap_err().to_string();
+    assert!(e.contains("exists already"), "{e}");
+    let e = vol.restore("nope").await.unwrap_err().to_string();
+    assert!(e.contains("no checkpoint named \"nope\""), "{e}");
+    vol.delete_checkpoint("v1").await.unwrap();
+    assert_eq!(vol.checkpoint(None).await.unwrap().name, "v3");
+    let w: Vec<u64> = vol
+        .checkpoints()
+        .unwrap()
+        .iter()
+        .map(|c| c.client_bytes_written)
+        .collect();
+    assert_eq!(w, [4 * BS, 4 * BS]);
+    vol.close().await.unwrap();
+
+    // Without a cache directory there is no replica to make them durable.
+    let vol = open(store, None, small_opts(2)).await;
+    assert!(matches!(
+        vol.checkpoint(None).await,
+        Err(VolumeError::BadConfig(_))
+    ));
+}
