@@ -17,10 +17,12 @@ test: test-deps
 	$(CARGO) test --workspace
 	$(MAKE) test-s3
 
+# Named test targets over the whole workspace: the same build as `make test`
+# (selecting packages would rebuild dependencies with other features).
+S3_TESTS = engine cache lease model checkpoint nbd_clients replica single_writer s3
 test-s3: test-deps
 	$(CARGO) build --bins
-	SPRITEDISK_TEST_STORE=s3 $(CARGO) test -p spritedisk-volume --tests
-	SPRITEDISK_TEST_STORE=s3 $(CARGO) test -p spritedisk-e2e --test nbd_clients --test replica --test single_writer --test checkpoint --test s3
+	SPRITEDISK_TEST_STORE=s3 $(CARGO) test --workspace $(addprefix --test ,$(S3_TESTS))
 
 test-deps:
 	tools/install-test-deps.sh

@@ -135,11 +135,15 @@ impl MetaDb {
         let id = self.checkpoint_id(name)?;
         let bs = self.block_size as i64;
         let tx = self.conn.transaction()?;
+        // Rebuilding the by-segment index once at the end beats keeping it
+        // up to date row by row (the whole map is replaced).
+        tx.execute("DROP INDEX IF EXISTS extents_by_seg", [])?;
         tx.execute("DELETE FROM extents", [])?;
         tx.execute(
             &format!("INSERT INTO extents ({COLS}) SELECT {COLS} FROM checkpoint_extents WHERE ckpt = ?1"),
             [id],
         )?;
+        tx.execute_batch(crate::schema::EXTENTS_BY_SEG)?;
         tx.execute(
             "UPDATE segments SET live_bytes = coalesce(
                  (SELECT sum(blocks) * ?1 FROM extents WHERE seg = segments.seq), 0)",

@@ -122,6 +122,7 @@ impl MetaDb {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(schema::SCHEMA)?;
+        conn.execute_batch(schema::EXTENTS_BY_SEG)?;
         if check {
             let quick: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
             if quick != "ok" {

@@ -1,5 +1,8 @@
 //! Table definitions. `extents.lba` is the rowid, so range lookups are b-tree seeks.
 
+/// Extents by segment (live bytes, GC); a restore rebuilds it whole.
+pub const EXTENTS_BY_SEG: &str = "CREATE INDEX IF NOT EXISTS extents_by_seg ON extents (seg);";
+
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS volume (
     id TEXT NOT NULL,
@@ -34,7 +37,6 @@ CREATE TABLE IF NOT EXISTS extents (
     skip_blocks INTEGER NOT NULL,
     crc INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS extents_by_seg ON extents (seg);
 -- Checkpoints: named copies of the map (checkpoint.rs).
 CREATE TABLE IF NOT EXISTS checkpoints (
     id INTEGER PRIMARY KEY,
