@@ -248,6 +248,8 @@ impl Inner {
                 txid = max,
                 "local metadata equals the replica: continuing it"
             );
+            self.replica_txid
+                .store(max, std::sync::atomic::Ordering::Relaxed);
             return Ok(());
         }
         self.build_snapshot(&mut s).await?;
