@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default store: create a file:// volume,
 # attach it over NBD, write and read it with a real client (qemu-io), detach,
-# re-attach from the store alone, and show stats and verify.
+# re-attach from the store alone, checkpoint and restore, and show stats
+# and verify.
 set -euo pipefail
 BIN=${BIN:-target/release/spritedisk}
 DIR=${DEMO_DIR:-/tmp/spritedisk-demo}
@@ -29,6 +30,12 @@ detach
 echo "== attach from the store alone (empty cache dir) and read it back"
 attach "$DIR/cache-fresh"
 qemu-io -f raw "nbd+unix:///?socket=$SOCK" -c 'read -P 0x5d 0 4M' -c 'read -P 0xc3 1G 4M' -c 'read -P 0 2G 4M' | grep -v '^[0-9]'
+echo "== checkpoint, overwrite, restore (through the attached daemon)"
+"$BIN" checkpoint "$URL" before --cache-dir "$DIR/cache-fresh"
+qemu-io -f raw "nbd+unix:///?socket=$SOCK" -c 'write -P 0xee 0 4M' -c flush | grep -v '^[0-9]'
+"$BIN" restore "$URL" before --cache-dir "$DIR/cache-fresh"
+qemu-io -f raw "nbd+unix:///?socket=$SOCK" -c 'read -P 0x5d 0 4M' | grep -v '^[0-9]'
+"$BIN" checkpoints "$URL" --cache-dir "$DIR/cache-fresh"
 detach
 echo "== stats"
 "$BIN" stats "$URL" --cache-dir "$DIR/cache-fresh"
