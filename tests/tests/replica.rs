@@ -167,7 +167,7 @@ async fn a_corrupt_replica_file_is_named_and_attach_rolls_forward_instead() {
     let d = env.attach_copy_elsewhere("vol");
     let name = newest.rsplit('/').next().unwrap();
     assert!(
-        d.log().contains(name) && d.log().contains("checksum"),
+        d.log().contains(name) && d.log().contains("corrupt metadata replica file"),
         "the log names the corrupt file: {}",
         d.log()
     );
