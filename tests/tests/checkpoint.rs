@@ -66,6 +66,20 @@ fn write_a_checkpoint_write_b_restore_reads_a() {
     qemu_io(&d, &["write -P 0xcc 0 1M", "flush"]);
     assert_eq!(d.detach(), 0);
     ok(&["restore", &url, "v2", "--cache-dir", c]);
+    // `stats` from a machine with no local state sees the restored map (it
+    // reads the replica; segments alone would show the overwritten one).
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&["checkpoints", &url, "--json", "--cache-dir", c])).unwrap();
+    let nowhere = env.path("nowhere");
+    let st: serde_json::Value = serde_json::from_str(&ok(&[
+        "stats",
+        &url,
+        "--json",
+        "--cache-dir",
+        nowhere.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(st["durable"]["extents"], list[1]["extents"], "{st:#}");
 
     // A fresh machine: the store alone holds the checkpoints and the restore.
     let d = env.attach_copy_elsewhere("vol");

@@ -224,8 +224,8 @@ fn discard_if_stale(
 }
 
 /// A read-only view of a volume for offline tools (`stats`, `verify`): the
-/// local metadata copied into memory (if any), rolled forward, nothing
-/// written anywhere — safe while a daemon has the volume attached.
+/// local metadata copied into memory (else the replica's), rolled forward,
+/// nothing written to the store — safe while a daemon has the volume attached.
 pub struct Inspection {
     pub config: VolumeConfig,
     pub meta: MetaDb,
@@ -241,7 +241,7 @@ pub async fn inspect_volume(
     let local = cache_dir.map(|d| d.join(META_FILE)).filter(|p| p.exists());
     let (mut meta, where_) = match &local {
         Some(path) => (MetaDb::open_copy(path)?, path.display().to_string()),
-        None => (MetaDb::open_in_memory()?, "memory".to_string()),
+        None => (inspect_replica(store, url).await?, "memory".to_string()),
     };
     adopt(&mut meta, &config, &where_)?;
     let rolled = roll_forward(store, &mut meta, &config, &where_).await?;
@@ -250,6 +250,31 @@ pub async fn inspect_volume(
         meta,
         rolled,
     })
+}
+
+/// The metadata as the replica has it, in memory (a fresh machine's view,
+/// with checkpoints), or an empty database when there is no replica.
+async fn inspect_replica(store: &Arc<dyn ObjectStore>, url: &str) -> Result<MetaDb, VolumeError> {
+    let dir = std::env::temp_dir().join(format!(
+        "spritedisk-inspect-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| VolumeError::BadConfig(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(META_FILE);
+    let res = async {
+        let layout = crate::replicate::layout_for(url);
+        let restored = crate::replicate::restore_from_replica(store, layout, &path).await?;
+        crate::replicate::check_restore_mark(store, restored).await?;
+        Ok(match restored {
+            Some(_) => MetaDb::open_copy(&path)?,
+            None => MetaDb::open_in_memory()?,
+        })
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    res
 }
 
 /// Segment numbers of one lease epoch that took a volume over start at a
