@@ -290,6 +290,19 @@ pub fn corrupt_object(url: &str, key: &str) {
     })
 }
 
+/// Runs qemu-io commands against the daemon's NBD export; a failed `-P`
+/// pattern check fails the test.
+pub fn qemu_io<S: AsRef<str>>(d: &Daemon, cmds: &[S]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw", &d.nbd_uri()]);
+    for cmd in cmds {
+        c.args(["-c", cmd.as_ref()]);
+    }
+    let out = run_ok(&mut c);
+    assert!(!out.contains("verification failed"), "qemu-io: {out}");
+    out
+}
+
 /// Runs a command; panics with its output unless it succeeds.
 pub fn run_ok(cmd: &mut Command) -> String {
     let o = cmd

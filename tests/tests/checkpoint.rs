@@ -2,20 +2,7 @@
 //! through the daemon's control socket, offline on a detached volume, and
 //! on a fresh machine from the store alone.
 
-use std::process::Command;
-
 use spritedisk_e2e::*;
-
-fn qemu_io(d: &Daemon, cmds: &[&str]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", &d.nbd_uri()]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = run_ok(&mut c);
-    assert!(!out.contains("verification failed"), "qemu-io: {out}");
-    out
-}
 
 fn ok(args: &[&str]) -> String {
     let o = spritedisk(args);

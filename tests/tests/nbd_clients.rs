@@ -6,17 +6,6 @@ use std::process::Command;
 
 use spritedisk_e2e::*;
 
-fn qemu_io(d: &Daemon, cmds: &[String]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", &d.nbd_uri()]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = run_ok(&mut c);
-    assert!(!out.contains("verification failed"), "qemu-io: {out}");
-    out
-}
-
 /// (offset, length, pattern byte): aligned and unaligned (qemu read-modify-writes those).
 const PATTERNS: [(u64, u64, u8); 5] = [
     (0, 1 << 20, 0xab),
@@ -198,14 +187,7 @@ fn sigkill_of_the_daemon_loses_no_acknowledged_write() {
     let env = Env::new();
     let url = env.create("vol", "64M");
     let d = Daemon::attach(&url, &env.sock(), &env.path("cache"), &[]);
-    qemu_io(
-        &d,
-        &[
-            "write -P 0x42 0 2M".into(),
-            "flush".into(),
-            "write -P 0x43 1M 64k".into(),
-        ],
-    );
+    qemu_io(&d, &["write -P 0x42 0 2M", "flush", "write -P 0x43 1M 64k"]);
     d.kill();
     // Restarted on the same machine, the daemon replays its local write log:
     // the unflushed overwrite is back too.
@@ -213,18 +195,15 @@ fn sigkill_of_the_daemon_loses_no_acknowledged_write() {
     qemu_io(
         &d,
         &[
-            "read -P 0x42 0 1M".into(),
-            "read -P 0x43 1M 64k".into(),
-            "read -P 0x42 1114112 983040".into(),
+            "read -P 0x42 0 1M",
+            "read -P 0x43 1M 64k",
+            "read -P 0x42 1114112 983040",
         ],
     );
     assert_eq!(d.detach(), 0);
     // On another machine (the store alone) the flushed data is there; the
     // overwrite too, because the restarted daemon flushed it at detach.
     let d = env.attach_copy_elsewhere("vol");
-    qemu_io(
-        &d,
-        &["read -P 0x42 0 1M".into(), "read -P 0x43 1M 64k".into()],
-    );
+    qemu_io(&d, &["read -P 0x42 0 1M", "read -P 0x43 1M 64k"]);
     assert_eq!(d.detach(), 0);
 }
