@@ -2,10 +2,10 @@
 //! daemon's control socket when the volume is attached here, else on the
 //! volume directly (taking its lease for the moment, like a short attach).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 use spritedisk_volume::{CheckpointRow, Volume};
 
@@ -32,7 +32,25 @@ impl Op<'_> {
     }
 }
 
-pub async fn run(url: &str, cache_dir: &Path, op: Op<'_>, json_out: bool) -> Result<i32> {
+impl Op<'_> {
+    fn command(&self) -> &'static str {
+        match self {
+            Op::Checkpoint(_) => "checkpoint",
+            Op::Restore(_) => "restore",
+            Op::Delete(_) => "delete-checkpoint",
+            Op::List => "checkpoints",
+        }
+    }
+}
+
+/// Runs `op` on the volume at `url` (local state in `cache_dir`, else the default).
+pub async fn run(url: &str, cache_dir: Option<PathBuf>, op: Op<'_>, json_out: bool) -> Result<i32> {
+    let dir = cache_dir.unwrap_or_else(|| crate::cli::default_cache_dir(url));
+    let what = op.command();
+    run_in(url, &dir, op, json_out).await.context(what)
+}
+
+async fn run_in(url: &str, cache_dir: &Path, op: Op<'_>, json_out: bool) -> Result<i32> {
     let t0 = Instant::now();
     let reply = match control::call(cache_dir, op.request()).await? {
         Some(v) => v,

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use spritedisk_volume::{create_volume, EngineOptions};
 
+use crate::checkpoints::{self, Op};
 use crate::size::{human, parse_size};
 
 #[derive(Parser, Debug)]
@@ -277,43 +278,22 @@ pub async fn run(cli: Cli) -> Result<i32> {
             url,
             name,
             cache_dir,
-        } => {
-            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
-            let op = crate::checkpoints::Op::Checkpoint(name.as_deref());
-            crate::checkpoints::run(&url, &dir, op, false)
-                .await
-                .context("checkpoint")
-        }
+        } => checkpoints::run(&url, cache_dir, Op::Checkpoint(name.as_deref()), false).await,
         Cmd::Checkpoints {
             url,
             json,
             cache_dir,
-        } => {
-            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
-            crate::checkpoints::run(&url, &dir, crate::checkpoints::Op::List, json)
-                .await
-                .context("checkpoints")
-        }
+        } => checkpoints::run(&url, cache_dir, Op::List, json).await,
         Cmd::Restore {
             url,
             name,
             cache_dir,
-        } => {
-            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
-            crate::checkpoints::run(&url, &dir, crate::checkpoints::Op::Restore(&name), false)
-                .await
-                .context("restore")
-        }
+        } => checkpoints::run(&url, cache_dir, Op::Restore(&name), false).await,
         Cmd::DeleteCheckpoint {
             url,
             name,
             cache_dir,
-        } => {
-            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
-            crate::checkpoints::run(&url, &dir, crate::checkpoints::Op::Delete(&name), false)
-                .await
-                .context("delete-checkpoint")
-        }
+        } => checkpoints::run(&url, cache_dir, Op::Delete(&name), false).await,
         Cmd::StoreBench {
             url,
             size,
