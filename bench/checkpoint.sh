@@ -21,6 +21,10 @@ for n in $EXTENTS; do
   for _ in $(seq 600); do grep -q '^attached' "$WORK/attach.out" 2>/dev/null && break; sleep 0.05; done
   fio --name=fill --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
       --size=100G --number_ios="$n" --norandommap --randrepeat=0 --end_fsync=1 >/dev/null
+  # Let the replica catch up with the fill (and take its snapshot): a
+  # checkpoint ships only what changed since the last ship, and right after
+  # a burst of random writes that is the burst's dirty pages.
+  sleep 5
   ck=$("$BIN" checkpoint "file://$WORK/vol" base --cache-dir "$WORK/c")
   fio --name=more --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
       --size=100G --number_ios=1000 --norandommap --randrepeat=0 --end_fsync=1 >/dev/null
@@ -29,6 +33,7 @@ for n in $EXTENTS; do
   ck_ms=$(echo "$ck" | sed -E 's/.* in ([0-9]+) ms.*/\1/')
   rs_ms=$(echo "$rs" | sed -E 's/.* in ([0-9]+) ms.*/\1/')
   echo "  $ext extents: checkpoint $ck_ms ms, restore $rs_ms ms" >&2
+  grep -E "checkpoint taken|restored" "$WORK/attach.log" | sed 's/^/    /' >&2 || true
   ROWS+=("| $ext | $ck_ms ms | $rs_ms ms |")
   kill -TERM "$PID"; wait "$PID"; PID=
 done

@@ -1,13 +1,15 @@
-//! Checkpoints: named, immutable copies of the extent map. A checkpoint
-//! copies the map's rows (never data: the rows point into immutable
-//! segments, which are kept while any map references them); restore makes
-//! the live map a copy of a checkpoint's. Both are one SQLite statement over
-//! the map, O(extents) — measured against map size in the README — and the
-//! engine ships them to the replica before it reports them done (they cannot
-//! be rebuilt from segments). Design: docs/design/0004-checkpoints.md.
+//! Checkpoints: named versions of the extent map (schema.rs explains the
+//! versioned map). Taking one records the live map's version and bumps it:
+//! O(1), whatever the map's size. Restore makes the live map equal a
+//! checkpoint's by undoing only what changed since it: O(rows changed).
+//! Nothing here moves data: rows point into immutable segments, which GC
+//! keeps while any row, live or dead, references them. The engine ships
+//! every change to the replica before it reports it done (segments cannot
+//! rebuild them). Design: docs/design/0004-checkpoints.md.
 
 use rusqlite::{params, OptionalExtension};
 
+use crate::map::{row_to_extent, Extent, EXTENT_COLS};
 use crate::{MetaDb, MetaError};
 
 /// One checkpoint, as `checkpoints` lists it.
@@ -19,20 +21,41 @@ pub struct CheckpointRow {
     pub client_bytes_written: u64,
     /// The last segment applied when it was taken.
     pub applied_seq: u64,
+    /// Rows in its map.
     pub extents: u64,
+    /// The map version it froze.
+    pub version: u64,
+    /// Data bytes that neither the live map nor another checkpoint
+    /// references: what deleting it frees (once GC compacts or drops the
+    /// segments that hold them).
+    pub unique_bytes: u64,
 }
 
-const COLS: &str = "lba, blocks, seg, piece_off, piece_blocks, skip_blocks, crc";
+fn check_name(name: &str) -> Result<(), MetaError> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(MetaError::Checkpoint(format!(
+            "invalid checkpoint name {name:?}: 1 to 128 printable characters, no '/'"
+        )));
+    }
+    Ok(())
+}
 
 impl MetaDb {
-    /// Copies the live map as checkpoint `name` (auto-named `v1`, `v2`… when
-    /// None). Refuses a name that exists.
+    /// Freezes the live map as checkpoint `name` (auto-named `v1`, `v2`…
+    /// when None). Refuses a name that exists.
     pub fn create_checkpoint(
         &mut self,
         name: Option<&str>,
         created_unix: i64,
     ) -> Result<CheckpointRow, MetaError> {
         let tx = self.conn.transaction()?;
+        let taken = |n: &str| -> rusqlite::Result<bool> {
+            tx.query_row(
+                "SELECT count(*) > 0 FROM checkpoints WHERE name = ?1",
+                [n],
+                |r| r.get(0),
+            )
+        };
         let name = match name {
             Some(n) => n.to_string(),
             None => {
@@ -41,68 +64,48 @@ impl MetaDb {
                 loop {
                     n += 1;
                     let candidate = format!("v{n}");
-                    let taken: bool = tx.query_row(
-                        "SELECT count(*) > 0 FROM checkpoints WHERE name = ?1",
-                        [&candidate],
-                        |r| r.get(0),
-                    )?;
-                    if !taken {
+                    if !taken(&candidate)? {
                         break candidate;
                     }
                 }
             }
         };
-        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c == '/') {
-            return Err(MetaError::Checkpoint(format!(
-                "invalid checkpoint name {name:?}: 1 to 128 printable characters, no '/'"
-            )));
-        }
-        let exists: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM checkpoints WHERE name = ?1",
-            [&name],
-            |r| r.get(0),
-        )?;
-        if exists {
+        check_name(&name)?;
+        if taken(&name)? {
             return Err(MetaError::Checkpoint(format!(
                 "a checkpoint named {name:?} exists already: pick another name or delete it first"
             )));
         }
-        let (client, applied): (i64, i64) = tx.query_row(
-            "SELECT client_bytes_written, applied_seq FROM volume",
+        let (client, applied, version): (i64, i64, i64) = tx.query_row(
+            "SELECT client_bytes_written, applied_seq, map_version FROM volume",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
+        // count(*) walks the smallest index: milliseconds per million rows.
+        let extents: i64 = tx.query_row("SELECT count(*) FROM extents", [], |r| r.get(0))?;
         tx.execute(
-            "INSERT INTO checkpoints (name, created_unix, client_bytes_written, applied_seq, extents)
-             VALUES (?1, ?2, ?3, ?4, 0)",
-            params![name, created_unix, client, applied],
+            "INSERT INTO checkpoints (name, created_unix, client_bytes_written, applied_seq, extents, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, created_unix, client, applied, extents, version],
         )?;
-        let id = tx.last_insert_rowid();
-        let extents = tx.execute(
-            &format!(
-                "INSERT INTO checkpoint_extents (ckpt, {COLS}) SELECT ?1, {COLS} FROM extents"
-            ),
-            [id],
-        )? as u64;
-        tx.execute(
-            "UPDATE checkpoints SET extents = ?1 WHERE id = ?2",
-            params![extents as i64, id],
-        )?;
+        tx.execute("UPDATE volume SET map_version = map_version + 1", [])?;
         tx.commit()?;
         Ok(CheckpointRow {
             name,
             created_unix,
             client_bytes_written: client as u64,
             applied_seq: applied as u64,
-            extents,
+            extents: extents as u64,
+            version: version as u64,
+            unique_bytes: 0,
         })
     }
 
-    /// Every checkpoint, oldest first.
+    /// Every checkpoint, oldest first, with the bytes each alone keeps.
     pub fn checkpoints(&self) -> Result<Vec<CheckpointRow>, MetaError> {
         let mut st = self.conn.prepare(
-            "SELECT name, created_unix, client_bytes_written, applied_seq, extents
-             FROM checkpoints ORDER BY id",
+            "SELECT name, created_unix, client_bytes_written, applied_seq, extents, version
+             FROM checkpoints ORDER BY version",
         )?;
         let rows = st.query_map([], |r| {
             Ok(CheckpointRow {
@@ -111,17 +114,40 @@ impl MetaDb {
                 client_bytes_written: r.get::<_, i64>(2)? as u64,
                 applied_seq: r.get::<_, i64>(3)? as u64,
                 extents: r.get::<_, i64>(4)? as u64,
+                version: r.get::<_, i64>(5)? as u64,
+                unique_bytes: 0,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows: Vec<CheckpointRow> = rows.collect::<Result<_, _>>()?;
+        // A dead row is kept by the checkpoints whose versions fall in
+        // [born, died); it is one checkpoint's alone when only one does.
+        let mut st = self.conn.prepare(
+            "SELECT c.version, sum(d.blocks) FROM dead_extents d
+             JOIN checkpoints c ON c.version >= d.born AND c.version < d.died
+             WHERE (SELECT count(*) FROM checkpoints o
+                    WHERE o.version >= d.born AND o.version < d.died) = 1
+             GROUP BY c.version",
+        )?;
+        let mut q = st.query([])?;
+        while let Some(r) = q.next()? {
+            let version = r.get::<_, i64>(0)? as u64;
+            let blocks = r.get::<_, i64>(1)? as u64;
+            if let Some(c) = rows.iter_mut().find(|c| c.version == version) {
+                c.unique_bytes = blocks * self.block_size;
+            }
+        }
+        Ok(rows)
     }
 
-    fn checkpoint_id(&self, name: &str) -> Result<i64, MetaError> {
+    fn checkpoint_version(&self, name: &str) -> Result<u64, MetaError> {
         self.conn
-            .query_row("SELECT id FROM checkpoints WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT version FROM checkpoints WHERE name = ?1",
+                [name],
+                |r| r.get::<_, i64>(0),
+            )
             .optional()?
+            .map(|v| v as u64)
             .ok_or_else(|| {
                 MetaError::Checkpoint(format!(
                     "no checkpoint named {name:?} (spritedisk checkpoints URL lists them)"
@@ -129,40 +155,91 @@ impl MetaDb {
             })
     }
 
-    /// Makes the live map a copy of checkpoint `name`'s, and the per-segment
-    /// live byte counts follow it.
-    pub fn restore_checkpoint(&mut self, name: &str) -> Result<CheckpointRow, MetaError> {
-        let id = self.checkpoint_id(name)?;
-        let bs = self.block_size as i64;
-        let tx = self.conn.transaction()?;
-        // Rebuilding the by-segment index once at the end beats keeping it
-        // up to date row by row (the whole map is replaced).
-        tx.execute("DROP INDEX IF EXISTS extents_by_seg", [])?;
-        tx.execute("DELETE FROM extents", [])?;
-        tx.execute(
-            &format!("INSERT INTO extents ({COLS}) SELECT {COLS} FROM checkpoint_extents WHERE ckpt = ?1"),
-            [id],
-        )?;
-        tx.execute_batch(crate::schema::EXTENTS_BY_SEG)?;
-        tx.execute(
-            "UPDATE segments SET live_bytes = coalesce(
-                 (SELECT sum(blocks) * ?1 FROM extents WHERE seg = segments.seq), 0)",
-            [bs],
-        )?;
-        tx.commit()?;
-        Ok(self
-            .checkpoints()?
+    fn checkpoint_row(&self, name: &str) -> Result<CheckpointRow, MetaError> {
+        self.checkpoints()?
             .into_iter()
             .find(|c| c.name == name)
-            .expect("the checkpoint exists"))
+            .ok_or_else(|| MetaError::Checkpoint(format!("no checkpoint named {name:?}")))
     }
 
-    pub fn delete_checkpoint(&mut self, name: &str) -> Result<(), MetaError> {
-        let id = self.checkpoint_id(name)?;
+    /// Makes the live map equal checkpoint `name`'s: the rows born since it
+    /// leave (kept as dead rows if a later checkpoint sees them), the rows
+    /// that died since it are born again; per-segment live bytes follow.
+    pub fn restore_checkpoint(&mut self, name: &str) -> Result<CheckpointRow, MetaError> {
+        let v = self.checkpoint_version(name)? as i64;
+        let bs = self.block_size as i64;
+        // Every statement walks only the rows changed since the checkpoint
+        // (INDEXED BY: the planner would rather scan the whole map by
+        // segment to group without sorting).
         let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM checkpoint_extents WHERE ckpt = ?1", [id])?;
-        tx.execute("DELETE FROM checkpoints WHERE id = ?1", [id])?;
+        let versions = crate::map::Versions::read(&tx)?;
+        let (cur, newest) = (versions.current as i64, versions.newest_checkpoint as i64);
+        tx.execute(
+            "UPDATE segments SET live_bytes = live_bytes - gone.bytes
+             FROM (SELECT seg, sum(blocks) * ?2 AS bytes FROM extents INDEXED BY extents_by_born
+                   WHERE born > ?1 GROUP BY seg) AS gone
+             WHERE segments.seq = gone.seg",
+            params![v, bs],
+        )?;
+        tx.execute(
+            &format!(
+                "INSERT INTO dead_extents ({EXTENT_COLS}, born, died)
+                 SELECT {EXTENT_COLS}, born, ?2 FROM extents WHERE born > ?1 AND born <= ?3"
+            ),
+            params![v, cur, newest],
+        )?;
+        tx.execute("DELETE FROM extents WHERE born > ?1", [v])?;
+        tx.execute(
+            &format!(
+                "INSERT INTO extents ({EXTENT_COLS}, born)
+                 SELECT {EXTENT_COLS}, ?2 FROM dead_extents WHERE died > ?1 AND born <= ?1"
+            ),
+            params![v, cur],
+        )?;
+        tx.execute(
+            "UPDATE segments SET live_bytes = live_bytes + back.bytes
+             FROM (SELECT seg, sum(blocks) * ?2 AS bytes FROM extents INDEXED BY extents_by_born
+                   WHERE born = ?1 GROUP BY seg) AS back
+             WHERE segments.seq = back.seg",
+            params![cur, bs],
+        )?;
+        tx.commit()?;
+        self.checkpoint_row(name)
+    }
+
+    /// Deletes checkpoint `name` and the dead rows no other checkpoint sees.
+    pub fn delete_checkpoint(&mut self, name: &str) -> Result<(), MetaError> {
+        let v = self.checkpoint_version(name)? as i64;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM checkpoints WHERE version = ?1", [v])?;
+        tx.execute(
+            "DELETE FROM dead_extents WHERE died > ?1 AND born <= ?1 AND NOT EXISTS (
+                 SELECT 1 FROM checkpoints c
+                 WHERE c.version >= dead_extents.born AND c.version < dead_extents.died)",
+            [v],
+        )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Rows kept only for checkpoints (GC debt until they are deleted).
+    pub fn dead_rows(&self) -> Result<u64, MetaError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM dead_extents", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Checkpoint `name`'s map in LBA order (what a fork starts from).
+    pub fn checkpoint_extents(&self, name: &str) -> Result<Vec<Extent>, MetaError> {
+        let v = self.checkpoint_version(name)? as i64;
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {EXTENT_COLS} FROM extents WHERE born <= ?1
+             UNION ALL
+             SELECT {EXTENT_COLS} FROM dead_extents WHERE died > ?1 AND born <= ?1
+             ORDER BY lba"
+        ))?;
+        let rows = st.query_map([v], row_to_extent)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }

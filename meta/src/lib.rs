@@ -10,6 +10,7 @@
 
 mod checkpoint;
 mod error;
+mod gc;
 pub mod ltx;
 mod map;
 pub mod replica;
@@ -18,6 +19,7 @@ mod wal;
 
 pub use checkpoint::CheckpointRow;
 pub use error::MetaError;
+pub use gc::{PieceMove, SegmentUse};
 pub use map::{Extent, MapChange, PieceRef};
 
 use std::path::Path;
@@ -55,6 +57,10 @@ pub struct MetaStats {
     pub live_bytes: u64,
     pub client_bytes_written: u64,
     pub applied_seq: u64,
+    /// Bytes of every segment ever applied, compaction's copies included.
+    pub segment_bytes_put: u64,
+    /// Rows kept only for checkpoints.
+    pub dead_extents: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,8 +127,10 @@ impl MetaDb {
         // roll-forward position back; the store holds everything durable.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        upgrade(&conn)?;
         conn.execute_batch(schema::SCHEMA)?;
         conn.execute_batch(schema::EXTENTS_BY_SEG)?;
+        conn.pragma_update(None, "user_version", schema::SCHEMA_REVISION)?;
         if check {
             let quick: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
             if quick != "ok" {
@@ -217,19 +225,25 @@ impl MetaDb {
         }
         let bs = self.block_size;
         let tx = self.conn.transaction()?;
+        let versions = map::Versions::read(&tx)?;
         tx.execute(
             "INSERT INTO segments (seq, size_bytes, live_bytes) VALUES (?1, ?2, 0)",
             params![seg.seq as i64, seg.size_bytes as i64],
         )?;
         for c in seg.changes {
-            map::punch(&tx, c.lba, c.blocks, bs)?;
+            map::punch(&tx, c.lba, c.blocks, bs, &versions)?;
             if let Some(p) = &c.piece {
-                map::insert(&tx, c.lba, c.blocks, seg.seq, p, bs)?;
+                map::insert(&tx, c.lba, c.blocks, seg.seq, p, bs, &versions)?;
             }
         }
         tx.execute(
-            "UPDATE volume SET applied_seq = ?1, client_bytes_written = ?2",
-            params![seg.seq as i64, seg.client_bytes_total as i64],
+            "UPDATE volume SET applied_seq = ?1, client_bytes_written = ?2,
+                 segment_bytes_put = segment_bytes_put + ?3",
+            params![
+                seg.seq as i64,
+                seg.client_bytes_total as i64,
+                seg.size_bytes as i64
+            ],
         )?;
         tx.commit()?;
         Ok(())
@@ -276,11 +290,15 @@ impl MetaDb {
         let extents: i64 = self
             .conn
             .query_row("SELECT count(*) FROM extents", [], |r| r.get(0))?;
-        let client: i64 = self
+        let (client, put): (i64, i64) = self
             .conn
-            .query_row("SELECT client_bytes_written FROM volume", [], |r| r.get(0))
+            .query_row(
+                "SELECT client_bytes_written, segment_bytes_put FROM volume",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?
-            .unwrap_or(0);
+            .unwrap_or((0, 0));
         Ok(MetaStats {
             segments: segments as u64,
             extents: extents as u64,
@@ -288,9 +306,62 @@ impl MetaDb {
             live_bytes: live_bytes as u64,
             client_bytes_written: client as u64,
             applied_seq: self.applied_seq()?,
+            segment_bytes_put: put as u64,
+            dead_extents: self.dead_rows()?,
         })
     }
 }
 
+/// Upgrades a database written by an older revision of the schema in one
+/// transaction (a no-op on a new or current database): adds the columns
+/// of the versioned map and turns copied checkpoints into dead rows that
+/// only their own version sees.
+fn upgrade(conn: &Connection) -> Result<(), MetaError> {
+    let revision: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let has_table = |t: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [t],
+            |r| r.get(0),
+        )
+    };
+    if revision >= schema::SCHEMA_REVISION || !has_table("extents")? {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    for (table, column, def) in schema::ADDED_COLUMNS {
+        if !has_table(table)? {
+            continue;
+        }
+        let present: bool = tx.query_row(
+            &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def};"))?;
+        }
+    }
+    tx.execute_batch(schema::SCHEMA)?;
+    tx.execute_batch(
+        "UPDATE checkpoints SET version = id;
+         UPDATE volume SET map_version = coalesce((SELECT max(id) FROM checkpoints), 0) + 1;
+         UPDATE extents SET born = (SELECT map_version FROM volume);",
+    )?;
+    if has_table("checkpoint_extents")? {
+        tx.execute_batch(
+            "INSERT INTO dead_extents (lba, blocks, seg, piece_off, piece_blocks, skip_blocks, crc, born, died)
+             SELECT lba, blocks, seg, piece_off, piece_blocks, skip_blocks, crc, ckpt, ckpt + 1
+             FROM checkpoint_extents;
+             DROP TABLE checkpoint_extents;",
+        )?;
+    }
+    tx.commit()?;
+    tracing::info!("metadata database upgraded to the versioned map (schema revision 2)");
+    Ok(())
+}
+
+#[cfg(test)]
+mod checkpoint_tests;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,16 @@
 //! Table definitions. `extents.lba` is the rowid, so range lookups are b-tree seeks.
+//!
+//! The map is versioned so that a checkpoint is O(1) (docs/design/0004):
+//! `volume.map_version` is the version the live map is at; a checkpoint
+//! records that version and bumps it. Every live row says in which version
+//! it was born; a row that a checkpoint can see (born at or before the
+//! newest checkpoint's version) is never changed in place: when a write
+//! covers it, it moves to `dead_extents` with the version it died in, and
+//! what is left of it is born again. Checkpoint `v`'s map is the live rows
+//! born at or before `v` plus the dead rows with `born <= v < died`.
+
+/// Schema revision in `PRAGMA user_version` (0: before versioned maps).
+pub const SCHEMA_REVISION: i64 = 2;
 
 /// Extents by segment (live bytes, GC); a restore rebuilds it whole.
 pub const EXTENTS_BY_SEG: &str = "CREATE INDEX IF NOT EXISTS extents_by_seg ON extents (seg);";
@@ -11,7 +23,12 @@ CREATE TABLE IF NOT EXISTS volume (
     created_unix INTEGER NOT NULL,
     -- last segment applied to the map: roll-forward resumes after it
     applied_seq INTEGER NOT NULL,
-    client_bytes_written INTEGER NOT NULL
+    client_bytes_written INTEGER NOT NULL,
+    -- the live map's version: the next checkpoint takes it
+    map_version INTEGER NOT NULL DEFAULT 1,
+    -- bytes of every segment ever applied (writes and compaction's copies):
+    -- over client_bytes_written, the write amplification
+    segment_bytes_put INTEGER NOT NULL DEFAULT 0
 );
 -- The lease epoch of the writer that last wrote through this database: a
 -- database from an older epoch describes a history another writer has moved
@@ -22,6 +39,7 @@ CREATE TABLE IF NOT EXISTS writer (
 CREATE TABLE IF NOT EXISTS segments (
     seq INTEGER PRIMARY KEY,
     size_bytes INTEGER NOT NULL,
+    -- bytes the live map references (checkpoints not counted)
     live_bytes INTEGER NOT NULL
 );
 -- A map row: blocks [lba, lba+blocks) are blocks [skip, skip+blocks) of the
@@ -35,19 +53,13 @@ CREATE TABLE IF NOT EXISTS extents (
     piece_off INTEGER NOT NULL,
     piece_blocks INTEGER NOT NULL,
     skip_blocks INTEGER NOT NULL,
-    crc INTEGER NOT NULL
+    crc INTEGER NOT NULL,
+    born INTEGER NOT NULL DEFAULT 1
 );
--- Checkpoints: named copies of the map (checkpoint.rs).
-CREATE TABLE IF NOT EXISTS checkpoints (
+CREATE INDEX IF NOT EXISTS extents_by_born ON extents (born);
+-- Rows that left the live map but that a checkpoint still sees.
+CREATE TABLE IF NOT EXISTS dead_extents (
     id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created_unix INTEGER NOT NULL,
-    client_bytes_written INTEGER NOT NULL,
-    applied_seq INTEGER NOT NULL,
-    extents INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoint_extents (
-    ckpt INTEGER NOT NULL,
     lba INTEGER NOT NULL,
     blocks INTEGER NOT NULL,
     seg INTEGER NOT NULL,
@@ -55,6 +67,34 @@ CREATE TABLE IF NOT EXISTS checkpoint_extents (
     piece_blocks INTEGER NOT NULL,
     skip_blocks INTEGER NOT NULL,
     crc INTEGER NOT NULL,
-    PRIMARY KEY (ckpt, lba)
-) WITHOUT ROWID;
+    born INTEGER NOT NULL,
+    died INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_extents_by_died ON dead_extents (died);
+CREATE INDEX IF NOT EXISTS dead_extents_by_seg ON dead_extents (seg);
+-- A fork's ancestry: segments numbered up to seq_max are in the store at
+-- url (a parent's), read-only to this volume and never collected by it.
+CREATE TABLE IF NOT EXISTS origins (
+    seq_max INTEGER PRIMARY KEY,
+    url TEXT NOT NULL
+);
+-- Checkpoints: named versions of the map (checkpoint.rs).
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_unix INTEGER NOT NULL,
+    client_bytes_written INTEGER NOT NULL,
+    applied_seq INTEGER NOT NULL,
+    extents INTEGER NOT NULL,
+    version INTEGER NOT NULL UNIQUE
+);
 ";
+
+/// Columns added since revision 0, for [`crate::MetaDb`]'s upgrade of an
+/// older database: (table, column, definition).
+pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("volume", "map_version", "INTEGER NOT NULL DEFAULT 1"),
+    ("volume", "segment_bytes_put", "INTEGER NOT NULL DEFAULT 0"),
+    ("extents", "born", "INTEGER NOT NULL DEFAULT 1"),
+    ("checkpoints", "version", "INTEGER NOT NULL DEFAULT 0"),
+];

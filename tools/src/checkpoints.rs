@@ -84,12 +84,21 @@ async fn run_in(url: &str, cache_dir: &Path, op: Op<'_>, json_out: bool) -> Resu
                 println!("no checkpoints of {url}");
             }
             let mut before = 0;
-            for c in rows {
+            if !rows.is_empty() {
                 println!(
-                    "{:<16} {}  {:>10} written since the previous  {} extents",
+                    "{:<16} {:<20}  {:>10}  {:>10}  {:>9}",
+                    "NAME", "CREATED", "WRITTEN", "ALONE", "EXTENTS"
+                );
+            }
+            for c in rows {
+                // WRITTEN: by clients since the previous checkpoint; ALONE:
+                // data only this checkpoint references (deleting it frees it).
+                println!(
+                    "{:<16} {:<20}  {:>10}  {:>10}  {:>9}",
                     c.name,
                     spritedisk_volume::lease::rfc3339(c.created_unix),
                     human(c.client_bytes_written.saturating_sub(before)),
+                    human(c.unique_bytes),
                     c.extents
                 );
                 before = c.client_bytes_written;

@@ -24,6 +24,8 @@ pub fn row_json(c: &CheckpointRow) -> Value {
         "client_bytes_written": c.client_bytes_written,
         "applied_seq": c.applied_seq,
         "extents": c.extents,
+        "version": c.version,
+        "unique_bytes": c.unique_bytes,
     })
 }
 
@@ -34,6 +36,8 @@ pub fn row_from_json(v: &Value) -> Result<CheckpointRow> {
         client_bytes_written: v["client_bytes_written"].as_u64().unwrap_or(0),
         applied_seq: v["applied_seq"].as_u64().unwrap_or(0),
         extents: v["extents"].as_u64().unwrap_or(0),
+        version: v["version"].as_u64().unwrap_or(0),
+        unique_bytes: v["unique_bytes"].as_u64().unwrap_or(0),
     })
 }
 

@@ -14,7 +14,9 @@ impl Volume {
     /// call: flushes, copies the map, ships the metadata.
     pub async fn checkpoint(&self, name: Option<&str>) -> Result<CheckpointRow, VolumeError> {
         self.require_replica()?;
+        let t0 = std::time::Instant::now();
         self.flush().await?;
+        let t_flush = t0.elapsed();
         let inner = self.inner.clone();
         let name = name.map(str::to_string);
         let row = tokio::task::spawn_blocking(move || {
@@ -26,8 +28,16 @@ impl Volume {
         })
         .await
         .map_err(|e| VolumeError::Stopped(format!("checkpoint task: {e}")))??;
+        let t_map = t0.elapsed();
         self.inner.ship_meta().await?;
-        tracing::info!(name = row.name, extents = row.extents, "checkpoint taken");
+        tracing::info!(
+            name = row.name,
+            extents = row.extents,
+            flush_ms = t_flush.as_millis() as u64,
+            map_ms = (t_map - t_flush).as_millis() as u64,
+            ship_ms = (t0.elapsed() - t_map).as_millis() as u64,
+            "checkpoint taken"
+        );
         Ok(row)
     }
 
@@ -37,7 +47,9 @@ impl Volume {
     /// first, as with any block-level restore.
     pub async fn restore(&self, name: &str) -> Result<CheckpointRow, VolumeError> {
         self.require_replica()?;
+        let t0 = std::time::Instant::now();
         self.flush().await?;
+        let t_flush = t0.elapsed();
         let row = {
             // No segment is applied to the map while it is swapped.
             let _applier = self.inner.apply_lock.lock().await;
@@ -49,6 +61,7 @@ impl Volume {
             .await
             .map_err(|e| VolumeError::Stopped(format!("restore task: {e}")))??
         };
+        let t_map = t0.elapsed();
         self.inner.ship_meta().await?;
         // Segments alone cannot rebuild a map that was restored: mark the
         // replica position an attach must reach (recovery.rs checks it).
@@ -58,13 +71,20 @@ impl Volume {
             .replica_txid
             .load(std::sync::atomic::Ordering::Relaxed);
         crate::replicate::mark_restore(&self.inner.store, txid).await?;
-        tracing::info!(name = row.name, extents = row.extents, "restored");
+        tracing::info!(
+            name = row.name,
+            extents = row.extents,
+            flush_ms = t_flush.as_millis() as u64,
+            map_ms = (t_map - t_flush).as_millis() as u64,
+            ship_ms = (t0.elapsed() - t_map).as_millis() as u64,
+            "restored"
+        );
         Ok(row)
     }
 
     /// Checkpoints live only in the metadata, so they need its replica
     /// (an on-disk database) to be durable.
-    fn require_replica(&self) -> Result<(), VolumeError> {
+    pub(crate) fn require_replica(&self) -> Result<(), VolumeError> {
         if self.inner.replica.is_none() {
             return Err(VolumeError::BadConfig(
                 "checkpoints need a cache directory (the metadata replica is shipped from it)"

@@ -12,6 +12,7 @@ mod config;
 mod engine;
 mod error;
 mod fetch;
+mod gc;
 mod io;
 pub mod lease;
 mod prefetch;
@@ -29,6 +30,7 @@ mod wlog;
 pub use config::{EngineOptions, VolumeConfig, BLOCK_SIZE, CONFIG_KEY, DEFAULT_SIZE_BYTES};
 pub use engine::{Volume, REQUEST_BYTES_MAX};
 pub use error::{libc_errno, VolumeError};
+pub use gc::{GcOptions, GcReport};
 pub use io::{BlockIo, IoReply, IoRequest};
 pub use recovery::{
     create_volume, inspect_volume, takeover_seq_base, Inspection, RollForward, EPOCH_SEQ_RANGE,

@@ -166,7 +166,11 @@ pub(crate) async fn recover(
             meta.hold_wal_for_replication()?;
             (meta, path.display().to_string())
         }
-        None => (MetaDb::open_in_memory()?, "memory".to_string()),
+        None => {
+            // Segments alone, which is all an in-memory map has.
+            crate::replicate::check_restore_mark(store, None).await?;
+            (MetaDb::open_in_memory()?, "memory".to_string())
+        }
     };
     adopt(&mut meta, config, &where_)?;
     let mut rolled = roll_forward(store, &mut meta, config, &where_).await?;

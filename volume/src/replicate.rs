@@ -171,7 +171,7 @@ pub(crate) async fn check_restore_mark(
         .unwrap_or(u64::MAX);
     if restored_txid.unwrap_or(0) < need {
         return Err(VolumeError::BadConfig(format!(
-            "the metadata replica ends at TXID {} but the volume was restored to a checkpoint at TXID {need}: \
+            "the metadata replica ends at TXID {} but the volume's map was changed outside its segments (restored to a checkpoint, or segments collected by gc) at TXID {need}: \
              its map cannot be rebuilt from segments alone (see the errors above about the replica's files)",
             restored_txid.unwrap_or(0)
         )));
@@ -293,15 +293,22 @@ impl Inner {
         Ok(())
     }
 
-    /// Ships every metadata change committed so far (as a snapshot every
-    /// `Replica::snapshot_due`). Returns once it is durable.
+    /// Ships every metadata change committed so far as a level-0 file and
+    /// returns once it is durable: what a command (checkpoint, restore, GC)
+    /// waits for, so it costs O(changes), never a snapshot of the database.
     pub(crate) async fn ship_meta(self: &Arc<Self>) -> Result<(), VolumeError> {
+        self.ship(false).await
+    }
+
+    /// `ship_meta`, or a snapshot when `Replica::snapshot_due` says the
+    /// level-0 files outweigh one: the background loop's job.
+    async fn ship(self: &Arc<Self>, snapshot_if_due: bool) -> Result<(), VolumeError> {
         let Some(shipper) = &self.replica else {
             return Ok(());
         };
         let mut s = shipper.lock().await;
         self.put_pending(&mut s).await?;
-        if s.rep.snapshot_due() {
+        if snapshot_if_due && s.rep.snapshot_due() {
             self.build_snapshot(&mut s).await?;
         } else {
             let mut rep = s.rep.clone();
@@ -366,7 +373,7 @@ pub(crate) async fn replica_loop(inner: Weak<Inner>) {
         if inner.state.lock().unwrap().stopped.is_some() {
             return;
         }
-        if let Err(e) = inner.ship_meta().await {
+        if let Err(e) = inner.ship(true).await {
             tracing::warn!(error = %e, "shipping metadata to the replica failed");
             inner.state.lock().unwrap().last_store_error = Some(format!("metadata replica: {e}"));
         }

@@ -13,6 +13,12 @@
 //!   (bytes from the start of the object) | crc32c u32 of the piece | reserved u32
 //! data: the pieces, back to back (data_offset .. data_offset + data_len)
 //! ```
+//! Kind 3 (format version 3) is a copy: a piece that compaction rewrote out
+//! of segment `lba` (the field names the source), which changes nothing in
+//! the map when the segment is applied; the database then points the rows
+//! of the source piece at the copy (gc.rs). Segments without copies are
+//! still written as version 2.
+//!
 //! Data entries are pieces of at most [`PIECE_BLOCKS_MAX`] blocks, each with its
 //! own crc32c: a read fetches and verifies one whole piece. Entries never
 //! overlap (they are the final state of each range in the write buffer), so
@@ -25,6 +31,8 @@ pub use crate::buffer::WriteBuffer;
 
 pub const MAGIC: &[u8; 8] = b"SPRTSEG\0";
 pub const VERSION: u32 = 2;
+/// Format version of a segment that carries copies (compaction's output).
+pub const VERSION_COPIES: u32 = 3;
 pub const HEADER_BYTES: usize = 80;
 pub const ENTRY_BYTES: usize = 32;
 /// Largest checksummed piece: 16 blocks = 64 KiB. It bounds the read
@@ -41,6 +49,7 @@ pub const BUFFER_RUNS_MAX: usize = 1 << 16;
 
 const KIND_DATA: u32 = 1;
 const KIND_UNMAP: u32 = 2;
+const KIND_COPY: u32 = 3;
 
 /// Object key of segment `seq`: zero-padded so keys sort by sequence.
 pub fn segment_key(seq: u64) -> String {
@@ -189,6 +198,59 @@ pub fn encode(
     }
 }
 
+/// Encodes segment `seq` (following `prev_seq`) as copies of `pieces`:
+/// (source segment, the piece's bytes). Returns the object and where each
+/// copy starts in it, in order. Applying it changes nothing in the map.
+pub fn encode_copies(
+    volume_id: [u8; 16],
+    seq: u64,
+    prev_seq: u64,
+    client_bytes_total: u64,
+    pieces: &[(u64, Bytes)],
+    block_size: u64,
+) -> (Bytes, Vec<PieceRef>) {
+    assert!(pieces.len() <= ENTRIES_MAX as usize);
+    let data_offset = (HEADER_BYTES + pieces.len() * ENTRY_BYTES) as u64;
+    let data_len: u64 = pieces.iter().map(|p| p.1.len() as u64).sum();
+    let mut out = BytesMut::with_capacity((data_offset + data_len) as usize);
+    out.put_slice(MAGIC);
+    out.put_u32_le(VERSION_COPIES);
+    out.put_u32_le(0); // crc, patched below
+    out.put_slice(&volume_id);
+    out.put_u64_le(seq);
+    out.put_u64_le(client_bytes_total);
+    out.put_u32_le(pieces.len() as u32);
+    out.put_u32_le(0);
+    out.put_u64_le(data_offset);
+    out.put_u64_le(data_len);
+    out.put_u64_le(prev_seq);
+    let mut refs = Vec::with_capacity(pieces.len());
+    let mut data_off = data_offset;
+    for (src, d) in pieces {
+        let blocks = d.len() as u64 / block_size;
+        assert!(blocks > 0 && blocks <= PIECE_BLOCKS_MAX && d.len() as u64 % block_size == 0);
+        let crc = crc32c::crc32c(d);
+        out.put_u64_le(*src);
+        out.put_u32_le(blocks as u32);
+        out.put_u32_le(KIND_COPY);
+        out.put_u64_le(data_off);
+        out.put_u32_le(crc);
+        out.put_u32_le(0);
+        refs.push(PieceRef {
+            piece_off: data_off,
+            piece_blocks: blocks as u32,
+            crc,
+        });
+        data_off += d.len() as u64;
+    }
+    for (_, d) in pieces {
+        out.put_slice(d);
+    }
+    let crc = crc32c::crc32c(&out[..data_offset as usize]);
+    out[12..16].copy_from_slice(&crc.to_le_bytes());
+    (out.freeze(), refs)
+}
+
 /// Parses the fixed header (the first [`HEADER_BYTES`] of the object).
 /// Its checksum is verified by [`decode_index`], which covers it.
 pub fn decode_header(b: &[u8]) -> Result<SegmentHeader, SegmentError> {
@@ -202,9 +264,9 @@ pub fn decode_header(b: &[u8]) -> Result<SegmentHeader, SegmentError> {
         return Err(bad("bad magic: not a spritedisk segment"));
     }
     let version = u32_at(b, 8);
-    if version != VERSION && version != 1 {
+    if !(1..=VERSION_COPIES).contains(&version) {
         return Err(bad(format!(
-            "unsupported format version {version} (this build reads {VERSION})"
+            "unsupported format version {version} (this build reads 1 to {VERSION_COPIES})"
         )));
     }
     let h = SegmentHeader {
@@ -292,6 +354,14 @@ pub fn decode_index(
                 blocks,
                 piece: None,
             }),
+            KIND_COPY => {
+                if blocks > PIECE_BLOCKS_MAX || off != expect_off {
+                    return Err(bad(format!(
+                        "entry {i}: copied piece of {blocks} blocks at {off} is out of place"
+                    )));
+                }
+                expect_off += blocks * block_size;
+            }
             k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
         }
     }

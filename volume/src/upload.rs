@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::Rng;
-use spritedisk_meta::{MapChange, SegmentApply};
+use spritedisk_meta::{MapChange, PieceRef, SegmentApply};
 use spritedisk_store::StoreError;
 
 use crate::buffer::WriteBuffer;
@@ -25,6 +25,8 @@ pub(crate) struct Sealed {
     /// applied to the map.
     pub frozen: WriteBuffer,
     pub changes: Vec<MapChange>,
+    /// Pieces compaction copied into it (no map change; cached once durable).
+    pub copies: Vec<PieceRef>,
     pub client_bytes_total: u64,
     pub durable: AtomicBool,
     /// Bytes of sealed segments alive in memory, queued or not (the volume's gauge).
@@ -47,6 +49,43 @@ impl Inner {
         }
         let buffer = std::mem::take(&mut st.active);
         st.active_since = None;
+        let (seq, prev_seq) = self.next_seq_locked(st);
+        let enc = segment::encode(
+            self.volume_id,
+            seq,
+            prev_seq,
+            st.client_bytes_total,
+            &buffer,
+            self.block_size,
+        );
+        let frozen = WriteBuffer::from_segment(&enc.changes, &enc.bytes, self.block_size);
+        self.queue_locked(st, seq, prev_seq, enc.bytes, frozen, enc.changes, vec![]);
+    }
+
+    /// Seals the active buffer, then queues a segment of copies of
+    /// `pieces` (source segment, bytes) behind it: compaction's output,
+    /// which takes its place in the history like any segment and changes
+    /// nothing in the map. Returns its number and where each copy is.
+    pub(crate) fn seal_copies(self: &Arc<Self>, pieces: &[(u64, Bytes)]) -> (u64, Vec<PieceRef>) {
+        let mut st = self.state.lock().unwrap();
+        self.seal_locked(&mut st);
+        let (seq, prev_seq) = self.next_seq_locked(&mut st);
+        let (bytes, refs) = segment::encode_copies(
+            self.volume_id,
+            seq,
+            prev_seq,
+            st.client_bytes_total,
+            pieces,
+            self.block_size,
+        );
+        let frozen = WriteBuffer::default();
+        self.queue_locked(&mut st, seq, prev_seq, bytes, frozen, vec![], refs.clone());
+        (seq, refs)
+    }
+
+    /// Takes the next segment number (and the one it follows); the write
+    /// log's current file moves on to the number after it.
+    fn next_seq_locked(&self, st: &mut State) -> (u64, u64) {
         let seq = st.next_seq;
         let prev_seq = std::mem::replace(&mut st.prev_seq, seq);
         st.next_seq += 1;
@@ -57,20 +96,27 @@ impl Inner {
                 st.wlog = None;
             }
         }
-        let enc = segment::encode(
-            self.volume_id,
-            seq,
-            prev_seq,
-            st.client_bytes_total,
-            &buffer,
-            self.block_size,
-        );
+        (seq, prev_seq)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue_locked(
+        self: &Arc<Self>,
+        st: &mut State,
+        seq: u64,
+        prev_seq: u64,
+        bytes: Bytes,
+        frozen: WriteBuffer,
+        changes: Vec<MapChange>,
+        copies: Vec<PieceRef>,
+    ) {
         let sealed = Arc::new(Sealed {
             seq,
             prev_seq,
-            frozen: WriteBuffer::from_segment(&enc.changes, &enc.bytes, self.block_size),
-            bytes: enc.bytes,
-            changes: enc.changes,
+            frozen,
+            bytes,
+            changes,
+            copies,
             client_bytes_total: st.client_bytes_total,
             durable: AtomicBool::new(false),
             alive_bytes: self.counters.segment_bytes_alive.clone(),
@@ -138,7 +184,8 @@ impl Inner {
         let cache = self.cache.clone();
         let (s2, bs) = (seg.clone(), self.block_size as usize);
         let _ = tokio::task::spawn_blocking(move || {
-            for p in s2.changes.iter().filter_map(|c| c.piece) {
+            let written = s2.changes.iter().filter_map(|c| c.piece);
+            for p in written.chain(s2.copies.iter().copied()) {
                 let end = p.piece_off as usize + p.piece_blocks as usize * bs;
                 cache.insert(
                     s2.seq,

@@ -1,0 +1,244 @@
+//! Garbage collection and compaction (docs/design/0005-gc-and-compaction.md).
+//!
+//! A segment may be deleted only when no map references any byte of it:
+//! not the live map, not any checkpoint (their rows are in the database),
+//! not any fork (a fork pins the checkpoint it came from, so its rows are a
+//! subset of that checkpoint's). Compaction copies the referenced pieces of
+//! mostly-dead segments into a new segment, then points the rows at the
+//! copies; the old segments are then unreferenced like any other.
+//!
+//! The order is what makes a crash at any step lose nothing:
+//! 1. the copy segment goes through the upload pipeline like a write and is
+//!    applied as a no-op (a crash before step 2 leaves it unreferenced:
+//!    garbage for the next run);
+//! 2. the rows move to the copies in one transaction;
+//! 3. unreferenced segments leave the `segments` table;
+//! 4. the metadata is shipped to the replica and the replica position is
+//!    marked as required (an attach from an older replica plus segments
+//!    would reference what step 5 deletes, so it is refused instead);
+//! 5. only then are the objects deleted; an object whose deletion was
+//!    interrupted is an orphan (in the store, below the applied segment, not
+//!    in the table) that the next run deletes.
+//!
+//! GC never races the writer: writes only drop references, the copies keep
+//! the bytes and checksum of the pieces they replace, and everything that
+//! can add references to old segments (restore) holds the apply lock, as
+//! steps 2–3 do. The newest applied segment is never deleted (roll-forward
+//! starts from it).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use serde::Serialize;
+use spritedisk_meta::{PieceMove, PieceRef};
+
+use crate::engine::Volume;
+use crate::retry::retry_read;
+use crate::segment::{parse_segment_key, segment_key};
+use crate::VolumeError;
+
+/// What `gc` may do.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Report only: delete and copy nothing.
+    pub dry_run: bool,
+    /// Compact a segment when less than this share of it (percent) is
+    /// referenced; 0 turns compaction off.
+    pub compact_below_percent: u64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            compact_below_percent: 50,
+        }
+    }
+}
+
+/// What a run did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Segments whose referenced pieces were copied.
+    pub segments_compacted: u64,
+    /// Bytes of pieces copied (PUT again).
+    pub bytes_copied: u64,
+    /// Segment objects deleted (no map referenced them).
+    pub segments_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Objects left over by an interrupted earlier run, deleted.
+    pub orphans_deleted: u64,
+    /// Segments kept, and their bytes, after the run.
+    pub segments_kept: u64,
+    pub bytes_kept: u64,
+}
+
+/// Copy segments are cut at this many bytes of pieces.
+const COPY_SEGMENT_BYTES_MAX: u64 = 32 << 20;
+
+impl Volume {
+    /// Deletes the segments no map references, after compacting those that
+    /// are mostly unreferenced. Durable (metadata shipped) before it deletes
+    /// anything; safe to interrupt at any point and run again.
+    pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport, VolumeError> {
+        self.require_replica()?;
+        self.flush().await?;
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
+        if opts.compact_below_percent > 0 {
+            self.compact(opts, &mut report).await?;
+        }
+        self.delete_unreferenced(opts.dry_run, &mut report).await?;
+        let kept = self.inner.meta.lock().unwrap().segments()?;
+        report.segments_kept = kept.len() as u64;
+        report.bytes_kept = kept.iter().map(|s| s.size_bytes).sum();
+        tracing::info!(?report, "gc done");
+        Ok(report)
+    }
+
+    /// Segments that GC may touch: applied, not the newest applied (roll-forward
+    /// starts from it), and this volume's own (not a fork parent's).
+    fn gc_range(&self) -> Result<(u64, u64), VolumeError> {
+        let applied = self.inner.state.lock().unwrap().applied_seq;
+        let first_own = self.inner.meta.lock().unwrap().foreign_seq_max()? + 1;
+        Ok((first_own, applied))
+    }
+
+    async fn compact(&self, opts: &GcOptions, report: &mut GcReport) -> Result<(), VolumeError> {
+        let (first, applied) = self.gc_range()?;
+        let victims: Vec<u64> = self
+            .inner
+            .meta
+            .lock()
+            .unwrap()
+            .segment_use()?
+            .into_iter()
+            .filter(|u| u.seq >= first && u.seq < applied && u.referenced_bytes > 0)
+            .filter(|u| u.referenced_bytes * 100 < u.size_bytes * opts.compact_below_percent)
+            .map(|u| u.seq)
+            .collect();
+        let mut batch: Vec<(u64, PieceRef, Bytes)> = vec![];
+        let mut batch_bytes = 0;
+        for seg in victims {
+            let pieces = self.inner.meta.lock().unwrap().referenced_pieces(seg)?;
+            report.segments_compacted += 1;
+            for p in pieces {
+                let len = p.piece_blocks as u64 * self.inner.block_size;
+                report.bytes_copied += len;
+                if opts.dry_run {
+                    continue;
+                }
+                let data = match self.inner.cache.get(seg, p.piece_off, len, p.crc) {
+                    Some(d) => d,
+                    None => self.inner.fetch_piece(seg, p, false).await?,
+                };
+                batch.push((seg, p, data));
+                batch_bytes += len;
+                if batch_bytes >= COPY_SEGMENT_BYTES_MAX {
+                    self.commit_copies(std::mem::take(&mut batch)).await?;
+                    batch_bytes = 0;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.commit_copies(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one copy segment and, once it is applied, moves the rows to it.
+    async fn commit_copies(&self, batch: Vec<(u64, PieceRef, Bytes)>) -> Result<(), VolumeError> {
+        let pieces: Vec<(u64, Bytes)> = batch.iter().map(|(s, _, d)| (*s, d.clone())).collect();
+        let (seq, refs) = self.inner.seal_copies(&pieces);
+        self.inner.wait_applied(seq).await?;
+        let moves: Vec<PieceMove> = batch
+            .iter()
+            .zip(&refs)
+            .map(|((seg, p, _), new)| {
+                debug_assert_eq!((p.crc, p.piece_blocks), (new.crc, new.piece_blocks));
+                PieceMove {
+                    seg: *seg,
+                    piece: *p,
+                    new_off: new.piece_off,
+                }
+            })
+            .collect();
+        let _applier = self.inner.apply_lock.lock().await;
+        let inner = self.inner.clone();
+        let rows =
+            tokio::task::spawn_blocking(move || inner.meta.lock().unwrap().relocate(seq, &moves))
+                .await
+                .map_err(|e| VolumeError::Stopped(format!("relocate task: {e}")))??;
+        tracing::info!(
+            seq,
+            pieces = refs.len(),
+            rows,
+            "compaction: rows moved to the copies"
+        );
+        Ok(())
+    }
+
+    async fn delete_unreferenced(
+        &self,
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<(), VolumeError> {
+        let (first, applied) = self.gc_range()?;
+        let doomed: Vec<(u64, u64)> = {
+            // Held while choosing and forgetting: a restore (which brings
+            // references back) cannot run in between.
+            let _applier = self.inner.apply_lock.lock().await;
+            let mut meta = self.inner.meta.lock().unwrap();
+            let doomed: Vec<(u64, u64)> = meta
+                .segment_use()?
+                .into_iter()
+                .filter(|u| u.seq >= first && u.seq < applied && u.referenced_bytes == 0)
+                .map(|u| (u.seq, u.size_bytes))
+                .collect();
+            if !dry_run {
+                let seqs: Vec<u64> = doomed.iter().map(|d| d.0).collect();
+                meta.forget_segments(&seqs)?;
+            }
+            doomed
+        };
+        report.segments_deleted = doomed.len() as u64;
+        report.bytes_deleted = doomed.iter().map(|d| d.1).sum();
+        let known: BTreeSet<u64> = self
+            .inner
+            .meta
+            .lock()
+            .unwrap()
+            .segments()?
+            .into_iter()
+            .map(|s| s.seq)
+            .collect();
+        let listed = retry_read("segments/", || self.inner.store.list("segments/")).await?;
+        let orphans: Vec<String> = listed
+            .iter()
+            .filter_map(|m| parse_segment_key(&m.key))
+            .filter(|&s| s >= first && s < applied && !known.contains(&s))
+            .filter(|s| !doomed.iter().any(|d| d.0 == *s))
+            .map(segment_key)
+            .collect();
+        report.orphans_deleted = orphans.len() as u64;
+        if dry_run || (doomed.is_empty() && orphans.is_empty()) {
+            return Ok(());
+        }
+        // Durable first, and required of every later attach.
+        self.inner.ship_meta().await?;
+        self.inner.check_lease().await?;
+        let txid = self.inner.replica_txid.load(Ordering::Relaxed);
+        crate::replicate::mark_restore(&self.inner.store, txid).await?;
+        for key in doomed.iter().map(|d| segment_key(d.0)).chain(orphans) {
+            match self.inner.store.delete(&key).await {
+                Ok(()) | Err(spritedisk_store::StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
