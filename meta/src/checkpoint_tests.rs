@@ -63,7 +63,7 @@ fn unique_blocks(name: &str, live: &Model, ckpts: &BTreeMap<String, Model>) -> u
         .filter(|&b| mine[b].is_some())
         .filter(|&b| {
             let x = mine[b];
-            let elsewhere = |m: &Model| m.iter().any(|y| *y == x);
+            let elsewhere = |m: &Model| m.contains(&x);
             !elsewhere(live) && !ckpts.iter().any(|(n, m)| n != name && elsewhere(m))
         })
         .count() as u64

@@ -228,7 +228,9 @@ pub fn encode_copies(
     let mut data_off = data_offset;
     for (src, d) in pieces {
         let blocks = d.len() as u64 / block_size;
-        assert!(blocks > 0 && blocks <= PIECE_BLOCKS_MAX && d.len() as u64 % block_size == 0);
+        assert!(
+            blocks > 0 && blocks <= PIECE_BLOCKS_MAX && (d.len() as u64).is_multiple_of(block_size)
+        );
         let crc = crc32c::crc32c(d);
         out.put_u64_le(*src);
         out.put_u32_le(blocks as u32);
