@@ -46,6 +46,9 @@ pub struct FaultStore {
     /// GETs by the first component of their key (`segments`, `meta`, ...).
     gets_by_dir: Mutex<std::collections::HashMap<String, u64>>,
     puts: AtomicU64,
+    /// Changes (puts, deletes) left before a crash; u64::MAX: none planned.
+    changes_left: AtomicU64,
+    changes: AtomicU64,
 }
 
 impl FaultStore {
@@ -60,6 +63,8 @@ impl FaultStore {
             gets: AtomicU64::new(0),
             gets_by_dir: Default::default(),
             puts: AtomicU64::new(0),
+            changes_left: AtomicU64::new(u64::MAX),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -77,6 +82,28 @@ impl FaultStore {
 
     /// Number of get / get_range calls that reached the inner store.
     /// GETs (whole or ranged) of keys under `dir/` (or of the key `dir`).
+    /// Crashes (losing every change in flight and failing every later
+    /// operation) just before the `n`-th change from now: puts and deletes
+    /// are counted, so a test can stop a multi-step operation at each step.
+    pub fn crash_after_changes(&self, n: u64) {
+        self.changes_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Changes (puts and deletes) that reached the store.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// Counts one change, crashing first if the planned crash is due.
+    fn change(&self) {
+        let left = self.changes_left.load(Ordering::SeqCst);
+        if left == 0 {
+            self.crash(CrashPolicy::LoseAll);
+        } else if left != u64::MAX {
+            self.changes_left.store(left - 1, Ordering::SeqCst);
+        }
+    }
+
     pub fn gets_in(&self, dir: &str) -> u64 {
         self.gets_by_dir
             .lock()
@@ -119,6 +146,7 @@ impl FaultStore {
     /// Returns the bytes to write, or None when the put is lost; `Err` marks a
     /// put that was cut short by a crash (written or not, the caller sees failure).
     async fn land(&self, key: &str, data: Bytes) -> Result<Option<Bytes>, StoreError> {
+        self.change();
         self.gate("put", key)?;
         if !self.config.put_delay_max.is_zero() {
             let nanos = self.config.put_delay_max.as_nanos() as u64;
@@ -167,6 +195,7 @@ impl ObjectStore for FaultStore {
         match self.land(key, data).await? {
             Some(d) => {
                 self.puts.fetch_add(1, Ordering::SeqCst);
+                self.changes.fetch_add(1, Ordering::SeqCst);
                 let r = self.inner.put(key, d).await;
                 if crashed_before || self.crashed_flag.load(Ordering::SeqCst) {
                     return Err(Self::crashed_err(key));
@@ -181,6 +210,7 @@ impl ObjectStore for FaultStore {
         match self.land(key, data).await? {
             Some(d) => {
                 self.puts.fetch_add(1, Ordering::SeqCst);
+                self.changes.fetch_add(1, Ordering::SeqCst);
                 let r = self.inner.put_if_absent(key, d).await;
                 if self.crashed_flag.load(Ordering::SeqCst) {
                     return Err(Self::crashed_err(key));
@@ -195,6 +225,7 @@ impl ObjectStore for FaultStore {
         match self.land(key, data).await? {
             Some(d) => {
                 self.puts.fetch_add(1, Ordering::SeqCst);
+                self.changes.fetch_add(1, Ordering::SeqCst);
                 let r = self.inner.put_if_match(key, d, etag).await;
                 if self.crashed_flag.load(Ordering::SeqCst) {
                     return Err(Self::crashed_err(key));
@@ -211,7 +242,9 @@ impl ObjectStore for FaultStore {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.change();
         self.gate("delete", key)?;
+        self.changes.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(key).await
     }
 

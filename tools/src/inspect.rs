@@ -115,7 +115,20 @@ pub async fn stats(url: &str, cache_dir: &Path, json: bool) -> Result<i32> {
         s.segments,
         human(s.live_bytes)
     );
-    println!("extents        {}", s.extents);
+    println!(
+        "write amp.     {:.2} ({} of segments put for {} written; compaction's copies included)",
+        s.segment_bytes_put as f64 / s.client_bytes_written.max(1) as f64,
+        human(s.segment_bytes_put),
+        human(s.client_bytes_written)
+    );
+    println!(
+        "gc debt        {} stored that the live map does not use (kept by checkpoints, or garbage `spritedisk gc` collects)",
+        human(s.stored_bytes.saturating_sub(s.live_bytes))
+    );
+    println!(
+        "extents        {} live, {} kept only for checkpoints",
+        s.extents, s.dead_extents
+    );
     if let Some(l) = &live {
         let c = &l.cache;
         let ratio = c.hits as f64 / (c.hits + c.misses).max(1) as f64;

@@ -296,8 +296,23 @@ impl Inner {
     /// Ships every metadata change committed so far as a level-0 file and
     /// returns once it is durable: what a command (checkpoint, restore, GC)
     /// waits for, so it costs O(changes), never a snapshot of the database.
+    /// Gives up after the flush timeout, like a FLUSH (the file stays
+    /// pending and the background loop keeps trying).
     pub(crate) async fn ship_meta(self: &Arc<Self>) -> Result<(), VolumeError> {
-        self.ship(false).await
+        let limit = self.opts.flush_timeout;
+        match tokio::time::timeout(limit, self.ship(false)).await {
+            Ok(r) => r,
+            Err(_) => Err(VolumeError::FlushTimeout {
+                timeout_ms: limit.as_millis() as u64,
+                last_error: self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .last_store_error
+                    .clone()
+                    .unwrap_or_else(|| "shipping the metadata replica".into()),
+            }),
+        }
     }
 
     /// `ship_meta`, or a snapshot when `Replica::snapshot_due` says the
@@ -355,6 +370,7 @@ impl Inner {
                 return Err(VolumeError::Stopped(why.clone()));
             }
             tracing::warn!(key, error = %err, "replica upload failed; retrying");
+            self.state.lock().unwrap().last_store_error = Some(format!("put {key}: {err}"));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(self.opts.retry_backoff_max);
         }

@@ -59,6 +59,11 @@ pub struct VolumeStats {
     pub segments: u64,
     pub extents: u64,
     pub applied_seq: u64,
+    /// Bytes of every segment ever PUT, compaction's copies included: over
+    /// client_bytes_written, the write amplification.
+    pub segment_bytes_put: u64,
+    /// Map rows kept only for checkpoints.
+    pub dead_extents: u64,
     /// Data in memory not yet durable (write buffer + segments uploading).
     pub dirty_bytes: u64,
     /// Segments sealed but not yet durable and applied.
@@ -103,6 +108,8 @@ impl Inner {
             segments: m.segments,
             extents: m.extents,
             applied_seq: m.applied_seq,
+            segment_bytes_put: m.segment_bytes_put,
+            dead_extents: m.dead_extents,
             dirty_bytes: dirty,
             upload_backlog_segments: backlog,
             segment_memory_bytes: c.segment_bytes_alive.load(Ordering::Relaxed),
@@ -134,6 +141,8 @@ impl VolumeStats {
             segments: m.segments,
             extents: m.extents,
             applied_seq: m.applied_seq,
+            segment_bytes_put: m.segment_bytes_put,
+            dead_extents: m.dead_extents,
             ..Default::default()
         })
     }
