@@ -19,7 +19,7 @@ test: test-deps
 
 # Named test targets over the whole workspace: the same build as `make test`
 # (selecting packages would rebuild dependencies with other features).
-S3_TESTS = engine cache lease model checkpoint nbd_clients replica single_writer s3
+S3_TESTS = engine cache lease model checkpoint fork gc nbd_clients replica single_writer s3
 test-s3: test-deps
 	$(CARGO) build --bins
 	SPRITEDISK_TEST_STORE=s3 $(CARGO) test --workspace $(addprefix --test ,$(S3_TESTS))

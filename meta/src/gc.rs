@@ -117,6 +117,75 @@ impl MetaDb {
         Ok(n as u64)
     }
 
+    /// A fork's ancestry: (seq_max, url), oldest ancestor first.
+    pub fn origins(&self) -> Result<Vec<(u64, String)>, MetaError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT seq_max, url FROM origins ORDER BY seq_max")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Makes this empty database a fork's: segments up to `seq_max` are the
+    /// parents' (`origins`, ending with the parent itself), the map is
+    /// `extents` (a parent checkpoint's), and the roll-forward of the fork's
+    /// own segments starts after `seq_max`.
+    pub fn init_fork(
+        &mut self,
+        origins: &[(u64, String)],
+        segments: &[crate::SegmentRow],
+        extents: &[crate::Extent],
+        seq_max: u64,
+    ) -> Result<(), MetaError> {
+        let bs = self.block_size as i64;
+        let tx = self.conn.transaction()?;
+        let empty: bool = tx.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM extents) AND NOT EXISTS (SELECT 1 FROM segments)",
+            [],
+            |r| r.get(0),
+        )?;
+        if !empty {
+            return Err(MetaError::Mismatch(
+                "a fork starts from an empty database".into(),
+            ));
+        }
+        for (max, url) in origins {
+            tx.execute(
+                "INSERT INTO origins (seq_max, url) VALUES (?1, ?2)",
+                params![*max as i64, url],
+            )?;
+        }
+        for s in segments {
+            tx.execute(
+                "INSERT INTO segments (seq, size_bytes, live_bytes) VALUES (?1, ?2, 0)",
+                params![s.seq as i64, s.size_bytes as i64],
+            )?;
+        }
+        for e in extents {
+            tx.prepare_cached(
+                "INSERT INTO extents (lba, blocks, seg, piece_off, piece_blocks, skip_blocks, crc, born)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)",
+            )?
+            .execute(params![
+                e.lba as i64,
+                e.blocks as i64,
+                e.seg as i64,
+                e.piece.piece_off as i64,
+                e.piece.piece_blocks,
+                e.skip_blocks as i64,
+                e.piece.crc as i64
+            ])?;
+        }
+        tx.execute(
+            "UPDATE segments SET live_bytes = ?1 * coalesce(
+                 (SELECT sum(blocks) FROM extents WHERE seg = segments.seq), 0)",
+            [bs],
+        )?;
+        tx.execute("UPDATE volume SET applied_seq = ?1", [seq_max as i64])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Drops segments from the database before GC deletes their objects.
     /// Refuses (and changes nothing) if any row still references one.
     pub fn forget_segments(&mut self, seqs: &[u64]) -> Result<(), MetaError> {

@@ -89,3 +89,68 @@ fn write_a_checkpoint_write_b_restore_reads_a() {
         stderr(&o)
     );
 }
+
+#[test]
+fn fork_and_gc_through_the_cli() {
+    require("qemu-io", "qemu-utils");
+    let env = Env::new();
+    let url = env.create("parent", "1G");
+    let pcache = env.path("pcache");
+    let pc = pcache.to_str().unwrap();
+    let parent = Daemon::attach(&url, &env.sock(), &pcache, &[]);
+    qemu_io(&parent, &["write -P 0xaa 0 1M", "write -P 0xa1 100M 64k"]);
+    ok(&["checkpoint", &url, "base", "--cache-dir", pc]);
+    qemu_io(&parent, &["write -P 0xbb 0 1M", "flush"]);
+
+    // A fork of the checkpoint, from its own daemon: the checkpoint's
+    // content, then its own writes; the parent is unaffected.
+    let child_url = env.url("child");
+    let ccache = env.path("ccache");
+    let out = ok(&[
+        "fork",
+        &format!("{url}@base"),
+        &child_url,
+        "--cache-dir",
+        ccache.to_str().unwrap(),
+    ]);
+    assert!(out.contains("no data copied"), "{out}");
+    let child = Daemon::attach(&child_url, &env.path("child.sock"), &ccache, &[]);
+    qemu_io(&child, &["read -P 0xaa 0 1M", "read -P 0xa1 100M 64k"]);
+    qemu_io(&child, &["write -P 0xcc 0 512k", "flush"]);
+    qemu_io(&child, &["read -P 0xcc 0 512k", "read -P 0xaa 512k 512k"]);
+    qemu_io(&parent, &["read -P 0xbb 0 1M"]);
+
+    // The parent keeps the fork's base, and its gc keeps what the fork reads.
+    let o = spritedisk(&["delete-checkpoint", &url, "base", "--cache-dir", pc]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("base of the fork"),
+        "{}",
+        stderr(&o)
+    );
+    let out = ok(&["gc", &url, "--dry-run", "--cache-dir", pc]);
+    assert!(out.contains(" would: "), "{out}");
+    let out = ok(&["gc", &url, "--cache-dir", pc]);
+    assert!(out.contains(" did: "), "{out}");
+    qemu_io(&child, &["read -P 0xcc 0 512k", "read -P 0xaa 512k 512k"]);
+    assert_eq!(child.detach(), 0);
+    assert_eq!(parent.detach(), 0);
+
+    // The fork on a machine with no local state.
+    let elsewhere = env.path("child-elsewhere");
+    let child = Daemon::attach(&child_url, &env.path("child.sock"), &elsewhere, &[]);
+    qemu_io(
+        &child,
+        &[
+            "read -P 0xcc 0 512k",
+            "read -P 0xaa 512k 512k",
+            "read -P 0xa1 100M 64k",
+        ],
+    );
+    assert_eq!(child.detach(), 0);
+    let o = spritedisk(&["fork", &url, &env.url("other")]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("URL@CHECKPOINT"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,6 +1,7 @@
-//! `checkpoint`, `checkpoints`, `restore`, `delete-checkpoint`: through the
-//! daemon's control socket when the volume is attached here, else on the
+//! `checkpoint`, `checkpoints`, `restore`, `delete-checkpoint`, `gc`: through
+//! the daemon's control socket when the volume is attached here, else on the
 //! volume directly (taking its lease for the moment, like a short attach).
+//! `fork` reads the parent's replica and needs no daemon.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,6 +20,10 @@ pub enum Op<'a> {
     Restore(&'a str),
     Delete(&'a str),
     List,
+    Gc {
+        dry_run: bool,
+        compact_below_percent: u64,
+    },
 }
 
 impl Op<'_> {
@@ -28,6 +33,12 @@ impl Op<'_> {
             Op::Restore(name) => json!({ "op": "restore", "name": name }),
             Op::Delete(name) => json!({ "op": "delete-checkpoint", "name": name }),
             Op::List => json!({ "op": "checkpoints" }),
+            Op::Gc {
+                dry_run,
+                compact_below_percent,
+            } => {
+                json!({ "op": "gc", "dry_run": dry_run, "compact_below_percent": compact_below_percent })
+            }
         }
     }
 }
@@ -39,6 +50,7 @@ impl Op<'_> {
             Op::Restore(_) => "restore",
             Op::Delete(_) => "delete-checkpoint",
             Op::List => "checkpoints",
+            Op::Gc { .. } => "gc",
         }
     }
 }
@@ -70,6 +82,21 @@ async fn run_in(url: &str, cache_dir: &Path, op: Op<'_>, json_out: bool) -> Resu
             println!("restored {url} to checkpoint {} in {ms} ms", c.name);
         }
         Op::Delete(name) => println!("deleted checkpoint {name} of {url}"),
+        Op::Gc { .. } if json_out => println!("{}", serde_json::to_string_pretty(&reply)?),
+        Op::Gc { dry_run, .. } => {
+            let r: spritedisk_volume::GcReport = serde_json::from_value(reply)?;
+            let verb = if dry_run { "would" } else { "did" };
+            println!(
+                "gc of {url} {verb}: compact {} segments ({} copied), delete {} segments ({}) and {} orphans; {} segments ({}) kept; {ms} ms",
+                r.segments_compacted,
+                human(r.bytes_copied),
+                r.segments_deleted,
+                human(r.bytes_deleted),
+                r.orphans_deleted,
+                r.segments_kept,
+                human(r.bytes_kept)
+            );
+        }
         Op::List if json_out => println!("{}", serde_json::to_string_pretty(&reply)?),
         Op::List => {
             let rows: Vec<CheckpointRow> = reply
@@ -123,9 +150,44 @@ async fn offline(url: &str, cache_dir: &Path, op: &Op<'_>) -> Result<serde_json:
         Op::List => volume
             .checkpoints()
             .map(|cs| serde_json::Value::Array(cs.iter().map(control::row_json).collect())),
+        Op::Gc {
+            dry_run,
+            compact_below_percent,
+        } => volume
+            .gc(&spritedisk_volume::GcOptions {
+                dry_run: *dry_run,
+                compact_below_percent: *compact_below_percent,
+            })
+            .await
+            .map(|r| serde_json::to_value(r).expect("serializes")),
     };
     let closed = volume.close().await;
     let v = res?;
     closed?;
     Ok(v)
+}
+
+/// `spritedisk fork URL@NAME NEWURL`: a new volume whose content is
+/// checkpoint NAME of URL, sharing its segments.
+pub async fn fork(source: &str, new_url: &str, cache_dir: Option<PathBuf>) -> Result<i32> {
+    let (url, name) = source.rsplit_once('@').with_context(|| {
+        format!("fork: {source:?} names no checkpoint: write it as URL@CHECKPOINT")
+    })?;
+    let dir = cache_dir.unwrap_or_else(|| crate::cli::default_cache_dir(new_url));
+    let t0 = Instant::now();
+    let parent = AttachArgs::defaults(url).open_store().context("fork")?;
+    let args = AttachArgs::defaults(new_url);
+    let child = args.open_store().context("fork")?;
+    let mut opts = args.engine_options()?;
+    opts.cache_bytes = 0;
+    let r = spritedisk_volume::fork::fork_volume(&parent, url, name, child, new_url, &dir, opts)
+        .await
+        .context("fork")?;
+    println!(
+        "forked {url}@{name} as {new_url}: {} extents over {} shared segments, no data copied; durable in {} ms",
+        r.extents,
+        r.shared_segments,
+        t0.elapsed().as_millis()
+    );
+    Ok(0)
 }

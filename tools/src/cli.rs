@@ -84,6 +84,32 @@ pub enum Cmd {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
+    /// Create NEWURL as a fork of checkpoint NAME of URL: it shares URL's
+    /// segments (nothing is copied) and then diverges; URL keeps NAME while
+    /// the fork exists.
+    Fork {
+        /// The parent and its checkpoint, as URL@NAME.
+        source: String,
+        new_url: String,
+        /// The fork's cache directory (default: derived from NEWURL).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Delete segments no map references (live, checkpoints, forks), after
+    /// compacting mostly-unreferenced ones; durable before it deletes.
+    Gc {
+        url: String,
+        /// Report what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Compact segments less than this percent referenced (0: never).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=100))]
+        compact_below: u64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Measure the raw object store (parallel PUT/GET of SIZE objects, small
     /// PUT latency) under URL/store-bench/, deleting what it wrote; JSON out.
     StoreBench {
@@ -294,6 +320,24 @@ pub async fn run(cli: Cli) -> Result<i32> {
             name,
             cache_dir,
         } => checkpoints::run(&url, cache_dir, Op::Delete(&name), false).await,
+        Cmd::Fork {
+            source,
+            new_url,
+            cache_dir,
+        } => checkpoints::fork(&source, &new_url, cache_dir).await,
+        Cmd::Gc {
+            url,
+            dry_run,
+            compact_below,
+            json,
+            cache_dir,
+        } => {
+            let op = Op::Gc {
+                dry_run,
+                compact_below_percent: compact_below,
+            };
+            checkpoints::run(&url, cache_dir, op, json).await
+        }
         Cmd::StoreBench {
             url,
             size,

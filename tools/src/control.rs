@@ -1,5 +1,5 @@
 //! The control socket of an attached volume (`CACHE_DIR/control.sock`):
-//! `checkpoint`, `checkpoints`, `restore` and `delete-checkpoint` reach the
+//! `checkpoint`, `checkpoints`, `restore`, `delete-checkpoint` and `gc` reach the
 //! daemon that holds the volume through it. One JSON request per line, one
 //! JSON reply per line: `{"ok": ...}` or `{"error": "..."}`.
 
@@ -83,6 +83,13 @@ async fn answer(volume: Volume, conn: UnixStream) -> Result<()> {
         (Some("delete-checkpoint"), Some(name)) => {
             volume.delete_checkpoint(name).await.map(|_| json!(null))
         }
+        (Some("gc"), _) => volume
+            .gc(&spritedisk_volume::GcOptions {
+                dry_run: req["dry_run"].as_bool().unwrap_or(true),
+                compact_below_percent: req["compact_below_percent"].as_u64().unwrap_or(0),
+            })
+            .await
+            .map(|r| serde_json::to_value(r).expect("serializes")),
         (Some("checkpoints"), _) => volume
             .checkpoints()
             .map(|cs| Value::Array(cs.iter().map(row_json).collect())),

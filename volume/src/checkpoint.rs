@@ -98,7 +98,18 @@ impl Volume {
         Ok(self.inner.meta.lock().unwrap().checkpoints()?)
     }
 
+    /// Deletes checkpoint `name`, unless a fork was made from it.
     pub async fn delete_checkpoint(&self, name: &str) -> Result<(), VolumeError> {
+        if let Some(pin) = crate::fork::fork_pins(&self.inner.store)
+            .await?
+            .into_iter()
+            .find(|p| p.checkpoint == name)
+        {
+            return Err(VolumeError::ForkBase {
+                checkpoint: name.to_string(),
+                fork: pin.child_url,
+            });
+        }
         self.inner.meta.lock().unwrap().delete_checkpoint(name)?;
         self.inner.ship_meta().await
     }

@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     pub(crate) replica_txid: std::sync::atomic::AtomicU64,
     /// Pieces being fetched from the store, so each is fetched once at a time.
     pub(crate) fetches: crate::fetch::Fetches,
+    /// Fork parents' stores, for segments numbered in their range.
+    pub(crate) origins: crate::fork::Origins,
     pub config: VolumeConfig,
     pub volume_id: [u8; 16],
     pub block_size: u64,
@@ -113,6 +115,7 @@ impl Volume {
         // the one writer (docs/design/0003).
         let held = lease::acquire(&store, url, opts.lease_ttl, opts.take_over).await?;
         let (meta, rolled) = recovery::recover(&store, url, &config, cache_dir, &held).await?;
+        let origins = crate::fork::Origins::open(&meta)?;
         let (wlog, replay, first_new_gen) = match cache_dir {
             Some(dir) => {
                 let (log, old, gen) =
@@ -152,6 +155,7 @@ impl Volume {
             counters: Counters::default(),
             readahead: Mutex::new(Default::default()),
             fetches: Default::default(),
+            origins,
             replica: cache_dir.map(|_| {
                 tokio::sync::Mutex::new(crate::replicate::Shipper::new(
                     crate::replicate::layout_for(url),
@@ -489,6 +493,11 @@ impl BlockIo for Volume {
 }
 
 impl Inner {
+    /// The store holding segment `seg` (a fork parent's, or this volume's).
+    pub(crate) fn segment_store(&self, seg: u64) -> &Arc<dyn ObjectStore> {
+        self.origins.store_for(seg, &self.store)
+    }
+
     pub fn stop(&self, why: &str) {
         self.state
             .lock()

@@ -41,6 +41,8 @@ pub enum VolumeError {
         holder: String,
         renewed_secs_ago: u64,
     },
+    #[error("checkpoint {checkpoint:?} is the base of the fork at {fork}: it stays while that volume exists")]
+    ForkBase { checkpoint: String, fork: String },
     #[error("fenced: another writer took this volume over ({0}); this daemon stopped writing")]
     Fenced(String),
 }

@@ -119,7 +119,10 @@ impl Inner {
         let end = last.piece_off + last.piece_blocks as u64 * bs;
         let key = segment_key(seg);
         // Errors are the reader's to see, if it gets there.
-        let Ok(data) = retry_read(&key, || self.store.get_range(&key, start, end - start)).await
+        let Ok(data) = retry_read(&key, || {
+            self.segment_store(seg).get_range(&key, start, end - start)
+        })
+        .await
         else {
             return;
         };
@@ -147,20 +150,23 @@ impl Inner {
     ) -> Result<Bytes, VolumeError> {
         let len = piece.piece_blocks as u64 * self.block_size;
         let key = segment_key(seg);
-        let data = retry_read(&key, || self.store.get_range(&key, piece.piece_off, len))
-            .await
-            .map_err(|err| {
-                tracing::error!(key, error = %err, "read of segment data failed");
-                match err {
-                    StoreError::NotFound(_) | StoreError::OutOfRange { .. } => {
-                        VolumeError::CorruptSegment {
-                            key: key.clone(),
-                            reason: format!("referenced data is missing: {err}"),
-                        }
+        let data = retry_read(&key, || {
+            self.segment_store(seg)
+                .get_range(&key, piece.piece_off, len)
+        })
+        .await
+        .map_err(|err| {
+            tracing::error!(key, error = %err, "read of segment data failed");
+            match err {
+                StoreError::NotFound(_) | StoreError::OutOfRange { .. } => {
+                    VolumeError::CorruptSegment {
+                        key: key.clone(),
+                        reason: format!("referenced data is missing: {err}"),
                     }
-                    other => VolumeError::Store(other),
                 }
-            })?;
+                other => VolumeError::Store(other),
+            }
+        })?;
         self.counters.add_get(len);
         verify_piece(&data, piece.crc, piece.piece_off).map_err(|err| {
             tracing::error!(key, error = %err, "segment data failed its checksum");

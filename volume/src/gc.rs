@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use spritedisk_meta::{PieceMove, PieceRef};
 
 use crate::engine::Volume;
@@ -58,7 +58,7 @@ impl Default for GcOptions {
 }
 
 /// What a run did (or, dry, would do).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcReport {
     pub dry_run: bool,
     /// Segments whose referenced pieces were copied.
@@ -108,8 +108,32 @@ impl Volume {
         Ok((first_own, applied))
     }
 
+    /// What forks of this volume hold (fork.rs): the newest segment any
+    /// fork may read, which compaction leaves alone (a fork reads the
+    /// original pieces), and the newest one a fork whose base checkpoint
+    /// is gone may read, which deletion leaves alone too.
+    async fn fork_holds(&self) -> Result<(u64, u64), VolumeError> {
+        let pins = crate::fork::fork_pins(&self.inner.store).await?;
+        let names: BTreeSet<String> = self.checkpoints()?.into_iter().map(|c| c.name).collect();
+        let mut any = 0;
+        let mut orphaned = 0;
+        for p in pins {
+            any = any.max(p.seq_max);
+            if !names.contains(&p.checkpoint) {
+                tracing::warn!(
+                    fork = p.child_url,
+                    checkpoint = p.checkpoint,
+                    "a fork's base checkpoint is gone: keeping every segment it may read"
+                );
+                orphaned = orphaned.max(p.seq_max);
+            }
+        }
+        Ok((any, orphaned))
+    }
+
     async fn compact(&self, opts: &GcOptions, report: &mut GcReport) -> Result<(), VolumeError> {
         let (first, applied) = self.gc_range()?;
+        let first = first.max(self.fork_holds().await?.0.saturating_add(1));
         let victims: Vec<u64> = self
             .inner
             .meta

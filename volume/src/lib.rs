@@ -12,6 +12,7 @@ mod config;
 mod engine;
 mod error;
 mod fetch;
+pub mod fork;
 mod gc;
 mod io;
 pub mod lease;

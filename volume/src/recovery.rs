@@ -383,7 +383,8 @@ async fn roll_forward(
         .filter_map(|m| parse_segment_key(&m.key).map(|seq| (seq, m.size)))
         .collect();
     let applied = meta.applied_seq()?;
-    if applied > 0 && !listed.contains_key(&applied) {
+    // A fork starts after its parent's segments, which are not in its store.
+    if applied > meta.foreign_seq_max()? && !listed.contains_key(&applied) {
         return Err(VolumeError::ForeignMetadata {
             path: meta_path.to_string(),
             reason: format!("it has applied segment {applied}, which the store does not hold (was the store rolled back?)"),

@@ -38,6 +38,7 @@ pub async fn verify_volume(
     for key in &insp.rolled.debris {
         report.problems.push(format!("{key}: past the first gap in the segment sequence (a crashed writer's debris; the next attach deletes it)"));
     }
+    let origins = crate::fork::Origins::open(&insp.meta)?;
     let total = pieces.len() as u64;
     let mut missing = BTreeSet::new();
     for (i, (seg, off, blocks, crc)) in pieces.into_iter().enumerate() {
@@ -46,7 +47,11 @@ pub async fn verify_volume(
             continue;
         }
         let len = blocks as u64 * bs;
-        match store.get_range(&key, off, len).await {
+        match origins
+            .store_for(seg, store)
+            .get_range(&key, off, len)
+            .await
+        {
             Ok(d) => {
                 if let Err(e) = segment::verify_piece(&d, crc, off) {
                     report.problems.push(format!("{key}: {e}"));

@@ -1,0 +1,191 @@
+//! Forks: a new volume whose map starts as a checkpoint of another volume,
+//! sharing that volume's segments (no data is copied).
+//!
+//! The child records its ancestry in its metadata (`origins`: segments
+//! numbered up to the parent's tail live in the parent's store, read-only
+//! to the child) and numbers its own segments after it. The parent learns
+//! of the child through a pin, `forks/<child id>.json` in the parent's
+//! store, written before the child reads the checkpoint: the parent then
+//! refuses to delete that checkpoint (its rows keep every byte the child
+//! references) and does not compact segments the child may read, as Ceph
+//! RBD protects a snapshot that has clones. A pin whose checkpoint is gone
+//! (the delete raced the fork) makes the parent's GC keep every segment the
+//! child could reference.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use spritedisk_meta::{MetaDb, VolumeRecord};
+use spritedisk_store::{ObjectStore, StoreError};
+
+use crate::config::EngineOptions;
+use crate::engine::Volume;
+use crate::lease::now_unix;
+use crate::recovery::{create_volume, inspect_volume, META_FILE};
+use crate::retry::retry_read;
+use crate::VolumeError;
+
+pub const FORKS_PREFIX: &str = "forks/";
+
+/// The parent's record of one fork.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForkPin {
+    pub child_url: String,
+    pub child_id: String,
+    pub checkpoint: String,
+    /// The child may reference any of the parent's segments up to this.
+    pub seq_max: u64,
+    pub created_unix: i64,
+}
+
+/// What `fork` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForkReport {
+    pub child_url: String,
+    pub child_id: String,
+    pub checkpoint: String,
+    pub extents: u64,
+    pub shared_segments: u64,
+}
+
+/// Every fork pin in a parent's store.
+pub async fn fork_pins(store: &Arc<dyn ObjectStore>) -> Result<Vec<ForkPin>, VolumeError> {
+    let mut pins = vec![];
+    for m in retry_read(FORKS_PREFIX, || store.list(FORKS_PREFIX)).await? {
+        let raw = match retry_read(&m.key, || store.get(&m.key)).await {
+            Ok(raw) => raw,
+            Err(StoreError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let pin: ForkPin = serde_json::from_slice(&raw).map_err(|e| {
+            VolumeError::BadConfig(format!("fork record {} is unreadable: {e}", m.key))
+        })?;
+        pins.push(pin);
+    }
+    Ok(pins)
+}
+
+/// Creates the volume `child_url` as a fork of checkpoint `checkpoint` of
+/// `parent_url`. Durable in the child's store when it returns: the child's
+/// metadata is shipped (and required of every attach) before the child is
+/// closed. `cache_dir` becomes the child's local state.
+pub async fn fork_volume(
+    parent: &Arc<dyn ObjectStore>,
+    parent_url: &str,
+    checkpoint: &str,
+    child: Arc<dyn ObjectStore>,
+    child_url: &str,
+    cache_dir: &Path,
+    opts: EngineOptions,
+) -> Result<ForkReport, VolumeError> {
+    let parent_config = crate::recovery::load_config(parent, parent_url).await?;
+    let config = create_volume(&child, child_url, parent_config.size_bytes).await?;
+    // Pinned before the checkpoint is read: from now on the parent keeps it.
+    let pin_key = format!("{FORKS_PREFIX}{}.json", config.id);
+    let mut pin = ForkPin {
+        child_url: child_url.to_string(),
+        child_id: config.id.clone(),
+        checkpoint: checkpoint.to_string(),
+        seq_max: u64::MAX,
+        created_unix: now_unix(),
+    };
+    let body = |p: &ForkPin| Bytes::from(serde_json::to_vec_pretty(p).expect("serializes"));
+    parent.put_if_absent(&pin_key, body(&pin)).await?;
+    let res = async {
+        let insp = inspect_volume(parent, parent_url, None).await?;
+        let extents = insp.meta.checkpoint_extents(checkpoint)?;
+        let seq_max = insp.rolled.tail.max(insp.meta.applied_seq()?);
+        pin.seq_max = seq_max;
+        parent.put(&pin_key, body(&pin)).await?;
+        let used: std::collections::BTreeSet<u64> = extents.iter().map(|e| e.seg).collect();
+        let segments: Vec<_> = insp
+            .meta
+            .segments()?
+            .into_iter()
+            .filter(|s| used.contains(&s.seq))
+            .collect();
+        let mut origins = insp.meta.origins()?;
+        origins.push((seq_max, parent_url.to_string()));
+        std::fs::create_dir_all(cache_dir).map_err(|e| {
+            VolumeError::BadConfig(format!("cannot create {}: {e}", cache_dir.display()))
+        })?;
+        let path = cache_dir.join(META_FILE);
+        if path.exists() {
+            return Err(VolumeError::BadConfig(format!(
+                "{} exists: the fork's cache directory must be new",
+                path.display()
+            )));
+        }
+        let mut meta = MetaDb::open(&path)?;
+        meta.init_volume(&VolumeRecord {
+            id: config.id.clone(),
+            size_bytes: config.size_bytes,
+            block_size: config.block_size,
+            created_unix: config.created_unix,
+        })?;
+        meta.init_fork(&origins, &segments, &extents, seq_max)?;
+        drop(meta);
+        // Attaching ships the whole map as the child's first snapshot.
+        let vol = Volume::open(child.clone(), child_url, Some(cache_dir), opts).await?;
+        let shipped = async {
+            vol.inner.ship_meta().await?;
+            let txid = vol
+                .inner
+                .replica_txid
+                .load(std::sync::atomic::Ordering::Relaxed);
+            // Its map cannot be rebuilt from its own segments.
+            crate::replicate::mark_restore(&child, txid).await
+        }
+        .await;
+        let closed = vol.close().await;
+        shipped?;
+        closed?;
+        Ok(ForkReport {
+            child_url: child_url.to_string(),
+            child_id: config.id.clone(),
+            checkpoint: checkpoint.to_string(),
+            extents: extents.len() as u64,
+            shared_segments: segments.len() as u64,
+        })
+    }
+    .await;
+    if res.is_err() {
+        // Nothing references the parent yet: let its checkpoint go again.
+        let _ = parent.delete(&pin_key).await;
+    }
+    res
+}
+
+/// The stores a volume's segments live in: its own, and its fork parents'.
+#[derive(Clone, Default)]
+pub(crate) struct Origins(Vec<(u64, Arc<dyn ObjectStore>)>);
+
+impl Origins {
+    pub fn open(meta: &MetaDb) -> Result<Origins, VolumeError> {
+        let mut v = vec![];
+        for (max, url) in meta.origins()? {
+            let store = spritedisk_store::open_url(&url).map_err(|e| {
+                VolumeError::BadConfig(format!(
+                    "this volume is a fork of {url}, which cannot be opened: {e}"
+                ))
+            })?;
+            v.push((max, store));
+        }
+        Ok(Origins(v))
+    }
+
+    /// The store holding segment `seg`: a parent's, or `own`.
+    pub fn store_for<'a>(
+        &'a self,
+        seg: u64,
+        own: &'a Arc<dyn ObjectStore>,
+    ) -> &'a Arc<dyn ObjectStore> {
+        self.0
+            .iter()
+            .find(|(max, _)| seg <= *max)
+            .map(|(_, s)| s)
+            .unwrap_or(own)
+    }
+}
