@@ -86,6 +86,8 @@ python3 bench/report.py "$OUT" "$RSS_KB" "$HWM_KB" "$WRITE_TOTAL"
 bench/replica.sh "$OUT"
 # Checkpoint and restore latency by map size.
 bench/checkpoint.sh "$OUT"
+# Write amplification and space with GC running.
+bench/gc.sh "$OUT"
 # s3://: raw store vs spritedisk on moto and s3s-fs.
 bench/s3.sh "$OUT"
 echo "results in $OUT" >&2

@@ -1,11 +1,12 @@
 //! What GC asks of the map: which segments any map (the live one or a
-//! checkpoint's) still references and how much of each, relocation of the
-//! pieces compaction copied, and forgetting segments no row references.
+//! checkpoint's) still references and how much of each, moving the rows
+//! whose blocks compaction copied, and forgetting segments no row
+//! references.
 //! The engine (volume/src/gc.rs) does the store side and the ordering.
 
 use rusqlite::params;
 
-use crate::map::PieceRef;
+use crate::map::{Extent, PieceRef, EXTENT_COLS};
 use crate::{MetaDb, MetaError};
 
 /// One segment as GC sees it.
@@ -13,34 +14,39 @@ use crate::{MetaDb, MetaError};
 pub struct SegmentUse {
     pub seq: u64,
     pub size_bytes: u64,
-    /// Bytes of the distinct pieces that any row, live or a checkpoint's,
-    /// points into (a piece is kept whole: it is checksummed whole).
+    /// Bytes of it that rows, live or a checkpoint's, map (a block two rows
+    /// map counts twice: it is copied twice by compaction).
     pub referenced_bytes: u64,
 }
 
-/// A piece compaction copied: rows pointing at (`seg`, `piece.piece_off`)
-/// now point at `new_off` of the copy's segment.
+/// A map row that points into a segment: live (keyed by LBA) or a
+/// checkpoint's dead row (keyed by id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PieceMove {
-    pub seg: u64,
-    pub piece: PieceRef,
-    pub new_off: u64,
+pub struct RowRef {
+    pub dead: bool,
+    pub key: i64,
+    pub extent: Extent,
 }
 
-/// Rows of both tables, as one relation.
-const ALL_ROWS: &str = "SELECT seg, piece_off, piece_blocks, crc FROM extents
-     UNION ALL SELECT seg, piece_off, piece_blocks, crc FROM dead_extents";
+/// Compaction copied exactly the blocks `row` maps into a new piece: the
+/// row now points at `new_piece` of the copy's segment (from its start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowMove {
+    pub row: RowRef,
+    pub new_piece: PieceRef,
+}
 
 impl MetaDb {
     /// Every segment with the bytes any map still references in it, by seq.
     pub fn segment_use(&self) -> Result<Vec<SegmentUse>, MetaError> {
-        let mut st = self.conn.prepare(&format!(
+        let mut st = self.conn.prepare(
             "SELECT s.seq, s.size_bytes, coalesce(r.blocks, 0) FROM segments s
-             LEFT JOIN (SELECT seg, sum(piece_blocks) AS blocks FROM
-                          (SELECT DISTINCT seg, piece_off, piece_blocks FROM ({ALL_ROWS}))
+             LEFT JOIN (SELECT seg, sum(blocks) AS blocks FROM (
+                            SELECT seg, blocks FROM extents
+                            UNION ALL SELECT seg, blocks FROM dead_extents)
                         GROUP BY seg) r ON r.seg = s.seq
-             ORDER BY s.seq"
-        ))?;
+             ORDER BY s.seq",
+        )?;
         let bs = self.block_size;
         let rows = st.query_map([], |r| {
             Ok(SegmentUse {
@@ -52,49 +58,93 @@ impl MetaDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The distinct pieces of segment `seg` that any row references, by offset.
-    pub fn referenced_pieces(&self, seg: u64) -> Result<Vec<PieceRef>, MetaError> {
-        let mut st = self.conn.prepare(
-            "SELECT DISTINCT piece_off, piece_blocks, crc FROM (
-                 SELECT piece_off, piece_blocks, crc FROM extents WHERE seg = ?1
-                 UNION ALL SELECT piece_off, piece_blocks, crc FROM dead_extents WHERE seg = ?1)
-             ORDER BY piece_off",
-        )?;
-        let rows = st.query_map([seg as i64], |r| {
-            Ok(PieceRef {
-                piece_off: r.get::<_, i64>(0)? as u64,
-                piece_blocks: r.get(1)?,
-                crc: r.get::<_, i64>(2)? as u32,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    /// Every row, live or dead, that points into segment `seg`.
+    pub fn rows_in_segment(&self, seg: u64) -> Result<Vec<RowRef>, MetaError> {
+        let mut out = vec![];
+        for (dead, sql) in [
+            (
+                false,
+                format!("SELECT lba, {EXTENT_COLS} FROM extents WHERE seg = ?1"),
+            ),
+            (
+                true,
+                format!("SELECT id, {EXTENT_COLS} FROM dead_extents WHERE seg = ?1"),
+            ),
+        ] {
+            let mut st = self.conn.prepare(&sql)?;
+            let rows = st.query_map([seg as i64], |r| {
+                let key: i64 = r.get(0)?;
+                // The extent's columns follow the key.
+                Ok((
+                    key,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                ))
+            })?;
+            for row in rows {
+                let (key, lba, blocks, seg, off, pblocks, skip, crc) = row?;
+                out.push(RowRef {
+                    dead,
+                    key,
+                    extent: Extent {
+                        lba: lba as u64,
+                        blocks: blocks as u64,
+                        seg: seg as u64,
+                        piece: PieceRef {
+                            piece_off: off as u64,
+                            piece_blocks: pblocks,
+                            crc: crc as u32,
+                        },
+                        skip_blocks: skip as u64,
+                    },
+                });
+            }
+        }
+        Ok(out)
     }
 
-    /// Points every row (live and dead) that references a moved piece at its
-    /// copy in segment `new_seg`, in one transaction; live bytes follow.
-    /// Returns the rows changed.
-    pub fn relocate(&mut self, new_seg: u64, moves: &[PieceMove]) -> Result<u64, MetaError> {
+    /// Points each moved row at its copy in segment `new_seg`, in one
+    /// transaction, if the row is still what it was when it was copied (a
+    /// write may have cut or removed it since: it then keeps pointing at
+    /// the old segment, which GC then keeps). Live bytes follow. Returns
+    /// the rows moved.
+    pub fn relocate_rows(&mut self, new_seg: u64, moves: &[RowMove]) -> Result<u64, MetaError> {
         let bs = self.block_size as i64;
         let tx = self.conn.transaction()?;
-        let mut rows = 0;
+        let mut moved = 0;
         let mut touched = std::collections::BTreeSet::from([new_seg]);
         for m in moves {
-            for table in ["extents", "dead_extents"] {
-                rows += tx
-                    .prepare_cached(&format!(
-                        "UPDATE {table} SET seg = ?3, piece_off = ?4
-                         WHERE seg = ?1 AND piece_off = ?2 AND piece_blocks = ?5 AND crc = ?6"
-                    ))?
-                    .execute(params![
-                        m.seg as i64,
-                        m.piece.piece_off as i64,
-                        new_seg as i64,
-                        m.new_off as i64,
-                        m.piece.piece_blocks,
-                        m.piece.crc as i64
-                    ])? as u64;
-            }
-            touched.insert(m.seg);
+            let (table, key) = if m.row.dead {
+                ("dead_extents", "id")
+            } else {
+                ("extents", "lba")
+            };
+            let e = &m.row.extent;
+            moved += tx
+                .prepare_cached(&format!(
+                    "UPDATE {table} SET seg = ?1, piece_off = ?2, piece_blocks = ?3, skip_blocks = 0, crc = ?4
+                     WHERE {key} = ?5 AND lba = ?6 AND blocks = ?7 AND seg = ?8 AND piece_off = ?9
+                       AND skip_blocks = ?10 AND crc = ?11"
+                ))?
+                .execute(params![
+                    new_seg as i64,
+                    m.new_piece.piece_off as i64,
+                    m.new_piece.piece_blocks,
+                    m.new_piece.crc as i64,
+                    m.row.key,
+                    e.lba as i64,
+                    e.blocks as i64,
+                    e.seg as i64,
+                    e.piece.piece_off as i64,
+                    e.skip_blocks as i64,
+                    e.piece.crc as i64
+                ])? as u64;
+            touched.insert(e.seg);
         }
         for seg in touched {
             tx.execute(
@@ -104,7 +154,7 @@ impl MetaDb {
             )?;
         }
         tx.commit()?;
-        Ok(rows)
+        Ok(moved)
     }
 
     /// Segments numbered up to this belong to a fork's parents (0: none).

@@ -19,7 +19,7 @@ mod wal;
 
 pub use checkpoint::CheckpointRow;
 pub use error::MetaError;
-pub use gc::{PieceMove, SegmentUse};
+pub use gc::{RowMove, RowRef, SegmentUse};
 pub use map::{Extent, MapChange, PieceRef};
 
 use std::path::Path;

@@ -3,9 +3,11 @@
 //! A segment may be deleted only when no map references any byte of it:
 //! not the live map, not any checkpoint (their rows are in the database),
 //! not any fork (a fork pins the checkpoint it came from, so its rows are a
-//! subset of that checkpoint's). Compaction copies the referenced pieces of
-//! mostly-dead segments into a new segment, then points the rows at the
-//! copies; the old segments are then unreferenced like any other.
+//! subset of that checkpoint's). Compaction copies the blocks that rows map
+//! out of mostly-dead segments into a new segment (each row's blocks become
+//! a piece of their own, so a partly overwritten piece leaves its dead
+//! blocks behind), then points the rows at the copies; the old segments are
+//! then unreferenced like any other.
 //!
 //! The order is what makes a crash at any step lose nothing:
 //! 1. the copy segment goes through the upload pipeline like a write and is
@@ -20,10 +22,11 @@
 //!    interrupted is an orphan (in the store, below the applied segment, not
 //!    in the table) that the next run deletes.
 //!
-//! GC never races the writer: writes only drop references, the copies keep
-//! the bytes and checksum of the pieces they replace, and everything that
-//! can add references to old segments (restore) holds the apply lock, as
-//! steps 2–3 do. The newest applied segment is never deleted (roll-forward
+//! GC never races the writer: writes only drop references, a row is moved
+//! only if it is still exactly the row that was copied (a write that cut
+//! it in between leaves it on the old segment, which then stays), and
+//! everything that can add references to old segments (restore) holds the
+//! apply lock, as steps 2–3 do. The newest applied segment is never deleted (roll-forward
 //! starts from it).
 
 use std::collections::BTreeSet;
@@ -31,7 +34,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use spritedisk_meta::{PieceMove, PieceRef};
+use spritedisk_meta::{RowMove, RowRef};
 
 use crate::engine::Volume;
 use crate::retry::retry_read;
@@ -145,23 +148,38 @@ impl Volume {
             .filter(|u| u.referenced_bytes * 100 < u.size_bytes * opts.compact_below_percent)
             .map(|u| u.seq)
             .collect();
-        let mut batch: Vec<(u64, PieceRef, Bytes)> = vec![];
+        let mut batch: Vec<(RowRef, Bytes)> = vec![];
         let mut batch_bytes = 0;
+        let bs = self.inner.block_size;
         for seg in victims {
-            let pieces = self.inner.meta.lock().unwrap().referenced_pieces(seg)?;
+            let rows = self.inner.meta.lock().unwrap().rows_in_segment(seg)?;
             report.segments_compacted += 1;
-            for p in pieces {
-                let len = p.piece_blocks as u64 * self.inner.block_size;
-                report.bytes_copied += len;
+            // Each piece is read (and verified) once for all its rows.
+            let mut piece: Option<(u64, Bytes)> = None;
+            for row in rows {
+                let e = row.extent;
+                report.bytes_copied += e.blocks * bs;
                 if opts.dry_run {
                     continue;
                 }
-                let data = match self.inner.cache.get(seg, p.piece_off, len, p.crc) {
-                    Some(d) => d,
-                    None => self.inner.fetch_piece(seg, p, false).await?,
+                let p = e.piece;
+                let data = match &piece {
+                    Some((off, d)) if *off == p.piece_off => d.clone(),
+                    _ => {
+                        let len = p.piece_blocks as u64 * bs;
+                        let d = match self.inner.cache.get(seg, p.piece_off, len, p.crc) {
+                            Some(d) => d,
+                            None => self.inner.fetch_piece(seg, p, false).await?,
+                        };
+                        piece = Some((p.piece_off, d.clone()));
+                        d
+                    }
                 };
-                batch.push((seg, p, data));
-                batch_bytes += len;
+                // Only the blocks the row maps: what a partly overwritten
+                // piece no longer needs is left behind.
+                let from = (e.skip_blocks * bs) as usize;
+                batch.push((row, data.slice(from..from + (e.blocks * bs) as usize)));
+                batch_bytes += e.blocks * bs;
                 if batch_bytes >= COPY_SEGMENT_BYTES_MAX {
                     self.commit_copies(std::mem::take(&mut batch)).await?;
                     batch_bytes = 0;
@@ -175,31 +193,31 @@ impl Volume {
     }
 
     /// Writes one copy segment and, once it is applied, moves the rows to it.
-    async fn commit_copies(&self, batch: Vec<(u64, PieceRef, Bytes)>) -> Result<(), VolumeError> {
-        let pieces: Vec<(u64, Bytes)> = batch.iter().map(|(s, _, d)| (*s, d.clone())).collect();
+    async fn commit_copies(&self, batch: Vec<(RowRef, Bytes)>) -> Result<(), VolumeError> {
+        let pieces: Vec<(u64, Bytes)> = batch
+            .iter()
+            .map(|(r, d)| (r.extent.seg, d.clone()))
+            .collect();
         let (seq, refs) = self.inner.seal_copies(&pieces);
         self.inner.wait_applied(seq).await?;
-        let moves: Vec<PieceMove> = batch
+        let moves: Vec<RowMove> = batch
             .iter()
             .zip(&refs)
-            .map(|((seg, p, _), new)| {
-                debug_assert_eq!((p.crc, p.piece_blocks), (new.crc, new.piece_blocks));
-                PieceMove {
-                    seg: *seg,
-                    piece: *p,
-                    new_off: new.piece_off,
-                }
+            .map(|((row, _), new)| RowMove {
+                row: *row,
+                new_piece: *new,
             })
             .collect();
         let _applier = self.inner.apply_lock.lock().await;
         let inner = self.inner.clone();
-        let rows =
-            tokio::task::spawn_blocking(move || inner.meta.lock().unwrap().relocate(seq, &moves))
-                .await
-                .map_err(|e| VolumeError::Stopped(format!("relocate task: {e}")))??;
+        let rows = tokio::task::spawn_blocking(move || {
+            inner.meta.lock().unwrap().relocate_rows(seq, &moves)
+        })
+        .await
+        .map_err(|e| VolumeError::Stopped(format!("relocate task: {e}")))??;
         tracing::info!(
             seq,
-            pieces = refs.len(),
+            copies = refs.len(),
             rows,
             "compaction: rows moved to the copies"
         );

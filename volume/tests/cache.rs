@@ -238,3 +238,37 @@ async fn readers_of_a_piece_being_fetched_wait_for_that_get() {
         "one GET for the piece, shared by its readers"
     );
 }
+
+/// Lines are keyed by segment, not by LBA: a restore, which points the map
+/// back at older segments, and compaction, which moves pieces into a new
+/// segment, leave every line that is still referenced usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_stay_valid_across_restore_and_compaction() {
+    let (mem, dir) = setup().await;
+    let store = counted(&mem);
+    let vol = open(store.clone(), Some(dir.path()), opts()).await;
+    write_2mib(&vol).await;
+    vol.checkpoint(Some("a")).await.unwrap();
+    vol.write(0, pattern(0, 256, 2), true).await.unwrap();
+    assert!(vol.read(0, MIB).await.unwrap() == pattern(0, 256, 2));
+    vol.restore("a").await.unwrap();
+    assert!(vol.read(0, 2 * MIB).await.unwrap() == pattern(0, 512, 1));
+    assert_eq!(data_gets(&store), 0, "the restored data was cached");
+    // Half of the first segment is now referenced by nothing: compaction
+    // copies the other half, and the copies are cached as they are written.
+    vol.restore("a").await.unwrap();
+    vol.delete_checkpoint("a").await.unwrap();
+    vol.write(0, pattern(0, 256, 3), true).await.unwrap();
+    let r = vol
+        .gc(&spritedisk_volume::GcOptions {
+            compact_below_percent: 60,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(r.segments_compacted >= 1, "{r:?}");
+    assert!(vol.read(0, MIB).await.unwrap() == pattern(0, 256, 3));
+    assert!(vol.read(MIB, MIB).await.unwrap() == pattern(256, 256, 1));
+    assert_eq!(data_gets(&store), 0, "compaction's copies were cached");
+    vol.close().await.unwrap();
+}
