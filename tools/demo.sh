@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default store: create a file:// volume,
 # attach it over NBD, write and read it with a real client (qemu-io), detach,
-# re-attach from the store alone, checkpoint and restore, and show stats
-# and verify.
+# re-attach from the store alone, checkpoint and restore, fork, gc, and show
+# stats and verify.
 set -euo pipefail
 BIN=${BIN:-target/release/spritedisk}
 DIR=${DEMO_DIR:-/tmp/spritedisk-demo}
@@ -14,7 +14,12 @@ SOCK="$DIR/nbd.sock"
 attach() { # $1 = cache dir
   "$BIN" attach "$URL" --nbd "$SOCK" --cache-dir "$1" > "$DIR/attach.out" 2> "$DIR/attach.log" &
   PID=$!
-  for _ in $(seq 100); do grep -q '^attached' "$DIR/attach.out" 2>/dev/null && break; sleep 0.1; done
+  # Up to a minute: a loaded machine (a build next to it) is slow to start.
+  for _ in $(seq 600); do
+    grep -q '^attached' "$DIR/attach.out" 2>/dev/null && break
+    kill -0 "$PID" 2>/dev/null || { cat "$DIR/attach.log" >&2; exit 1; }
+    sleep 0.1
+  done
   cat "$DIR/attach.out"
 }
 detach() { kill -TERM "$PID"; wait "$PID"; PID=; tail -n 1 "$DIR/attach.out"; }
@@ -36,8 +41,16 @@ qemu-io -f raw "nbd+unix:///?socket=$SOCK" -c 'write -P 0xee 0 4M' -c flush | gr
 "$BIN" restore "$URL" before --cache-dir "$DIR/cache-fresh"
 qemu-io -f raw "nbd+unix:///?socket=$SOCK" -c 'read -P 0x5d 0 4M' | grep -v '^[0-9]'
 "$BIN" checkpoints "$URL" --cache-dir "$DIR/cache-fresh"
+echo "== fork the checkpoint as a second volume (no data copied), collect garbage"
+"$BIN" fork "$URL@before" "file://$DIR/fork" --cache-dir "$DIR/cache-fork"
+"$BIN" gc "$URL" --cache-dir "$DIR/cache-fresh"
 detach
 echo "== stats"
 "$BIN" stats "$URL" --cache-dir "$DIR/cache-fresh"
 echo "== verify"
 "$BIN" verify "$URL" --cache-dir "$DIR/cache-fresh"
+echo "== the fork reads as the checkpoint"
+URL="file://$DIR/fork"
+attach "$DIR/cache-fork"
+qemu-io -f raw "nbd+unix:///?socket=$SOCK" -c 'read -P 0x5d 0 4M' -c 'read -P 0xc3 1G 4M' | grep -v '^[0-9]'
+detach

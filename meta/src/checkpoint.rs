@@ -164,7 +164,7 @@ impl MetaDb {
 
     /// Makes the live map equal checkpoint `name`'s: the rows born since it
     /// leave (kept as dead rows if a later checkpoint sees them), the rows
-    /// that died since it are born again; per-segment live bytes follow.
+    /// that died since it come back; per-segment live bytes follow.
     pub fn restore_checkpoint(&mut self, name: &str) -> Result<CheckpointRow, MetaError> {
         let v = self.checkpoint_version(name)? as i64;
         let bs = self.block_size as i64;
@@ -190,18 +190,34 @@ impl MetaDb {
         )?;
         tx.execute("DELETE FROM extents WHERE born > ?1", [v])?;
         tx.execute(
+            "UPDATE segments SET live_bytes = live_bytes + back.bytes
+             FROM (SELECT seg, sum(blocks) * ?2 AS bytes FROM dead_extents INDEXED BY dead_extents_by_died
+                   WHERE died > ?1 AND born <= ?1 GROUP BY seg) AS back
+             WHERE segments.seq = back.seg",
+            params![v, bs],
+        )?;
+        // A dead row no checkpoint saw dead (none has a version in [died,
+        // now)) simply comes back to life as it was; the others are born
+        // again as copies, so the checkpoints that saw them dead still do.
+        let never_seen_dead = "died > ?1 AND born <= ?1 AND NOT EXISTS (
+                 SELECT 1 FROM checkpoints c WHERE c.version >= dead_extents.died AND c.version < ?2)";
+        tx.execute(
+            &format!(
+                "INSERT INTO extents ({EXTENT_COLS}, born)
+                 SELECT {EXTENT_COLS}, born FROM dead_extents WHERE {never_seen_dead}"
+            ),
+            params![v, cur],
+        )?;
+        tx.execute(
+            &format!("DELETE FROM dead_extents WHERE {never_seen_dead}"),
+            params![v, cur],
+        )?;
+        tx.execute(
             &format!(
                 "INSERT INTO extents ({EXTENT_COLS}, born)
                  SELECT {EXTENT_COLS}, ?2 FROM dead_extents WHERE died > ?1 AND born <= ?1"
             ),
             params![v, cur],
-        )?;
-        tx.execute(
-            "UPDATE segments SET live_bytes = live_bytes + back.bytes
-             FROM (SELECT seg, sum(blocks) * ?2 AS bytes FROM extents INDEXED BY extents_by_born
-                   WHERE born = ?1 GROUP BY seg) AS back
-             WHERE segments.seq = back.seg",
-            params![cur, bs],
         )?;
         tx.commit()?;
         self.checkpoint_row(name)
