@@ -97,7 +97,17 @@ async fn run_in(url: &str, cache_dir: &Path, op: Op<'_>, json_out: bool) -> Resu
                 human(r.bytes_kept)
             );
         }
-        Op::List if json_out => println!("{}", serde_json::to_string_pretty(&reply)?),
+        Op::List if json_out => {
+            // Each row also says what clients wrote since the previous one.
+            let mut rows = reply.as_array().cloned().unwrap_or_default();
+            let mut before = 0;
+            for r in &mut rows {
+                let total = r["client_bytes_written"].as_u64().unwrap_or(0);
+                r["bytes_written_since_previous"] = json!(total.saturating_sub(before));
+                before = total;
+            }
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
         Op::List => {
             let rows: Vec<CheckpointRow> = reply
                 .as_array()

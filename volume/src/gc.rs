@@ -276,7 +276,7 @@ impl Volume {
         let txid = self.inner.replica_txid.load(Ordering::Relaxed);
         crate::replicate::mark_restore(&self.inner.store, txid).await?;
         for key in doomed.iter().map(|d| segment_key(d.0)).chain(orphans) {
-            match self.inner.store.delete(&key).await {
+            match retry_read(&key, || self.inner.store.delete(&key)).await {
                 Ok(()) | Err(spritedisk_store::StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }

@@ -1,6 +1,7 @@
 //! The engine against a plain byte-array model: random writes, reads,
-//! flushes, discards, write-zeroes and crashes (with puts in flight lost,
-//! torn or landed out of order) on the in-memory store. Reads must equal the
+//! flushes, discards, write-zeroes, checkpoints, restores, checkpoint
+//! deletions, GC runs and crashes (with puts in flight lost, torn or landed
+//! out of order) on the in-memory store, with transient store errors. Reads must equal the
 //! model; after a crash the disk must equal the model as of the last
 //! completed FLUSH or a later prefix of the history — never a mixture.
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use common::*;
 use proptest::prelude::*;
 use spritedisk_store::{CrashPolicy, FaultConfig, FaultStore, ObjectStore};
+use spritedisk_volume::GcOptions;
 
 const BLOCKS: u64 = 48;
 
@@ -41,6 +43,11 @@ enum Op {
     Crash {
         keep_local: bool,
     },
+    Checkpoint,
+    /// Restore the i-th checkpoint (modulo how many there are).
+    Restore(usize),
+    DeleteCheckpoint(usize),
+    Gc,
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -55,6 +62,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => range().prop_map(|(lba, n)| Op::Discard { lba, n }),
         1 => range().prop_map(|(lba, n)| Op::WriteZeroes { lba, n }),
         1 => any::<bool>().prop_map(|keep_local| Op::Crash { keep_local }),
+        1 => Just(Op::Checkpoint),
+        1 => any::<usize>().prop_map(Op::Restore),
+        1 => any::<usize>().prop_map(Op::DeleteCheckpoint),
+        1 => Just(Op::Gc),
     ]
 }
 
@@ -75,6 +86,8 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
         let mut model = vec![0u8; (BLOCKS * BS) as usize];
         // States since the last completed flush; any of them may survive a crash.
         let mut history = vec![model.clone()];
+        // Checkpoints by name: durable once taken, whatever crashes after.
+        let mut ckpts: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
         for op in ops {
             match op {
                 Op::Write { lba, n, tag, fua } => {
@@ -126,12 +139,41 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
                     let k = history.iter().rposition(|h| h[..] == disk[..]).unwrap();
                     model = history[k].clone();
                     history.truncate(k + 1);
+                    let names: Vec<String> = vol.checkpoints().unwrap().into_iter().map(|c| c.name).collect();
+                    prop_assert_eq!(names, ckpts.keys().cloned().collect::<Vec<_>>(), "after crash {}", incarnation);
+                }
+                Op::Checkpoint => {
+                    let c = vol.checkpoint(None).await.unwrap();
+                    ckpts.insert(c.name, model.clone());
+                    history = vec![model.clone()];
+                }
+                Op::Restore(i) | Op::DeleteCheckpoint(i) => {
+                    let Some(name) = ckpts.keys().nth(i % ckpts.len().max(1)).cloned() else { continue };
+                    if matches!(op, Op::Restore(_)) {
+                        vol.restore(&name).await.unwrap();
+                        model = ckpts[&name].clone();
+                        history = vec![model.clone()];
+                    } else {
+                        vol.delete_checkpoint(&name).await.unwrap();
+                        ckpts.remove(&name);
+                    }
+                }
+                Op::Gc => {
+                    vol.gc(&GcOptions { compact_below_percent: 75, ..Default::default() }).await.unwrap();
+                    history = vec![model.clone()];
                 }
             }
         }
         vol.flush().await.unwrap();
         let disk = vol.read(0, BLOCKS * BS).await.unwrap();
         prop_assert!(disk[..] == model[..]);
+        // Every checkpoint still reads as it was taken, after all the GC.
+        vol.checkpoint(Some("end")).await.unwrap();
+        for (name, want) in &ckpts {
+            vol.restore(name).await.unwrap();
+            let got = vol.read(0, BLOCKS * BS).await.unwrap();
+            prop_assert!(got[..] == want[..], "checkpoint {} reads differently", name);
+        }
         Ok(())
     })
 }
