@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DEMO_DIR ?= /tmp/spritedisk-demo
 
-.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean
+.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test
 
 all: build
 
@@ -19,13 +19,20 @@ test: test-deps
 
 # Named test targets over the whole workspace: the same build as `make test`
 # (selecting packages would rebuild dependencies with other features).
-S3_TESTS = engine cache lease model checkpoint fork gc nbd_clients replica single_writer s3
+S3_TESTS = engine cache lease model checkpoint fork gc nbd_clients replica single_writer s3 crash_loop
 test-s3: test-deps
 	$(CARGO) build --bins
 	SPRITEDISK_TEST_STORE=s3 $(CARGO) test --workspace $(addprefix --test ,$(S3_TESTS))
 
 test-deps:
 	tools/install-test-deps.sh
+
+# The crash loop's long mode (CI runs 6 iterations as part of make test):
+# SIGKILL at random moments, re-attach with and without local state.
+CRASH_ITERATIONS ?= 1000
+crash-test: test-deps
+	$(CARGO) build --bins
+	CRASH_ITERATIONS=$(CRASH_ITERATIONS) $(CARGO) test -p spritedisk-e2e --test crash_loop -- --nocapture
 
 # Only the ublk tests in the VM rig (make test runs them too).
 vm-test: test-deps

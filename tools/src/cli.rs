@@ -148,6 +148,10 @@ pub struct AttachArgs {
     /// (a loopback store flatters read-ahead and cold reads).
     #[arg(long, hide = true, value_name = "MS")]
     pub simulate_get_latency_ms: Option<u64>,
+    /// Testing aid (the crash loop): fail this fraction of store requests
+    /// with a transient error, as a flaky S3 endpoint would (seeded by pid).
+    #[arg(long, hide = true, value_name = "RATE")]
+    pub simulate_store_errors: Option<f64>,
     /// Local cache directory (metadata database, write log, read cache). Only a cache: deleting it while detached is safe.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -194,16 +198,18 @@ impl AttachArgs {
     /// The volume's object store, with any simulated latency.
     pub fn open_store(&self) -> Result<std::sync::Arc<dyn spritedisk_store::ObjectStore>> {
         let store = spritedisk_store::open_url(&self.url)?;
-        Ok(match self.simulate_get_latency_ms {
-            Some(ms) => {
-                let cfg = spritedisk_store::FaultConfig {
-                    get_delay: std::time::Duration::from_millis(ms),
-                    ..Default::default()
-                };
-                std::sync::Arc::new(spritedisk_store::FaultStore::new(store, cfg, 0))
-            }
-            None => store,
-        })
+        if self.simulate_get_latency_ms.is_none() && self.simulate_store_errors.is_none() {
+            return Ok(store);
+        }
+        let cfg = spritedisk_store::FaultConfig {
+            get_delay: std::time::Duration::from_millis(self.simulate_get_latency_ms.unwrap_or(0)),
+            error_rate: self.simulate_store_errors.unwrap_or(0.0).clamp(0.0, 0.9),
+            ..Default::default()
+        };
+        let seed = std::process::id() as u64;
+        Ok(std::sync::Arc::new(spritedisk_store::FaultStore::new(
+            store, cfg, seed,
+        )))
     }
 
     pub fn engine_options(&self) -> Result<EngineOptions> {
