@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DEMO_DIR ?= /tmp/spritedisk-demo
 
-.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test
+.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test fuzz-smoke
 
 all: build
 
@@ -16,6 +16,11 @@ test: test-deps
 	$(CARGO) build --bins
 	$(CARGO) test --workspace
 	$(MAKE) test-s3
+	$(MAKE) fuzz-smoke
+
+# Every cargo-fuzz target for FUZZ_SECONDS (20) from its corpus (nightly).
+fuzz-smoke:
+	tools/fuzz-smoke.sh
 
 # Named test targets over the whole workspace: the same build as `make test`
 # (selecting packages would rebuild dependencies with other features).
