@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use spritedisk_meta::{MetaDb, SegmentApply, VolumeRecord};
+use spritedisk_meta::{MetaDb, MetaError, SegmentApply, VolumeRecord};
 use spritedisk_store::{ObjectStore, StoreError};
 
 use crate::config::{VolumeConfig, CONFIG_KEY};
@@ -141,10 +141,38 @@ pub(crate) async fn recover(
             })?;
             let path = dir.join(META_FILE);
             // Taken (and deleted) before anything changes the database.
-            let clean_at = crate::replicate::take_clean_mark(dir);
+            let mut clean_at = crate::replicate::take_clean_mark(dir);
             if path.exists() {
-                discard_if_stale(dir, &path, config, held)?;
+                // A corrupt file fails the checksum of the last clean detach,
+                // or SQLite's structural check when the stale check opens it.
+                let corrupt = match check_local(&path, clean_at) {
+                    Err(why) => Some(why),
+                    Ok(()) => match discard_if_stale(dir, &path, config, held) {
+                        Ok(()) => None,
+                        Err(VolumeError::Meta(
+                            e @ (MetaError::Corrupt(_) | MetaError::Open { .. }),
+                        )) => Some(e.to_string()),
+                        Err(e) => return Err(e),
+                    },
+                };
+                if let Some(why) = corrupt {
+                    // The store has everything flushed: the replica and the
+                    // segments. The write log goes too: without the database
+                    // nothing says whose history it continues.
+                    tracing::warn!(
+                        path = %path.display(),
+                        why,
+                        "the local metadata database is corrupt: moved aside (.corrupt) and restored from the store; unflushed writes in the local write log are dropped with it"
+                    );
+                    crate::wlog::discard(dir);
+                    let _ = std::fs::rename(&path, path.with_extension("db.corrupt"));
+                    for suffix in ["-wal", "-shm"] {
+                        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                    }
+                    clean_at = None;
+                }
             }
+            let clean_at = clean_at.map(|m| m.txid);
             // No local database (a fresh machine, a deleted cache, a stale
             // one): start from the replica rather than from the first segment.
             let meta = if path.exists() {
@@ -195,6 +223,25 @@ pub(crate) async fn recover(
     }
     rolled.replica_txid = in_sync_with;
     Ok((meta, rolled))
+}
+
+/// Whether the local database can be trusted: after a clean detach its file
+/// must still have the checksum it had then (a flipped bit anywhere, even in
+/// a value SQLite cannot judge, is caught). SQLite's structural check runs
+/// when it is opened.
+fn check_local(path: &Path, clean: Option<crate::replicate::CleanMark>) -> Result<(), String> {
+    if let Some(want) = clean.and_then(|m| m.crc) {
+        match crate::replicate::file_crc(path) {
+            Ok(got) if got == want => {}
+            Ok(got) => {
+                return Err(format!(
+                "its checksum {got:08x} differs from {want:08x} recorded at the last clean detach"
+            ))
+            }
+            Err(e) => return Err(format!("cannot read it: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the local database and write log if another writer has written

@@ -180,19 +180,51 @@ pub(crate) async fn check_restore_mark(
 }
 
 /// Written at a clean detach once everything is shipped: the local database
-/// then equals the replica at this TXID. Taken (deleted) at attach, so a
-/// crash never leaves a stale claim.
+/// then equals the replica at this TXID, and its file has this crc32c. Taken
+/// (deleted) at attach, so a crash never leaves a stale claim.
 const CLEAN_MARK: &str = "meta.replica";
 
-pub(crate) fn write_clean_mark(cache_dir: &Path, txid: u64) {
-    let _ = std::fs::write(cache_dir.join(CLEAN_MARK), txid.to_string());
+/// What a clean detach left: the replica TXID the database equals and the
+/// database file's crc32c (None from a build that did not record it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CleanMark {
+    pub txid: u64,
+    pub crc: Option<u32>,
 }
 
-pub(crate) fn take_clean_mark(cache_dir: &Path) -> Option<u64> {
+/// crc32c of a file, read in 1 MiB chunks (a million-extent map is ~100 MB).
+pub(crate) fn file_crc(path: &Path) -> std::io::Result<u32> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut crc = 0;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(crc);
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+    }
+}
+
+pub(crate) fn write_clean_mark(cache_dir: &Path, txid: u64) {
+    let crc = file_crc(&cache_dir.join(crate::recovery::META_FILE)).ok();
+    let line = match crc {
+        Some(c) => format!("{txid} {c:08x}"),
+        None => txid.to_string(),
+    };
+    let _ = std::fs::write(cache_dir.join(CLEAN_MARK), line);
+}
+
+pub(crate) fn take_clean_mark(cache_dir: &Path) -> Option<CleanMark> {
     let p = cache_dir.join(CLEAN_MARK);
-    let txid = std::fs::read_to_string(&p).ok()?.trim().parse().ok();
+    let raw = std::fs::read_to_string(&p).ok();
     let _ = std::fs::remove_file(&p);
-    txid
+    let raw = raw?;
+    let mut it = raw.split_whitespace();
+    let txid = it.next()?.parse().ok()?;
+    let crc = it.next().and_then(|c| u32::from_str_radix(c, 16).ok());
+    Some(CleanMark { txid, crc })
 }
 
 /// Shipping state: the replica position and the keys a snapshot supersedes.
