@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DEMO_DIR ?= /tmp/spritedisk-demo
 
-.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test fuzz-smoke
+.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test fuzz-smoke vm-crash-test
 
 all: build
 
@@ -38,6 +38,12 @@ CRASH_ITERATIONS ?= 1000
 crash-test: test-deps
 	$(CARGO) build --bins
 	CRASH_ITERATIONS=$(CRASH_ITERATIONS) $(CARGO) test -p spritedisk-e2e --test crash_loop -- --nocapture
+
+# The ext4 guest-kill cycle's long mode (CI runs 2 kills in make test).
+VM_CRASH_CYCLES ?= 20
+vm-crash-test: test-deps
+	$(CARGO) build --bins
+	VM_CRASH_CYCLES=$(VM_CRASH_CYCLES) $(CARGO) test -p spritedisk-e2e --test ublk ext4_survives -- --nocapture
 
 # Only the ublk tests in the VM rig (make test runs them too).
 vm-test: test-deps

@@ -3,8 +3,11 @@
 //! tests/vm/ublk.sh — ext4 round trip, fio verify on 2 queues, kill -9 and
 //! recover with fsck, detach leaving nothing behind.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use spritedisk_e2e::*;
 
@@ -100,4 +103,145 @@ fn ublk_device_end_to_end_in_the_vm() {
             .join("\n"),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One guest life of the ext4 crash cycle: boots the VM on
+/// tests/vm/crash.sh, and once it says it is writing, kills QEMU (SIGKILL
+/// to its process group: a power cut) after `kill_after`. Returns the
+/// console. `None` for `kill_after`: the final guest, which only checks.
+fn guest_life(
+    runner: &Path,
+    dir: &Path,
+    cycle: u64,
+    kill_after: Option<Duration>,
+) -> (String, Option<i32>) {
+    let mut cmd = Command::new(runner);
+    cmd.args(["--timeout", "900", "--", "bash", "tests/vm/crash.sh"])
+        .current_dir(repo_root())
+        .env("SPRITEDISK_VM_CRASH_DIR", dir)
+        .env("SPRITEDISK_VM_CRASH_CYCLE", cycle.to_string())
+        .env(
+            "SPRITEDISK_VM_CRASH_FINAL",
+            if kill_after.is_none() { "1" } else { "0" },
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut child = cmd.spawn().expect("run the VM");
+    let pgid = child.id() as i32;
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut console = String::new();
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        let wait = kill_at.map_or(Duration::from_millis(200), |t| {
+            t.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        match rx.recv_timeout(wait) {
+            Ok(line) => {
+                if line.starts_with("== writing until killed") {
+                    kill_at = kill_after.map(|d| Instant::now() + d);
+                }
+                console.push_str(&line);
+                console.push('\n');
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if kill_at.is_some_and(|t| Instant::now() >= t) {
+            // SAFETY: signalling the process group we created.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            kill_at = None;
+        }
+    }
+    let status = child.wait().expect("wait for the VM");
+    (console, status.code())
+}
+
+/// ext4 on /dev/ublkb0 while the whole guest is killed (QEMU, SIGKILL) in
+/// the middle of a copy-and-fsync loop; each new guest attaches from the
+/// store alone, replays the journal, `fsck.ext4 -n -f` is clean and every
+/// file listed as fsynced is intact. `VM_CRASH_CYCLES` kills (2 in CI; `make
+/// vm-crash-test` runs 20).
+#[test]
+fn ext4_survives_guest_kills_in_the_vm() {
+    let runner = std::env::var_os("SPRITEDISK_VM_RUNNER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/ublk-vm/run-in-vm.sh"));
+    assert!(
+        runner.exists(),
+        "{} is missing: the VM rig runs this test",
+        runner.display()
+    );
+    bin();
+    let cycles: u64 = std::env::var("VM_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let seed: u64 = std::env::var("VM_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::process::id() as u64);
+    eprintln!("ext4 crash cycle: {cycles} kills, seed {seed} (VM_CRASH_SEED)");
+    let dir = repo_root().join("target/vm-crash");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut x = seed | 1;
+    for cycle in 0..=cycles {
+        let last = cycle == cycles;
+        // A few seconds of writing under TCG: tens of fsynced files.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let kill_after = (!last).then(|| Duration::from_millis(3000 + x % 12000));
+        let mut attempt = 0;
+        let (console, code) = loop {
+            attempt += 1;
+            let (console, code) = guest_life(&runner, &dir, cycle, kill_after);
+            // A guest kernel that oopsed while booting never ran the script.
+            if console.contains("== crash cycle") || attempt == 3 {
+                break (console, code);
+            }
+            eprintln!("cycle {cycle}: the guest did not boot; booting again");
+        };
+        let tail: String = console
+            .lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            !console.contains("FAIL:"),
+            "cycle {cycle} (seed {seed}):\n{tail}"
+        );
+        if cycle > 0 {
+            assert!(
+                dir.join(format!("checked.{cycle}")).exists(),
+                "cycle {cycle} (seed {seed}) did not check the previous guest's files:\n{tail}"
+            );
+        }
+        if last {
+            assert_eq!(code, Some(0), "the final guest failed:\n{tail}");
+        } else {
+            assert!(
+                console.contains("== writing until killed"),
+                "cycle {cycle} never wrote:\n{tail}"
+            );
+        }
+        let checked =
+            std::fs::read_to_string(dir.join(format!("checked.{cycle}"))).unwrap_or_default();
+        eprintln!(
+            "cycle {cycle}: killed after {kill_after:?} of writing; {} fsynced files checked",
+            checked.trim()
+        );
+    }
 }
