@@ -243,10 +243,17 @@ fn map_timing() {
     let t = std::time::Instant::now();
     let c = db.create_checkpoint(Some("base"), 0).unwrap();
     eprintln!("{} extents: checkpoint {:?}", c.extents, t.elapsed());
-    write(&mut db, 1000);
+    // CHANGES: rows rewritten between the checkpoint and the restore.
+    let changes: u64 = std::env::var("CHANGES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    for _ in 0..changes.div_ceil(per) {
+        write(&mut db, changes.min(per));
+    }
     let t = std::time::Instant::now();
     db.restore_checkpoint("base").unwrap();
-    eprintln!("restore after 1000 writes {:?}", t.elapsed());
+    eprintln!("restore after {changes} writes {:?}", t.elapsed());
     let t = std::time::Instant::now();
     db.checkpoints().unwrap();
     eprintln!("list {:?}", t.elapsed());

@@ -212,19 +212,8 @@ impl MetaDb {
             )?;
         }
         for e in extents {
-            tx.prepare_cached(
-                "INSERT INTO extents (lba, blocks, seg, piece_off, piece_blocks, skip_blocks, crc, born)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)",
-            )?
-            .execute(params![
-                e.lba as i64,
-                e.blocks as i64,
-                e.seg as i64,
-                e.piece.piece_off as i64,
-                e.piece.piece_blocks,
-                e.skip_blocks as i64,
-                e.piece.crc as i64
-            ])?;
+            // Born in the fork's first version, which no checkpoint sees yet.
+            crate::map::put_row(&tx, e, 1)?;
         }
         tx.execute(
             "UPDATE segments SET live_bytes = ?1 * coalesce(

@@ -76,7 +76,7 @@ fn starting_in(conn: &Connection, start: u64, end: u64) -> rusqlite::Result<Vec<
     rows.collect()
 }
 
-fn put_row(conn: &Connection, e: &Extent, born: u64) -> rusqlite::Result<()> {
+pub(crate) fn put_row(conn: &Connection, e: &Extent, born: u64) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO extents (lba, blocks, seg, piece_off, piece_blocks, skip_blocks, crc, born)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

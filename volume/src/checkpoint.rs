@@ -30,14 +30,7 @@ impl Volume {
         .map_err(|e| VolumeError::Stopped(format!("checkpoint task: {e}")))??;
         let t_map = t0.elapsed();
         self.inner.ship_meta().await?;
-        tracing::info!(
-            name = row.name,
-            extents = row.extents,
-            flush_ms = t_flush.as_millis() as u64,
-            map_ms = (t_map - t_flush).as_millis() as u64,
-            ship_ms = (t0.elapsed() - t_map).as_millis() as u64,
-            "checkpoint taken"
-        );
+        log_phases("checkpoint taken", &row, t0, t_flush, t_map);
         Ok(row)
     }
 
@@ -71,14 +64,7 @@ impl Volume {
             .replica_txid
             .load(std::sync::atomic::Ordering::Relaxed);
         crate::replicate::mark_restore(&self.inner.store, txid).await?;
-        tracing::info!(
-            name = row.name,
-            extents = row.extents,
-            flush_ms = t_flush.as_millis() as u64,
-            map_ms = (t_map - t_flush).as_millis() as u64,
-            ship_ms = (t0.elapsed() - t_map).as_millis() as u64,
-            "restored"
-        );
+        log_phases("restored", &row, t0, t_flush, t_map);
         Ok(row)
     }
 
@@ -113,4 +99,22 @@ impl Volume {
         self.inner.meta.lock().unwrap().delete_checkpoint(name)?;
         self.inner.ship_meta().await
     }
+}
+
+/// Where a checkpoint or restore spent its time: flushing, in SQLite, shipping.
+fn log_phases(
+    what: &str,
+    row: &CheckpointRow,
+    t0: std::time::Instant,
+    t_flush: std::time::Duration,
+    t_map: std::time::Duration,
+) {
+    tracing::info!(
+        name = row.name,
+        extents = row.extents,
+        flush_ms = t_flush.as_millis() as u64,
+        map_ms = (t_map - t_flush).as_millis() as u64,
+        ship_ms = (t0.elapsed() - t_map).as_millis() as u64,
+        "{what}"
+    );
 }

@@ -140,18 +140,19 @@ pub fn encode(
         .map(|d| d.len() as u64)
         .sum();
     let mut out = BytesMut::with_capacity((data_offset + data_len) as usize);
-    out.put_slice(MAGIC);
-    out.put_u32_le(VERSION);
-    out.put_u32_le(0); // crc, patched below
-    out.put_slice(&volume_id);
-    out.put_u64_le(seq);
-    out.put_u64_le(client_bytes_total);
-    out.put_u32_le(entries.len() as u32);
-    out.put_u32_le(0);
-    out.put_u64_le(data_offset);
-    out.put_u64_le(data_len);
-    out.put_u64_le(prev_seq);
-    debug_assert_eq!(out.len(), HEADER_BYTES);
+    put_header(
+        &mut out,
+        VERSION,
+        &SegmentHeader {
+            volume_id,
+            seq,
+            client_bytes_total,
+            entry_count: entries.len() as u32,
+            data_offset,
+            data_len,
+            prev_seq,
+        },
+    );
     let mut changes = Vec::with_capacity(entries.len());
     let mut data_off = data_offset;
     for (lba, blocks, data) in &entries {
@@ -198,6 +199,22 @@ pub fn encode(
     }
 }
 
+/// Writes the fixed header; its crc field is patched once the index follows.
+fn put_header(out: &mut BytesMut, version: u32, h: &SegmentHeader) {
+    out.put_slice(MAGIC);
+    out.put_u32_le(version);
+    out.put_u32_le(0); // crc, patched below
+    out.put_slice(&h.volume_id);
+    out.put_u64_le(h.seq);
+    out.put_u64_le(h.client_bytes_total);
+    out.put_u32_le(h.entry_count);
+    out.put_u32_le(0);
+    out.put_u64_le(h.data_offset);
+    out.put_u64_le(h.data_len);
+    out.put_u64_le(h.prev_seq);
+    debug_assert_eq!(out.len(), HEADER_BYTES);
+}
+
 /// Encodes segment `seq` (following `prev_seq`) as copies of `pieces`:
 /// (source segment, the piece's bytes). Returns the object and where each
 /// copy starts in it, in order. Applying it changes nothing in the map.
@@ -213,17 +230,19 @@ pub fn encode_copies(
     let data_offset = (HEADER_BYTES + pieces.len() * ENTRY_BYTES) as u64;
     let data_len: u64 = pieces.iter().map(|p| p.1.len() as u64).sum();
     let mut out = BytesMut::with_capacity((data_offset + data_len) as usize);
-    out.put_slice(MAGIC);
-    out.put_u32_le(VERSION_COPIES);
-    out.put_u32_le(0); // crc, patched below
-    out.put_slice(&volume_id);
-    out.put_u64_le(seq);
-    out.put_u64_le(client_bytes_total);
-    out.put_u32_le(pieces.len() as u32);
-    out.put_u32_le(0);
-    out.put_u64_le(data_offset);
-    out.put_u64_le(data_len);
-    out.put_u64_le(prev_seq);
+    put_header(
+        &mut out,
+        VERSION_COPIES,
+        &SegmentHeader {
+            volume_id,
+            seq,
+            client_bytes_total,
+            entry_count: pieces.len() as u32,
+            data_offset,
+            data_len,
+            prev_seq,
+        },
+    );
     let mut refs = Vec::with_capacity(pieces.len());
     let mut data_off = data_offset;
     for (src, d) in pieces {
