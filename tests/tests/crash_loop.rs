@@ -188,7 +188,9 @@ fn crash_loop() {
         d.kill();
         let keep_local = rng.gen_bool(0.5);
         if !keep_local {
-            // Another machine: nothing local survives.
+            // Another machine: nothing local survives (and the dead one's
+            // directory, with its preallocated reserve, goes).
+            let _ = std::fs::remove_dir_all(&cache);
             cache = env.path(&format!("cache-{}", i + 1));
         }
         let d = Daemon::attach(&url, &sock, &cache, &faults);
