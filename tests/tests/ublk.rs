@@ -18,6 +18,19 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The VM rig's runner (shared/ublk-vm), or `SPRITEDISK_VM_RUNNER`.
+fn vm_runner() -> PathBuf {
+    let runner = std::env::var_os("SPRITEDISK_VM_RUNNER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/ublk-vm/run-in-vm.sh"));
+    assert!(
+        runner.exists(),
+        "{} is missing: the VM rig (shared/ublk-vm) runs the ublk tests; set SPRITEDISK_VM_RUNNER",
+        runner.display()
+    );
+    runner
+}
+
 #[test]
 fn attach_without_a_ublk_driver_fails_at_once_and_creates_nothing() {
     if std::path::Path::new("/dev/ublk-control").exists() {
@@ -46,14 +59,7 @@ fn attach_without_a_ublk_driver_fails_at_once_and_creates_nothing() {
 
 #[test]
 fn ublk_device_end_to_end_in_the_vm() {
-    let runner = std::env::var_os("SPRITEDISK_VM_RUNNER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/ublk-vm/run-in-vm.sh"));
-    assert!(
-        runner.exists(),
-        "{} is missing: the VM rig (shared/ublk-vm) runs the ublk tests; set SPRITEDISK_VM_RUNNER",
-        runner.display()
-    );
+    let runner = vm_runner();
     bin(); // the guest runs the host's build
            // The emulated guest kernel occasionally oopses while booting (seen: an
            // int3 in sched_clock_cpu under TCG, before any of our code runs). A run
@@ -171,14 +177,7 @@ fn guest_life(
 /// vm-crash-test` runs 20).
 #[test]
 fn ext4_survives_guest_kills_in_the_vm() {
-    let runner = std::env::var_os("SPRITEDISK_VM_RUNNER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/ublk-vm/run-in-vm.sh"));
-    assert!(
-        runner.exists(),
-        "{} is missing: the VM rig runs this test",
-        runner.display()
-    );
+    let runner = vm_runner();
     bin();
     let cycles: u64 = std::env::var("VM_CRASH_CYCLES")
         .ok()
