@@ -153,7 +153,10 @@ pub async fn fork_volume(
     .await;
     if res.is_err() {
         // Nothing references the parent yet: let its checkpoint go again.
-        let _ = parent.delete(&pin_key).await;
+        // A pin left behind only keeps the parent conservative, so say so.
+        if let Err(e) = parent.delete(&pin_key).await {
+            tracing::warn!(key = pin_key, error = %e, "could not remove the fork's pin from the parent after the fork failed; delete it by hand to let the checkpoint go");
+        }
     }
     res
 }
