@@ -23,6 +23,8 @@ pub struct FaultConfig {
     pub put_delay_max: Duration,
     /// Each get waits this long before it is answered (a remote store's latency).
     pub get_delay: Duration,
+    /// Each put waits this long before it lands (a slow or stalling store).
+    pub put_delay: Duration,
 }
 
 /// What happens to a put that is in flight when [`FaultStore::crash`] is called.
@@ -148,6 +150,9 @@ impl FaultStore {
     async fn land(&self, key: &str, data: Bytes) -> Result<Option<Bytes>, StoreError> {
         self.change();
         self.gate("put", key)?;
+        if !self.config.put_delay.is_zero() {
+            tokio::time::sleep(self.config.put_delay).await;
+        }
         if !self.config.put_delay_max.is_zero() {
             let nanos = self.config.put_delay_max.as_nanos() as u64;
             let d = self.rng.lock().unwrap().gen_range(0..=nanos);

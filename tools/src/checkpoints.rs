@@ -4,7 +4,7 @@
 //! `fork` reads the parent's replica and needs no daemon.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -60,6 +60,36 @@ pub async fn run(url: &str, cache_dir: Option<PathBuf>, op: Op<'_>, json_out: bo
     let dir = cache_dir.unwrap_or_else(|| crate::cli::default_cache_dir(url));
     let what = op.command();
     run_in(url, &dir, op, json_out).await.context(what)
+}
+
+/// `checkpoint --freeze`: the filesystem at `mountpoint` is frozen for it.
+pub async fn run_frozen(
+    url: &str,
+    cache_dir: Option<PathBuf>,
+    name: Option<&str>,
+    mountpoint: &Path,
+    timeout: Duration,
+) -> Result<i32> {
+    let dir = cache_dir.unwrap_or_else(|| crate::cli::default_cache_dir(url));
+    let t0 = Instant::now();
+    let (reply, t) = crate::freeze::checkpoint_frozen(url, &dir, name, mountpoint, timeout)
+        .await
+        .context("checkpoint")?;
+    let c = control::row_from_json(&reply)?;
+    println!(
+        "checkpoint {} of {url}: {} extents, durable in {} ms; {} frozen for {} ms \
+         (freeze {} ms, checkpoint {} ms, thaw {} ms; syncfs before it {} ms)",
+        c.name,
+        c.extents,
+        t0.elapsed().as_millis(),
+        mountpoint.display(),
+        t.frozen.as_millis(),
+        t.freeze.as_millis(),
+        t.checkpoint.as_millis(),
+        t.thaw.as_millis(),
+        t.sync.as_millis()
+    );
+    Ok(0)
 }
 
 async fn run_in(url: &str, cache_dir: &Path, op: Op<'_>, json_out: bool) -> Result<i32> {

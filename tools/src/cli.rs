@@ -61,7 +61,16 @@ pub enum Cmd {
         name: Option<String>,
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Freeze the filesystem mounted here (on this volume's device) for the checkpoint, then thaw it: consistent without unmounting.
+        #[arg(long, value_name = "MOUNTPOINT")]
+        freeze: Option<PathBuf>,
+        /// Longest the filesystem stays frozen, in seconds; no checkpoint is recorded after it.
+        #[arg(long, default_value_t = 10.0, requires = "freeze")]
+        freeze_timeout: f64,
     },
+    /// Thaws MOUNTPOINT at the deadline its parent sends (see freeze.rs); started by `checkpoint --freeze`.
+    #[command(hide = true)]
+    FreezeWatchdog { mountpoint: PathBuf },
     /// List the volume's checkpoints.
     Checkpoints {
         url: String,
@@ -148,6 +157,9 @@ pub struct AttachArgs {
     /// (a loopback store flatters read-ahead and cold reads).
     #[arg(long, hide = true, value_name = "MS")]
     pub simulate_get_latency_ms: Option<u64>,
+    /// Testing aid: delay every PUT this long, as a slow or stalling store would.
+    #[arg(long, hide = true, value_name = "MS")]
+    pub simulate_put_latency_ms: Option<u64>,
     /// Testing aid (the crash loop): fail this fraction of store requests
     /// with a transient error, as a flaky S3 endpoint would (seeded by pid).
     #[arg(long, hide = true, value_name = "RATE")]
@@ -198,11 +210,15 @@ impl AttachArgs {
     /// The volume's object store, with any simulated latency.
     pub fn open_store(&self) -> Result<std::sync::Arc<dyn spritedisk_store::ObjectStore>> {
         let store = spritedisk_store::open_url(&self.url)?;
-        if self.simulate_get_latency_ms.is_none() && self.simulate_store_errors.is_none() {
+        if self.simulate_get_latency_ms.is_none()
+            && self.simulate_put_latency_ms.is_none()
+            && self.simulate_store_errors.is_none()
+        {
             return Ok(store);
         }
         let cfg = spritedisk_store::FaultConfig {
             get_delay: std::time::Duration::from_millis(self.simulate_get_latency_ms.unwrap_or(0)),
+            put_delay: std::time::Duration::from_millis(self.simulate_put_latency_ms.unwrap_or(0)),
             error_rate: self.simulate_store_errors.unwrap_or(0.0).clamp(0.0, 0.9),
             ..Default::default()
         };
@@ -310,7 +326,24 @@ pub async fn run(cli: Cli) -> Result<i32> {
             url,
             name,
             cache_dir,
+            freeze: None,
+            ..
         } => checkpoints::run(&url, cache_dir, Op::Checkpoint(name.as_deref()), false).await,
+        Cmd::Checkpoint {
+            url,
+            name,
+            cache_dir,
+            freeze: Some(mountpoint),
+            freeze_timeout,
+        } => {
+            anyhow::ensure!(
+                freeze_timeout > 0.0 && freeze_timeout <= 600.0,
+                "--freeze-timeout must be between 0 and 600 seconds"
+            );
+            let timeout = Duration::from_secs_f64(freeze_timeout);
+            checkpoints::run_frozen(&url, cache_dir, name.as_deref(), &mountpoint, timeout).await
+        }
+        Cmd::FreezeWatchdog { mountpoint } => crate::freeze::watchdog(&mountpoint),
         Cmd::Checkpoints {
             url,
             json,

@@ -1,13 +1,17 @@
 //! The control socket of an attached volume (`CACHE_DIR/control.sock`):
 //! `checkpoint`, `checkpoints`, `restore`, `delete-checkpoint` and `gc` reach the
 //! daemon that holds the volume through it. One JSON request per line, one
-//! JSON reply per line: `{"ok": ...}` or `{"error": "..."}`.
+//! JSON reply per line: `{"ok": ...}` or `{"error": "..."}`, after progress
+//! lines where a step matters to the caller (`{"taken": ...}` for a
+//! checkpoint under `--freeze`).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use spritedisk_volume::{CheckpointRow, Volume};
+use std::time::{Duration, UNIX_EPOCH};
+
+use spritedisk_volume::{CheckpointRow, Deadline, Volume, VolumeError};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -73,12 +77,40 @@ impl Drop for ControlServer {
 
 async fn answer(volume: Volume, conn: UnixStream) -> Result<()> {
     let (rd, mut wr) = conn.into_split();
+    let mut rd = BufReader::new(rd);
     let mut line = String::new();
-    BufReader::new(rd).read_line(&mut line).await?;
+    rd.read_line(&mut line).await?;
     let req: Value = serde_json::from_str(&line)?;
     let name = req["name"].as_str();
     let reply = match (req["op"].as_str(), name) {
-        (Some("checkpoint"), name) => volume.checkpoint(name).await.map(|c| row_json(&c)),
+        (Some("checkpoint"), name) => match req["not_after_unix_ms"].as_u64() {
+            None => volume.checkpoint(name).await.map(|c| row_json(&c)),
+            // `checkpoint --freeze`: the map is taken before the moment
+            // it thaws the filesystem, or not at all; it thaws as soon as
+            // it reads the "taken" line (the metadata upload needs no
+            // freeze). A "cancel" line (or hanging up) before that cancels.
+            Some(ms) => {
+                let deadline = Deadline::at(UNIX_EPOCH + Duration::from_millis(ms));
+                let take = volume.take_checkpoint(name, Some(deadline.clone()));
+                tokio::pin!(take);
+                let mut cancel = String::new();
+                let taken = tokio::select! {
+                    r = &mut take => r,
+                    _ = rd.read_line(&mut cancel) => match deadline.cancel() {
+                        true => Err(VolumeError::CheckpointCancelled),
+                        false => take.await,
+                    },
+                };
+                match taken {
+                    Ok((row, _)) => {
+                        let taken = json!({ "taken": row_json(&row) });
+                        wr.write_all(format!("{taken}\n").as_bytes()).await?;
+                        volume.sync_metadata().await.map(|_| row_json(&row))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        },
         (Some("restore"), Some(name)) => volume.restore(name).await.map(|c| row_json(&c)),
         (Some("delete-checkpoint"), Some(name)) => {
             volume.delete_checkpoint(name).await.map(|_| json!(null))
@@ -103,20 +135,70 @@ async fn answer(volume: Volume, conn: UnixStream) -> Result<()> {
     Ok(())
 }
 
-/// Sends a request to the daemon serving `cache_dir`; None when no daemon
-/// listens there (the volume is detached, or attached elsewhere).
-pub async fn call(cache_dir: &Path, req: Value) -> Result<Option<Value>> {
+/// A request in flight whose daemon may answer with progress lines
+/// (`{"taken": …}`) before the final `{"ok": …}` or `{"error": …}`.
+pub struct Conversation {
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    wr: tokio::net::unix::OwnedWriteHalf,
+}
+
+/// One line of a [`Conversation`]: a progress report or the final answer.
+pub enum Answer {
+    Progress(String, Value),
+    Done(Value),
+}
+
+/// Sends `req` to the daemon serving `cache_dir`; None when no daemon listens.
+pub async fn start(cache_dir: &Path, req: Value) -> Result<Option<Conversation>> {
     let conn = match UnixStream::connect(socket_path(cache_dir)).await {
         Ok(c) => c,
         Err(_) => return Ok(None),
     };
     let (rd, mut wr) = conn.into_split();
     wr.write_all(format!("{req}\n").as_bytes()).await?;
-    let mut line = String::new();
-    BufReader::new(rd).read_line(&mut line).await?;
-    let reply: Value = serde_json::from_str(&line)?;
-    if let Some(e) = reply["error"].as_str() {
-        bail!("{e}");
+    Ok(Some(Conversation {
+        lines: BufReader::new(rd).lines(),
+        wr,
+    }))
+}
+
+impl Conversation {
+    /// Asks the daemon to drop the request if it still can; its next line
+    /// says whether it did.
+    pub async fn cancel(&mut self) -> Result<()> {
+        self.wr.write_all(b"cancel\n").await?;
+        Ok(())
     }
-    Ok(Some(reply["ok"].clone()))
+
+    /// The next line; an `{"error": …}` line is an error.
+    pub async fn next(&mut self) -> Result<Answer> {
+        let line = self
+            .lines
+            .next_line()
+            .await?
+            .context("the daemon closed the connection without an answer")?;
+        let v: Value = serde_json::from_str(&line)?;
+        let Value::Object(map) = v else {
+            bail!("the daemon answered {line:?}");
+        };
+        match map.into_iter().next() {
+            Some((k, v)) if k == "error" => bail!("{}", v.as_str().unwrap_or_default()),
+            Some((k, v)) if k == "ok" => Ok(Answer::Done(v)),
+            Some((k, v)) => Ok(Answer::Progress(k, v)),
+            None => bail!("the daemon answered {line:?}"),
+        }
+    }
+}
+
+/// Sends a request to the daemon serving `cache_dir`; None when no daemon
+/// listens there (the volume is detached, or attached elsewhere).
+pub async fn call(cache_dir: &Path, req: Value) -> Result<Option<Value>> {
+    let Some(mut conv) = start(cache_dir, req).await? else {
+        return Ok(None);
+    };
+    loop {
+        if let Answer::Done(v) = conv.next().await? {
+            return Ok(Some(v));
+        }
+    }
 }

@@ -5,6 +5,7 @@ mod attach;
 mod checkpoints;
 mod cli;
 mod control;
+mod freeze;
 mod inspect;
 mod registry;
 mod size;

@@ -3,6 +3,10 @@
 //! before they return. See spritedisk_meta's checkpoint.rs and
 //! docs/design/0004-checkpoints.md.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
 use spritedisk_meta::CheckpointRow;
 
 use crate::engine::Volume;
@@ -13,25 +17,52 @@ impl Volume {
     /// Checkpoints the volume as of every write acknowledged before the
     /// call: flushes, copies the map, ships the metadata.
     pub async fn checkpoint(&self, name: Option<&str>) -> Result<CheckpointRow, VolumeError> {
+        let t0 = Instant::now();
+        let (row, t_flush) = self.take_checkpoint(name, None).await?;
+        let t_map = t0.elapsed();
+        self.sync_metadata().await?;
+        log_phases("checkpoint taken", &row, t0, t_flush, t_map);
+        Ok(row)
+    }
+
+    /// The first half of [`Volume::checkpoint`]: flushes and records the
+    /// checkpoint in the local map, if `deadline` lets it (else nothing is
+    /// recorded and the error says why). It is durable once
+    /// [`Volume::sync_metadata`] returns. `checkpoint --freeze` thaws the
+    /// filesystem in between. Returns the row and how long the flush took.
+    pub async fn take_checkpoint(
+        &self,
+        name: Option<&str>,
+        deadline: Option<Deadline>,
+    ) -> Result<(CheckpointRow, Duration), VolumeError> {
         self.require_replica()?;
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
+        if let Some(d) = &deadline {
+            d.check(t0)?;
+        }
         self.flush().await?;
         let t_flush = t0.elapsed();
         let inner = self.inner.clone();
         let name = name.map(str::to_string);
         let row = tokio::task::spawn_blocking(move || {
-            inner
-                .meta
-                .lock()
-                .unwrap()
-                .create_checkpoint(name.as_deref(), now_unix())
+            // Under the map's lock: no segment reaches the map between
+            // the claim and the version the checkpoint records.
+            let mut meta = inner.meta.lock().unwrap();
+            if let Some(d) = &deadline {
+                d.claim(t0)?;
+            }
+            meta.create_checkpoint(name.as_deref(), now_unix())
+                .map_err(VolumeError::from)
         })
         .await
         .map_err(|e| VolumeError::Stopped(format!("checkpoint task: {e}")))??;
-        let t_map = t0.elapsed();
-        self.inner.ship_meta().await?;
-        log_phases("checkpoint taken", &row, t0, t_flush, t_map);
-        Ok(row)
+        Ok((row, t_flush))
+    }
+
+    /// Ships the metadata's changes to the store (a level-0 LTX file): what
+    /// makes a checkpoint taken by [`Volume::take_checkpoint`] durable.
+    pub async fn sync_metadata(&self) -> Result<(), VolumeError> {
+        self.inner.ship_meta().await
     }
 
     /// Makes the volume's content checkpoint `name`'s: flushes, swaps the
@@ -117,4 +148,72 @@ fn log_phases(
         ship_ms = (t0.elapsed() - t_map).as_millis() as u64,
         "{what}"
     );
+}
+
+/// When a checkpoint may still be recorded: until a moment (unix ms), and
+/// unless cancelled first. `checkpoint --freeze` thaws the filesystem at
+/// that moment, or earlier once it knows the checkpoint was taken or
+/// cancelled: one atomic decides between [`Deadline::claim`] (recording)
+/// and [`Deadline::cancel`], so a checkpoint never holds writes made after
+/// the thaw.
+#[derive(Debug, Clone)]
+pub struct Deadline(Arc<AtomicU64>);
+
+const CANCELLED: u64 = 0;
+const CLAIMED: u64 = u64::MAX;
+
+impl Deadline {
+    pub fn at(not_after: SystemTime) -> Deadline {
+        let ms = not_after
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1)
+            .clamp(1, CLAIMED - 1);
+        Deadline(Arc::new(AtomicU64::new(ms)))
+    }
+
+    /// True if no checkpoint will be recorded under this deadline; false if
+    /// one was recorded already.
+    pub fn cancel(&self) -> bool {
+        loop {
+            let cur = self.0.load(Ordering::SeqCst);
+            if cur == CLAIMED {
+                return false;
+            }
+            if self
+                .0
+                .compare_exchange(cur, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    fn check(&self, t0: Instant) -> Result<u64, VolumeError> {
+        let ms = self.0.load(Ordering::SeqCst);
+        if ms == CANCELLED {
+            return Err(VolumeError::CheckpointCancelled);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        if ms != CLAIMED && now > ms {
+            return Err(VolumeError::CheckpointTooLate {
+                late_ms: now - ms,
+                busy_ms: t0.elapsed().as_millis() as u64,
+            });
+        }
+        Ok(ms)
+    }
+
+    /// Takes the right to record, if neither the moment nor a cancel came first.
+    fn claim(&self, t0: Instant) -> Result<(), VolumeError> {
+        let ms = self.check(t0)?;
+        self.0
+            .compare_exchange(ms, CLAIMED, Ordering::SeqCst, Ordering::SeqCst)
+            .map(|_| ())
+            .map_err(|_| VolumeError::CheckpointCancelled)
+    }
 }

@@ -35,6 +35,10 @@ pub enum VolumeError {
     WriteLog(String),
     #[error("volume is stopped: {0}")]
     Stopped(String),
+    #[error("checkpoint not taken: its deadline passed {late_ms} ms before the map could be recorded ({busy_ms} ms spent flushing); nothing was recorded")]
+    CheckpointTooLate { late_ms: u64, busy_ms: u64 },
+    #[error("checkpoint not taken: cancelled by its caller; nothing was recorded")]
+    CheckpointCancelled,
     #[error("{url} is attached by {holder} (lease renewed {renewed_secs_ago} s ago): detach it there, or take it over with --force (that daemon is then fenced: its next flush fails)")]
     Leased {
         url: String,

@@ -28,6 +28,7 @@ mod upload;
 mod verify;
 mod wlog;
 
+pub use checkpoint::Deadline;
 pub use config::{EngineOptions, VolumeConfig, BLOCK_SIZE, CONFIG_KEY, DEFAULT_SIZE_BYTES};
 pub use engine::{Volume, REQUEST_BYTES_MAX};
 pub use error::{libc_errno, VolumeError};
