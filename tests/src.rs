@@ -199,6 +199,10 @@ impl Daemon {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
     pub fn nbd_uri(&self) -> String {
         format!("nbd+unix:///?socket={}", self.sock.display())
     }

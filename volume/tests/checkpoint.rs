@@ -144,3 +144,56 @@ async fn a_corrupt_local_database_is_rebuilt_from_the_store() {
     assert_eq!(vol.checkpoints().unwrap().len(), 1);
     vol.close().await.unwrap();
 }
+
+/// `checkpoint --freeze`'s deadline: nothing is recorded once it passed or
+/// was cancelled; a recorded checkpoint can no longer be cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_passed_or_was_cancelled_records_nothing() {
+    use spritedisk_volume::Deadline;
+    use std::time::{Duration, SystemTime};
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = open(store.clone(), Some(dir.path()), small_opts(1)).await;
+    vol.write(0, pattern(0, 4, 1), false).await.unwrap();
+
+    let past = Deadline::at(SystemTime::now() - Duration::from_secs(1));
+    let e = vol
+        .take_checkpoint(Some("late"), Some(past))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, VolumeError::CheckpointTooLate { .. }), "{e}");
+    let cancelled = Deadline::at(SystemTime::now() + Duration::from_secs(60));
+    assert!(cancelled.cancel());
+    let e = vol
+        .take_checkpoint(Some("cancelled"), Some(cancelled))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, VolumeError::CheckpointCancelled), "{e}");
+    assert!(vol.checkpoints().unwrap().is_empty());
+
+    let d = Deadline::at(SystemTime::now() + Duration::from_secs(60));
+    let (row, _) = vol
+        .take_checkpoint(Some("taken"), Some(d.clone()))
+        .await
+        .unwrap();
+    assert!(!d.cancel(), "a recorded checkpoint cannot be cancelled");
+    vol.sync_metadata().await.unwrap();
+    assert_eq!(row.name, "taken");
+    vol.close().await.unwrap();
+    // Durable: a fresh machine sees it.
+    let vol = open(
+        store,
+        Some(tempfile::tempdir().unwrap().path()),
+        small_opts(2),
+    )
+    .await;
+    let names: Vec<String> = vol
+        .checkpoints()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["taken"]);
+    vol.close().await.unwrap();
+}
