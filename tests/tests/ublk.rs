@@ -1,7 +1,9 @@
 //! The ublk frontend. On the host (no ublk driver): attach fails at once with
 //! a clear message and creates nothing. In the VM rig (a kernel with ublk):
 //! tests/vm/ublk.sh — ext4 round trip, fio verify on 2 queues, kill -9 and
-//! recover with fsck, detach leaving nothing behind.
+//! recover with fsck, detach leaving nothing behind; tests/vm/crash.sh —
+//! ext4 across guest kills; tests/vm/workloads.sh — PostgreSQL with
+//! `checkpoint --freeze` under pgbench, and a build.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -59,56 +61,94 @@ fn attach_without_a_ublk_driver_fails_at_once_and_creates_nothing() {
 
 #[test]
 fn ublk_device_end_to_end_in_the_vm() {
+    run_vm_script("tests/vm/ublk.sh", "== 1. ", &[]);
+}
+
+/// PostgreSQL with `checkpoint --freeze` under pgbench, and a build, on
+/// /dev/ublkb0 (tests/vm/workloads.sh); prints the ratios to the scratch disk.
+#[test]
+fn workloads_on_ublk_in_the_vm() {
+    require("pgbench", "postgresql");
+    let sqlite = sqlite_amalgamation();
+    let console = run_vm_script(
+        "tests/vm/workloads.sh",
+        "== 1a. ",
+        &[("SPRITEDISK_SQLITE_SRC", sqlite.to_str().unwrap())],
+    );
+    let results: Vec<&str> = console
+        .lines()
+        .filter(|l| l.starts_with("RESULT "))
+        .collect();
+    eprintln!("{}", results.join("\n"));
+}
+
+/// The SQLite amalgamation that rusqlite's bundled build compiles (in the
+/// cargo registry): the source tree the workload test builds.
+fn sqlite_amalgamation() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
+    let registry = home.join("registry/src");
+    std::fs::read_dir(&registry)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|index| {
+            std::fs::read_dir(index.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|krate| krate.path().join("sqlite3"))
+        .find(|d| {
+            d.parent()
+                .and_then(|p| p.file_name())
+                .is_some_and(|n| n.to_string_lossy().starts_with("libsqlite3-sys-"))
+                && d.join("sqlite3.c").exists()
+        })
+        .unwrap_or_else(|| panic!("no libsqlite3-sys sources under {}", registry.display()))
+}
+
+/// Runs `script` in the VM rig (8G scratch disk) and asserts it printed
+/// ALL OK; returns the console. The emulated guest kernel occasionally
+/// oopses while booting (seen: an int3 in sched_clock_cpu under TCG, before
+/// any of our code runs). A run that never printed `started` is a rig
+/// failure: boot again, at most VM_BOOT_ATTEMPTS_MAX times. Failures of the
+/// script itself count.
+fn run_vm_script(script: &str, started: &str, envs: &[(&str, &str)]) -> String {
+    const VM_BOOT_ATTEMPTS_MAX: usize = 3;
     let runner = vm_runner();
     bin(); // the guest runs the host's build
-           // The emulated guest kernel occasionally oopses while booting (seen: an
-           // int3 in sched_clock_cpu under TCG, before any of our code runs). A run
-           // that never reached the test script is a rig failure: boot again, at
-           // most VM_BOOT_ATTEMPTS_MAX times. Failures of the script itself count.
-    const VM_BOOT_ATTEMPTS_MAX: usize = 3;
     let mut attempt = 0;
     let out = loop {
         attempt += 1;
         let out = Command::new(&runner)
-            .args([
-                "--scratch",
-                "8G",
-                "--timeout",
-                "1500",
-                "--",
-                "bash",
-                "tests/vm/ublk.sh",
-            ])
+            .args(["--scratch", "8G", "--timeout", "1500", "--", "bash", script])
+            .envs(envs.iter().copied())
             .current_dir(repo_root())
             .output()
             .expect("run the VM");
-        let started = String::from_utf8_lossy(&out.stdout).contains("== 1. ");
-        if started || attempt == VM_BOOT_ATTEMPTS_MAX {
+        if String::from_utf8_lossy(&out.stdout).contains(started) || attempt == VM_BOOT_ATTEMPTS_MAX
+        {
             break out;
         }
-        eprintln!("the VM did not reach the test script (guest boot failure): booting again");
+        eprintln!("the VM did not reach {script} (guest boot failure): booting again");
     };
-    let console = String::from_utf8_lossy(&out.stdout);
+    let console = String::from_utf8_lossy(&out.stdout).to_string();
     let steps: Vec<&str> = console
         .lines()
         .filter(|l| l.starts_with("ok ") || l.starts_with("FAIL"))
         .collect();
     eprintln!("{}", steps.join("\n"));
+    let tail: Vec<&str> = console.lines().rev().take(80).collect();
     assert!(
         out.status.success() && console.contains("ALL OK"),
-        "VM test failed ({}):\n{}\n{}",
+        "{script} failed in the VM ({}):\n{}\n{}",
         out.status,
-        console
-            .lines()
-            .rev()
-            .take(80)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n"),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
         String::from_utf8_lossy(&out.stderr)
     );
+    console
 }
 
 /// One guest life of the ext4 crash cycle: boots the VM on
