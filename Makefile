@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DEMO_DIR ?= /tmp/spritedisk-demo
 
-.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test fuzz-smoke vm-crash-test
+.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test fuzz-smoke vm-crash-test vm-workloads
 
 all: build
 
@@ -44,6 +44,12 @@ VM_CRASH_CYCLES ?= 20
 vm-crash-test: test-deps
 	$(CARGO) build --bins
 	VM_CRASH_CYCLES=$(VM_CRASH_CYCLES) $(CARGO) test -p spritedisk-e2e --test ublk ext4_survives -- --nocapture
+
+# The workload test's long form: longer pgbench runs (CI: 15 s each).
+PGBENCH_SECS ?= 120
+vm-workloads: test-deps
+	$(CARGO) build --bins
+	SPRITEDISK_PGBENCH_SECS=$(PGBENCH_SECS) $(CARGO) test -p spritedisk-e2e --test ublk workloads -- --nocapture
 
 # Only the ublk tests in the VM rig (make test runs them too).
 vm-test: test-deps
