@@ -13,6 +13,14 @@ use std::time::Duration;
 /// How long a daemon may take to print its "attached" line.
 const ATTACH_WAIT_MAX: Duration = Duration::from_secs(60);
 
+/// The repository's root (the VM scripts are under tests/vm).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
 /// The `spritedisk` binary of this build (target/<profile>/spritedisk).
 pub fn bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

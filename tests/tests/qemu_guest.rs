@@ -4,7 +4,7 @@
 //! off; after detach, another machine attaches the volume from the store
 //! alone and a second guest finds fsck clean and every file intact.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use spritedisk_e2e::*;
@@ -29,13 +29,6 @@ mount /dev/vda /tmp/m
 cd /tmp/m && sha256sum --quiet -c /tmp/ctl/sums
 echo "guest checked $(wc -l < /tmp/ctl/sums) files"
 "#;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Boots a guest on the daemon's NBD socket and runs `script` in it.
 fn boot(d: &Daemon, ctl: &Path, script: &str) -> String {

@@ -13,13 +13,6 @@ use std::time::{Duration, Instant};
 
 use spritedisk_e2e::*;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// The VM rig's runner (shared/ublk-vm), or `SPRITEDISK_VM_RUNNER`.
 fn vm_runner() -> PathBuf {
     let runner = std::env::var_os("SPRITEDISK_VM_RUNNER")
