@@ -4,6 +4,7 @@
 # sequential write and cold 1 MiB sequential read through NBD; FLUSH latency
 # of 4 KiB writes (fio fsync after each) vs one raw PUT of the same size.
 # Servers: moto (threaded, as shipped) and s3s-fs, each on a free port.
+# The peer on the same servers: s3backer (Debian package, FUSE).
 # Usage: bench/s3.sh OUT    (BENCH_QUICK=1: smaller sizes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,8 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE_S3:-128M}; COUNT=16; else SIZE=
 mkdir -p "$OUT/raw"
 WORK=$(mktemp -d /var/tmp/spritedisk-s3.XXXXXX)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$WORK"' EXIT
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; umount "$WORK"/s3b-* 2>/dev/null; rm -rf "$WORK"' EXIT
+command -v s3backer >/dev/null || { apt-get install -y -qq s3backer >/dev/null || { echo "s3backer is not installed: apt-get install s3backer" >&2; exit 1; }; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "server on $1 did not start" >&2; exit 1; }
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
@@ -29,7 +31,7 @@ start_daemon() { # url cache
 stop_daemon() { kill -TERM "$DPID"; wait "$DPID"; }
 fiojson() { python3 -c "import json,sys; j=json.load(open(sys.argv[1]))['jobs'][0]; print(eval(sys.argv[2]))" "$@"; }
 
-ROWS=()
+ROWS=() ROWS_PEER=()
 for server in moto s3s-fs; do
   port=$(free_port)
   if [ $server = moto ]; then
@@ -65,6 +67,32 @@ PY
   fio --name=r --ioengine=nbd --uri="$URI" --rw=read --bs=1m --iodepth=1 --size="$SIZE" \
       --output-format=json --output="$OUT/raw/s3-$server-coldread.json" >/dev/null
   stop_daemon
+  # The peer: s3backer (Debian 1.5.4, FUSE) on the same server, 1 MiB
+  # blocks. Flags from ../shared/reference/benchmarking.md: no MD5 cache
+  # and no write delay against a strongly consistent store. Its fsync
+  # returns before anything is in the store, so "durable" here is the
+  # write plus the unmount that uploads its dirty blocks.
+  B3=(s3backer --baseURL="http://127.0.0.1:$port/" --accessId=bench --accessKey=benchsecret
+      --size="$SIZE" --blockSize=1M --md5CacheSize=0 --md5CacheTime=0 --minWriteDelay=0
+      --prefix="s3backer-$server/" bench "$WORK/s3b-$server")
+  mkdir -p "$WORK/s3b-$server"
+  # Unmounting asks s3backer to upload its dirty blocks; it exits when done.
+  s3b_umount() {
+    umount "$WORK/s3b-$server"
+    while pgrep -f "s3backer.*s3b-$server" >/dev/null; do sleep 0.05; done
+  }
+  t0=$(date +%s.%N)
+  "${B3[@]}" && fio --name=w --ioengine=psync --filename="$WORK/s3b-$server/file" --rw=write --bs=1m \
+      --size="$SIZE" --end_fsync=1 --output-format=json --output="$OUT/raw/s3backer-$server-seqwrite.json" >/dev/null
+  s3b_umount
+  s3b_wr=$(python3 -c "import sys; print($(numfmt --from=iec "$SIZE") / 1e6 / ($(date +%s.%N) - $t0))")
+  "${B3[@]}" && fio --name=r --ioengine=psync --filename="$WORK/s3b-$server/file" --rw=read --bs=1m \
+      --size="$SIZE" --output-format=json --output="$OUT/raw/s3backer-$server-coldread.json" >/dev/null
+  s3b_umount
+  s3b_rd=$(fiojson "$OUT/raw/s3backer-$server-coldread.json" "j['read']['bw_bytes']/1e6")
+  ROWS_PEER+=("| $server | $(printf '%.0f' "$s3b_wr") MB/s | $(printf '%.0f' "$s3b_rd") MB/s |")
+  echo "{\"server\": \"$server\", \"s3backer_seqwrite_durable_mbps\": $s3b_wr, \"s3backer_cold_seqread_mbps\": $s3b_rd}" > "$OUT/raw/s3backer-$server.json"
+
   wr=$(fiojson "$OUT/raw/s3-$server-seqwrite.json" "j['write']['bw_bytes']/1e6")
   rd=$(fiojson "$OUT/raw/s3-$server-coldread.json" "j['read']['bw_bytes']/1e6")
   fl=$(fiojson "$OUT/raw/s3-$server-flush.json" "'%d %d' % (j['sync']['lat_ns']['percentile']['50.000000']/1e3, j['sync']['lat_ns']['percentile']['99.000000']/1e3)")
@@ -87,4 +115,10 @@ done
   echo "| server | raw PUT / GET | spritedisk seq write | spritedisk cold seq read | FLUSH p50 / p99 | raw small PUT p50 / p99 | FLUSH / PUT p50 |"
   echo "|---|---|---|---|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "The peer on the same servers: s3backer (FUSE, 1 MiB blocks), $SIZE written with 1 MiB writes until durable (the write, fsync and the unmount that uploads its dirty blocks: its fsync alone does not reach the store), then read cold after a remount. Compare with the spritedisk columns above."
+  echo
+  echo "| server | s3backer seq write until durable | s3backer cold seq read |"
+  echo "|---|---|---|"
+  printf '%s\n' "${ROWS_PEER[@]}"
 } | tee -a "$OUT/summary.md"
