@@ -180,31 +180,24 @@ fn freeze_checkpoints_and_thaws_and_refusals_freeze_nothing() {
         ],
         "is not attached on this machine",
     );
-    fails_with(
-        &[
-            "checkpoint",
-            &url,
-            "b",
-            "--cache-dir",
-            c,
-            "--freeze",
-            "/proc",
-        ],
-        "cannot be frozen",
-    );
     let missing = env.path("no-such-dir");
-    fails_with(
-        &[
-            "checkpoint",
-            &url,
-            "b",
-            "--cache-dir",
-            c,
-            "--freeze",
-            missing.to_str().unwrap(),
-        ],
-        "no-such-dir",
-    );
+    for (mountpoint, needle) in [
+        ("/proc", "cannot be frozen"),
+        (missing.to_str().unwrap(), "no-such-dir"),
+    ] {
+        fails_with(
+            &[
+                "checkpoint",
+                &url,
+                "b",
+                "--cache-dir",
+                c,
+                "--freeze",
+                mountpoint,
+            ],
+            needle,
+        );
+    }
     assert!(fs.writable("after-refusals"));
 
     // Frozen by someone else: refused, and left frozen (not ours to thaw).

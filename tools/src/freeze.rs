@@ -84,8 +84,8 @@ pub async fn checkpoint_frozen(
     check_device(url, mountpoint)?;
 
     let mut signals = Signals::new()?;
-    let t_sync = Instant::now();
     let mut frozen = Frozen::new(mountpoint)?;
+    let t_sync = Instant::now();
     // SAFETY: syncfs on a file descriptor we own.
     if unsafe { libc::syncfs(frozen.dir.as_raw_fd()) } != 0 {
         bail!(
@@ -133,6 +133,8 @@ pub async fn checkpoint_frozen(
     if let Some(sig) = interrupted {
         // Thawing now could let the daemon record writes made after the
         // thaw: cancel, and thaw once it says it did (or took it already).
+        // If the cancel cannot be sent the daemon is gone: the next read
+        // then fails, and a gone daemon records nothing.
         conv.cancel().await.ok();
         first = tokio::select! {
             r = conv.next() => r,
