@@ -41,8 +41,8 @@ fn check_name(name: &str) -> Result<(), MetaError> {
 }
 
 impl MetaDb {
-    /// Freezes the live map as checkpoint `name` (auto-named `v1`, `v2`…
-    /// when None). Refuses a name that exists.
+    /// Freezes the live map as checkpoint `name` (auto-named `v<map version>`:
+    /// `v1`, `v2`… when None). Refuses a name that exists.
     pub fn create_checkpoint(
         &mut self,
         name: Option<&str>,
@@ -56,17 +56,24 @@ impl MetaDb {
                 |r| r.get(0),
             )
         };
+        let (client, applied, version): (i64, i64, i64) = tx.query_row(
+            "SELECT client_bytes_written, applied_seq, map_version FROM volume",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         let name = match name {
             Some(n) => n.to_string(),
             None => {
-                let mut n: i64 =
-                    tx.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0))?;
+                // Named after the map version it freezes, which only ever
+                // grows: a deleted checkpoint's name is never handed out
+                // again, so "v2" means one state for the volume's life.
+                let mut n = version;
                 loop {
-                    n += 1;
                     let candidate = format!("v{n}");
                     if !taken(&candidate)? {
                         break candidate;
                     }
+                    n += 1;
                 }
             }
         };
@@ -76,11 +83,6 @@ impl MetaDb {
                 "a checkpoint named {name:?} exists already: pick another name or delete it first"
             )));
         }
-        let (client, applied, version): (i64, i64, i64) = tx.query_row(
-            "SELECT client_bytes_written, applied_seq, map_version FROM volume",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
         // count(*) walks the smallest index: milliseconds per million rows.
         let extents: i64 = tx.query_row("SELECT count(*) FROM extents", [], |r| r.get(0))?;
         tx.execute(

@@ -145,6 +145,30 @@ proptest! {
     }
 }
 
+/// An auto-name is never handed out twice, even after the checkpoint
+/// that had it is deleted; a name the user took is skipped.
+#[test]
+fn auto_names_are_never_reused() {
+    let mut db = db();
+    let name = |db: &mut MetaDb| db.create_checkpoint(None, 0).unwrap().name;
+    assert_eq!(
+        [name(&mut db), name(&mut db), name(&mut db)],
+        ["v1", "v2", "v3"]
+    );
+    db.delete_checkpoint("v2").unwrap();
+    db.delete_checkpoint("v3").unwrap();
+    assert_eq!(name(&mut db), "v4");
+    db.create_checkpoint(Some("v6"), 0).unwrap();
+    assert_eq!(name(&mut db), "v7");
+    let listed: Vec<String> = db
+        .checkpoints()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(listed, ["v1", "v4", "v6", "v7"], "oldest first");
+}
+
 /// A database written before the versioned map (checkpoints as copied
 /// rows) opens with its checkpoints intact.
 #[test]

@@ -55,7 +55,7 @@ pub enum Cmd {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
-    /// Checkpoint the volume (durable when this returns; auto-named v1, v2… when NAME is omitted).
+    /// Checkpoint the volume (durable when this returns; auto-named v1, v2… when NAME is omitted, a name never reused).
     Checkpoint {
         url: String,
         name: Option<String>,

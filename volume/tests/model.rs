@@ -86,8 +86,11 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
         let mut model = vec![0u8; (BLOCKS * BS) as usize];
         // States since the last completed flush; any of them may survive a crash.
         let mut history = vec![model.clone()];
-        // Checkpoints by name: durable once taken, whatever crashes after.
-        let mut ckpts: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+        // Checkpoints by name (with the map version each froze, the order
+        // `checkpoints()` lists them in): durable once taken, whatever crashes after.
+        let mut ckpts: std::collections::BTreeMap<String, (u64, Vec<u8>)> = Default::default();
+        // Every name a checkpoint ever had, deleted or not.
+        let mut named: std::collections::BTreeSet<String> = Default::default();
         for op in ops {
             match op {
                 Op::Write { lba, n, tag, fua } => {
@@ -140,18 +143,22 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
                     model = history[k].clone();
                     history.truncate(k + 1);
                     let names: Vec<String> = vol.checkpoints().unwrap().into_iter().map(|c| c.name).collect();
-                    prop_assert_eq!(names, ckpts.keys().cloned().collect::<Vec<_>>(), "after crash {}", incarnation);
+                    let mut want: Vec<(&u64, &String)> = ckpts.iter().map(|(name, (version, _))| (version, name)).collect();
+                    want.sort();
+                    let want: Vec<String> = want.into_iter().map(|(_, name)| name.clone()).collect();
+                    prop_assert_eq!(names, want, "after crash {}", incarnation);
                 }
                 Op::Checkpoint => {
                     let c = vol.checkpoint(None).await.unwrap();
-                    ckpts.insert(c.name, model.clone());
+                    prop_assert!(named.insert(c.name.clone()), "auto-name {} handed out twice", c.name);
+                    ckpts.insert(c.name, (c.version, model.clone()));
                     history = vec![model.clone()];
                 }
                 Op::Restore(i) | Op::DeleteCheckpoint(i) => {
                     let Some(name) = ckpts.keys().nth(i % ckpts.len().max(1)).cloned() else { continue };
                     if matches!(op, Op::Restore(_)) {
                         vol.restore(&name).await.unwrap();
-                        model = ckpts[&name].clone();
+                        model = ckpts[&name].1.clone();
                         history = vec![model.clone()];
                     } else {
                         vol.delete_checkpoint(&name).await.unwrap();
@@ -169,7 +176,7 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
         prop_assert!(disk[..] == model[..]);
         // Every checkpoint still reads as it was taken, after all the GC.
         vol.checkpoint(Some("end")).await.unwrap();
-        for (name, want) in &ckpts {
+        for (name, (_, want)) in &ckpts {
             vol.restore(name).await.unwrap();
             let got = vol.read(0, BLOCKS * BS).await.unwrap();
             prop_assert!(got[..] == want[..], "checkpoint {} reads differently", name);
