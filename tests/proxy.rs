@@ -1,9 +1,12 @@
 //! A fault-injecting TCP proxy between a client and an S3 server, for the
 //! outage and bad-answer tests: pass, add latency, reset connections, stall
-//! them, or answer every request with an HTTP status.
+//! them, or answer every request with an HTTP status. `Fault::Region` gives
+//! loopback servers the latency and per-stream bandwidth of a real S3
+//! region, for the benchmarks (`s3-region-proxy`).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +25,16 @@ pub enum Fault {
     /// Forward the next connection's request, swallow the answer and reset
     /// the client (an ambiguous failure: the request took effect); then Pass.
     LoseReplyOnce,
+    /// Pass, shaped like a remote region: each answer's first byte waits
+    /// `first_byte` after its request, and each connection moves at most
+    /// `bytes_per_sec` each way.
+    Region(Shape),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub first_byte: Duration,
+    pub bytes_per_sec: u64,
 }
 
 pub struct FaultProxy {
@@ -107,6 +120,30 @@ fn serve(client: TcpStream, upstream: SocketAddr, fault: Arc<Mutex<Fault>>) {
             );
             let _ = client.shutdown(Shutdown::Write);
         }
+        Fault::Region(shape) => {
+            let Ok(server) = TcpStream::connect(upstream) else {
+                return;
+            };
+            // Set by the request side, taken by the answer side: the next
+            // bytes from the server begin an answer.
+            let asked = Arc::new(AtomicBool::new(false));
+            let (c2, s2, a2) = (
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                asked.clone(),
+            );
+            let up = std::thread::spawn(move || {
+                pump_shaped(c2, s2, shape.bytes_per_sec, |_| {
+                    a2.store(true, Ordering::Release)
+                })
+            });
+            pump_shaped(server, client, shape.bytes_per_sec, |_| {
+                if asked.swap(false, Ordering::AcqRel) {
+                    std::thread::sleep(shape.first_byte);
+                }
+            });
+            let _ = up.join();
+        }
         Fault::Pass | Fault::Delay(_) => {
             if let Fault::Delay(d) = now {
                 std::thread::sleep(d);
@@ -124,6 +161,34 @@ fn serve(client: TcpStream, upstream: SocketAddr, fault: Arc<Mutex<Fault>>) {
 
 fn pump(mut from: TcpStream, mut to: TcpStream) {
     let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Copies `from` to `to` in chunks, calling `before` ahead of forwarding
+/// each and pacing the stream to `bytes_per_sec` (a chunk of n bytes takes
+/// n / rate on the wire, as if the link were that fast).
+fn pump_shaped(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    bytes_per_sec: u64,
+    mut before: impl FnMut(usize),
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        before(n);
+        let started = std::time::Instant::now();
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        let wire = Duration::from_secs_f64(n as f64 / bytes_per_sec.max(1) as f64);
+        if let Some(rest) = wire.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
     let _ = to.shutdown(Shutdown::Write);
 }
 

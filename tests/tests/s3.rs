@@ -91,6 +91,58 @@ fn http_403_is_access_denied_at_once() {
     fails_with(&o, "access denied (HTTP 403");
 }
 
+/// The benchmarks' region profile (`s3-region-proxy`): objects pass intact
+/// (store-bench reads each back), every answer waits its first-byte
+/// latency and a stream moves no faster than its rate. Only lower bounds
+/// on time are asserted, which a busy machine cannot break.
+#[test]
+fn the_region_proxy_adds_latency_and_paces_streams_without_changing_bytes() {
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_s3-region-proxy"))
+        .args([
+            &moto_addr().to_string(),
+            "--first-byte-ms",
+            "30",
+            "--stream-mbps",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut endpoint = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+        &mut endpoint,
+    )
+    .unwrap();
+    let o = run_with(
+        &[
+            "store-bench",
+            &testing::s3_url("region"),
+            "--size",
+            "2M",
+            "--count",
+            "2",
+            "--parallel",
+            "1",
+        ],
+        |c| {
+            c.env("AWS_ENDPOINT_URL", endpoint.trim());
+        },
+    );
+    let _ = proxy.kill();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for k in ["put_mbps", "get_mbps"] {
+        let mbps = j[k].as_f64().unwrap();
+        assert!(mbps <= 20.0, "{k} {mbps} MB/s through a 20 MB/s stream");
+    }
+    let p50 = j["small_put_p50_us"].as_u64().unwrap();
+    assert!(
+        p50 >= 30_000,
+        "a small PUT answered in {p50} us, under the 30 ms first byte"
+    );
+}
+
 /// A 30-second outage of the store (10 s of reset connections, 10 s of HTTP
 /// 503, 10 s of stalled connections) in the middle of fio writes with
 /// FLUSHes: writes block within the memory bound, flushes wait, I/O
