@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DEMO_DIR ?= /tmp/spritedisk-demo
 
-.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test fuzz-smoke vm-crash-test vm-workloads
+.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test fuzz-smoke vm-crash-test vm-workloads bench-smoke
 
 all: build
 
@@ -69,6 +69,13 @@ demo: build
 bench: build
 	tools/install-test-deps.sh
 	bench/run.sh
+
+# CI's smoke run of the suite: quick mode on the debug build (the numbers
+# mean nothing; the scripts, servers, s3backer and the VM all ran), into a
+# scratch directory instead of bench/results.
+bench-smoke: test-deps
+	$(CARGO) build --bins
+	BENCH_QUICK=1 BIN=target/debug/spritedisk BENCH_OUT=$$(mktemp -d /var/tmp/spritedisk-bench-smoke.XXXXXX) bench/run.sh
 
 clean:
 	$(CARGO) clean

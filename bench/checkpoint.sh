@@ -39,6 +39,11 @@ for n in $EXTENTS; do
   echo "  $ext extents: checkpoint $ck_ms ms, restore $rs_ms ms, fork $fk_ms ms" >&2
   grep -E "checkpoint taken|restored" "$WORK/attach.log" | sed 's/^/    /' >&2 || true
   ROWS+=("| $ext | $ck_ms ms | $rs_ms ms | $fk_ms ms |")
+  for what in checkpoint restore; do
+    ms=$ck_ms; [ $what = restore ] && ms=$rs_ms
+    bench/ratios.py add "$OUT" --group "checkpoint" --measure "$what, $ext extents, until durable" --value "$((ms > 0 ? ms : 1))" \
+      --unit ms --baseline "fork (copies the map)" --baseline-value "$fk_ms" --lower-better --goal-max 1000
+  done
   kill -TERM "$PID"; wait "$PID"; PID=
 done
 {

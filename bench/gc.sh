@@ -41,6 +41,16 @@ print(r["segments_compacted"], "compacted,", r["segments_deleted"], "deleted")')
   ROWS+=("| $r | $(row) $copied |")
   echo "  round $r: ${ROWS[-1]}" >&2
 done
+"$BIN" stats "$URL" --json --cache-dir "$WORK/c" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)["durable"]
+print(d["segment_bytes_put"] / max(d["client_bytes_written"], 1), d["stored_bytes"] / max(d["live_bytes"], 1))' | {
+  read -r wa sl
+  bench/ratios.py add "$OUT" --group "space" --measure "write amplification after $ROUNDS passes with gc" --value "$wa" \
+    --unit "x" --baseline "ideal (each byte PUT once)" --baseline-value 1 --lower-better
+  bench/ratios.py add "$OUT" --group "space" --measure "stored / live after $ROUNDS passes with gc" --value "$sl" \
+    --unit "x" --baseline "ideal (nothing dead kept)" --baseline-value 1 --lower-better
+}
 kill -TERM "$PID"; wait "$PID"; PID=
 {
   echo

@@ -2,6 +2,9 @@
 """Turns bench/run.sh's fio JSON into a Markdown table of ratios and a summary JSON."""
 import json, os, platform, subprocess, sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ratios import record
+
 out, rss_kb, hwm_kb, write_total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 raw = os.path.join(out, "raw")
 
@@ -16,15 +19,40 @@ def metric(job, kind):
     return side["iops"], "IOPS"
 
 rows, summary = [], {}
-for name, kind in [("seqwrite-1m", "bw"), ("randread-4k-qd1", "iops"), ("randread-4k-qd32", "iops"), ("randwrite-4k-fsync32", "iops")]:
-    r, unit = metric(load(name, "raw"), kind)
-    n, _ = metric(load(name, "nbd"), kind)
+def mixed_iops(job):
+    return job["read"]["iops"] + job["write"]["iops"]
+
+def sync_pct(job, p):
+    return job["sync"]["lat_ns"]["percentile"][p] / 1e6
+
+HOST = "host NBD, file://"
+jobs = [("seqwrite-1m", "bw", "1 MiB seq write QD8"), ("randread-4k-qd1", "iops", "4 KiB rand read QD1, warm"),
+        ("randread-4k-qd32", "iops", "4 KiB rand read QD32, warm"),
+        ("randwrite-4k-fsync32", "iops", "4 KiB rand write QD1, FLUSH every 32"), ("mix-70-30", "mix", "4 KiB 70/30 read/write QD16")]
+for name, kind, label in jobs:
+    if kind == "mix":
+        r, n, unit = mixed_iops(load(name, "raw")), mixed_iops(load(name, "nbd")), "IOPS"
+    else:
+        r, unit = metric(load(name, "raw"), kind)
+        n, _ = metric(load(name, "nbd"), kind)
     job = load(name, "nbd")
     side = job["write"] if job["write"]["io_bytes"] > 0 else job["read"]
     p99 = side.get("clat_ns", {}).get("percentile", {}).get("99.000000", 0) / 1e3
     syncs = job.get("sync", {}).get("total_ios", 0)
     rows.append(f"| {name} | {r:,.0f} {unit} | {n:,.0f} {unit} | {n / r:.2f}× | {p99:,.0f} µs |")
     summary[name] = {"raw": r, "nbd": n, "ratio": n / r, "unit": unit, "nbd_p99_us": p99, "nbd_syncs": syncs}
+    record(out, HOST, label, n, unit, "raw file", r)
+# FLUSH latency: fio's sync latency, 4 KiB write + FLUSH at QD1, vs fsync of the raw file.
+for p, label in (("50.000000", "p50"), ("99.000000", "p99")):
+    r, n = sync_pct(load("flush-4k", "raw"), p), sync_pct(load("flush-4k", "nbd"), p)
+    rows.append(f"| flush-4k {label} | {r:,.2f} ms | {n:,.2f} ms | {r / n:.2f}× | |")
+    summary[f"flush-4k-{label}"] = {"raw_ms": r, "nbd_ms": n}
+    record(out, HOST, f"FLUSH latency {label} (4 KiB write + FLUSH, QD1)", n, "ms", "fsync of the raw file", r, lower_better=True)
+for qd in (1, 32):
+    r, n = metric(load(f"randread-4k-qd{qd}", "raw"), "iops")[0], metric(load(f"randread-4k-qd{qd}-cold", "nbd"), "iops")[0]
+    rows.append(f"| randread-4k-qd{qd}, cold cache | {r:,.0f} IOPS | {n:,.0f} IOPS | {n / r:.2f}× | |")
+    summary[f"randread-4k-qd{qd}-cold"] = {"raw": r, "nbd": n}
+    record(out, HOST, f"4 KiB rand read QD{qd}, cold cache", n, "IOPS", "raw file", r)
 
 # Cache: warm random reads vs the cache file itself; cold vs warm sequential reads.
 def bw(name, target):
@@ -49,6 +77,11 @@ cache_rows = [
 for lat, what in ((0, "loopback store"), (20, "20 ms per GET")):
     ra, nora = cold[(lat, "readahead")], cold[(lat, "noreadahead")]
     cache_rows.append(f"| 1 MiB sequential read QD1, cold, {what}, read-ahead 4 MiB | {cell(ra)} | no read-ahead: {cell(nora)} | {ra['mbps'] / nora['mbps']:.2f}× |")
+record(out, "cache", "4 KiB rand read QD32, warm cache", warm, "IOPS", "fio on the cache file", cachefile, goal_min=0.8)
+record(out, "cache", "1 MiB seq read QD1, warm", warm_seq, "MB/s", "cold, loopback store", cold[(0, "readahead")]["mbps"])
+for lat in (0, 20):
+    record(out, "cache", f"1 MiB seq read QD1, cold, {lat} ms per GET: read-ahead", cold[(lat, "readahead")]["mbps"], "MB/s",
+           "no read-ahead", cold[(lat, "noreadahead")]["mbps"])
 summary["cache"] = {
     "randread_4k_qd32_warm_iops": warm, "randread_4k_qd32_cachefile_iops": cachefile, "ratio": warm / cachefile,
     "seqread_1m_warm_mbps": warm_seq,

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Benchmark: the same fio jobs through spritedisk's NBD frontend (fio's nbd
-# engine, file:// store) and on a raw local file (libaio, O_DIRECT), in one
-# run; ratios to the raw file are what to read. Then the daemon's RSS after
-# writing WRITE_TOTAL (default 4G) through it.
-# BENCH_QUICK=1: small working set and short runs (a smoke run).
+# `make bench`: every measurement against a baseline from the same run, as
+# ratios (bench/ratios.py): the fio jobs of bench/jobs through the NBD
+# frontend (fio's nbd engine, file:// store) vs a raw local file (libaio,
+# O_DIRECT); the daemon's RSS; the read cache; attach, checkpoint and GC
+# (replica.sh, checkpoint.sh, gc.sh); s3:// vs the raw store and s3backer,
+# on loopback and with a region's latency (s3.sh); /dev/ublkb0 in the VM rig
+# vs a file and a loop device (vm-ublk.sh). Output: bench/results/DATE/
+# summary.md (table, then one section per part), summary.json, plot.png.
+# BENCH_QUICK=1: small sizes and short runs (a smoke run, ~3 min);
+# BENCH_VM=0: skip the VM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/spritedisk}
 if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE:-256M} RUNTIME=${RUNTIME:-5} WRITE_TOTAL=${WRITE_TOTAL:-1G} SIZE_COLD_LATENCY=${SIZE_COLD_LATENCY:-64M}
 else SIZE=${SIZE:-1G} RUNTIME=${RUNTIME:-20} WRITE_TOTAL=${WRITE_TOTAL:-4G} SIZE_COLD_LATENCY=${SIZE_COLD_LATENCY:-256M}; fi
 export SIZE RUNTIME
-OUT=bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)
+OUT=${BENCH_OUT:-bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)}
+PROXY=${PROXY:-$(dirname "$BIN")/s3-region-proxy}
+export BIN PROXY
 mkdir -p "$OUT/raw"
 WORK=$(mktemp -d /var/tmp/spritedisk-bench.XXXXXX)
 trap '[ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -41,8 +48,18 @@ for t in raw nbd; do
   run randread-4k-qd1 $t randread-4k QD=1
   run randread-4k-qd32 $t randread-4k QD=32
   run randwrite-4k-fsync32 $t randwrite-4k-fsync32
+  run mix-70-30 $t mix-70-30
+  run flush-4k $t flush-4k
 done
 stop_daemon
+# Cold random reads: the same volume, its cache deleted; the raw file
+# dropped from the page cache (O_DIRECT reads it from the disk anyway).
+for qd in 1 32; do
+  rm -rf "$WORK/cache/cache"
+  start_daemon
+  run randread-4k-qd$qd-cold nbd randread-4k QD=$qd
+  stop_daemon
+done
 
 # Memory: write WRITE_TOTAL through a fresh daemon, then read its RSS.
 rm -rf "$WORK/cache"
@@ -88,6 +105,21 @@ bench/replica.sh "$OUT"
 bench/checkpoint.sh "$OUT"
 # Write amplification and space with GC running.
 bench/gc.sh "$OUT"
-# s3://: raw store vs spritedisk on moto and s3s-fs.
+# s3://: raw store vs spritedisk vs s3backer, loopback and a region profile.
 bench/s3.sh "$OUT"
+# /dev/ublkbN in the VM rig against a file and a loop device there.
+VM_RUNNER=${SPRITEDISK_VM_RUNNER:-../shared/ublk-vm/run-in-vm.sh}
+if [ "${BENCH_VM:-1}" = 1 ]; then
+  [ -x "$VM_RUNNER" ] || { echo "$VM_RUNNER is missing (set SPRITEDISK_VM_RUNNER, or BENCH_VM=0 to skip the VM)" >&2; exit 1; }
+  if [ "${BENCH_QUICK:-0}" = 1 ]; then VM_SIZE=128M VM_RUNTIME=3; else VM_SIZE=512M VM_RUNTIME=15; fi
+  echo "VM: /dev/ublkb0 vs a file and a loop device (console in $OUT/raw/vm-console.log)" >&2
+  # The guest writes only under the shared tree: its results land in target/ first.
+  mkdir -p target; VM_OUT=$(mktemp -d "$PWD/target/bench-vm.XXXXXX")
+  SPRITEDISK_VM_OUT="$VM_OUT" SPRITEDISK_SIZE=$VM_SIZE SPRITEDISK_RUNTIME=$VM_RUNTIME SPRITEDISK_BIN="$(realpath "$BIN")" \
+    SPRITEDISK_QUICK=${BENCH_QUICK:-0} "$VM_RUNNER" --scratch 8G --timeout 1500 -- bash bench/vm-ublk.sh > "$OUT/raw/vm-console.log" 2>&1 ||
+    { tail -30 "$OUT/raw/vm-console.log" >&2; echo "the VM bench failed" >&2; exit 1; }
+  mv "$VM_OUT" "$OUT/raw/vm"
+  python3 bench/vm-report.py "$OUT"
+fi
+bench/ratios.py finish "$OUT"
 echo "results in $OUT" >&2

@@ -3,18 +3,24 @@
 # raw parallel PUT/GET of 8 MiB objects (spritedisk store-bench) vs 1 MiB
 # sequential write and cold 1 MiB sequential read through NBD; FLUSH latency
 # of 4 KiB writes (fio fsync after each) vs one raw PUT of the same size.
-# Servers: moto (threaded, as shipped) and s3s-fs, each on a free port.
+# Profiles: moto (threaded, as shipped) and s3s-fs on loopback, each on a
+# free port, and moto behind s3-region-proxy (REGION_FIRST_BYTE_MS=20 to the
+# first byte of every answer, REGION_STREAM_MBPS=100 per connection), as a
+# real region is: a 1 ms loopback server flatters every design.
 # The peer on the same servers: s3backer (Debian package, FUSE).
 # Usage: bench/s3.sh OUT    (BENCH_QUICK=1: smaller sizes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/s3.sh OUT}
 BIN=${BIN:-target/release/spritedisk}
-if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE_S3:-128M}; COUNT=16; else SIZE=${SIZE_S3:-512M}; COUNT=64; fi
+if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE_S3:-64M}; COUNT=8; PROFILES=${PROFILES:-"moto region"}; FLUSH_SECS=4
+else SIZE=${SIZE_S3:-512M}; COUNT=64; PROFILES=${PROFILES:-"moto s3s-fs region"}; FLUSH_SECS=10; fi
+PROXY=${PROXY:-$(dirname "$BIN")/s3-region-proxy}
+REGION_FIRST_BYTE_MS=${REGION_FIRST_BYTE_MS:-20} REGION_STREAM_MBPS=${REGION_STREAM_MBPS:-100}
 mkdir -p "$OUT/raw"
 WORK=$(mktemp -d /var/tmp/spritedisk-s3.XXXXXX)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; umount "$WORK"/s3b-* 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; umount "$WORK"/s3b-* 2>/dev/null || true; rm -rf "$WORK"' EXIT
 command -v s3backer >/dev/null || { apt-get install -y -qq s3backer >/dev/null || { echo "s3backer is not installed: apt-get install s3backer" >&2; exit 1; }; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "server on $1 did not start" >&2; exit 1; }
@@ -32,7 +38,8 @@ stop_daemon() { kill -TERM "$DPID"; wait "$DPID"; }
 fiojson() { python3 -c "import json,sys; j=json.load(open(sys.argv[1]))['jobs'][0]; print(eval(sys.argv[2]))" "$@"; }
 
 ROWS=() ROWS_PEER=()
-for server in moto s3s-fs; do
+for profile in $PROFILES; do
+  server=$profile; [ $profile = region ] && server=moto
   port=$(free_port)
   if [ $server = moto ]; then
     moto_server -H 127.0.0.1 -p "$port" >"$WORK/$server.log" 2>&1 & PIDS+=($!)
@@ -48,7 +55,14 @@ PY
     s3s-fs --host 127.0.0.1 --port "$port" --access-key bench --secret-key benchsecret "$WORK/s3s" >"$WORK/$server.log" 2>&1 & PIDS+=($!)
     wait_port "$port"
   fi
-  export AWS_ENDPOINT_URL=http://127.0.0.1:$port
+  endpoint=http://127.0.0.1:$port
+  if [ $profile = region ]; then
+    "$PROXY" "127.0.0.1:$port" --first-byte-ms "$REGION_FIRST_BYTE_MS" --stream-mbps "$REGION_STREAM_MBPS" >"$WORK/proxy.out" & PIDS+=($!)
+    for _ in $(seq 100); do [ -s "$WORK/proxy.out" ] && break; sleep 0.05; done
+    endpoint=$(cat "$WORK/proxy.out")
+  fi
+  export AWS_ENDPOINT_URL=$endpoint
+  server=$profile
   raw=$("$BIN" store-bench "s3://bench/raw" --size 8M --count "$COUNT" --parallel 8)
   echo "$raw" > "$OUT/raw/s3-$server-store.json"
   put=$(echo "$raw" | python3 -c 'import json,sys; print(json.load(sys.stdin)["put_mbps"])')
@@ -61,7 +75,7 @@ PY
   fio --name=w --ioengine=nbd --uri="$URI" --rw=write --bs=1m --iodepth=8 --size="$SIZE" --end_fsync=1 \
       --output-format=json --output="$OUT/raw/s3-$server-seqwrite.json" >/dev/null
   fio --name=f --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=1 --size=1G --offset=2G --fsync=1 \
-      --time_based --runtime=10 --output-format=json --output="$OUT/raw/s3-$server-flush.json" >/dev/null
+      --time_based --runtime=$FLUSH_SECS --output-format=json --output="$OUT/raw/s3-$server-flush.json" >/dev/null
   stop_daemon
   start_daemon "$vol" "$WORK/cold-$server"
   fio --name=r --ioengine=nbd --uri="$URI" --rw=read --bs=1m --iodepth=1 --size="$SIZE" \
@@ -72,7 +86,7 @@ PY
   # and no write delay against a strongly consistent store. Its fsync
   # returns before anything is in the store, so "durable" here is the
   # write plus the unmount that uploads its dirty blocks.
-  B3=(s3backer --baseURL="http://127.0.0.1:$port/" --accessId=bench --accessKey=benchsecret
+  B3=(s3backer --baseURL="$endpoint/" --accessId=bench --accessKey=benchsecret
       --size="$SIZE" --blockSize=1M --md5CacheSize=0 --md5CacheTime=0 --minWriteDelay=0
       --prefix="s3backer-$server/" bench "$WORK/s3b-$server")
   mkdir -p "$WORK/s3b-$server"
@@ -102,13 +116,24 @@ s, put, get, wr, rd, sp50, sp99, fp50, fp99 = sys.argv[1], *map(float, sys.argv[
 print(f"| {s} | {put:,.0f} / {get:,.0f} MB/s | {wr:,.0f} MB/s ({wr/put:.2f}× PUT) | {rd:,.0f} MB/s ({rd/get:.2f}× GET) | {fp50/1e3:.1f} / {fp99/1e3:.1f} ms | {sp50/1e3:.1f} / {sp99/1e3:.1f} ms | {fp50/sp50:.1f}× |")
 PY
 )")
-  kill "${PIDS[-1]}" 2>/dev/null || true
+  G="s3: $profile"; [ $profile = region ] && G="s3: moto + ${REGION_FIRST_BYTE_MS} ms, ${REGION_STREAM_MBPS} MB/s per stream"
+  R=(bench/ratios.py add "$OUT" --group "$G")
+  "${R[@]}" --measure "seq write until durable" --value "$wr" --unit MB/s --baseline "raw parallel PUT" --baseline-value "$put"
+  "${R[@]}" --measure "cold seq read QD1" --value "$rd" --unit MB/s --baseline "raw parallel GET" --baseline-value "$get"
+  read -r sp50 sp99 <<<"$small"; read -r fp50 fp99 <<<"$fl"
+  "${R[@]}" --measure "FLUSH p50 (4 KiB)" --value "$fp50" --unit µs --baseline "one small PUT" --baseline-value "$sp50" --lower-better
+  "${R[@]}" --measure "FLUSH p99 (4 KiB)" --value "$fp99" --unit µs --baseline "one small PUT" --baseline-value "$sp99" --lower-better
+  "${R[@]}" --measure "seq write until durable" --value "$wr" --unit MB/s --baseline "s3backer" --baseline-value "$s3b_wr"
+  "${R[@]}" --measure "cold seq read QD1" --value "$rd" --unit MB/s --baseline "s3backer" --baseline-value "$s3b_rd"
+  kill "${PIDS[@]}" 2>/dev/null || true
+  wait "${PIDS[@]}" 2>/dev/null || true
+  PIDS=()
   echo "  $server done" >&2
 done
 
 {
   echo
-  echo "## s3:// (servers on 127.0.0.1)"
+  echo "## s3:// (servers on 127.0.0.1; region = moto behind s3-region-proxy: ${REGION_FIRST_BYTE_MS} ms to the first byte of each answer, ${REGION_STREAM_MBPS} MB/s per connection)"
   echo
   echo "Raw store: 8 MiB objects, 8 in flight (\`spritedisk store-bench\`); spritedisk: NBD, $SIZE written with 1 MiB writes QD8, then read cold (empty cache directory) with 1 MiB reads QD1 and read-ahead; FLUSH: 4 KiB random writes with an fsync after each vs one raw PUT of a 4 KiB segment."
   echo

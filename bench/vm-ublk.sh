@@ -1,27 +1,50 @@
 #!/usr/bin/env bash
-# Runs inside the VM rig: the same fio jobs on /dev/ublkbN (spritedisk,
-# file:// store on the scratch disk) and on a plain file on that scratch disk
-# (O_DIRECT), in one run. Emulated VM: read the ratios, not the numbers.
+# Runs inside the VM rig (bench/run.sh starts it): the committed fio jobs
+# (bench/jobs) on /dev/ublkbN (spritedisk, file:// store and cache on the
+# scratch disk) and, as baselines in the same VM run, on a file on that
+# scratch disk (O_DIRECT) and on a loop device over such a file. Reads on
+# ublk run warm (after the write) and cold (cache directory deleted and the
+# volume attached again). The VM is emulated: read the ratios, not the numbers.
+# Writes fio JSON to VM_OUT (a directory of the shared tree).
 # Host side: ../shared/ublk-vm/run-in-vm.sh --scratch 8G -- bash bench/vm-ublk.sh
 set -euo pipefail
 B=${SPRITEDISK_BIN:-$PWD/target/release/spritedisk}
+OUT=${SPRITEDISK_VM_OUT:?set SPRITEDISK_VM_OUT to a directory of the shared tree}
 W=/tmp/scratch
-SIZE=${SIZE:-512M}
-RUNTIME=${RUNTIME:-15}
-$B create file://$W/store --size 4G >/dev/null
-DEV=$($B attach file://$W/store --cache-dir $W/cache --queues 2)
-truncate -s $SIZE $W/raw.img
-job() { # target name args...
-  local t=$1 n=$2; shift 2
-  fio --name=$n --filename=$t --ioengine=io_uring --direct=1 --size=$SIZE "$@" --output-format=json | python3 -c '
-import json,sys; j=json.load(sys.stdin)["jobs"][0]; s=j["write"] if j["write"]["io_bytes"] else j["read"]
-print("%s %.0f %.1f" % (sys.argv[1], s["iops"], s["bw_bytes"]/1e6))' "$n"
+export SIZE=${SPRITEDISK_SIZE:-512M} RUNTIME=${SPRITEDISK_RUNTIME:-15}
+mkdir -p "$OUT"
+job() { # target-name device job [VAR=value...]
+  local t=$1 dev=$2 j=$3 name=$3; shift 3
+  for kv in "$@"; do name=$name-${kv#*=}; done
+  env "$@" fio --filename="$dev" --ioengine=io_uring --direct=1 --output-format=json \
+    --output="$OUT/$name-$t.json" "bench/jobs/$j.fio" >/dev/null
+  echo "  $name on $t done"
 }
-for t in $W/raw.img $DEV; do
-  echo "# target $t"
-  job $t seqwrite-1m --rw=write --bs=1m --iodepth=8 --end_fsync=1
-  job $t randread-4k-qd32 --rw=randread --bs=4k --iodepth=32 --time_based --runtime=$RUNTIME
-  job $t randread-4k-qd1 --rw=randread --bs=4k --iodepth=1 --time_based --runtime=$RUNTIME
-  job $t randwrite-4k-fsync32 --rw=randwrite --bs=4k --iodepth=1 --fsync=32 --time_based --runtime=$RUNTIME
+suite() { # target-name device
+  job "$1" "$2" seqwrite-1m
+  job "$1" "$2" randread-4k QD=32
+  job "$1" "$2" mix-70-30
+  [ "${SPRITEDISK_QUICK:-0}" = 1 ] && return  # the smoke run: three jobs
+  job "$1" "$2" randread-4k QD=1
+  job "$1" "$2" randwrite-4k-fsync32
+}
+
+truncate -s "$SIZE" $W/raw.img
+suite file $W/raw.img
+truncate -s "$SIZE" $W/loop.img
+LOOP=$(losetup --direct-io=on --show -f $W/loop.img)
+suite loop "$LOOP"
+losetup -d "$LOOP"
+
+$B create file://$W/store --size 100G >/dev/null
+DEV=$($B attach file://$W/store --cache-dir $W/cache --queues 2)
+suite ublk "$DEV"
+$B detach "$DEV" >/dev/null
+QDS="1 32"; [ "${SPRITEDISK_QUICK:-0}" = 1 ] && QDS=32
+for qd in $QDS; do
+  rm -rf $W/cache
+  DEV=$($B attach file://$W/store --cache-dir $W/cache --queues 2)
+  job ublk-cold "$DEV" randread-4k QD=$qd
+  $B detach "$DEV" >/dev/null
 done
-$B detach $DEV >/dev/null
+echo "VM BENCH OK"

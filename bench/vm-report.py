@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Turns bench/vm-ublk.sh's fio JSON (OUT/raw/vm) into ratios and a section
+of OUT/summary.md: /dev/ublkbN against a file and a loop device on the same
+scratch disk of the same VM run."""
+import json, os, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ratios import record
+
+out = sys.argv[1]
+vm = os.path.join(out, "raw", "vm")
+
+
+def have(job, target):
+    return os.path.exists(os.path.join(vm, f"{job}-{target}.json"))
+
+
+def val(job, target):
+    j = json.load(open(os.path.join(vm, f"{job}-{target}.json")))["jobs"][0]
+    r, w = j["read"], j["write"]
+    if job.startswith("seq"):
+        return (w["bw_bytes"] if w["io_bytes"] else r["bw_bytes"]) / 1e6, "MB/s"
+    return r["iops"] + w["iops"], "IOPS"
+
+
+jobs = [("seqwrite-1m", "1 MiB seq write QD8"), ("randread-4k-1", "4 KiB rand read QD1"),
+        ("randread-4k-32", "4 KiB rand read QD32"), ("randwrite-4k-fsync32", "4 KiB rand write QD1, FLUSH every 32"),
+        ("mix-70-30", "4 KiB 70/30 read/write QD16")]
+rows = []
+for job, label in jobs:
+    if not have(job, "ublk"):  # the quick run skips some jobs
+        continue
+    f, unit = val(job, "file")
+    lo, _ = val(job, "loop")
+    u, _ = val(job, "ublk")
+    warm = " (warm)" if "read" in job and "write" not in job else ""
+    rows.append(f"| {label}{warm} | {f:,.0f} {unit} | {lo:,.0f} {unit} | {u:,.0f} {unit} | {u / f:.2f}× | {u / lo:.2f}× |")
+    record(out, "VM /dev/ublkb0", label + warm, u, unit, "loop device", lo)
+    record(out, "VM /dev/ublkb0", label + warm, u, unit, "file on the scratch disk", f)
+for qd in (1, 32):
+    if not have(f"randread-4k-{qd}", "ublk-cold"):
+        continue
+    f, unit = val(f"randread-4k-{qd}", "file")
+    lo, _ = val(f"randread-4k-{qd}", "loop")
+    u, _ = val(f"randread-4k-{qd}", "ublk-cold")
+    rows.append(f"| 4 KiB rand read QD{qd} (cold cache) | {f:,.0f} {unit} | {lo:,.0f} {unit} | {u:,.0f} {unit} | {u / f:.2f}× | {u / lo:.2f}× |")
+    record(out, "VM /dev/ublkb0", f"4 KiB rand read QD{qd} (cold cache)", u, unit, "loop device", lo)
+md = [
+    "",
+    "## /dev/ublkb0 in the VM rig (emulated: ratios only)",
+    "",
+    "The same job files (bench/jobs) with io_uring and O_DIRECT on a file on the VM's scratch disk, on a loop device "
+    "(direct I/O) over a file there, and on /dev/ublkb0 (file:// store and cache on that disk). Warm: the reads follow the "
+    "write on the same attach; cold: the cache directory deleted and the volume attached again.",
+    "",
+    "| job | file | loop device | /dev/ublkb0 | ublk / file | ublk / loop |",
+    "|---|---|---|---|---|---|",
+    *rows,
+]
+open(os.path.join(out, "summary.md"), "a").write("\n".join(md) + "\n")
+print("\n".join(md))
