@@ -9,23 +9,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/checkpoint.sh OUT}
 BIN=${BIN:-target/release/spritedisk}
-if [ "${BENCH_QUICK:-0}" = 1 ]; then EXTENTS=${EXTENTS:-"1000 10000"}; else EXTENTS=${EXTENTS:-"1000 10000 100000 1000000"}; fi
+if [ "${BENCH_QUICK:-0}" = 1 ]; then EXTENTS=${EXTENTS:-"1000 10000"}; SETTLE=2; else EXTENTS=${EXTENTS:-"1000 10000 100000 1000000"}; SETTLE=5; fi
 WORK=$(mktemp -d /var/tmp/spritedisk-ckpt.XXXXXX)
 trap '[ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 URI="nbd+unix:///?socket=$WORK/nbd.sock"
+. bench/lib.sh
 ROWS=()
 for n in $EXTENTS; do
   rm -rf "$WORK/vol" "$WORK/c"
   "$BIN" create "file://$WORK/vol" --size 100G >/dev/null
-  "$BIN" attach "file://$WORK/vol" --nbd "$WORK/nbd.sock" --cache-dir "$WORK/c" >"$WORK/attach.out" 2>"$WORK/attach.log" &
-  PID=$!
-  for _ in $(seq 600); do grep -q '^attached' "$WORK/attach.out" 2>/dev/null && break; sleep 0.05; done
+  attach "file://$WORK/vol" "$WORK/c"
   fio --name=fill --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
       --size=100G --number_ios="$n" --norandommap --randrepeat=0 --end_fsync=1 >/dev/null
   # Let the replica catch up with the fill (and take its snapshot): a
   # checkpoint ships only what changed since the last ship, and right after
   # a burst of random writes that is the burst's dirty pages.
-  sleep 5
+  sleep "$SETTLE"
   ck=$("$BIN" checkpoint "file://$WORK/vol" base --cache-dir "$WORK/c")
   fio --name=more --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 \
       --size=100G --number_ios=1000 --norandommap --randrepeat=0 --end_fsync=1 >/dev/null
@@ -44,7 +43,7 @@ for n in $EXTENTS; do
     bench/ratios.py add "$OUT" --group "checkpoint" --measure "$what, $ext extents, until durable" --value "$((ms > 0 ? ms : 1))" \
       --unit ms --baseline "fork (copies the map)" --baseline-value "$fk_ms" --lower-better --goal-max 1000
   done
-  kill -TERM "$PID"; wait "$PID"; PID=
+  detach
 done
 {
   echo

@@ -9,15 +9,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/gc.sh OUT}
 BIN=${BIN:-target/release/spritedisk}
-if [ "${BENCH_QUICK:-0}" = 1 ]; then WORKING=${WORKING:-64M} ROUNDS=${ROUNDS:-3}; else WORKING=${WORKING:-256M} ROUNDS=${ROUNDS:-6}; fi
+if [ "${BENCH_QUICK:-0}" = 1 ]; then WORKING=${WORKING:-32M} ROUNDS=${ROUNDS:-2}; else WORKING=${WORKING:-256M} ROUNDS=${ROUNDS:-6}; fi
 WORK=$(mktemp -d /var/tmp/spritedisk-gc.XXXXXX)
 trap '[ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID"; rm -rf "$WORK"' EXIT
 URL="file://$WORK/vol"
 URI="nbd+unix:///?socket=$WORK/nbd.sock"
 "$BIN" create "$URL" --size 100G >/dev/null
-"$BIN" attach "$URL" --nbd "$WORK/nbd.sock" --cache-dir "$WORK/c" >"$WORK/attach.out" 2>"$WORK/attach.log" &
-PID=$!
-for _ in $(seq 600); do grep -q '^attached' "$WORK/attach.out" 2>/dev/null && break; sleep 0.05; done
+. bench/lib.sh
+attach "$URL" "$WORK/c"
 fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=4 --size="$WORKING" --end_fsync=1 >/dev/null
 row() {
   "$BIN" stats "$URL" --json --cache-dir "$WORK/c" | python3 -c '
@@ -51,7 +50,7 @@ print(d["segment_bytes_put"] / max(d["client_bytes_written"], 1), d["stored_byte
   bench/ratios.py add "$OUT" --group "space" --measure "stored / live after $ROUNDS passes with gc" --value "$sl" \
     --unit "x" --baseline "ideal (nothing dead kept)" --baseline-value 1 --lower-better
 }
-kill -TERM "$PID"; wait "$PID"; PID=
+detach
 {
   echo
   echo "## Write amplification with GC (random 4 KiB overwrites, half of a $WORKING working set per pass, fsync every 32, \`spritedisk gc\` (compaction below 50% referenced) after each pass; file:// store)"

@@ -9,19 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/replica.sh OUT}
 BIN=${BIN:-target/release/spritedisk}
-if [ "${BENCH_QUICK:-0}" = 1 ]; then EXTENTS=${EXTENTS:-10000}; else EXTENTS=${EXTENTS:-"10000 100000 1000000"}; fi
+if [ "${BENCH_QUICK:-0}" = 1 ]; then EXTENTS=${EXTENTS:-10000}; LTX_SECS=3; else EXTENTS=${EXTENTS:-"10000 100000 1000000"}; LTX_SECS=10; fi
 mkdir -p "$OUT/raw"
 WORK=$(mktemp -d /var/tmp/spritedisk-replica.XXXXXX)
 trap '[ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 URI="nbd+unix:///?socket=$WORK/nbd.sock"
 
-start() { # cache-dir
-  "$BIN" attach "file://$WORK/vol" --nbd "$WORK/nbd.sock" --cache-dir "$1" >"$WORK/attach.out" 2>"$WORK/attach.log" &
-  PID=$!
-  for _ in $(seq 6000); do grep -q '^attached' "$WORK/attach.out" 2>/dev/null && return; sleep 0.01; done
-  echo "daemon did not attach: $(cat "$WORK/attach.log")" >&2; exit 1
-}
-stop() { kill -TERM "$PID"; wait "$PID"; PID=; }
+. bench/lib.sh
+start() { attach "file://$WORK/vol" "$1"; }
+stop() { detach; }
 now_ms() { date +%s%3N; }
 live() { # field of the live stats
   sleep 2.5
@@ -55,12 +51,12 @@ for n in $EXTENTS; do
     --value "$ms_replica" --unit ms --baseline "rolled forward from segments" --baseline-value "$ms_segments" --lower-better --goal-max 1000
 done
 
-# LTX bytes per FLUSH: 4 KiB random writes, a FLUSH after each, 10 s.
+# LTX bytes per FLUSH: 4 KiB random writes, a FLUSH after each, LTX_SECS.
 rm -rf "$WORK/vol" "$WORK/c"
 "$BIN" create "file://$WORK/vol" --size 100G >/dev/null
 start "$WORK/c"
 fio --name=sync --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=1 --size=100G \
-    --fsync=1 --time_based --runtime=10 --norandommap >/dev/null
+    --fsync=1 --time_based --runtime="$LTX_SECS" --norandommap >/dev/null
 flushes=$(live "$WORK/c" session_flushes)
 ltx=$("$BIN" stats "file://$WORK/vol" --cache-dir "$WORK/c" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['live']['session_replica_bytes'])")
 files=$("$BIN" stats "file://$WORK/vol" --cache-dir "$WORK/c" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['live']['session_replica_files'])")
@@ -76,5 +72,5 @@ stop
   echo "|---|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
   echo
-  echo "4 KiB random writes with a FLUSH after each (10 s): $flushes flushes, $files LTX files, $ltx bytes shipped: $((ltx / (flushes > 0 ? flushes : 1))) bytes of LTX per FLUSH (files are shipped once a second, not per FLUSH)."
+  echo "4 KiB random writes with a FLUSH after each (${LTX_SECS} s): $flushes flushes, $files LTX files, $ltx bytes shipped: $((ltx / (flushes > 0 ? flushes : 1))) bytes of LTX per FLUSH (files are shipped once a second, not per FLUSH)."
 } | tee -a "$OUT/summary.md"

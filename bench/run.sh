@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/spritedisk}
-if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE:-256M} RUNTIME=${RUNTIME:-5} WRITE_TOTAL=${WRITE_TOTAL:-1G} SIZE_COLD_LATENCY=${SIZE_COLD_LATENCY:-64M}
+if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE:-128M} RUNTIME=${RUNTIME:-2} WRITE_TOTAL=${WRITE_TOTAL:-256M} SIZE_COLD_LATENCY=${SIZE_COLD_LATENCY:-32M}
 else SIZE=${SIZE:-1G} RUNTIME=${RUNTIME:-20} WRITE_TOTAL=${WRITE_TOTAL:-4G} SIZE_COLD_LATENCY=${SIZE_COLD_LATENCY:-256M}; fi
 export SIZE RUNTIME
 OUT=${BENCH_OUT:-bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)}
@@ -22,13 +22,9 @@ mkdir -p "$OUT/raw"
 WORK=$(mktemp -d /var/tmp/spritedisk-bench.XXXXXX)
 trap '[ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 
-start_daemon() {
-  "$BIN" attach "file://$WORK/vol" --nbd "$WORK/nbd.sock" --cache-dir "$WORK/cache" "$@" >"$WORK/attach.out" 2>"$WORK/attach.log" &
-  PID=$!
-  for _ in $(seq 200); do grep -q '^attached' "$WORK/attach.out" 2>/dev/null && return; sleep 0.05; done
-  echo "daemon did not attach: $(cat "$WORK/attach.log")" >&2; exit 1
-}
-stop_daemon() { kill -TERM "$PID"; wait "$PID"; PID=; }
+. bench/lib.sh
+start_daemon() { attach "file://$WORK/vol" "$WORK/cache" "$@"; }
+stop_daemon() { detach; }
 
 NBD=(--ioengine=nbd "--uri=nbd+unix:///?socket=$WORK/nbd.sock")
 RAW=(--ioengine=libaio --direct=1 "--filename=$WORK/raw.img")

@@ -13,14 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/s3.sh OUT}
 BIN=${BIN:-target/release/spritedisk}
-if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE_S3:-64M}; COUNT=8; PROFILES=${PROFILES:-"moto region"}; FLUSH_SECS=4
+if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE_S3:-32M}; COUNT=8; PROFILES=${PROFILES:-"moto region"}; FLUSH_SECS=2
 else SIZE=${SIZE_S3:-512M}; COUNT=64; PROFILES=${PROFILES:-"moto s3s-fs region"}; FLUSH_SECS=10; fi
 PROXY=${PROXY:-$(dirname "$BIN")/s3-region-proxy}
 REGION_FIRST_BYTE_MS=${REGION_FIRST_BYTE_MS:-20} REGION_STREAM_MBPS=${REGION_STREAM_MBPS:-100}
 mkdir -p "$OUT/raw"
 WORK=$(mktemp -d /var/tmp/spritedisk-s3.XXXXXX)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; umount "$WORK"/s3b-* 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap '[ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; umount "$WORK"/s3b-* 2>/dev/null || true; rm -rf "$WORK"' EXIT
 command -v s3backer >/dev/null || { apt-get install -y -qq s3backer >/dev/null || { echo "s3backer is not installed: apt-get install s3backer" >&2; exit 1; }; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "server on $1 did not start" >&2; exit 1; }
@@ -28,13 +28,9 @@ export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-e
 unset AWS_CA_BUNDLE
 URI="nbd+unix:///?socket=$WORK/nbd.sock"
 
-start_daemon() { # url cache
-  "$BIN" attach "$1" --nbd "$WORK/nbd.sock" --cache-dir "$2" >"$WORK/attach.out" 2>"$WORK/attach.log" &
-  DPID=$!
-  for _ in $(seq 600); do grep -q '^attached' "$WORK/attach.out" 2>/dev/null && return; sleep 0.05; done
-  echo "daemon did not attach: $(cat "$WORK/attach.log")" >&2; exit 1
-}
-stop_daemon() { kill -TERM "$DPID"; wait "$DPID"; }
+. bench/lib.sh
+start_daemon() { attach "$1" "$2"; }
+stop_daemon() { detach; }
 fiojson() { python3 -c "import json,sys; j=json.load(open(sys.argv[1]))['jobs'][0]; print(eval(sys.argv[2]))" "$@"; }
 
 ROWS=() ROWS_PEER=()
@@ -44,6 +40,7 @@ for profile in $PROFILES; do
   if [ $server = moto ]; then
     moto_server -H 127.0.0.1 -p "$port" >"$WORK/$server.log" 2>&1 & PIDS+=($!)
     wait_port "$port"
+    kill -0 "${PIDS[-1]}" 2>/dev/null || { echo "$server did not start on $port: $(tail -3 "$WORK/$server.log")" >&2; exit 1; }
     python3 - "$port" <<'PY'
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
@@ -54,6 +51,7 @@ PY
     mkdir -p "$WORK/s3s/bench"
     s3s-fs --host 127.0.0.1 --port "$port" --access-key bench --secret-key benchsecret "$WORK/s3s" >"$WORK/$server.log" 2>&1 & PIDS+=($!)
     wait_port "$port"
+    kill -0 "${PIDS[-1]}" 2>/dev/null || { echo "$server did not start on $port: $(tail -3 "$WORK/$server.log")" >&2; exit 1; }
   fi
   endpoint=http://127.0.0.1:$port
   if [ $profile = region ]; then
