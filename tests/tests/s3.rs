@@ -130,6 +130,7 @@ fn the_region_proxy_adds_latency_and_paces_streams_without_changing_bytes() {
         },
     );
     let _ = proxy.kill();
+    let _ = proxy.wait();
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     for k in ["put_mbps", "get_mbps"] {
