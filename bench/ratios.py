@@ -49,6 +49,9 @@ def machine():
             "quick": os.environ.get("BENCH_QUICK", "0") == "1"}
 
 
+SECTIONS = "The sections below give the numbers behind each row."
+
+
 def fmt(v, unit):
     return f"{v:,.0f} {unit}" if abs(v) >= 100 else f"{v:,.3g} {unit}"
 
@@ -85,13 +88,14 @@ def finish(a):
         "",
         *rows,
         "",
-        "The sections below give the numbers behind each row.",
+        SECTIONS,
         "",
     ]
     md_path = os.path.join(a.out, "summary.md")
     rest = open(md_path).read() if os.path.exists(md_path) else ""
-    # The first section's own title is superseded by the one above.
-    if rest.startswith("# "):
+    if SECTIONS in rest:  # finished before: replace the table
+        rest = rest[rest.index(SECTIONS) + len(SECTIONS) + 1:]
+    elif rest.startswith("# "):  # the first section's own title gives way to ours
         rest = "## Host, NBD" + rest[rest.index("\n"):]
     open(md_path, "w").write("\n".join(head) + rest)
     plot(recs, os.path.join(a.out, "plot.png"), m)
@@ -110,21 +114,23 @@ def plot(recs, path, m):
         return
     groups = list(dict.fromkeys(r["group"] for r in recs))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, ax = plt.subplots(figsize=(14, 0.3 * len(recs) + 1.6))
+    fig, ax = plt.subplots(figsize=(16, 0.3 * len(recs) + 1.6))
     labels, y = [], list(range(len(recs)))[::-1]
     for yi, r in zip(y, recs):
         c = colors[groups.index(r["group"]) % len(colors)]
         ax.barh(yi, r["ratio"], color=c, edgecolor="black" if r.get("met") is False else c)
         ax.text(r["ratio"] * 1.04, yi, f"{r['ratio']:.2f}×", va="center", fontsize=7)
         labels.append(f"{r['group']}: {r['measure']} / {r['baseline']}")
+    ax.set_ylim(-0.7, len(recs) - 0.3)
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=7)
     ax.set_xscale("log")
+    ax.set_xlim(right=max(r["ratio"] for r in recs) * 4)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("spritedisk as a fraction of the baseline in the same run (log scale; 1 = as good)")
     ax.set_title(f"spritedisk vs baselines — {m['host']}, {m['cpus']} CPUs, commit {m['commit']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def main():
