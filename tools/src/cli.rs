@@ -196,6 +196,12 @@ pub struct AttachArgs {
     /// presumed dead, and its volume may be attached without --force.
     #[arg(long, default_value_t = 30.0)]
     pub lease_ttl: f64,
+    /// Acknowledge a FLUSH without re-reading the lease for this many
+    /// seconds after a read found it ours (one round trip to the store
+    /// instead of two); a --force takeover waits as long before it reads
+    /// the volume. 0: every FLUSH re-reads the lease.
+    #[arg(long, default_value_t = 2.0)]
+    pub lease_ack_grace: f64,
 }
 
 impl AttachArgs {
@@ -241,6 +247,10 @@ impl AttachArgs {
             self.flush_timeout > 0.0 && self.writeback_delay > 0.0 && self.lease_ttl >= 1.0,
             "timeouts must be positive (and --lease-ttl at least 1 s)"
         );
+        anyhow::ensure!(
+            (0.0..=self.lease_ttl).contains(&self.lease_ack_grace),
+            "--lease-ack-grace must be between 0 and --lease-ttl seconds"
+        );
         Ok(EngineOptions {
             segment_bytes: self.segment_size,
             dirty_bytes_max: self.dirty_max,
@@ -253,6 +263,7 @@ impl AttachArgs {
             lease_ttl: Duration::from_secs_f64(self.lease_ttl),
             // Recovering a device whose daemon died takes its lease back.
             take_over: self.force || self.recover_dev.is_some(),
+            lease_ack_grace: Duration::from_secs_f64(self.lease_ack_grace),
             ..EngineOptions::default()
         })
     }

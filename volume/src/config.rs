@@ -98,6 +98,12 @@ pub struct EngineOptions {
     pub lease_ttl: Duration,
     /// Take the lease even from a live holder (`--force`), fencing it.
     pub take_over: bool,
+    /// A FLUSH is acknowledged without asking the store about the lease
+    /// when a lease check or renewal that began less than this long ago
+    /// found it ours. The lease records it: one who takes the lease over
+    /// from a holder that may be alive waits it out before listing the
+    /// store (docs/design/0007). Zero: every FLUSH checks.
+    pub lease_ack_grace: Duration,
 }
 
 impl Default for EngineOptions {
@@ -116,6 +122,7 @@ impl Default for EngineOptions {
             replica_interval: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(30),
             take_over: false,
+            lease_ack_grace: Duration::from_secs(2),
         }
     }
 }

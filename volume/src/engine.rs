@@ -47,6 +47,10 @@ pub(crate) struct Inner {
     pub(crate) epoch: u64,
     /// The lease this writer holds; renewed by `lease_loop`, checked by FLUSH.
     pub(crate) lease: tokio::sync::Mutex<Held>,
+    /// CLOCK_BOOTTIME (ns) until which a FLUSH may be acknowledged without
+    /// a lease check: the start of the last check or renewal that found the
+    /// lease ours, plus `lease_ack_grace` (docs/design/0007).
+    lease_ok_until_ns: std::sync::atomic::AtomicU64,
     /// Newest TXID durable in the replica.
     pub(crate) replica_txid: std::sync::atomic::AtomicU64,
     /// Pieces being fetched from the store, so each is fetched once at a time.
@@ -113,7 +117,15 @@ impl Volume {
         let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
         // The lease first: the store is listed and debris deleted only by
         // the one writer (docs/design/0003).
-        let held = lease::acquire(&store, url, opts.lease_ttl, opts.take_over).await?;
+        let held = lease::acquire(
+            &store,
+            url,
+            opts.lease_ttl,
+            opts.lease_ack_grace,
+            opts.take_over,
+        )
+        .await?;
+        lease::wait_out_previous(&held).await;
         let (meta, rolled) = recovery::recover(&store, url, &config, cache_dir, &held).await?;
         let origins = crate::fork::Origins::open(&meta)?;
         let (wlog, replay, first_new_gen) = match cache_dir {
@@ -165,6 +177,7 @@ impl Volume {
             epoch: held.doc.epoch,
             cache_dir: cache_dir.map(Path::to_path_buf),
             lease: tokio::sync::Mutex::new(held),
+            lease_ok_until_ns: std::sync::atomic::AtomicU64::new(0),
             prefetch_slots: Arc::new(Semaphore::new(crate::prefetch::PREFETCH_INFLIGHT_MAX)),
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
@@ -346,7 +359,17 @@ impl Volume {
         self.inner.wait_applied(target).await?;
         // Durable, but acknowledged only if we still own the volume: a
         // writer that took over listed the store after taking the lease, so
-        // it sees every segment that landed while the lease was ours.
+        // it sees every segment that landed while the lease was ours. Within
+        // the grace of the last check that found it ours, no new check is
+        // needed: a taker waits the grace out before it lists (0007).
+        if lease::boottime_ns()
+            < self
+                .inner
+                .lease_ok_until_ns
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
         self.inner.check_lease().await
     }
 
@@ -419,9 +442,16 @@ impl Inner {
         let mut held = self.lease.lock().await;
         let mut backoff = self.opts.retry_backoff_min;
         let mut attempt = 0;
+        self.counters
+            .lease_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         loop {
+            let started = lease::boottime_ns();
             match lease::check(&self.store, &mut held).await {
-                Ok(lease::LeaseState::Ours) => return Ok(()),
+                Ok(lease::LeaseState::Ours) => {
+                    self.lease_ours_since(started);
+                    return Ok(());
+                }
                 Ok(lease::LeaseState::Lost(by)) => return Err(self.fenced(by)),
                 Err(e) if e.is_transient() && attempt < LEASE_CHECK_ATTEMPTS_MAX => {
                     attempt += 1;
@@ -430,6 +460,15 @@ impl Inner {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// A check or renewal that began at `started_ns` found the lease ours.
+    fn lease_ours_since(&self, started_ns: u64) {
+        let grace = self.opts.lease_ack_grace.as_nanos() as u64;
+        if grace > 0 {
+            self.lease_ok_until_ns
+                .fetch_max(started_ns + grace, std::sync::atomic::Ordering::AcqRel);
         }
     }
 
@@ -454,8 +493,9 @@ async fn lease_loop(inner: std::sync::Weak<Inner>) {
             return;
         }
         let mut held = inner.lease.lock().await;
+        let started = lease::boottime_ns();
         match lease::renew(&inner.store, &mut held).await {
-            Ok(lease::LeaseState::Ours) => {}
+            Ok(lease::LeaseState::Ours) => inner.lease_ours_since(started),
             Ok(lease::LeaseState::Lost(by)) => {
                 drop(held);
                 inner.fenced(by);

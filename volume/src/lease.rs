@@ -74,6 +74,12 @@ pub struct LeaseDoc {
     pub ttl_secs: u64,
     /// Set by a clean detach: the holder wrote its last byte.
     pub released: bool,
+    /// How long after a lease check this holder acknowledges FLUSHes
+    /// without another: one who takes the lease over waits this out
+    /// (docs/design/0007). Absent in older leases, whose holders check
+    /// every FLUSH.
+    #[serde(default)]
+    pub ack_grace_ms: u64,
 }
 
 impl LeaseDoc {
@@ -92,6 +98,9 @@ pub struct Held {
     pub etag: String,
     /// The lease before we took it (None: the first attach ever).
     pub previous: Option<LeaseDoc>,
+    /// The previous holder did not release the lease and may be alive: it
+    /// may still acknowledge a FLUSH within its grace (`wait_out_previous`).
+    pub previous_may_ack: bool,
 }
 
 impl Held {
@@ -156,6 +165,7 @@ pub async fn acquire(
     store: &Arc<dyn ObjectStore>,
     url: &str,
     ttl: Duration,
+    ack_grace: Duration,
     force: bool,
 ) -> Result<Held, VolumeError> {
     let me = Holder::this_process();
@@ -169,14 +179,19 @@ pub async fn acquire(
             renewed_unix: now,
             ttl_secs: ttl.as_secs().max(1),
             released: false,
+            ack_grace_ms: ack_grace.as_millis() as u64,
         };
         let res = match read(store).await? {
             // Our own earlier attempt landed though its reply was lost.
             Some((cur, etag)) if cur.holder == me && !cur.released => {
+                let previous_may_ack = previous
+                    .as_ref()
+                    .is_some_and(|p: &LeaseDoc| !p.released && !p.holder.died_here(&me));
                 return Ok(Held {
                     doc: cur,
                     etag,
                     previous,
+                    previous_may_ack,
                 });
             }
             None => store
@@ -210,11 +225,15 @@ pub async fn acquire(
         };
         match res {
             Ok((etag, previous)) => {
+                let previous_may_ack = previous
+                    .as_ref()
+                    .is_some_and(|p: &LeaseDoc| !p.released && !p.holder.died_here(&me));
                 return Ok(Held {
                     doc,
                     etag,
                     previous,
-                })
+                    previous_may_ack,
+                });
             }
             // Lost a race with another attach: look again.
             Err(StoreError::PreconditionFailed(_)) | Err(StoreError::NotFound(_)) => continue,
@@ -230,6 +249,38 @@ pub async fn acquire(
     Err(VolumeError::BadConfig(format!(
         "{url}: the lease kept changing under {ACQUIRE_ATTEMPTS_MAX} attempts to take it; is another attach looping?"
     )))
+}
+
+/// Waits out the grace in which a previous holder that may be alive can
+/// still acknowledge a FLUSH without asking the store (its last check began
+/// before our lease landed, so its grace ends less than its `ack_grace_ms`
+/// after now). After this, every segment it acknowledged is in the store,
+/// and the listing that follows sees it. A tenth more covers clocks that
+/// run at slightly different rates on the two machines.
+pub async fn wait_out_previous(held: &Held) {
+    let grace = Duration::from_millis(held.previous.as_ref().map_or(0, |p| p.ack_grace_ms));
+    if held.previous_may_ack && !grace.is_zero() {
+        let wait = grace + grace / 10;
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "took over a live lease: waiting out the previous holder's acknowledgement grace"
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Nanoseconds of CLOCK_BOOTTIME: unlike the monotonic clock it keeps
+/// counting while the machine is suspended, so a writer that slept through
+/// its grace cannot mistake it for still open.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "CLOCK_BOOTTIME is available on Linux");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// What a renewal or check found.
