@@ -58,6 +58,7 @@ PY
     "$PROXY" "127.0.0.1:$port" --first-byte-ms "$REGION_FIRST_BYTE_MS" --stream-mbps "$REGION_STREAM_MBPS" >"$WORK/proxy.out" & PIDS+=($!)
     for _ in $(seq 100); do [ -s "$WORK/proxy.out" ] && break; sleep 0.05; done
     endpoint=$(cat "$WORK/proxy.out")
+    [ -n "$endpoint" ] || { echo "s3-region-proxy ($PROXY) did not start: cargo build --bins builds it" >&2; exit 1; }
   fi
   export AWS_ENDPOINT_URL=$endpoint
   server=$profile
