@@ -216,6 +216,11 @@ pub async fn acquire(
                     );
                 }
                 doc.epoch = old.epoch + 1;
+                if !old.released {
+                    // The previous holder may ack until its grace is over: one
+                    // who takes over from us soon after must wait that long too.
+                    doc.ack_grace_ms = doc.ack_grace_ms.max(old.ack_grace_ms);
+                }
                 previous = Some(old.clone());
                 store
                     .put_if_match(LEASE_KEY, doc.bytes(), &etag)

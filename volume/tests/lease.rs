@@ -230,6 +230,29 @@ async fn a_flush_acknowledged_in_the_grace_is_seen_by_the_writer_that_took_over(
     b.close().await.unwrap();
 }
 
+/// A third writer that takes over soon after a second one must still wait
+/// out the first writer's grace: a taker records the longer of its own grace
+/// and that of the live holder it fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taker_records_the_longer_grace_of_the_holder_it_fenced() {
+    let store: Arc<dyn ObjectStore> = fresh_store();
+    create(&store, 64 << 20).await;
+    let a = open(
+        store.clone(),
+        None,
+        with_grace(polite(), Duration::from_millis(700)),
+    )
+    .await;
+    let b = open(store.clone(), None, with_grace(forceful(), Duration::ZERO)).await;
+    assert_eq!(doc_grace_ms(&store).await, 700);
+    b.close().await.unwrap();
+    // Released: nothing of the fenced writer's grace is left to wait out.
+    let c = open(store.clone(), None, with_grace(forceful(), Duration::ZERO)).await;
+    assert_eq!(doc_grace_ms(&store).await, 0);
+    c.close().await.unwrap();
+    drop(a);
+}
+
 async fn doc_grace_ms(store: &Arc<dyn ObjectStore>) -> u64 {
     let raw = store.get("lease.json").await.unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&raw).unwrap();
