@@ -184,9 +184,7 @@ pub async fn acquire(
         let res = match read(store).await? {
             // Our own earlier attempt landed though its reply was lost.
             Some((cur, etag)) if cur.holder == me && !cur.released => {
-                let previous_may_ack = previous
-                    .as_ref()
-                    .is_some_and(|p: &LeaseDoc| !p.released && !p.holder.died_here(&me));
+                let previous_may_ack = may_still_ack(previous.as_ref(), &me);
                 return Ok(Held {
                     doc: cur,
                     etag,
@@ -230,9 +228,7 @@ pub async fn acquire(
         };
         match res {
             Ok((etag, previous)) => {
-                let previous_may_ack = previous
-                    .as_ref()
-                    .is_some_and(|p: &LeaseDoc| !p.released && !p.holder.died_here(&me));
+                let previous_may_ack = may_still_ack(previous.as_ref(), &me);
                 return Ok(Held {
                     doc,
                     etag,
@@ -254,6 +250,12 @@ pub async fn acquire(
     Err(VolumeError::BadConfig(format!(
         "{url}: the lease kept changing under {ACQUIRE_ATTEMPTS_MAX} attempts to take it; is another attach looping?"
     )))
+}
+
+/// Whether the holder we took the lease from may still acknowledge FLUSHes:
+/// it did not release the lease and is not known to be dead.
+fn may_still_ack(previous: Option<&LeaseDoc>, me: &Holder) -> bool {
+    previous.is_some_and(|p| !p.released && !p.holder.died_here(me))
 }
 
 /// Waits out the grace in which a previous holder that may be alive can
