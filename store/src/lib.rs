@@ -17,8 +17,8 @@ pub use error::StoreError;
 pub use fault::{CrashPolicy, FaultConfig, FaultStore};
 pub use file::FileStore;
 pub use memory::MemStore;
-pub use s3::S3Store;
-pub use url::{open_url, StoreUrl};
+pub use s3::{share_client as share_s3_client, S3Store};
+pub use url::{open_url, warm_up, StoreUrl};
 
 use async_trait::async_trait;
 use bytes::Bytes;

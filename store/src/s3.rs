@@ -25,6 +25,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::OnceCell;
 
 use crate::{check_key, ObjectMeta, ObjectStore, StoreError};
@@ -77,44 +78,53 @@ impl S3Store {
         }
     }
 
-    /// The client, configured from the environment on first use.
+    /// The client, configured from the environment on first use; after
+    /// [`share_client`], one for every such store of the process.
     async fn client(&self) -> &Client {
         self.client
             .get_or_init(|| async {
-                let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(
-                        aws_config::meta::region::RegionProviderChain::default_provider()
-                            .or_else("us-east-1"),
-                    )
-                    .timeout_config(
-                        aws_config::timeout::TimeoutConfig::builder()
-                            .connect_timeout(CONNECT_TIMEOUT)
-                            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                            .build(),
-                    )
-                    .load()
-                    .await;
-                let explicit_endpoint = self.explicit_endpoint.is_some()
-                    || std::env::var_os("AWS_ENDPOINT_URL").is_some()
-                    || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
-                let virtual_hosted =
-                    std::env::var("SPRITEDISK_S3_VIRTUAL_HOSTED").as_deref() == Ok("1");
-                let mut conf = aws_sdk_s3::config::Builder::from(&shared);
-                if let Some(ep) = &self.explicit_endpoint {
-                    conf = conf.endpoint_url(ep);
+                match self.explicit_endpoint {
+                    None if SHARE_CLIENT.load(Ordering::Relaxed) => {
+                        SHARED.get_or_init(|| self.build_client()).await.clone()
+                    }
+                    _ => self.build_client().await,
                 }
-                let conf = conf
-                    .force_path_style(explicit_endpoint && !virtual_hosted)
-                    .request_checksum_calculation(
-                        aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-                    )
-                    .response_checksum_validation(
-                        aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-                    )
-                    .build();
-                Client::from_conf(conf)
             })
             .await
+    }
+
+    async fn build_client(&self) -> Client {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(
+                aws_config::meta::region::RegionProviderChain::default_provider()
+                    .or_else("us-east-1"),
+            )
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            )
+            .load()
+            .await;
+        let explicit_endpoint = self.explicit_endpoint.is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL").is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+        let virtual_hosted = std::env::var("SPRITEDISK_S3_VIRTUAL_HOSTED").as_deref() == Ok("1");
+        let mut conf = aws_sdk_s3::config::Builder::from(&shared);
+        if let Some(ep) = &self.explicit_endpoint {
+            conf = conf.endpoint_url(ep);
+        }
+        let conf = conf
+            .force_path_style(explicit_endpoint && !virtual_hosted)
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
+            .build();
+        Client::from_conf(conf)
     }
 
     fn full(&self, key: &str) -> String {
@@ -506,6 +516,19 @@ impl ObjectStore for S3Store {
     fn describe(&self) -> String {
         self.url()
     }
+}
+
+static SHARE_CLIENT: AtomicBool = AtomicBool::new(false);
+static SHARED: OnceCell<Client> = OnceCell::const_new();
+
+/// From now on, the stores this process opens from the environment share
+/// one client, and so its open connections: a warm-pool daemon connects
+/// before it knows its volume ([`crate::warm_up`]) and the volume bound
+/// later reuses the connection. Only for a process with one tokio runtime
+/// for its whole life (a client's connections belong to the runtime that
+/// opened them), hence not the default.
+pub fn share_client() {
+    SHARE_CLIENT.store(true, Ordering::Relaxed);
 }
 
 /// Opens `s3://bucket/prefix`.

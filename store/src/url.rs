@@ -58,6 +58,16 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     }
 }
 
+/// Opens the store of `url` and makes one request to it, so that a daemon
+/// that will serve a volume there later has its client built, its
+/// credentials loaded and a connection open (with [`crate::share_s3_client`]).
+/// A missing key is the expected answer; anything else names the cause.
+pub async fn warm_up(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let store = open_url(url)?;
+    store.head("spritedisk-warm-up").await?;
+    Ok(store)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! The ublk frontend. On the host (no ublk driver): attach fails at once with
 //! a clear message and creates nothing. In the VM rig (a kernel with ublk):
 //! tests/vm/ublk.sh — ext4 round trip, fio verify on 2 queues, kill -9 and
-//! recover with fsck, detach leaving nothing behind; tests/vm/crash.sh —
+//! recover with fsck, detach leaving nothing behind; tests/vm/pool.sh — the
+//! warm pool; tests/vm/crash.sh —
 //! ext4 across guest kills; tests/vm/workloads.sh — PostgreSQL with
 //! `checkpoint --freeze` under pgbench, and a build.
 
@@ -55,6 +56,14 @@ fn attach_without_a_ublk_driver_fails_at_once_and_creates_nothing() {
 #[test]
 fn ublk_device_end_to_end_in_the_vm() {
     run_vm_script("tests/vm/ublk.sh", "== 1. ", &[]);
+}
+
+/// The warm pool (tests/vm/pool.sh): a pool of 2 serving 3 volumes, a
+/// detach returning a clean device that the next volume re-uses, a killed
+/// standby replaced, a volume of another size attached cold.
+#[test]
+fn warm_pool_in_the_vm() {
+    run_vm_script("tests/vm/pool.sh", "== 1. ", &[]);
 }
 
 /// PostgreSQL with `checkpoint --freeze` under pgbench, and a build, on

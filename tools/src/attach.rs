@@ -12,6 +12,9 @@ use tokio::sync::watch;
 use crate::cli::{default_cache_dir, AttachArgs};
 
 pub async fn attach(args: AttachArgs) -> Result<i32> {
+    if args.pool {
+        return crate::pool::attach(args).await;
+    }
     if args.nbd.is_none() && args.nbd_tcp.is_none() {
         return crate::ublk::attach(args).await;
     }

@@ -57,7 +57,7 @@ impl Op<'_> {
 
 /// Runs `op` on the volume at `url` (local state in `cache_dir`, else the default).
 pub async fn run(url: &str, cache_dir: Option<PathBuf>, op: Op<'_>, json_out: bool) -> Result<i32> {
-    let dir = cache_dir.unwrap_or_else(|| crate::cli::default_cache_dir(url));
+    let dir = crate::cli::cache_dir_for(url, cache_dir);
     let what = op.command();
     run_in(url, &dir, op, json_out).await.context(what)
 }
@@ -70,7 +70,7 @@ pub async fn run_frozen(
     mountpoint: &Path,
     timeout: Duration,
 ) -> Result<i32> {
-    let dir = cache_dir.unwrap_or_else(|| crate::cli::default_cache_dir(url));
+    let dir = crate::cli::cache_dir_for(url, cache_dir);
     let t0 = Instant::now();
     let (reply, t) = crate::freeze::checkpoint_frozen(url, &dir, name, mountpoint, timeout)
         .await

@@ -119,6 +119,9 @@ pub enum Cmd {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
+    /// A warm pool of standby ublk devices, so that `attach --pool` only opens the volume.
+    #[command(subcommand)]
+    Pool(PoolCmd),
     /// Measure the raw object store (parallel PUT/GET of SIZE objects, small
     /// PUT latency) under URL/store-bench/, deleting what it wrote; JSON out.
     StoreBench {
@@ -132,7 +135,42 @@ pub enum Cmd {
     },
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// Start N standby daemons, each with its ublk device (100 GiB) up and
+    /// its store connection open; returns once they are ready.
+    Start(crate::pool::PoolArgs),
+    /// Show the pool's standby devices and the volumes they serve.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retire the standby devices; devices serving volumes stay until detached.
+    Stop,
+    /// The pool's manager in the foreground (what `pool start` runs).
+    #[command(hide = true)]
+    Run(crate::pool::PoolArgs),
+    /// One standby daemon (started by the manager).
+    #[command(hide = true)]
+    Standby {
+        #[arg(long)]
+        slot: u64,
+        #[arg(long)]
+        pool_cache_dir: PathBuf,
+        #[arg(long)]
+        store: Option<String>,
+        #[arg(long, value_parser = parse_size)]
+        cache_size: u64,
+        #[arg(long)]
+        queues: u16,
+        #[arg(long)]
+        queue_depth: u16,
+        #[arg(long)]
+        manager_pid: u32,
+    },
+}
+
+#[derive(clap::Args, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AttachArgs {
     pub url: String,
     /// Serve over NBD on this Unix socket instead of ublk (foreground).
@@ -144,6 +182,15 @@ pub struct AttachArgs {
     /// ublk: stay in the foreground instead of starting a daemon.
     #[arg(long)]
     pub foreground: bool,
+    /// ublk: bind the volume to a ready device of the warm pool (`pool
+    /// start`) instead of starting a daemon; attaches cold, saying why, when
+    /// no pool runs or the volume is not the pool devices' 100 GiB.
+    #[arg(long, conflicts_with_all = ["nbd", "nbd_tcp", "foreground", "cache_dir", "recover_dev", "queues"])]
+    pub pool: bool,
+    /// With --pool: how long to wait for a standby when none is ready
+    /// (the pool refills in the background) before attaching cold.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub pool_wait: f64,
     /// ublk: hardware queues (default: the number of CPUs).
     #[arg(long)]
     pub queues: Option<u16>,
@@ -273,11 +320,7 @@ impl AttachArgs {
 /// `$SPRITEDISK_CACHE_DIR`, else `$XDG_CACHE_HOME/spritedisk`, else `~/.cache/spritedisk`;
 /// one subdirectory per URL.
 pub fn default_cache_dir(url: &str) -> PathBuf {
-    let base = std::env::var_os("SPRITEDISK_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("spritedisk")))
-        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/spritedisk")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache/spritedisk"));
+    let base = cache_base();
     let tail: String = url
         .rsplit('/')
         .find(|s| !s.is_empty())
@@ -293,6 +336,28 @@ pub fn default_cache_dir(url: &str) -> PathBuf {
         .take(40)
         .collect();
     base.join(format!("{tail}-{:08x}", fnv1a(url)))
+}
+
+/// `$SPRITEDISK_CACHE_DIR`, else `$XDG_CACHE_HOME/spritedisk`, else `~/.cache/spritedisk`.
+pub fn cache_base() -> PathBuf {
+    std::env::var_os("SPRITEDISK_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("spritedisk")))
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/spritedisk")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/spritedisk"))
+}
+
+/// The local state of `url`: `explicit` if given, else that of the daemon
+/// serving it here (a pool device keeps it in its slot), else the default.
+pub fn cache_dir_for(url: &str, explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| {
+            crate::registry::all()
+                .into_iter()
+                .find(|e| e.url == url && crate::registry::pid_alive(e.pid))
+                .map(|e| e.cache_dir)
+        })
+        .unwrap_or_else(|| default_cache_dir(url))
 }
 
 fn fnv1a(s: &str) -> u32 {
@@ -330,7 +395,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             json,
             cache_dir,
         } => {
-            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
+            let dir = cache_dir_for(&url, cache_dir);
             crate::inspect::stats(&url, &dir, json).await
         }
         Cmd::Checkpoint {
@@ -388,6 +453,30 @@ pub async fn run(cli: Cli) -> Result<i32> {
             };
             checkpoints::run(&url, cache_dir, op, json).await
         }
+        Cmd::Pool(PoolCmd::Start(a)) => crate::pool::start(&a),
+        Cmd::Pool(PoolCmd::Status { json }) => crate::pool::status(json),
+        Cmd::Pool(PoolCmd::Stop) => crate::pool::stop().await,
+        Cmd::Pool(PoolCmd::Run(a)) => crate::pool::manager::run(a).await,
+        Cmd::Pool(PoolCmd::Standby {
+            slot,
+            pool_cache_dir,
+            store,
+            cache_size,
+            queues,
+            queue_depth,
+            manager_pid,
+        }) => {
+            crate::pool::standby::run(crate::pool::standby::StandbyArgs {
+                slot,
+                pool_cache_dir,
+                store,
+                cache_bytes: cache_size,
+                queues,
+                queue_depth,
+                manager_pid,
+            })
+            .await
+        }
         Cmd::StoreBench {
             url,
             size,
@@ -395,7 +484,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             parallel,
         } => crate::storebench::run(&url, size, count, parallel.max(1)).await,
         Cmd::Verify { url, cache_dir } => {
-            let dir = cache_dir.unwrap_or_else(|| default_cache_dir(&url));
+            let dir = cache_dir_for(&url, cache_dir);
             crate::inspect::verify(&url, &dir).await.context("verify")
         }
     }

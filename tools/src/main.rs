@@ -7,6 +7,7 @@ mod cli;
 mod control;
 mod freeze;
 mod inspect;
+mod pool;
 mod registry;
 mod size;
 mod storebench;

@@ -17,6 +17,10 @@ pub struct Entry {
     pub queues: u16,
     pub queue_depth: u16,
     pub since_unix: u64,
+    /// Set when a warm pool's daemon serves the device: `detach` asks it to
+    /// unbind the volume (the device goes back to the pool) instead of ending it.
+    #[serde(default)]
+    pub pool_slot: Option<u64>,
 }
 
 pub fn dir() -> PathBuf {

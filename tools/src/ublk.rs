@@ -197,6 +197,7 @@ async fn serve(args: AttachArgs) -> Result<i32> {
         since_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        pool_slot: None,
     })?;
     tracing::info!(url, device, dev_id, "device live");
     let _publisher = crate::inspect::publish_stats(volume.clone(), cache_dir.clone());
@@ -255,6 +256,9 @@ pub async fn detach(target: &str) -> Result<i32> {
         registry::remove(e.dev_id);
         println!("detached {} from {}", e.url, e.device);
         return Ok(0);
+    }
+    if let Some(slot) = e.pool_slot {
+        return crate::pool::detach(&e, slot).await;
     }
     // SAFETY: plain signal to the daemon's pid.
     unsafe { libc::kill(e.pid as i32, libc::SIGTERM) };

@@ -506,6 +506,25 @@ async fn lease_loop(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// Empties `cache_dir` of everything a volume left there (metadata, write
+/// log, read cache lines) and sets up an empty read cache of `cache_bytes`
+/// that the next [`Volume::open`] with this directory takes as it is: what
+/// a warm-pool device does between two volumes. Only for a directory whose
+/// volume was closed cleanly (its write log holds nothing unflushed).
+pub fn reset_cache_dir(cache_dir: &Path, cache_bytes: u64) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(cache_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::create_dir_all(cache_dir)?;
+    if cache_bytes > 0 {
+        // An empty cache that is saved opens warm (with nothing in it)
+        // instead of being deleted and made again.
+        DiskCache::open(&cache_dir.join("cache"), cache_bytes)?.persist();
+    }
+    Ok(())
+}
+
 fn open_cache(cache_dir: Option<&Path>, bytes: u64) -> Arc<dyn ReadCache> {
     match cache_dir {
         Some(dir) if bytes > 0 => match DiskCache::open(&dir.join("cache"), bytes) {

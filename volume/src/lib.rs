@@ -30,7 +30,7 @@ mod wlog;
 
 pub use checkpoint::Deadline;
 pub use config::{EngineOptions, VolumeConfig, BLOCK_SIZE, CONFIG_KEY, DEFAULT_SIZE_BYTES};
-pub use engine::{Volume, REQUEST_BYTES_MAX};
+pub use engine::{reset_cache_dir, Volume, REQUEST_BYTES_MAX};
 pub use error::{libc_errno, VolumeError};
 pub use gc::{GcOptions, GcReport};
 pub use io::{BlockIo, IoReply, IoRequest};

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The warm pool in the VM rig (started by tests/tests/ublk.rs):
+# a pool of 2, three volumes attached from it (two at once, the third
+# after a refill or cold), a detach that returns the device and a re-use
+# that shows nothing of the previous volume (data, page cache, partitions),
+# a kill -9 of a standby that is replaced, a volume of another size that
+# attaches cold, and `pool stop` leaving nothing behind.
+set -euo pipefail
+B=${SPRITEDISK_BIN:-$PWD/target/debug/spritedisk}
+W=/tmp/scratch; [ -d $W ] || W=/tmp
+export SPRITEDISK_LOG=info SPRITEDISK_CACHE_DIR=$W/cache
+S=$W/store
+fail() {
+  echo "FAIL: $*"; $B pool status || true; $B list || true
+  for l in $W/cache/pool/*.log; do echo "--- $l"; tail -25 "$l"; done
+  exit 1
+}
+step() { echo "== $*"; }
+ready_count() { $B pool status | awk '$3 == "ready"' | wc -l; }
+ready_devices() { $B pool status | awk '$3 == "ready" { print $1 }'; }
+wait_ready() { # N: until exactly N standbys are ready (30 s)
+  for _ in $(seq 300); do [ "$(ready_count)" = "$1" ] && return 0; sleep 0.1; done
+  fail "the pool did not settle at $1 ready standbys"
+}
+# same DEV SKIP_MIB COUNT_MIB FILE [direct]: the range reads as FILE (the
+# guest has no /dev/fd for process substitution).
+same() {
+  dd if=$1 of=$W/readback bs=1M skip=$2 count=$3 ${5:+iflag=direct} status=none
+  cmp -s $W/readback $4
+}
+devices() { ls /dev/ | grep -E '^ublkb[0-9]+$' | sort || true; }
+M=$W/mnt; mkdir -p $M
+
+step "1. pool start --size 2"
+$B pool start --size 2 --queues 1 --queue-depth 16 || fail "pool start"
+[ "$(ready_count)" = 2 ] || fail "not 2 ready after pool start"
+[ "$(devices | wc -l)" = 2 ] || fail "not 2 devices: $(devices)"
+$B pool start --size 1 2>$W/err && fail "a second pool started"
+grep -q "already running" $W/err || fail "second start: $(cat $W/err)"
+echo "ok 1"
+
+step "2. three volumes from a pool of 2: two at once, then a third"
+for v in v1 v2 v3; do $B create file://$S/$v >/dev/null; done
+D1=$($B attach file://$S/v1 --pool 2>$W/a1) || fail "attach v1: $(cat $W/a1)"
+grep -q "from the pool" $W/a1 || fail "v1 did not come from the pool: $(cat $W/a1)"
+$B attach file://$S/v2 --pool >$W/d2 2>$W/a2 & P2=$!
+$B attach file://$S/v3 --pool --pool-wait 60 >$W/d3 2>$W/a3 & P3=$!
+wait $P2 || fail "attach v2: $(cat $W/a2)"
+wait $P3 || fail "attach v3: $(cat $W/a3)"
+D2=$(cat $W/d2); D3=$(cat $W/d3)
+echo "v1 at $D1; v2 at $D2 ($(tail -1 $W/a2)); v3 at $D3 ($(tail -1 $W/a3))"
+for d in $D1 $D2 $D3; do [ -b $d ] || fail "$d is not a block device"; done
+[ "$D1" != "$D2" ] && [ "$D2" != "$D3" ] && [ "$D1" != "$D3" ] || fail "two volumes on one device"
+[ "$($B list | grep -c running)" = 3 ] || fail "list does not show 3 devices"
+wait_ready 2
+echo "ok 2"
+
+step "3. each device serves its own volume; checkpoint finds the pool daemon"
+echo 'start=2048, size=8192' | sfdisk -q $D1 || fail "sfdisk"
+[ -b ${D1}p1 ] || fail "${D1}p1 did not appear"
+i=0
+for d in $D1 $D2 $D3; do
+  i=$((i + 1))
+  head -c 8M /dev/urandom > $W/data$i
+  dd if=$W/data$i of=$d bs=1M seek=16 oflag=direct conv=fsync status=none
+done
+# Left in v1's daemon (no FLUSH): the detach must make it durable.
+head -c 1M /dev/urandom > $W/late1
+dd if=$W/late1 of=$D1 bs=1M seek=64 oflag=direct status=none
+i=0
+for d in $D1 $D2 $D3; do
+  i=$((i + 1))
+  # Buffered: v1's pages stay in the device's page cache.
+  same $d 16 8 $W/data$i || fail "$d does not read its own data"
+done
+$B checkpoint file://$S/v1 c1 >/dev/null || fail "checkpoint of a pool-bound volume"
+echo "ok 3"
+
+step "4. detach refuses a mounted device and flushes; the device returns to the pool"
+mkfs.ext4 -q -F $D3
+mount $D3 $M
+$B detach $D3 2>$W/err && fail "detach of a mounted device succeeded"
+grep -q "in use (mounted at $M)" $W/err || fail "detach while mounted: $(cat $W/err)"
+[ -e $M/lost+found ] || fail "the filesystem went away after a refused detach"
+umount $M
+$B detach $D1 | tee $W/out || fail "detach v1"
+grep -q "back in the pool" $W/out || fail "not returned: $(cat $W/out)"
+ready_devices | grep -qx $D1 || fail "$D1 is not a ready standby after its detach"
+wait_ready 2
+ready_devices | grep -qx $D1 || fail "$D1 was retired instead of kept"
+echo "ok 4"
+
+step "5. re-use: nothing of the previous volume is readable"
+$B create file://$S/v4 >/dev/null
+D4=$($B attach file://$S/v4 --pool 2>$W/a4) || fail "attach v4: $(cat $W/a4)"
+[ "$D4" = "$D1" ] || fail "v4 got $D4, not the returned $D1"
+[ -e ${D4}p1 ] && fail "v1's partition ${D4}p1 is still there"
+# Buffered (the page cache that held v1's pages) and direct.
+cmp -n 80M $D4 /dev/zero || fail "$D4 (buffered) shows data of the previous volume"
+head -c 80M /dev/zero > $W/zeros
+same $D4 0 80 $W/zeros direct || fail "$D4 (direct) shows data of the previous volume"
+ls $W/cache/pool/slot-*/ >/dev/null
+echo "ok 5"
+
+step "6. v1 elsewhere (cold, another cache): everything it wrote, the unflushed MiB too"
+D1c=$($B attach file://$S/v1 --cache-dir $W/cold-v1 2>$W/err) || fail "cold attach of v1: $(cat $W/err)"
+same $D1c 16 8 $W/data1 direct || fail "v1's data"
+same $D1c 64 1 $W/late1 direct || fail "v1's unflushed write was lost at detach"
+[ -b ${D1c}p1 ] || fail "v1's partition is missing"
+$B checkpoints file://$S/v1 | grep -q c1 || fail "checkpoint c1 of v1"
+$B detach $D1c >/dev/null || fail "detach cold v1"
+echo "ok 6"
+
+step "7. kill -9 of a standby: noticed and replaced"
+VICTIM=$($B pool status | awk '$3 == "ready" { print $2; exit }')
+VDEV=$($B pool status | awk '$3 == "ready" { print $1; exit }')
+kill -9 $VICTIM
+for _ in $(seq 300); do
+  $B pool status | awk '$3 == "ready" { print $2 }' | grep -qx $VICTIM || [ "$(ready_count)" != 2 ] || break
+  sleep 0.1
+done
+wait_ready 2
+$B pool status | awk '$3 == "ready" { print $2 }' | grep -qx $VICTIM && fail "the killed standby is still listed"
+# v2, v3, v4 and 2 standbys: the dead one's device did not stay behind.
+[ "$(devices | wc -l)" = 5 ] || fail "devices after the replacement: $(devices | tr '\n' ' ')"
+echo "killed $VICTIM ($VDEV); ready now: $(ready_devices | tr '\n' ' ')"
+echo "ok 7"
+
+step "8. a volume of another size attaches cold, and says so"
+$B create file://$S/small --size 1G >/dev/null
+DS=$($B attach file://$S/small --pool 2>$W/err) || fail "attach small: $(cat $W/err)"
+grep -q "attaching cold" $W/err && grep -q "1.0 GiB" $W/err || fail "no cold notice: $(cat $W/err)"
+[ "$(blockdev --getsize64 $DS)" = $((1 << 30)) ] || fail "$DS is not 1 GiB"
+$B detach $DS >/dev/null
+wait_ready 2
+echo "ok 8"
+
+step "9. pool stop: standbys go, served volumes stay until detached"
+$B pool stop || fail "pool stop"
+[ "$(devices | wc -l)" = 3 ] || fail "devices after pool stop: $(devices | tr '\n' ' ')"
+same $D2 16 8 $W/data2 direct || fail "v2 after pool stop"
+for d in $D2 $D3 $D4; do $B detach $d >/dev/null || fail "detach $d"; done
+for _ in $(seq 100); do [ -z "$(devices)" ] && break; sleep 0.1; done
+[ -z "$(devices)" ] || fail "devices left: $(devices | tr '\n' ' ')"
+pgrep -f "spritedisk (attach|pool)" && fail "a daemon is left behind"
+[ -z "$($B list | tail -n +2)" ] || fail "list still shows devices"
+echo "ok 9"
+echo "ALL OK"
