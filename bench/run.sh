@@ -5,7 +5,8 @@
 # O_DIRECT); the daemon's RSS; the read cache; attach, checkpoint and GC
 # (replica.sh, checkpoint.sh, gc.sh); s3:// vs the raw store and s3backer,
 # on loopback and with a region's latency (s3.sh); /dev/ublkb0 in the VM rig
-# vs a file and a loop device (vm-ublk.sh). Output: bench/results/DATE/
+# vs a file and a loop device (vm-ublk.sh); attach from the warm pool vs
+# cold (pool.sh, in the VM). Output: bench/results/DATE/
 # summary.md (table, then one section per part), summary.json, plot.png.
 # BENCH_QUICK=1: small sizes and short runs (a smoke run, ~3 min);
 # BENCH_VM=0: skip the VM.
@@ -116,6 +117,8 @@ if [ "${BENCH_VM:-1}" = 1 ]; then
     { tail -30 "$OUT/raw/vm-console.log" >&2; echo "the VM bench failed" >&2; exit 1; }
   mv "$VM_OUT" "$OUT/raw/vm"
   python3 bench/vm-report.py "$OUT"
+  # Attach to first I/O, cold vs from the warm pool (50 each at 100k extents).
+  bench/pool.sh "$OUT"
 fi
 bench/ratios.py finish "$OUT"
 echo "results in $OUT" >&2

@@ -61,10 +61,12 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
 /// Opens the store of `url` and makes one request to it, so that a daemon
 /// that will serve a volume there later has its client built, its
 /// credentials loaded and a connection open (with [`crate::share_s3_client`]).
-/// A missing key is the expected answer; anything else names the cause.
+/// A LIST of a key nobody writes: the answer is empty, and a missing
+/// bucket or a refused credential is an error that names the cause (a HEAD
+/// would report a missing bucket as a missing key).
 pub async fn warm_up(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let store = open_url(url)?;
-    store.head("spritedisk-warm-up").await?;
+    store.list("spritedisk-warm-up/").await?;
     Ok(store)
 }
 

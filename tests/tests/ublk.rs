@@ -54,6 +54,62 @@ fn attach_without_a_ublk_driver_fails_at_once_and_creates_nothing() {
 }
 
 #[test]
+fn pool_commands_without_a_ublk_driver_fail_at_once() {
+    if std::path::Path::new("/dev/ublk-control").exists() {
+        eprintln!("this kernel has ublk: the no-driver path is not reachable here");
+        return;
+    }
+    let env = Env::new();
+    let url = env.create("vol", "100G");
+    let run_dir = env.path("run");
+    let pool_cache = env.path("pool");
+    let run = |args: &[&str]| {
+        with_store_env(
+            Command::new(bin())
+                .args(args)
+                .env("SPRITEDISK_RUN_DIR", &run_dir)
+                .env("SPRITEDISK_CACHE_DIR", &pool_cache),
+        )
+        .output()
+        .expect("run spritedisk")
+    };
+    for args in [
+        &["pool", "start", "--size", "2"][..],
+        &["attach", &url, "--pool"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains("ublk driver not loaded"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(
+        !pool_cache.exists(),
+        "pool start created its cache before failing"
+    );
+    let o = run(&["pool", "status"]);
+    assert!(
+        o.status.success() && stdout(&o).contains("pool: not running"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["pool", "stop"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no pool is running"),
+        "{}",
+        stderr(&o)
+    );
+    // A pool device's local state is its slot's: --cache-dir cannot apply.
+    let o = run(&["attach", &url, "--pool", "--cache-dir", "/tmp/x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+    let o = run(&["pool", "start", "--size", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
 fn ublk_device_end_to_end_in_the_vm() {
     run_vm_script("tests/vm/ublk.sh", "== 1. ", &[]);
 }

@@ -4,7 +4,8 @@
 # after a refill or cold), a detach that returns the device and a re-use
 # that shows nothing of the previous volume (data, page cache, partitions),
 # a kill -9 of a standby that is replaced, a volume of another size that
-# attaches cold, and `pool stop` leaving nothing behind.
+# attaches cold, a kill -9 of a daemon serving a volume that `recover`
+# resumes, and `pool stop` leaving nothing behind.
 set -euo pipefail
 B=${SPRITEDISK_BIN:-$PWD/target/debug/spritedisk}
 W=/tmp/scratch; [ -d $W ] || W=/tmp
@@ -135,7 +136,17 @@ $B detach $DS >/dev/null
 wait_ready 2
 echo "ok 8"
 
-step "9. pool stop: standbys go, served volumes stay until detached"
+step "9. kill -9 of a daemon serving a volume: recover resumes the same device"
+P2=$($B list | awk -v d=$D2 '$1 == d { print $2 }')
+kill -9 $P2
+for _ in $(seq 100); do kill -0 $P2 2>/dev/null || break; sleep 0.1; done
+$B list | grep -q "$D2 .* orphaned" || fail "$D2 is not shown orphaned: $($B list)"
+$B recover $D2 >/dev/null || fail "recover $D2"
+same $D2 16 8 $W/data2 direct || fail "v2 after recover"
+wait_ready 2
+echo "ok 9"
+
+step "10. pool stop: standbys go, served volumes stay until detached"
 $B pool stop || fail "pool stop"
 [ "$(devices | wc -l)" = 3 ] || fail "devices after pool stop: $(devices | tr '\n' ' ')"
 same $D2 16 8 $W/data2 direct || fail "v2 after pool stop"
@@ -144,5 +155,5 @@ for _ in $(seq 100); do [ -z "$(devices)" ] && break; sleep 0.1; done
 [ -z "$(devices)" ] || fail "devices left: $(devices | tr '\n' ' ')"
 pgrep -f "spritedisk (attach|pool)" && fail "a daemon is left behind"
 [ -z "$($B list | tail -n +2)" ] || fail "list still shows devices"
-echo "ok 9"
+echo "ok 10"
 echo "ALL OK"

@@ -184,7 +184,8 @@ pub struct AttachArgs {
     pub foreground: bool,
     /// ublk: bind the volume to a ready device of the warm pool (`pool
     /// start`) instead of starting a daemon; attaches cold, saying why, when
-    /// no pool runs or the volume is not the pool devices' 100 GiB.
+    /// no pool runs or the volume is not the pool devices' 100 GiB. The
+    /// device's queues and read cache are the pool's.
     #[arg(long, conflicts_with_all = ["nbd", "nbd_tcp", "foreground", "cache_dir", "recover_dev", "queues"])]
     pub pool: bool,
     /// With --pool: how long to wait for a standby when none is ready

@@ -101,6 +101,12 @@ pub async fn run(a: PoolArgs) -> Result<i32> {
                 })
                 .count();
         if (standing as u64) < a.size && Instant::now() >= next_spawn_at {
+            // A slot directory that outlived its standby may hold the only
+            // copy of writes (a failed final flush, or a daemon `recover`ed
+            // from it): never hand it to a new standby, which empties it.
+            while cache_dir.join(format!("slot-{next_slot}")).exists() {
+                next_slot += 1;
+            }
             match spawn_standby(&a, &cache_dir, next_slot) {
                 Ok(child) => {
                     children.insert(
