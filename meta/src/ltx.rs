@@ -23,7 +23,11 @@ const CHECKSUM_FLAG: u64 = 1 << 63;
 /// SQLite's lock page (the one holding byte 2^30) is never written.
 const PENDING_BYTE: u64 = 0x4000_0000;
 
-const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_GO_ISO);
+/// Slice-by-16 tables: the checksum covers every decompressed page, and at
+/// one byte per step it was most of a restore's time (measured: 16 of the
+/// 31 ms that restoring a 100k-extent map took).
+const CRC64: crc::Crc<u64, crc::Table<16>> =
+    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_GO_ISO);
 
 /// The page holding SQLite's lock byte, which no database page may use.
 pub fn lock_pgno(page_size: u32) -> u32 {

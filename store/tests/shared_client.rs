@@ -10,7 +10,9 @@ use spritedisk_store::{open_url, share_s3_client, testing, warm_up};
 async fn a_volume_opened_after_the_warm_up_uses_the_shared_client() {
     testing::use_s3_env();
     share_s3_client();
-    warm_up(&testing::s3_url("pool")).await.expect("warm-up against moto");
+    warm_up(&testing::s3_url("pool"))
+        .await
+        .expect("warm-up against moto");
     let s = open_url(&testing::s3_url("volume")).unwrap();
     s.put("k", Bytes::from_static(b"value")).await.unwrap();
     assert_eq!(s.get("k").await.unwrap(), Bytes::from_static(b"value"));

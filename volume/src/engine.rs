@@ -113,6 +113,7 @@ impl Volume {
         cache_dir: Option<&Path>,
         opts: EngineOptions,
     ) -> Result<Volume, VolumeError> {
+        let t0 = Instant::now();
         let config = recovery::load_config(&store, url).await?;
         let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
         // The lease first: the store is listed and debris deleted only by
@@ -126,7 +127,9 @@ impl Volume {
         )
         .await?;
         lease::wait_out_previous(&held).await;
+        let lease_ms = t0.elapsed().as_millis() as u64;
         let (meta, rolled) = recovery::recover(&store, url, &config, cache_dir, &held).await?;
+        let meta_ms = t0.elapsed().as_millis() as u64 - lease_ms;
         let origins = crate::fork::Origins::open(&meta)?;
         let (wlog, replay, first_new_gen) = match cache_dir {
             Some(dir) => {
@@ -186,6 +189,14 @@ impl Volume {
         vol.inner.start_replica(rolled.replica_txid).await?;
         tokio::spawn(crate::replicate::replica_loop(Arc::downgrade(&vol.inner)));
         tokio::spawn(lease_loop(Arc::downgrade(&vol.inner)));
+        // Where an attach's time goes (the warm pool's attach is this open).
+        tracing::info!(
+            url,
+            ms = t0.elapsed().as_millis() as u64,
+            config_and_lease_ms = lease_ms,
+            metadata_ms = meta_ms,
+            "volume open"
+        );
         Ok(vol)
     }
 
