@@ -156,4 +156,28 @@ for _ in $(seq 100); do [ -z "$(devices)" ] && break; sleep 0.1; done
 pgrep -f "spritedisk (attach|pool)" && fail "a daemon is left behind"
 [ -z "$($B list | tail -n +2)" ] || fail "list still shows devices"
 echo "ok 10"
+
+step "11. s3://: standbys connect to the pool's store ahead of the attach (s3s-fs on 127.0.0.1)"
+S3S=${SPRITEDISK_S3S_FS:-$(command -v s3s-fs || echo $HOME/.cargo/bin/s3s-fs)}
+[ -x "$S3S" ] || fail "s3s-fs is missing (tools/install-test-deps.sh installs it)"
+ip link set lo up 2>/dev/null || true
+mkdir -p $W/s3/pool-test
+$S3S --host 127.0.0.1 --port 9123 --access-key test --secret-key test $W/s3 > $W/s3s.log 2>&1 &
+S3PID=$!
+export AWS_ENDPOINT_URL=http://127.0.0.1:9123 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+for _ in $(seq 100); do $B store-bench s3://pool-test/probe --size 4K --count 1 --parallel 1 >/dev/null 2>&1 && break; sleep 0.2; done
+$B create s3://pool-test/vols/s1 >/dev/null || fail "create on s3s-fs"
+$B pool start --size 1 --store s3://pool-test/vols --queues 1 --queue-depth 16 >/dev/null || fail "pool start --store"
+grep -l "cannot reach the pool's store" $W/cache/pool/slot-*.log && fail "a standby could not reach the store"
+DS3=$($B attach s3://pool-test/vols/s1 --pool 2>$W/err) || fail "attach s3 --pool: $(cat $W/err)"
+grep -q "from the pool" $W/err || fail "not from the pool: $(cat $W/err)"
+head -c 4M /dev/urandom > $W/data-s3
+dd if=$W/data-s3 of=$DS3 bs=1M seek=8 oflag=direct conv=fsync status=none
+$B detach $DS3 >/dev/null || fail "detach s3"
+$B pool stop >/dev/null
+DS3=$($B attach s3://pool-test/vols/s1 --cache-dir $W/cold-s3 2>$W/err) || fail "cold attach s3: $(cat $W/err)"
+same $DS3 8 4 $W/data-s3 direct || fail "the s3 volume's data after detach from the pool"
+$B detach $DS3 >/dev/null
+kill $S3PID
+echo "ok 11"
 echo "ALL OK"
