@@ -57,7 +57,8 @@ wait_ready 2
 echo "ok 2"
 
 step "3. each device serves its own volume; checkpoint finds the pool daemon"
-echo 'start=2048, size=8192' | sfdisk -q $D1 || fail "sfdisk"
+# 4 KiB sectors: the partition spans 1-5 MiB, below the data at 16 MiB.
+echo 'start=256, size=1024' | sfdisk -q $D1 || fail "sfdisk"
 [ -b ${D1}p1 ] || fail "${D1}p1 did not appear"
 i=0
 for d in $D1 $D2 $D3; do
@@ -81,9 +82,20 @@ step "4. detach refuses a mounted device and flushes; the device returns to the 
 mkfs.ext4 -q -F $D3
 mount $D3 $M
 $B detach $D3 2>$W/err && fail "detach of a mounted device succeeded"
-grep -q "in use (mounted at $M)" $W/err || fail "detach while mounted: $(cat $W/err)"
+grep -q "in use ($(basename $D3) mounted at $M)" $W/err || fail "detach while mounted: $(cat $W/err)"
 [ -e $M/lost+found ] || fail "the filesystem went away after a refused detach"
 umount $M
+# A mounted partition, and a process holding the device open, keep it too.
+mkfs.ext4 -q -F ${D1}p1
+mount ${D1}p1 $M
+$B detach $D1 2>$W/err && fail "detach with a mounted partition succeeded"
+grep -q "in use ($(basename $D1)p1 mounted at $M)" $W/err || fail "detach with a mounted partition: $(cat $W/err)"
+umount $M
+sleep 600 < $D1 & HOLDER=$!
+sleep 0.5
+$B detach $D1 2>$W/err && fail "detach of an open device succeeded"
+grep -q "in use (open in process $HOLDER)" $W/err || fail "detach while open: $(cat $W/err)"
+kill $HOLDER; wait $HOLDER 2>/dev/null || true
 $B detach $D1 | tee $W/out || fail "detach v1"
 grep -q "back in the pool" $W/out || fail "not returned: $(cat $W/out)"
 ready_devices | grep -qx $D1 || fail "$D1 is not a ready standby after its detach"
@@ -102,6 +114,25 @@ head -c 80M /dev/zero > $W/zeros
 same $D4 0 80 $W/zeros direct || fail "$D4 (direct) shows data of the previous volume"
 ls $W/cache/pool/slot-*/ >/dev/null
 echo "ok 5"
+
+step "5b. a failed final flush: the detach says so and the slot keeps the write log"
+$B create file://$S/ff >/dev/null
+DF=$($B attach file://$S/ff --pool --flush-timeout 2 --writeback-delay 60 2>$W/err) || fail "attach ff: $(cat $W/err)"
+head -c 1M /dev/urandom > $W/data-ff
+dd if=$W/data-ff of=$DF bs=1M seek=4 oflag=direct status=none
+chattr -R +i $S/ff
+$B detach $DF 2>$W/err && fail "detach succeeded with a store that refuses writes"
+grep -q "write log stays in" $W/err || fail "the failed detach does not say where the write log is: $(cat $W/err)"
+SLOT=$(sed -n 's/.*write log stays in \([^ ]*\) .*/\1/p' $W/err)
+[ -d "$SLOT" ] || fail "the slot $SLOT was not kept"
+for _ in $(seq 100); do [ -b $DF ] || break; sleep 0.1; done
+[ -b $DF ] && fail "$DF stayed after its standby left"
+chattr -R -i $S/ff
+DF=$($B attach file://$S/ff --cache-dir $SLOT 2>$W/err) || fail "attach ff from the kept slot: $(cat $W/err)"
+same $DF 4 1 $W/data-ff direct || fail "the write that was not flushed at the failed detach is lost"
+$B detach $DF >/dev/null || fail "detach ff"
+wait_ready 2
+echo "ok 5b"
 
 step "6. v1 elsewhere (cold, another cache): everything it wrote, the unflushed MiB too"
 D1c=$($B attach file://$S/v1 --cache-dir $W/cold-v1 2>$W/err) || fail "cold attach of v1: $(cat $W/err)"

@@ -5,6 +5,7 @@ mod attach;
 mod checkpoints;
 mod cli;
 mod control;
+mod daemon;
 mod freeze;
 mod inspect;
 mod pool;

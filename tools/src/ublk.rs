@@ -2,7 +2,6 @@
 //! `detach`, `list` and `recover`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -92,14 +91,7 @@ fn start_daemon(args: &AttachArgs) -> Result<i32> {
         cmd.args(["--recover-dev", &id.to_string()]);
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
-    // SAFETY: setsid is async-signal-safe; the daemon leaves our session so
-    // that a terminal hang-up does not reach it.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    crate::daemon::in_new_session(&mut cmd);
     let mut child = cmd.spawn().context("starting the daemon")?;
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -120,11 +112,7 @@ fn start_daemon(args: &AttachArgs) -> Result<i32> {
             Ok(line) => eprintln!("{line}"),
             Err(_) => {
                 if let Some(status) = child.try_wait()? {
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    let last: Vec<&str> = log.lines().rev().take(5).collect();
-                    for l in last.iter().rev() {
-                        eprintln!("{l}");
-                    }
+                    crate::daemon::print_log_tail(&log_path, 5);
                     bail!(
                         "the daemon exited ({status}) before the device came up; its log: {}",
                         log_path.display()

@@ -35,33 +35,30 @@ pub enum BdevError {
 }
 
 impl Claim {
-    /// Opens `path` exclusively; fails when it is mounted, held by another
-    /// exclusive opener, or open in any other process.
+    /// Opens `path` exclusively; fails when it or one of its partitions is
+    /// mounted, held (by an exclusive opener, or a device stacked on it),
+    /// or open in any other process.
     pub fn take(path: &str) -> Result<Claim, BdevError> {
+        let busy = |why: String| BdevError::Busy {
+            path: path.to_string(),
+            why,
+        };
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_EXCL)
             .open(path)
             .map_err(|e| match e.raw_os_error() {
-                Some(libc::EBUSY) => BdevError::Busy {
-                    path: path.to_string(),
-                    why: match mountpoint_of(path) {
-                        Some(m) => format!("mounted at {m}"),
-                        None => "held open exclusively".into(),
-                    },
-                },
+                Some(libc::EBUSY) => {
+                    busy(in_use(path).unwrap_or_else(|| "held open exclusively".into()))
+                }
                 _ => BdevError::Io {
                     op: "opening",
                     path: path.to_string(),
                     source: e,
                 },
             })?;
-        let others = openers(path);
-        if !others.is_empty() {
-            return Err(BdevError::Busy {
-                path: path.to_string(),
-                why: format!("open in process {}", others.join(", ")),
-            });
+        if let Some(why) = in_use(path) {
+            return Err(busy(why));
         }
         Ok(Claim {
             file,
@@ -95,12 +92,68 @@ impl Claim {
     }
 }
 
-/// Pids (as strings) of other processes with `path` open, found as `fuser`
-/// does: through /proc/*/fd.
-pub fn openers(path: &str) -> Vec<String> {
-    let Ok(rdev) = std::fs::metadata(path).map(|m| m.rdev()) else {
-        return vec![];
+/// Why `path` (a whole disk) cannot be taken: it or a partition of it is
+/// mounted, has a device stacked on it, or is open in another process.
+pub fn in_use(path: &str) -> Option<String> {
+    let devs = disk_and_partitions(path);
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for (name, majmin) in &devs {
+        let mounted = info.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&majmin.as_str())).then(|| f.get(4).unwrap_or(&"?").to_string())
+        });
+        if let Some(m) = mounted {
+            return Some(format!("{name} mounted at {m}"));
+        }
+        let holders = std::fs::read_dir(format!("/sys/class/block/{name}/holders"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if holders > 0 {
+            return Some(format!("{name} held by a device stacked on it"));
+        }
+    }
+    let pids = openers(&devs);
+    (!pids.is_empty()).then(|| format!("open in process {}", pids.join(", ")))
+}
+
+/// The disk of `path` and its partitions: (name, "major:minor") from sysfs.
+fn disk_and_partitions(path: &str) -> Vec<(String, String)> {
+    let name = Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let dev = |n: &str| {
+        std::fs::read_to_string(format!("/sys/class/block/{n}/dev"))
+            .ok()
+            .map(|d| d.trim().to_string())
     };
+    let mut out: Vec<(String, String)> =
+        dev(&name).map(|d| (name.clone(), d)).into_iter().collect();
+    for e in std::fs::read_dir(format!("/sys/class/block/{name}"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let part = e.file_name().to_string_lossy().to_string();
+        if part.starts_with(&name) && part != name {
+            if let Some(d) = dev(&part) {
+                out.push((part, d));
+            }
+        }
+    }
+    out
+}
+
+/// Pids (as strings) of other processes with one of `devs` open, found as
+/// `fuser` does: through /proc/*/fd.
+fn openers(devs: &[(String, String)]) -> Vec<String> {
+    let rdevs: Vec<u64> = devs
+        .iter()
+        .filter_map(|(_, d)| {
+            let (ma, mi) = d.split_once(':')?;
+            Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?))
+        })
+        .collect();
     let me = std::process::id().to_string();
     let mut out = vec![];
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -114,7 +167,7 @@ pub fn openers(path: &str) -> Vec<String> {
         let holds = fds.flatten().any(|fd| {
             std::fs::metadata(fd.path()).is_ok_and(|m| {
                 use std::os::unix::fs::FileTypeExt;
-                m.file_type().is_block_device() && m.rdev() == rdev
+                m.file_type().is_block_device() && rdevs.contains(&m.rdev())
             })
         });
         if holds {
@@ -122,23 +175,6 @@ pub fn openers(path: &str) -> Vec<String> {
         }
     }
     out
-}
-
-/// Where `path` (a block device) is mounted, from /proc/self/mountinfo.
-fn mountpoint_of(path: &str) -> Option<String> {
-    let rdev = std::fs::metadata(path).ok()?.rdev();
-    let want = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(2) == Some(&want.as_str())).then(|| f.get(4).unwrap_or(&"?").to_string())
-    })
-}
-
-/// True when `path` exists and is a block device.
-pub fn is_block_device(path: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
 #[cfg(test)]

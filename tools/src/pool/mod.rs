@@ -10,7 +10,6 @@ pub mod records;
 pub mod standby;
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -105,13 +104,7 @@ pub fn start(a: &PoolArgs) -> Result<i32> {
         cmd.args(["--store", s]);
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-    // SAFETY: setsid is async-signal-safe; the pool outlives this terminal.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    crate::daemon::in_new_session(&mut cmd);
     let mut child = cmd.spawn().context("starting the pool's manager")?;
     let t0 = Instant::now();
     let mut shown = 0;
@@ -140,10 +133,7 @@ pub fn start(a: &PoolArgs) -> Result<i32> {
             return Ok(0);
         }
         if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            for l in log.lines().rev().take(5).collect::<Vec<_>>().iter().rev() {
-                eprintln!("{l}");
-            }
+            crate::daemon::print_log_tail(&log_path, 5);
             bail!(
                 "the pool's manager exited ({status}); its log: {}",
                 log_path.display()

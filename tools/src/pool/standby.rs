@@ -64,6 +64,9 @@ struct Standby {
     bound: Option<Bound>,
     store: Option<String>,
     manager_pid: u32,
+    /// A volume was not closed cleanly: its write log in the slot is the
+    /// only copy of its unflushed writes, and the slot stays when we leave.
+    keep_cache_dir: bool,
 }
 
 /// Why a request was refused; `attach --pool` tries another standby after
@@ -96,8 +99,9 @@ pub async fn run(a: StandbyArgs) -> Result<i32> {
     records::write_slot(&rec)?;
     reset_cache_dir(&cache_dir, a.cache_bytes)
         .with_context(|| format!("preparing {}", cache_dir.display()))?;
+    // One S3 client for every volume this daemon will serve.
+    spritedisk_store::share_s3_client();
     if let Some(url) = &a.store {
-        spritedisk_store::share_s3_client();
         if let Err(e) = spritedisk_store::warm_up(url).await {
             tracing::warn!(url, error = %e, "cannot reach the pool's store yet; volumes will connect when bound");
         }
@@ -141,6 +145,7 @@ pub async fn run(a: StandbyArgs) -> Result<i32> {
         bound: None,
         store: a.store.clone(),
         manager_pid: a.manager_pid,
+        keep_cache_dir: false,
     };
     s.set_state(SlotState::Ready, None);
     tracing::info!(device, slot = a.slot, "standby device ready");
@@ -179,23 +184,24 @@ pub async fn run(a: StandbyArgs) -> Result<i32> {
         }
     }
 
-    // Leaving: a bound volume is flushed and closed first, then the device goes.
-    let mut code = 0;
-    if s.bound.is_some() {
-        s.set_state(SlotState::Returning, None);
-        if let Err(e) = s.close_volume().await {
-            tracing::error!(error = %e, "final flush failed: writes since the last successful FLUSH are lost");
-            code = 1;
-        }
-    }
+    // Leaving: the device stops first (as a cold daemon's does), so that a
+    // filesystem still mounted on it sees errors, never the zeros of an
+    // unbound device; then a bound volume is flushed and closed.
     if !stopped_outside {
         if let Err(e) = kill_device(dev_id) {
             tracing::warn!(error = %e, "stopping the standby device");
         }
         let _ = serving.await;
     }
+    if s.bound.is_some() {
+        s.set_state(SlotState::Returning, None);
+        if let Err(e) = s.close_volume().await {
+            tracing::error!(error = %e, "final flush failed: writes since the last successful FLUSH are lost");
+        }
+    }
+    let code = i32::from(s.keep_cache_dir);
     records::remove_slot(a.slot);
-    if code == 0 {
+    if !s.keep_cache_dir {
         let _ = std::fs::remove_dir_all(&s.cache_dir);
     }
     tracing::info!(device, "standby left the pool");
@@ -396,7 +402,8 @@ impl Standby {
         Ok(json!({ "url": url, "device": device, "ms": ms }))
     }
 
-    /// Takes the volume off the device and closes it (final flush, lease released).
+    /// Takes the volume off the device and closes it (final flush, lease
+    /// released); when that fails, the slot is kept for its write log.
     async fn close_volume(&mut self) -> Result<(), spritedisk_volume::VolumeError> {
         let bound = self.bound.take().expect("a bound volume");
         let dev_id = self.rec.dev_id.unwrap_or_default();
@@ -404,6 +411,7 @@ impl Standby {
         self.engine.unbind().await;
         let res = volume.close().await;
         registry::remove(dev_id);
+        self.keep_cache_dir |= res.is_err();
         res
     }
 }
