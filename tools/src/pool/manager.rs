@@ -138,9 +138,18 @@ pub async fn run(a: PoolArgs) -> Result<i32> {
 
     tracing::info!("pool stopping: retiring its standby devices; bound ones keep serving");
     for r in records::slots() {
-        if matches!(r.state, SlotState::Ready | SlotState::Starting) {
-            // SAFETY: a plain signal to the standby's pid.
-            unsafe { libc::kill(r.pid as i32, libc::SIGTERM) };
+        match r.state {
+            // Asked, not signalled: a standby that is binding a volume at
+            // this moment answers "busy" and goes on serving it.
+            SlotState::Ready => {
+                let _ = request(r.slot, &serde_json::json!({ "op": "retire" })).await;
+            }
+            // Not listening yet; it leaves cleanly on SIGTERM.
+            SlotState::Starting => {
+                // SAFETY: a plain signal to the standby's pid.
+                unsafe { libc::kill(r.pid as i32, libc::SIGTERM) };
+            }
+            _ => {}
         }
     }
     let t0 = Instant::now();
@@ -163,8 +172,9 @@ pub async fn run(a: PoolArgs) -> Result<i32> {
 /// device whose daemon died, for recovery): it is deleted here.
 fn bury(slot: u64, status: std::process::ExitStatus) -> bool {
     let Some(r) = records::slots().into_iter().find(|r| r.slot == slot) else {
-        // It removed its own record: it came up and left cleanly.
-        return status.success();
+        // It removed its own record: it came up and left, cleanly or
+        // keeping its slot after a failed final flush.
+        return status.success() || status.code() == Some(super::standby::EXIT_KEPT_SLOT);
     };
     let came_up = r.dev_id.is_some();
     match r.state {

@@ -8,6 +8,7 @@
 //! and waits for the next volume (docs/design/0008-warm-pool.md).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use spritedisk_ublk::bdev::{BdevError, Claim};
 use spritedisk_ublk::{kill_device, BindError, Rebindable, UblkOptions};
 use spritedisk_volume::{reset_cache_dir, Volume, DEFAULT_SIZE_BYTES};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::records::{self, SlotRecord, SlotState};
@@ -67,6 +68,19 @@ struct Standby {
     /// A volume was not closed cleanly: its write log in the slot is the
     /// only copy of its unflushed writes, and the slot stays when we leave.
     keep_cache_dir: bool,
+    /// The slot could not be emptied: this standby cannot serve again.
+    leave_now: bool,
+}
+
+/// The exit status of a standby that left keeping its slot (a failed final
+/// flush), so the manager does not count it as a failed start.
+pub const EXIT_KEPT_SLOT: i32 = 3;
+
+/// One request read from the socket, and where its answer goes.
+struct Request {
+    req: Value,
+    line: String,
+    reply: tokio::net::unix::OwnedWriteHalf,
 }
 
 /// Why a request was refused; `attach --pool` tries another standby after
@@ -84,6 +98,10 @@ impl From<anyhow::Error> for Refusal {
 }
 
 pub async fn run(a: StandbyArgs) -> Result<i32> {
+    // First: a `pool stop` while the device is being added must end in a
+    // clean exit that deletes it, not the default action of the signal.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let cache_dir = a.pool_cache_dir.join(format!("slot-{}", a.slot));
     let mut rec = SlotRecord {
         slot: a.slot,
@@ -134,8 +152,20 @@ pub async fn run(a: StandbyArgs) -> Result<i32> {
     };
     rec.dev_id = Some(dev_id);
     rec.device = Some(device.clone());
-    let listener = UnixListener::bind(records::socket_path(a.slot))
-        .with_context(|| format!("listening on {}", records::socket_path(a.slot).display()))?;
+    let listener = match UnixListener::bind(records::socket_path(a.slot)) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = kill_device(dev_id);
+            let _ = serving.await;
+            records::remove_slot(a.slot);
+            return Err(e).with_context(|| {
+                format!("listening on {}", records::socket_path(a.slot).display())
+            });
+        }
+    };
+    let busy = Arc::new(AtomicBool::new(false));
+    let (tx, mut requests) = tokio::sync::mpsc::channel(1);
+    let _acceptor = AbortOnDrop(tokio::spawn(accept_requests(listener, busy.clone(), tx)));
     let mut s = Standby {
         rec,
         engine,
@@ -146,20 +176,20 @@ pub async fn run(a: StandbyArgs) -> Result<i32> {
         store: a.store.clone(),
         manager_pid: a.manager_pid,
         keep_cache_dir: false,
+        leave_now: false,
     };
     s.set_state(SlotState::Ready, None);
     tracing::info!(device, slot = a.slot, "standby device ready");
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(MANAGER_CHECK_PERIOD);
     let mut last_warm = Instant::now();
     let mut stopped_outside = false;
     loop {
         tokio::select! {
-            conn = listener.accept() => {
-                let Ok((conn, _)) = conn else { continue };
-                if s.answer(conn).await {
+            Some(r) = requests.recv() => {
+                let leave = s.answer(r).await;
+                busy.store(false, Ordering::SeqCst);
+                if leave {
                     break;
                 }
             }
@@ -176,8 +206,9 @@ pub async fn run(a: StandbyArgs) -> Result<i32> {
                 }
                 if s.bound.is_none() && last_warm.elapsed() > KEEP_WARM_PERIOD {
                     last_warm = Instant::now();
-                    if let Some(url) = &s.store {
-                        let _ = spritedisk_store::warm_up(url).await;
+                    // In a task: a store that stalls must not stall requests.
+                    if let Some(url) = s.store.clone() {
+                        tokio::spawn(async move { spritedisk_store::warm_up(&url).await });
                     }
                 }
             }
@@ -199,7 +230,7 @@ pub async fn run(a: StandbyArgs) -> Result<i32> {
             tracing::error!(error = %e, "final flush failed: writes since the last successful FLUSH are lost");
         }
     }
-    let code = i32::from(s.keep_cache_dir);
+    let code = if s.keep_cache_dir { EXIT_KEPT_SLOT } else { 0 };
     records::remove_slot(a.slot);
     if !s.keep_cache_dir {
         let _ = std::fs::remove_dir_all(&s.cache_dir);
@@ -223,15 +254,12 @@ impl Standby {
     }
 
     /// Answers one request; true when the standby should leave.
-    async fn answer(&mut self, conn: UnixStream) -> bool {
-        let (rd, mut wr) = conn.into_split();
-        let mut line = String::new();
-        let mut rd = BufReader::new(rd);
-        let read = rd.read_line(&mut line);
-        if !matches!(tokio::time::timeout(REQUEST_READ_MAX, read).await, Ok(Ok(n)) if n > 0) {
-            return false;
-        }
-        let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    async fn answer(&mut self, r: Request) -> bool {
+        let Request {
+            req,
+            line,
+            reply: mut wr,
+        } = r;
         let (reply, leave) = match req["op"].as_str() {
             Some("bind") => match serde_json::from_value::<AttachArgs>(req["args"].clone()) {
                 Ok(args) => (self.bind(args).await, false),
@@ -241,9 +269,6 @@ impl Standby {
                 ),
             },
             Some("unbind") => match self.unbind().await {
-                // A volume that could not be closed leaves its write log in
-                // the slot's directory: this standby retires and keeps it.
-                Err(Refusal::Failed(e)) => (Err(Refusal::Failed(e)), true),
                 // With the pool stopped, the device is not kept.
                 Ok(mut v) if !registry::pid_alive(self.manager_pid) => {
                     v["pool_stopped"] = json!(true);
@@ -258,6 +283,9 @@ impl Standby {
                 false,
             ),
         };
+        // A volume that could not be closed leaves its write log in the
+        // slot: this standby retires and keeps it.
+        let leave = leave || self.keep_cache_dir || self.leave_now;
         let out = match reply {
             Ok(v) => json!({ "ok": v }),
             Err(Refusal::Busy(m)) => json!({ "error": m, "kind": "busy" }),
@@ -289,11 +317,17 @@ impl Standby {
                 Ok(json!({ "device": self.device(), "open_ms": open_ms, "bind_ms": ms }))
             }
             Err(e) => {
-                // Nothing of the volume stays: its metadata is wiped again.
-                if let Err(w) = reset_cache_dir(&self.cache_dir, self.cache_bytes) {
-                    tracing::error!(error = %w, "emptying the slot after a failed bind: leaving");
+                // Nothing of the volume stays: its metadata is wiped again
+                // (unless its close failed, and the slot is all there is).
+                if !self.keep_cache_dir {
+                    if let Err(w) = reset_cache_dir(&self.cache_dir, self.cache_bytes) {
+                        tracing::error!(error = %w, "emptying the slot after a failed bind: leaving");
+                        self.leave_now = true;
+                    }
                 }
-                self.set_state(SlotState::Ready, None);
+                if !self.keep_cache_dir && !self.leave_now {
+                    self.set_state(SlotState::Ready, None);
+                }
                 Err(e)
             }
         }
@@ -321,7 +355,7 @@ impl Standby {
                 device_bytes,
                 volume_bytes,
             }) => {
-                let _ = volume.close().await;
+                self.keep_cache_dir |= volume.close().await.is_err();
                 return Err(Refusal::Size(format!(
                     "{} is {} and pool devices are {} (ublk fixes a device's size when it is added)",
                     args.url,
@@ -330,33 +364,49 @@ impl Standby {
                 )));
             }
             Err(BindError::AlreadyBound) => {
-                let _ = volume.close().await;
+                self.keep_cache_dir |= volume.close().await.is_err();
                 return Err(Refusal::Busy(format!("{device} is serving a volume")));
             }
         }
-        if let Err(e) = claim.reread_partitions() {
-            tracing::warn!(error = %e, "partitions of the new volume were not read");
-        }
+        // Bound: the rest must not fail half-way, or the volume would stay
+        // behind the device with nobody able to detach it.
+        let finish = (|| -> Result<Bound> {
+            // Zeros that a reader (udev's probe) cached during the open.
+            claim.flush_page_cache()?;
+            if let Err(e) = claim.reread_partitions() {
+                tracing::warn!(error = %e, "partitions of the new volume were not read");
+            }
+            registry::write(&Entry {
+                dev_id: self.rec.dev_id.unwrap_or_default(),
+                device: device.clone(),
+                url: args.url.clone(),
+                pid: std::process::id(),
+                cache_dir: self.cache_dir.clone(),
+                queues: self.uopts.queues,
+                queue_depth: self.uopts.depth,
+                since_unix: records::now_unix_ms() / 1000,
+                pool_slot: Some(self.rec.slot),
+            })?;
+            Ok(Bound {
+                _control: crate::control::serve(volume.clone(), &self.cache_dir)?,
+                _stats: crate::inspect::publish_stats(volume.clone(), self.cache_dir.clone()),
+                url: args.url.clone(),
+                volume: volume.clone(),
+            })
+        })();
         drop(claim);
-        registry::write(&Entry {
-            dev_id: self.rec.dev_id.unwrap_or_default(),
-            device,
-            url: args.url.clone(),
-            pid: std::process::id(),
-            cache_dir: self.cache_dir.clone(),
-            queues: self.uopts.queues,
-            queue_depth: self.uopts.depth,
-            since_unix: records::now_unix_ms() / 1000,
-            pool_slot: Some(self.rec.slot),
-        })?;
-        let control = crate::control::serve(volume.clone(), &self.cache_dir)?;
-        self.bound = Some(Bound {
-            _stats: crate::inspect::publish_stats(volume.clone(), self.cache_dir.clone()),
-            _control: control,
-            url: args.url.clone(),
-            volume,
-        });
-        Ok(open_ms)
+        match finish {
+            Ok(bound) => {
+                self.bound = Some(bound);
+                Ok(open_ms)
+            }
+            Err(e) => {
+                self.engine.unbind().await;
+                registry::remove(self.rec.dev_id.unwrap_or_default());
+                self.keep_cache_dir |= volume.close().await.is_err();
+                Err(Refusal::Failed(e))
+            }
+        }
     }
 
     /// Gives the volume back (flushed, lease released) and makes the device
@@ -381,8 +431,13 @@ impl Standby {
                 self.cache_dir.display()
             ))
         })?;
-        reset_cache_dir(&self.cache_dir, self.cache_bytes)
-            .map_err(|e| Refusal::Failed(anyhow!("emptying {}: {e}", self.cache_dir.display())))?;
+        if let Err(e) = reset_cache_dir(&self.cache_dir, self.cache_bytes) {
+            self.leave_now = true;
+            return Err(Refusal::Failed(anyhow!(
+                "{url} is detached, but emptying {} failed ({e}): the standby leaves the pool",
+                self.cache_dir.display()
+            )));
+        }
         // The previous volume's partitions go (the device reads as zeros now).
         if let Err(e) = claim.reread_partitions() {
             tracing::warn!(error = %e, "partitions of the previous volume may remain");
@@ -428,5 +483,47 @@ async fn claim(device: &str) -> Result<Claim, Refusal> {
             Err(e @ BdevError::Busy { .. }) => return Err(Refusal::Busy(e.to_string())),
             Err(e) => return Err(Refusal::Failed(e.into())),
         }
+    }
+}
+
+/// Accepts connections and reads one request from each. While a request is
+/// being served, others are answered "busy" at once, so that one long bind
+/// (a volume whose lease must be waited out) never holds up another
+/// client, which moves on to the next standby.
+async fn accept_requests(
+    listener: UnixListener,
+    busy: Arc<AtomicBool>,
+    tx: tokio::sync::mpsc::Sender<Request>,
+) {
+    while let Ok((conn, _)) = listener.accept().await {
+        let (busy, tx) = (busy.clone(), tx.clone());
+        tokio::spawn(async move {
+            let (rd, mut reply) = conn.into_split();
+            let mut line = String::new();
+            let mut rd = BufReader::new(rd);
+            let read = tokio::time::timeout(REQUEST_READ_MAX, rd.read_line(&mut line)).await;
+            if !matches!(read, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+            if busy.swap(true, Ordering::SeqCst) {
+                let out =
+                    json!({ "error": "the standby is serving another request", "kind": "busy" });
+                let _ = reply.write_all(format!("{out}\n").as_bytes()).await;
+                return;
+            }
+            let req = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if tx.send(Request { req, line, reply }).await.is_err() {
+                busy.store(false, Ordering::SeqCst);
+            }
+        });
+    }
+}
+
+/// Aborts a task when dropped (the acceptor, when the standby leaves).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
