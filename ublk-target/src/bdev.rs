@@ -9,7 +9,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-/// `_IO(0x12, 97)`: sync the device's page cache, then drop it.
+/// `_IO(0x12, 97)`: sync the device's page cache, then drop it. (Neither
+/// request is in the libc crate: linux/fs.h values.)
 const BLKFLSBUF: libc::c_ulong = 0x1261;
 /// `_IO(0x12, 95)`: re-read the partition table.
 const BLKRRPART: libc::c_ulong = 0x125f;
