@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DEMO_DIR ?= /tmp/spritedisk-demo
 
-.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test fuzz-smoke vm-crash-test vm-workloads bench-smoke
+.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test fuzz-smoke vm-crash-test vm-workloads bench-smoke vm-pool-s3
 
 all: build
 
@@ -50,6 +50,11 @@ PGBENCH_SECS ?= 120
 vm-workloads: test-deps
 	$(CARGO) build --bins
 	SPRITEDISK_PGBENCH_SECS=$(PGBENCH_SECS) $(CARGO) test -p spritedisk-e2e --test ublk workloads -- --nocapture
+
+# The warm pool's s3:// step in the VM (s3s-fs inside the guest; not in CI yet).
+vm-pool-s3: test-deps
+	$(CARGO) build --bins
+	SPRITEDISK_POOL_S3=1 $(CARGO) test -p spritedisk-e2e --test ublk warm_pool -- --nocapture
 
 # Only the ublk tests in the VM rig (make test runs them too).
 vm-test: test-deps
