@@ -2,21 +2,28 @@
 CARGO ?= cargo
 DEMO_DIR ?= /tmp/spritedisk-demo
 
-.PHONY: all build test test-s3 test-deps vm-test lint demo bench clean crash-test fuzz-smoke vm-crash-test vm-workloads bench-smoke vm-pool-s3
+.PHONY: all build test test-s3 build-deps demo-deps test-deps vm-test vm-boot-check lint demo bench clean crash-test fuzz-smoke vm-crash-test vm-workloads bench-smoke vm-pool-s3
 
 all: build
 
-build:
+# Every target that compiles first installs what compiling needs
+# (tools/install-deps.sh says what each level installs; only what is missing).
+build-deps:
+	tools/install-deps.sh build
+demo-deps:
+	tools/install-deps.sh demo
+test-deps:
+	tools/install-deps.sh test
+
+build: build-deps
 	$(CARGO) build --release --bins
 
-# The binary must exist before the end-to-end tests run it. Then the
-# engine's suite and the NBD, replica, single-writer and checkpoint e2e tests
-# again on s3:// (moto on 127.0.0.1, started by the tests themselves).
-test: test-deps
-	$(CARGO) build --bins
-	$(CARGO) test --workspace
-	$(MAKE) test-s3
-	$(MAKE) fuzz-smoke
+# Everything (tools/test.sh): the binaries, `cargo test --workspace` (unit,
+# property, e2e, the VM rig's tests), the engine's suite and the e2e tests
+# again on s3:// (moto on 127.0.0.1, started by the tests themselves), the
+# fuzz smoke; each step announced with its time, failures listed at the end.
+test:
+	CARGO=$(CARGO) tools/test.sh
 
 # Every cargo-fuzz target for FUZZ_SECONDS (20) from its corpus (nightly).
 fuzz-smoke:
@@ -24,13 +31,11 @@ fuzz-smoke:
 
 # Named test targets over the whole workspace: the same build as `make test`
 # (selecting packages would rebuild dependencies with other features).
+# tools/test.sh runs the same list in `make test`.
 S3_TESTS = engine cache lease model checkpoint fork gc nbd_clients replica single_writer s3 crash_loop
 test-s3: test-deps
 	$(CARGO) build --bins
-	SPRITEDISK_TEST_STORE=s3 $(CARGO) test --workspace $(addprefix --test ,$(S3_TESTS))
-
-test-deps:
-	tools/install-test-deps.sh
+	SPRITEDISK_TEST_STORE=s3 $(CARGO) test --workspace --no-fail-fast $(addprefix --test ,$(S3_TESTS))
 
 # The crash loop's long mode (CI runs 6 iterations as part of make test):
 # SIGKILL at random moments, re-attach with and without local state.
@@ -61,18 +66,21 @@ vm-test: test-deps
 	$(CARGO) build --bins
 	$(CARGO) test -p spritedisk-e2e --test ublk -- --nocapture
 
-lint: test-deps
+# How reliably the VM rig boots: N boots in a row, no retries.
+BOOTS ?= 20
+vm-boot-check: test-deps
+	tests/vm/rig/boot-check.sh $(BOOTS)
+
+lint: build-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Create a volume on file://, attach it over NBD, write and read it with
 # qemu-io, detach, print its stats and verify it.
-demo: build
-	tools/install-test-deps.sh
+demo: demo-deps build
 	DEMO_DIR=$(DEMO_DIR) tools/demo.sh
 
-bench: build
-	tools/install-test-deps.sh
+bench: test-deps build
 	bench/run.sh
 
 # CI's smoke run of the suite: quick mode on the debug build (the numbers

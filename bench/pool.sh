@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/pool.sh OUT}
 BIN=${BIN:-target/release/spritedisk}
-VM_RUNNER=${SPRITEDISK_VM_RUNNER:-../shared/ublk-vm/run-in-vm.sh}
+VM_RUNNER=${SPRITEDISK_VM_RUNNER:-tests/vm/rig/run-in-vm.sh}
 if [ "${BENCH_QUICK:-0}" = 1 ]; then N=5 EXTENTS=10000; else N=${POOL_ATTACHES:-50} EXTENTS=${POOL_EXTENTS:-100000}; fi
 mkdir -p "$OUT/raw" target
 VM_OUT=$(mktemp -d "$PWD/target/bench-pool.XXXXXX")

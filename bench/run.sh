@@ -105,7 +105,7 @@ bench/gc.sh "$OUT"
 # s3://: raw store vs spritedisk vs s3backer, loopback and a region profile.
 bench/s3.sh "$OUT"
 # /dev/ublkbN in the VM rig against a file and a loop device there.
-VM_RUNNER=${SPRITEDISK_VM_RUNNER:-../shared/ublk-vm/run-in-vm.sh}
+VM_RUNNER=${SPRITEDISK_VM_RUNNER:-tests/vm/rig/run-in-vm.sh}
 if [ "${BENCH_VM:-1}" = 1 ]; then
   [ -x "$VM_RUNNER" ] || { echo "$VM_RUNNER is missing (set SPRITEDISK_VM_RUNNER, or BENCH_VM=0 to skip the VM)" >&2; exit 1; }
   if [ "${BENCH_QUICK:-0}" = 1 ]; then VM_SIZE=64M VM_RUNTIME=2; else VM_SIZE=512M VM_RUNTIME=15; fi

@@ -81,7 +81,7 @@ PY
       --output-format=json --output="$OUT/raw/s3-$server-coldread.json" >/dev/null
   stop_daemon
   # The peer: s3backer (Debian 1.5.4, FUSE) on the same server, 1 MiB
-  # blocks. Flags from ../shared/reference/benchmarking.md: no MD5 cache
+  # blocks. Flags from docs/reference/benchmarking.md: no MD5 cache
   # and no write delay against a strongly consistent store. Its fsync
   # returns before anything is in the store, so "durable" here is the
   # write plus the unmount that uploads its dirty blocks.

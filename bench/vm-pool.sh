@@ -7,7 +7,7 @@
 # microseconds per line to VM_OUT/{cold,pool,floor}.us (floor: starting
 # the command and one read of a loop device, what any attach pays here) and the pool's own
 # accounting (bind and open) to VM_OUT/pool-bind.txt.
-# Host side: ../shared/ublk-vm/run-in-vm.sh --scratch 8G -- bash bench/vm-pool.sh
+# Host side: tests/vm/rig/run-in-vm.sh --scratch 8G -- bash bench/vm-pool.sh
 set -euo pipefail
 B=${SPRITEDISK_BIN:-$PWD/target/release/spritedisk}
 OUT=${SPRITEDISK_VM_OUT:?set SPRITEDISK_VM_OUT to a directory of the shared tree}

@@ -6,7 +6,7 @@
 # ublk run warm (after the write) and cold (cache directory deleted and the
 # volume attached again). The VM is emulated: read the ratios, not the numbers.
 # Writes fio JSON to VM_OUT (a directory of the shared tree).
-# Host side: ../shared/ublk-vm/run-in-vm.sh --scratch 8G -- bash bench/vm-ublk.sh
+# Host side: tests/vm/rig/run-in-vm.sh --scratch 8G -- bash bench/vm-ublk.sh
 set -euo pipefail
 B=${SPRITEDISK_BIN:-$PWD/target/release/spritedisk}
 OUT=${SPRITEDISK_VM_OUT:?set SPRITEDISK_VM_OUT to a directory of the shared tree}

@@ -21,20 +21,67 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `spritedisk` binary of this build (target/<profile>/spritedisk).
+/// The `spritedisk` binary of this build (target/<profile>/spritedisk), built
+/// on first use in each test process (`cargo build --bins`, a no-op when it is
+/// fresh), so that `cargo test --workspace` on a fresh checkout finds it.
 pub fn bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps");
-    let b = dir.join("spritedisk");
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            let dir = exe
+                .parent()
+                .and_then(|d| d.parent())
+                .expect("target/<profile>/deps")
+                .to_path_buf();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = Command::new(cargo);
+            build
+                .args(["build", "--bins", "--quiet"])
+                .current_dir(repo_root());
+            if dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build --bins");
+            assert!(status.success(), "cargo build --bins failed: {status}");
+            let b = dir.join("spritedisk");
+            assert!(b.exists(), "{} is missing after cargo build", b.display());
+            b
+        })
+        .clone()
+}
+
+/// The VM rig's runner (tests/vm/rig/run-in-vm.sh), or the one
+/// `SPRITEDISK_VM_RUNNER` names.
+pub fn vm_runner() -> PathBuf {
+    let runner = std::env::var_os("SPRITEDISK_VM_RUNNER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("tests/vm/rig/run-in-vm.sh"));
     assert!(
-        b.exists(),
-        "{} is missing: run `cargo build --bins` (make test does) before the end-to-end tests",
-        b.display()
+        runner.exists(),
+        "{} is missing (SPRITEDISK_VM_RUNNER)",
+        runner.display()
     );
-    b
+    runner
+}
+
+/// A progress line of a long test, on the process's stderr at once: libtest
+/// captures only `print!`/`eprint!`, so a 10-minute VM test says what it is
+/// doing while `make test` runs instead of staying silent until it ends.
+pub fn progress(msg: &str) {
+    use std::io::Write;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() % 86_400)
+        .unwrap_or(0);
+    let line = format!(
+        "  [{:02}:{:02}:{:02} {}] {msg}\n",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        std::thread::current().name().unwrap_or("test")
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Fails with an install hint when a client the test needs is missing: a

@@ -1,7 +1,7 @@
 //! The LTX file format of Litestream 0.5 (github.com/superfly/ltx, "LTX1",
 //! version 3): what `litestream restore` reads. Written by hand because no
 //! crate writes this version (`litetx` and `litepages` write the older
-//! format, which 0.5 rejects); see `reference/litestream-ltx.md`.
+//! format, which 0.5 rejects); see `docs/reference/litestream-ltx.md`.
 //!
 //! File = header (100 bytes) | page frames | 6 zero bytes | page index |
 //! trailer (16 bytes), integers big-endian. A frame is `pgno u32 | flags u16

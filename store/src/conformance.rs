@@ -8,7 +8,7 @@ use crate::*;
 
 /// `atomic_races`: the strict contract of AWS S3 — racing conditional
 /// creates have one winner and every object has an ETag — which s3s-fs
-/// misses (measured in reference/s3-test-servers.md, and below).
+/// misses (measured in docs/reference/s3-test-servers.md, and below).
 async fn contract(s: Arc<dyn ObjectStore>, atomic_races: bool) {
     let b = |s: &str| Bytes::from(s.to_string());
     assert!(matches!(s.get("a/x").await, Err(StoreError::NotFound(_))));

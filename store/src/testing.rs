@@ -94,7 +94,7 @@ fn start() -> S3TestServer {
 
 /// s3s-fs (a second implementation, files on disk) with the test bucket and
 /// the credentials of [`s3_env`]. Its conditional creates are not atomic
-/// under races (reference/s3-test-servers.md): tests that race avoid it.
+/// under races (docs/reference/s3-test-servers.md): tests that race avoid it.
 pub fn s3s_fs_server() -> &'static S3TestServer {
     S3S_FS.get_or_init(|| {
         let root = std::env::temp_dir().join(format!("spritedisk-s3s-{}", std::process::id()));

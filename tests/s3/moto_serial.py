@@ -2,7 +2,7 @@
 
 moto checks a conditional PUT and then stores the object without a lock, so
 under concurrent requests two If-None-Match creates can both win (measured:
-../shared/reference/s3-test-servers.md). Real S3 is atomic; serialising the
+docs/reference/s3-test-servers.md). Real S3 is atomic; serialising the
 server makes moto so too, which the lease and conformance tests rely on.
 Usage: python3 moto_serial.py PORT
 """

@@ -14,19 +14,6 @@ use std::time::{Duration, Instant};
 
 use spritedisk_e2e::*;
 
-/// The VM rig's runner (shared/ublk-vm), or `SPRITEDISK_VM_RUNNER`.
-fn vm_runner() -> PathBuf {
-    let runner = std::env::var_os("SPRITEDISK_VM_RUNNER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/ublk-vm/run-in-vm.sh"));
-    assert!(
-        runner.exists(),
-        "{} is missing: the VM rig (shared/ublk-vm) runs the ublk tests; set SPRITEDISK_VM_RUNNER",
-        runner.display()
-    );
-    runner
-}
-
 #[test]
 fn attach_without_a_ublk_driver_fails_at_once_and_creates_nothing() {
     if std::path::Path::new("/dev/ublk-control").exists() {
@@ -168,31 +155,41 @@ fn sqlite_amalgamation() -> PathBuf {
 }
 
 /// Runs `script` in the VM rig (8G scratch disk) and asserts it printed
-/// ALL OK; returns the console. The emulated guest kernel occasionally
-/// oopses while booting (seen: an int3 in sched_clock_cpu under TCG, before
-/// any of our code runs). A run that never printed `started` is a rig
-/// failure: boot again, at most VM_BOOT_ATTEMPTS_MAX times. Failures of the
-/// script itself count.
+/// ALL OK; returns the console. The rig boots again a guest that died before
+/// the script started; the script's steps (`== ` lines) and results are
+/// shown as they happen.
 fn run_vm_script(script: &str, started: &str, envs: &[(&str, &str)]) -> String {
-    const VM_BOOT_ATTEMPTS_MAX: usize = 3;
     let runner = vm_runner();
     bin(); // the guest runs the host's build
-    let mut attempt = 0;
-    let out = loop {
-        attempt += 1;
-        let out = Command::new(&runner)
-            .args(["--scratch", "8G", "--timeout", "1500", "--", "bash", script])
-            .envs(envs.iter().copied())
-            .current_dir(repo_root())
-            .output()
-            .expect("run the VM");
-        if String::from_utf8_lossy(&out.stdout).contains(started) || attempt == VM_BOOT_ATTEMPTS_MAX
-        {
-            break out;
+    let t0 = Instant::now();
+    progress(&format!("{script}: booting the VM"));
+    let mut child = Command::new(&runner)
+        .args(["--scratch", "8G", "--timeout", "1500", "--", "bash", script])
+        .envs(envs.iter().copied())
+        .current_dir(repo_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the VM");
+    let err = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+    let mut console = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        if line.starts_with("== ") || line.starts_with("FAIL") || line.starts_with("ALL OK") {
+            progress(&format!("{script} +{}s: {line}", t0.elapsed().as_secs()));
         }
-        eprintln!("the VM did not reach {script} (guest boot failure): booting again");
-    };
-    let console = String::from_utf8_lossy(&out.stdout).to_string();
+        console.push_str(&line);
+        console.push('\n');
+    }
+    let status = child.wait().expect("wait for the VM");
+    let stderr = err.join().unwrap();
+    progress(&format!(
+        "{script}: done ({status}) after {}s",
+        t0.elapsed().as_secs()
+    ));
     let steps: Vec<&str> = console
         .lines()
         .filter(|l| l.starts_with("ok ") || l.starts_with("FAIL"))
@@ -200,11 +197,15 @@ fn run_vm_script(script: &str, started: &str, envs: &[(&str, &str)]) -> String {
     eprintln!("{}", steps.join("\n"));
     let tail: Vec<&str> = console.lines().rev().take(80).collect();
     assert!(
-        out.status.success() && console.contains("ALL OK"),
-        "{script} failed in the VM ({}):\n{}\n{}",
-        out.status,
+        console.contains(started),
+        "{script} never started in the VM ({status}):\n{}\n{stderr}",
         tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-        String::from_utf8_lossy(&out.stderr)
+    );
+    let tail: Vec<&str> = console.lines().rev().take(80).collect();
+    assert!(
+        status.success() && console.contains("ALL OK"),
+        "{script} failed in the VM ({status}):\n{}\n{stderr}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
     );
     console
 }
@@ -297,16 +298,9 @@ fn ext4_survives_guest_kills_in_the_vm() {
         x ^= x >> 7;
         x ^= x << 17;
         let kill_after = (!last).then(|| Duration::from_millis(3000 + x % 12000));
-        let mut attempt = 0;
-        let (console, code) = loop {
-            attempt += 1;
-            let (console, code) = guest_life(&runner, &dir, cycle, kill_after);
-            // A guest kernel that oopsed while booting never ran the script.
-            if console.contains("== crash cycle") || attempt == 3 {
-                break (console, code);
-            }
-            eprintln!("cycle {cycle}: the guest did not boot; booting again");
-        };
+        progress(&format!("ext4 crash cycle {cycle} of {cycles}: booting"));
+        // The rig boots again a guest that died before the script started.
+        let (console, code) = guest_life(&runner, &dir, cycle, kill_after);
         let tail: String = console
             .lines()
             .rev()
@@ -336,9 +330,9 @@ fn ext4_survives_guest_kills_in_the_vm() {
         }
         let checked =
             std::fs::read_to_string(dir.join(format!("checked.{cycle}"))).unwrap_or_default();
-        eprintln!(
-            "cycle {cycle}: killed after {kill_after:?} of writing; {} fsynced files checked",
+        progress(&format!(
+            "ext4 crash cycle {cycle}: killed after {kill_after:?} of writing; {} fsynced files checked",
             checked.trim()
-        );
+        ));
     }
 }

@@ -209,7 +209,7 @@ echo "ok 10"
 if [ "${SPRITEDISK_POOL_S3:-0}" = 1 ]; then
 step "11. s3://: standbys connect to the pool's store ahead of the attach (s3s-fs on 127.0.0.1)"
 S3S=${SPRITEDISK_S3S_FS:-$(command -v s3s-fs || echo $HOME/.cargo/bin/s3s-fs)}
-[ -x "$S3S" ] || fail "s3s-fs is missing (tools/install-test-deps.sh installs it)"
+[ -x "$S3S" ] || fail "s3s-fs is missing (tools/install-deps.sh installs it)"
 ip link set lo up 2>/dev/null || true
 mkdir -p $W/s3/pool-test
 $S3S --host 127.0.0.1 --port 9123 --access-key test --secret-key test $W/s3 > $W/s3s.log 2>&1 &

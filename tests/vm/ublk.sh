@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The ublk end-to-end tests. Runs as root inside the VM rig
-# (../shared/ublk-vm/run-in-vm.sh), started by tests/tests/ublk_vm.rs.
+# (tests/vm/rig/run-in-vm.sh), started by tests/tests/ublk_vm.rs.
 set -euo pipefail
 B=${SPRITEDISK_BIN:-$PWD/target/debug/spritedisk}
 W=/tmp/scratch; [ -d $W ] || W=/tmp

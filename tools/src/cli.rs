@@ -21,6 +21,21 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+impl Cmd {
+    /// Whether the command runs a daemon (its log is its record: info by
+    /// default); one-shot commands print their results and log only
+    /// warnings and errors unless SPRITEDISK_LOG says otherwise.
+    pub fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Attach(_)
+                | Cmd::Recover { .. }
+                | Cmd::FreezeWatchdog { .. }
+                | Cmd::Pool(PoolCmd::Start(_) | PoolCmd::Run(_) | PoolCmd::Standby { .. })
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Create an empty thin-provisioned volume at URL (file:///dir or s3://bucket/prefix).

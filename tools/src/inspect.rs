@@ -191,13 +191,10 @@ pub async fn verify(url: &str, cache_dir: &Path) -> Result<i32> {
     let tty = std::io::stderr().is_terminal();
     let mut last_pct = u64::MAX;
     let report = verify_volume(&store, &insp, |done, total| {
+        // Progress only on a terminal: a log or a pipe gets the result.
         let pct = done * 100 / total.max(1);
-        if pct != last_pct && (tty || pct % 10 == 0) {
-            eprint!(
-                "{}verify: {done}/{total} pieces ({pct}%){}",
-                if tty { "\r" } else { "" },
-                if tty { "" } else { "\n" }
-            );
+        if tty && pct != last_pct {
+            eprint!("\rverify: {done}/{total} pieces ({pct}%)");
             last_pct = pct;
         }
     })

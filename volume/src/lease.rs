@@ -57,7 +57,7 @@ impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} pid {} since {}",
+            "host {}, pid {}, since {}",
             self.host,
             self.pid,
             rfc3339(self.since_unix)
