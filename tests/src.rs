@@ -21,9 +21,13 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `spritedisk` binary of this build (target/<profile>/spritedisk), built
-/// on first use in each test process (`cargo build --bins`, a no-op when it is
-/// fresh), so that `cargo test --workspace` on a fresh checkout finds it.
+/// The `spritedisk` binary of this build (target/<profile>/spritedisk). When
+/// it is missing (`cargo test --workspace` on a fresh checkout), the first
+/// test to need it builds it with `cargo build --bins`. Only then: run from a
+/// test, cargo sees the environment it gives tests (LD_LIBRARY_PATH among
+/// it), and build scripts that watch it re-ran: measured, two minutes of
+/// rebuilding aws-sdk-s3 and its dependents per test binary. `make test`
+/// builds the binary first, so it never tests a stale one.
 pub fn bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -34,6 +38,10 @@ pub fn bin() -> PathBuf {
                 .and_then(|d| d.parent())
                 .expect("target/<profile>/deps")
                 .to_path_buf();
+            let b = dir.join("spritedisk");
+            if b.exists() {
+                return b;
+            }
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut build = Command::new(cargo);
             build
@@ -44,7 +52,6 @@ pub fn bin() -> PathBuf {
             }
             let status = build.status().expect("run cargo build --bins");
             assert!(status.success(), "cargo build --bins failed: {status}");
-            let b = dir.join("spritedisk");
             assert!(b.exists(), "{} is missing after cargo build", b.display());
             b
         })

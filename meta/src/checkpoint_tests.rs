@@ -90,6 +90,8 @@ proptest! {
                     db.apply_segment(&SegmentApply {
                         seq,
                         prev_seq: seq - 1,
+                        epoch: 1,
+                        next_seq: seq + 1,
                         size_bytes: blocks * BS,
                         client_bytes_total: 0,
                         changes: &[MapChange { lba, blocks, piece }],
@@ -255,6 +257,8 @@ fn map_timing() {
         db.apply_segment(&SegmentApply {
             seq,
             prev_seq: seq - 1,
+            epoch: 1,
+            next_seq: seq + 1,
             size_bytes: count * 4096,
             client_bytes_total: 0,
             changes: &changes,

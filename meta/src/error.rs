@@ -13,9 +13,16 @@ pub enum MetaError {
     #[error("metadata database is corrupt: {0}")]
     Corrupt(String),
     #[error(
-        "a segment following segment {prev} applied out of order (the last applied is {applied})"
+        "segment {seq} (following segment {prev}, epoch {epoch}) cannot follow the last applied segment {applied} (epoch {applied_epoch}, successor at {next})"
     )]
-    OutOfOrder { applied: u64, prev: u64 },
+    OutOfOrder {
+        applied: u64,
+        prev: u64,
+        seq: u64,
+        epoch: u64,
+        applied_epoch: u64,
+        next: u64,
+    },
     #[error("{0}")]
     Checkpoint(String),
     #[error("metadata replica: {0}")]

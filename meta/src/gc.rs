@@ -37,7 +37,9 @@ pub struct RowMove {
 }
 
 impl MetaDb {
-    /// Every segment with the bytes any map still references in it, by seq.
+    /// Every segment GC may consider, with the bytes any map still
+    /// references in it, by seq. Fences are left out: they are never
+    /// collected (a fenced writer may still retry a PUT at their position).
     pub fn segment_use(&self) -> Result<Vec<SegmentUse>, MetaError> {
         let mut st = self.conn.prepare(
             "SELECT s.seq, s.size_bytes, coalesce(r.blocks, 0) FROM segments s
@@ -45,6 +47,7 @@ impl MetaDb {
                             SELECT seg, blocks FROM extents
                             UNION ALL SELECT seg, blocks FROM dead_extents)
                         GROUP BY seg) r ON r.seg = s.seq
+             WHERE s.fence = 0
              ORDER BY s.seq",
         )?;
         let bs = self.block_size;

@@ -41,10 +41,26 @@ pub struct SegmentApply<'a> {
     pub seq: u64,
     /// The segment it follows: must be the last one applied.
     pub prev_seq: u64,
+    /// The lease epoch of the writer that made it: never below the last
+    /// applied one's (docs/design/0009).
+    pub epoch: u64,
+    /// Where its successor in the history is (seq + 1, or past a fence's window).
+    pub next_seq: u64,
     pub size_bytes: u64,
     /// Total bytes written by clients up to and including this segment.
     pub client_bytes_total: u64,
     pub changes: &'a [MapChange],
+}
+
+/// The end of the applied history (docs/design/0009).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainTail {
+    /// The last applied segment (0: none).
+    pub seq: u64,
+    /// Its writer's lease epoch.
+    pub epoch: u64,
+    /// The position of its successor.
+    pub next: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -211,24 +227,60 @@ impl MetaDb {
             .unwrap_or(0) as u64)
     }
 
+    /// Where the history continues: the last applied segment, its epoch,
+    /// and the position of its successor (docs/design/0009).
+    pub fn chain_tail(&self) -> Result<ChainTail, MetaError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT applied_seq, applied_epoch, applied_next FROM volume",
+                [],
+                |r| {
+                    let seq = r.get::<_, i64>(0)? as u64;
+                    Ok(ChainTail {
+                        seq,
+                        epoch: r.get::<_, i64>(1)? as u64,
+                        next: r.get::<_, Option<i64>>(2)?.map_or(seq + 1, |n| n as u64),
+                    })
+                },
+            )
+            .optional()?
+            .unwrap_or(ChainTail {
+                seq: 0,
+                epoch: 0,
+                next: 1,
+            }))
+    }
+
     /// Applies one segment to the map in one transaction. Segments must be
-    /// applied in history order, each following the last one applied (a
-    /// writer that took the volume over continues at a higher number): that
-    /// order is what makes the map a prefix of the write history.
+    /// applied in history order, each following the last one applied, at
+    /// the position the last one named, with an epoch no lower than its:
+    /// that order is what makes the map a prefix of the write history.
     pub fn apply_segment(&mut self, seg: &SegmentApply<'_>) -> Result<(), MetaError> {
-        let applied = self.applied_seq()?;
-        if seg.prev_seq != applied || seg.seq <= applied {
+        let tail = self.chain_tail()?;
+        let applied = tail.seq;
+        // Records written before epochs (0) may jump ahead (0003's ranges).
+        let at_next = seg.seq == tail.next || (seg.epoch == 0 && seg.seq > applied);
+        if seg.prev_seq != applied || !at_next || seg.epoch < tail.epoch {
             return Err(MetaError::OutOfOrder {
                 applied,
                 prev: seg.prev_seq,
+                seq: seg.seq,
+                epoch: seg.epoch,
+                applied_epoch: tail.epoch,
+                next: tail.next,
             });
         }
         let bs = self.block_size;
         let tx = self.conn.transaction()?;
         let versions = map::Versions::read(&tx)?;
         tx.execute(
-            "INSERT INTO segments (seq, size_bytes, live_bytes) VALUES (?1, ?2, 0)",
-            params![seg.seq as i64, seg.size_bytes as i64],
+            "INSERT INTO segments (seq, size_bytes, live_bytes, fence) VALUES (?1, ?2, 0, ?3)",
+            params![
+                seg.seq as i64,
+                seg.size_bytes as i64,
+                seg.next_seq != seg.seq + 1
+            ],
         )?;
         for c in seg.changes {
             map::punch(&tx, c.lba, c.blocks, bs, &versions)?;
@@ -238,11 +290,14 @@ impl MetaDb {
         }
         tx.execute(
             "UPDATE volume SET applied_seq = ?1, client_bytes_written = ?2,
-                 segment_bytes_put = segment_bytes_put + ?3",
+                 segment_bytes_put = segment_bytes_put + ?3, applied_epoch = ?4,
+                 applied_next = ?5",
             params![
                 seg.seq as i64,
                 seg.client_bytes_total as i64,
-                seg.size_bytes as i64
+                seg.size_bytes as i64,
+                seg.epoch as i64,
+                seg.next_seq as i64
             ],
         )?;
         tx.commit()?;
@@ -328,6 +383,7 @@ fn upgrade(conn: &Connection) -> Result<(), MetaError> {
     if revision >= schema::SCHEMA_REVISION || !has_table("extents")? {
         return Ok(());
     }
+    let versioned_map = revision >= 2;
     let tx = conn.unchecked_transaction()?;
     for (table, column, def) in schema::ADDED_COLUMNS {
         if !has_table(table)? {
@@ -343,6 +399,11 @@ fn upgrade(conn: &Connection) -> Result<(), MetaError> {
         }
     }
     tx.execute_batch(schema::SCHEMA)?;
+    if versioned_map {
+        // Revision 2 to 3 only adds the chain's columns (above).
+        tx.commit()?;
+        return Ok(());
+    }
     tx.execute_batch(
         "UPDATE checkpoints SET version = id;
          UPDATE volume SET map_version = coalesce((SELECT max(id) FROM checkpoints), 0) + 1;

@@ -9,8 +9,9 @@
 //! what is left of it is born again. Checkpoint `v`'s map is the live rows
 //! born at or before `v` plus the dead rows with `born <= v < died`.
 
-/// Schema revision in `PRAGMA user_version` (0: before versioned maps).
-pub const SCHEMA_REVISION: i64 = 2;
+/// Schema revision in `PRAGMA user_version` (0: before versioned maps; 2:
+/// versioned maps; 3: the chain's epoch and successor position, 0009).
+pub const SCHEMA_REVISION: i64 = 3;
 
 /// Extents by segment (live bytes, GC); a restore rebuilds it whole.
 pub const EXTENTS_BY_SEG: &str = "CREATE INDEX IF NOT EXISTS extents_by_seg ON extents (seg);";
@@ -23,6 +24,11 @@ CREATE TABLE IF NOT EXISTS volume (
     created_unix INTEGER NOT NULL,
     -- last segment applied to the map: roll-forward resumes after it
     applied_seq INTEGER NOT NULL,
+    -- that segment's writer epoch and the position of its successor
+    -- (docs/design/0009): the walk takes only a record at applied_next that
+    -- follows applied_seq with an epoch of at least applied_epoch
+    applied_epoch INTEGER NOT NULL DEFAULT 0,
+    applied_next INTEGER,
     client_bytes_written INTEGER NOT NULL,
     -- the live map's version: the next checkpoint takes it
     map_version INTEGER NOT NULL DEFAULT 1,
@@ -40,7 +46,10 @@ CREATE TABLE IF NOT EXISTS segments (
     seq INTEGER PRIMARY KEY,
     size_bytes INTEGER NOT NULL,
     -- bytes the live map references (checkpoints not counted)
-    live_bytes INTEGER NOT NULL
+    live_bytes INTEGER NOT NULL,
+    -- 1 for a writer's fence (docs/design/0009): GC never deletes one, since
+    -- a fenced writer may still retry a PUT at its position
+    fence INTEGER NOT NULL DEFAULT 0
 );
 -- A map row: blocks [lba, lba+blocks) are blocks [skip, skip+blocks) of the
 -- piece at byte piece_off of segment seg, which is piece_blocks long and whose
@@ -95,6 +104,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("volume", "map_version", "INTEGER NOT NULL DEFAULT 1"),
     ("volume", "segment_bytes_put", "INTEGER NOT NULL DEFAULT 0"),
+    ("volume", "applied_epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("volume", "applied_next", "INTEGER"),
+    ("segments", "fence", "INTEGER NOT NULL DEFAULT 0"),
     ("extents", "born", "INTEGER NOT NULL DEFAULT 1"),
     ("checkpoints", "version", "INTEGER NOT NULL DEFAULT 0"),
 ];

@@ -43,6 +43,8 @@ fn overwrite_splits_an_extent() {
     db.apply_segment(&SegmentApply {
         seq: 1,
         prev_seq: 0,
+        epoch: 1,
+        next_seq: 1 + 1,
         size_bytes: 50_000,
         client_bytes_total: 40960,
         changes: &[MapChange {
@@ -60,6 +62,8 @@ fn overwrite_splits_an_extent() {
     db.apply_segment(&SegmentApply {
         seq: 2,
         prev_seq: 1,
+        epoch: 1,
+        next_seq: 2 + 1,
         size_bytes: 9000,
         client_bytes_total: 49152,
         changes: &[MapChange {
@@ -89,13 +93,16 @@ fn overwrite_splits_an_extent() {
         db.apply_segment(&SegmentApply {
             seq: 5,
             prev_seq: 4,
+            epoch: 1,
+            next_seq: 5 + 1,
             size_bytes: 1,
             client_bytes_total: 0,
             changes: &[]
         }),
         Err(MetaError::OutOfOrder {
             applied: 2,
-            prev: 4
+            prev: 4,
+            ..
         })
     ));
     let st = db.stats().unwrap();
@@ -125,6 +132,8 @@ fn survives_reopen_and_copy() {
         db.apply_segment(&SegmentApply {
             seq: 1,
             prev_seq: 0,
+            epoch: 1,
+            next_seq: 1 + 1,
             size_bytes: 100,
             client_bytes_total: 1,
             changes: &[MapChange {
@@ -171,7 +180,7 @@ proptest! {
             let seq = i as u64 + 1;
             let piece = (!unmap).then_some(PieceRef { piece_off: seq * 1000, piece_blocks: blocks as u32, crc: 0 });
             db.apply_segment(&SegmentApply {
-                seq, prev_seq: seq - 1, size_bytes: blocks * 4096, client_bytes_total: 0,
+                seq, prev_seq: seq - 1, epoch: 1, next_seq: seq + 1, size_bytes: blocks * 4096, client_bytes_total: 0,
                 changes: &[MapChange { lba, blocks, piece }],
             }).unwrap();
             for b in 0..blocks {
@@ -185,4 +194,42 @@ proptest! {
             }
         }
     }
+}
+
+/// The chain's order (docs/design/0009): a record applies only at the
+/// position its predecessor named, after it, with an epoch no lower.
+#[test]
+fn segments_apply_only_at_the_named_position_and_never_from_an_older_epoch() {
+    let mut db = db();
+    let seg = |seq, prev_seq, epoch, next_seq| SegmentApply {
+        seq,
+        prev_seq,
+        epoch,
+        next_seq,
+        size_bytes: 96,
+        client_bytes_total: 0,
+        changes: &[],
+    };
+    db.apply_segment(&seg(1, 0, 2, 2)).unwrap();
+    // A fence of epoch 3 at 2 whose successor is 66 (a window of 64).
+    db.apply_segment(&seg(2, 1, 3, 66)).unwrap();
+    // An epoch-2 record at 3 following the fence: dead, refused.
+    assert!(matches!(
+        db.apply_segment(&seg(3, 2, 2, 4)),
+        Err(MetaError::OutOfOrder { .. })
+    ));
+    // Epoch 3, but not where the fence said its successor is.
+    assert!(matches!(
+        db.apply_segment(&seg(3, 2, 3, 4)),
+        Err(MetaError::OutOfOrder { .. })
+    ));
+    db.apply_segment(&seg(66, 2, 3, 67)).unwrap();
+    let t = db.chain_tail().unwrap();
+    assert_eq!((t.seq, t.epoch, t.next), (66, 3, 67));
+    // An epoch-0 record (written before epochs existed) may still not go
+    // behind a newer epoch.
+    assert!(matches!(
+        db.apply_segment(&seg(1 << 40, 66, 0, (1 << 40) + 1)),
+        Err(MetaError::OutOfOrder { .. })
+    ));
 }

@@ -93,8 +93,9 @@ async fn a_corrupted_segment_reads_as_eio_and_verify_names_it() {
     c.flush().await.unwrap();
     c.write(1 << 20, &[2u8; 4096], false).await.unwrap();
     c.flush().await.unwrap();
-    // Flip one bit in the data of the first segment, behind the daemon's back.
-    let seg = env.path("vol/segments/00000000000000000001.seg");
+    // Flip one bit in the data of the first segment (after the attach's
+    // fence at 1 and its window: docs/design/0009), behind the daemon's back.
+    let seg = env.path("vol/segments/00000000000000000065.seg");
     let mut bytes = std::fs::read(&seg).unwrap();
     let n = bytes.len();
     bytes[n - 1000] ^= 0x10;
@@ -112,7 +113,7 @@ async fn a_corrupted_segment_reads_as_eio_and_verify_names_it() {
     );
     c.disconnect().await;
     assert!(
-        d.log().contains("00000000000000000001.seg"),
+        d.log().contains("00000000000000000065.seg"),
         "the daemon log names the object: {}",
         d.log()
     );
@@ -125,7 +126,7 @@ async fn a_corrupted_segment_reads_as_eio_and_verify_names_it() {
     ]);
     assert!(!o.status.success(), "verify must fail");
     assert!(
-        stdout(&o).contains("segments/00000000000000000001.seg: checksum mismatch"),
+        stdout(&o).contains("segments/00000000000000000065.seg: checksum mismatch"),
         "{}",
         stdout(&o)
     );

@@ -61,12 +61,22 @@ fn write_seeds() {
     buf.insert(0, 20, Some(Bytes::from(vec![7u8; 20 * 4096])), 4096);
     buf.insert(100, 3, None, 4096);
     buf.insert(40, 1, Some(Bytes::from(vec![9u8; 4096])), 4096);
-    let seg = spritedisk_volume::segment::encode([3; 16], 42, 41, 12345, &buf, 4096);
-    put("segment", "seed-writes", &seg.bytes);
+    use spritedisk_volume::segment::Link;
+    let link = |seq: u64, next_seq: u64| Link {
+        seq,
+        prev_seq: seq - 1,
+        epoch: 5,
+        next_seq,
+    };
+    // Format version 4 (the committed seed-writes and seed-copies are
+    // versions 2 and 3, kept: the decoder still reads them).
+    let seg = spritedisk_volume::segment::encode([3; 16], link(42, 43), 12345, &buf, 4096);
+    put("segment", "seed-writes-v4", &seg.bytes);
+    let fence = spritedisk_volume::segment::encode_fence([3; 16], link(44, 108));
+    put("segment", "seed-fence-v4", &fence);
     let (copies, _) = spritedisk_volume::segment::encode_copies(
         [3; 16],
-        43,
-        42,
+        link(43, 44),
         12345,
         &[
             (7, Bytes::from(vec![1u8; 8192])),
@@ -74,7 +84,7 @@ fn write_seeds() {
         ],
         4096,
     );
-    put("segment", "seed-copies", &copies);
+    put("segment", "seed-copies-v4", &copies);
 
     let h = spritedisk_meta::ltx::LtxHeader {
         page_size: 4096,

@@ -27,7 +27,8 @@ async fn a_second_attach_is_refused_and_force_fences_the_first() {
     let err = stderr(&o);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert!(
-        err.contains(&format!("is attached by {} pid", host.trim())) && err.contains("--force"),
+        err.contains(&format!("is attached by host {}, pid", host.trim()))
+            && err.contains("--force"),
         "names the holder and the way out: {err}"
     );
 

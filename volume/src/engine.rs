@@ -93,6 +93,8 @@ pub(crate) struct State {
     pub last_store_error: Option<String>,
     /// Set when the engine must stop writing (fenced, metadata failure, closed).
     pub stopped: Option<String>,
+    /// Set with `stopped` when a newer writer fenced this one: who did.
+    pub fenced_by: Option<String>,
     /// Local log of acknowledged writes not yet durable (None: no cache dir, or disabled).
     pub wlog: Option<WriteLog>,
 }
@@ -150,6 +152,7 @@ impl Volume {
             client_bytes_total: meta.stats()?.client_bytes_written,
             last_store_error: None,
             stopped: None,
+            fenced_by: None,
             wlog,
         };
         let inner = Arc::new(Inner {
@@ -185,7 +188,8 @@ impl Volume {
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
         let vol = Volume { inner };
-        vol.replay(rolled.tail, replay, first_new_gen).await?;
+        vol.replay(rolled.history_tail, replay, first_new_gen)
+            .await?;
         vol.inner.start_replica(rolled.replica_txid).await?;
         tokio::spawn(crate::replicate::replica_loop(Arc::downgrade(&vol.inner)));
         tokio::spawn(lease_loop(Arc::downgrade(&vol.inner)));
@@ -358,6 +362,9 @@ impl Volume {
     pub async fn flush(&self) -> Result<(), VolumeError> {
         let target = {
             let mut st = self.inner.state.lock().unwrap();
+            if let Some(by) = &st.fenced_by {
+                return Err(VolumeError::Fenced(by.clone()));
+            }
             if let Some(why) = &st.stopped {
                 return Err(VolumeError::Stopped(why.clone()));
             }
@@ -483,8 +490,13 @@ impl Inner {
         }
     }
 
-    fn fenced(&self, by: String) -> VolumeError {
+    pub(crate) fn fenced(&self, by: String) -> VolumeError {
         tracing::error!(%by, "fenced: another writer took the volume over; stopping");
+        self.state
+            .lock()
+            .unwrap()
+            .fenced_by
+            .get_or_insert_with(|| by.clone());
         self.stop(&format!("fenced: the volume was taken over ({by})"));
         VolumeError::Fenced(by)
     }
@@ -592,6 +604,9 @@ impl Inner {
                 let st = self.state.lock().unwrap();
                 if st.applied_seq >= target {
                     return Ok(());
+                }
+                if let Some(by) = &st.fenced_by {
+                    return Err(VolumeError::Fenced(by.clone()));
                 }
                 if let Some(why) = &st.stopped {
                     return Err(VolumeError::Stopped(why.clone()));

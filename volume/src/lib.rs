@@ -7,6 +7,7 @@
 //! `recovery.rs`. Offline checks: `verify.rs`.
 
 pub mod buffer;
+mod chain;
 mod checkpoint;
 mod config;
 mod engine;
@@ -28,15 +29,14 @@ mod upload;
 mod verify;
 mod wlog;
 
+pub use chain::{EPOCH_SEQ_RANGE, WINDOW as CHAIN_WINDOW};
 pub use checkpoint::Deadline;
 pub use config::{EngineOptions, VolumeConfig, BLOCK_SIZE, CONFIG_KEY, DEFAULT_SIZE_BYTES};
 pub use engine::{reset_cache_dir, Volume, REQUEST_BYTES_MAX};
 pub use error::{libc_errno, VolumeError};
 pub use gc::{GcOptions, GcReport};
 pub use io::{BlockIo, IoReply, IoRequest};
-pub use recovery::{
-    create_volume, inspect_volume, takeover_seq_base, Inspection, RollForward, EPOCH_SEQ_RANGE,
-};
+pub use recovery::{create_volume, inspect_volume, Inspection, RollForward};
 pub use spritedisk_meta::CheckpointRow;
 pub use stats::VolumeStats;
 pub use verify::{verify_volume, VerifyReport};

@@ -1,48 +1,31 @@
 //! Creating a volume, and rebuilding its map on attach: from the local
-//! metadata database if there is one, then rolling forward over the
-//! contiguous run of newer segments in the store (LSVD's recovery).
+//! metadata database if there is one (else the replica), then walking the
+//! chain of newer records in the store (chain.rs, docs/design/0009) and
+//! fencing its end.
 //!
 //! Parallel uploads mean a crashed writer can leave segment N+1 in the store
-//! without N. Everything past the first gap is debris of a dead writer whose
-//! writes were never acknowledged (a FLUSH waits for every earlier segment):
-//! attach deletes it before it writes anything, so it can never be rolled
-//! forward later once a new writer fills the gap. A segment that is shorter
-//! than its header says is a torn PUT and counts as a gap.
+//! without N. The walk stops at the gap; everything past it is a dead
+//! writer's (a FLUSH waits for every earlier segment), and the attach's fence
+//! at N makes it dead for good: it lies in the fence's dead range, which the
+//! attach deletes. A segment shorter than its header says is a torn PUT and
+//! counts as a gap.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use spritedisk_meta::{MetaDb, MetaError, SegmentApply, VolumeRecord};
+use spritedisk_meta::{MetaDb, MetaError, VolumeRecord};
 use spritedisk_store::{ObjectStore, StoreError};
 
 use crate::config::{VolumeConfig, CONFIG_KEY};
 use crate::lease::Held;
 use crate::retry::retry_read;
-use crate::segment::{self, parse_segment_key, segment_key, HEADER_BYTES};
 use crate::VolumeError;
 
 /// File name of the local metadata database inside the cache directory.
 pub const META_FILE: &str = "meta.db";
-/// First read of a segment during roll-forward: the header plus, usually, the whole index.
-const INDEX_PREFETCH_BYTES: u64 = 64 << 10;
 
-/// What the roll-forward found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RollForward {
-    /// Segments applied from the store on top of the local metadata.
-    pub applied: u64,
-    /// The last segment of the history (the next one follows it).
-    pub tail: u64,
-    /// The sequence number the next segment will get.
-    pub next_seq: u64,
-    /// Segments past the first gap: a dead writer's debris.
-    pub debris: Vec<String>,
-    /// The replica TXID the local database equaled before this attach
-    /// changed it (restored from it, or cleanly detached after shipping it).
-    pub replica_txid: Option<u64>,
-}
+pub use crate::chain::RollForward;
 
 /// Creates a new volume at `url`; refuses to touch an existing one.
 pub async fn create_volume(
@@ -120,8 +103,9 @@ fn adopt(meta: &mut MetaDb, config: &VolumeConfig, path: &str) -> Result<(), Vol
 }
 
 /// Attach-time recovery, once the lease is held: open the local metadata
-/// if it is still ours (else restore it from the replica), roll forward,
-/// delete debris that is not on the chain, and pick the next segment number.
+/// if it is still ours (else restore it from the replica), walk the chain,
+/// place this writer's fence at its end (docs/design/0009), and delete the
+/// records in the fence's dead range.
 pub(crate) async fn recover(
     store: &Arc<dyn ObjectStore>,
     url: &str,
@@ -201,20 +185,19 @@ pub(crate) async fn recover(
         }
     };
     adopt(&mut meta, config, &where_)?;
-    let mut rolled = roll_forward(store, &mut meta, config, &where_).await?;
+    let walked = crate::chain::walk(store, &mut meta, config, &where_).await?;
+    let mut rolled =
+        crate::chain::fence(store, &mut meta, config, &where_, held.doc.epoch, walked).await?;
     for key in &rolled.debris {
         tracing::warn!(
             key,
-            "deleting a dead or fenced writer's segment that is not part of the history"
+            "deleting a fenced or crashed writer's segment in the dead range of this attach's fence"
         );
         retry_read(key, || store.delete(key)).await?;
     }
+    rolled.debris.clear();
     meta.set_writer_epoch(held.doc.epoch)?;
-    if held.took_over() {
-        // The previous holder may still be uploading: leave its numbers alone.
-        rolled.next_seq = rolled.next_seq.max(takeover_seq_base(held.doc.epoch));
-    }
-    if rolled.applied > 0 {
+    if rolled.applied > 1 {
         tracing::info!(
             applied = rolled.applied,
             next_seq = rolled.next_seq,
@@ -295,7 +278,7 @@ pub async fn inspect_volume(
         None => (inspect_replica(store, url).await?, "memory".to_string()),
     };
     adopt(&mut meta, &config, &where_)?;
-    let rolled = roll_forward(store, &mut meta, &config, &where_).await?;
+    let rolled = crate::chain::walk(store, &mut meta, &config, &where_).await?;
     Ok(Inspection {
         config,
         meta,
@@ -326,175 +309,4 @@ async fn inspect_replica(store: &Arc<dyn ObjectStore>, url: &str) -> Result<Meta
     .await;
     let _ = std::fs::remove_dir_all(&dir);
     res
-}
-
-/// Segment numbers of one lease epoch that took a volume over start at a
-/// multiple of this (plus one): far beyond anything the fenced writer can
-/// still reach (docs/design/0003).
-pub const EPOCH_SEQ_RANGE: u64 = 1 << 40;
-
-/// First segment number of a writer of lease `epoch` that took over from a
-/// holder that may still be writing.
-pub fn takeover_seq_base(epoch: u64) -> u64 {
-    (epoch.max(1) - 1) * EPOCH_SEQ_RANGE + 1
-}
-
-/// A segment read during roll-forward: its header and map changes.
-struct Candidate {
-    size: u64,
-    header: segment::SegmentHeader,
-    changes: Vec<spritedisk_meta::MapChange>,
-}
-
-/// Reads and checks segment `seq` (`size` bytes as listed). None when torn.
-async fn read_candidate(
-    store: &Arc<dyn ObjectStore>,
-    config: &VolumeConfig,
-    volume_id: [u8; 16],
-    seq: u64,
-    size: u64,
-) -> Result<Option<Candidate>, VolumeError> {
-    let bs = config.block_size as u64;
-    let key = segment_key(seq);
-    let corrupt = |reason: String| VolumeError::CorruptSegment {
-        key: key.clone(),
-        reason,
-    };
-    if size < HEADER_BYTES as u64 {
-        tracing::warn!(
-            key,
-            size,
-            "torn segment (shorter than a header): not part of the history"
-        );
-        return Ok(None);
-    }
-    let mut head = retry_read(&key, || {
-        store.get_range(&key, 0, size.min(INDEX_PREFETCH_BYTES))
-    })
-    .await?;
-    let h = segment::decode_header(&head).map_err(|e| corrupt(e.0))?;
-    if h.object_size() != size {
-        tracing::warn!(
-            key,
-            size,
-            expected = h.object_size(),
-            "torn segment: not part of the history"
-        );
-        return Ok(None);
-    }
-    if h.data_offset > head.len() as u64 {
-        head = retry_read(&key, || store.get_range(&key, 0, h.data_offset)).await?;
-    }
-    let (h, changes) = segment::decode_index(&head, bs).map_err(|e| corrupt(e.0))?;
-    if h.seq != seq || h.volume_id != volume_id {
-        return Err(corrupt(format!(
-            "its header says segment {} of volume {}, expected segment {seq} of volume {}",
-            h.seq,
-            uuid_string(&h.volume_id),
-            config.id
-        )));
-    }
-    let volume_blocks = config.size_bytes / bs;
-    if let Some(c) = changes.iter().find(|c| {
-        c.lba
-            .checked_add(c.blocks)
-            .is_none_or(|end| end > volume_blocks)
-    }) {
-        return Err(corrupt(format!(
-            "an entry maps blocks {}+{} beyond the volume's {volume_blocks} blocks",
-            c.lba, c.blocks
-        )));
-    }
-    Ok(Some(Candidate {
-        size,
-        header: h,
-        changes,
-    }))
-}
-
-/// Follows the chain of segments from the last one applied: the successor
-/// of segment T is the one whose header says it follows T — normally T + 1;
-/// after a takeover, the first segment of the new writer's range, which wins
-/// over a late T + 1 of the writer it fenced (the higher number is the newer
-/// writer). Everything after T not on the chain is debris.
-async fn roll_forward(
-    store: &Arc<dyn ObjectStore>,
-    meta: &mut MetaDb,
-    config: &VolumeConfig,
-    meta_path: &str,
-) -> Result<RollForward, VolumeError> {
-    let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
-    let listed: BTreeMap<u64, u64> = retry_read("segments/", || store.list("segments/"))
-        .await?
-        .into_iter()
-        .filter_map(|m| parse_segment_key(&m.key).map(|seq| (seq, m.size)))
-        .collect();
-    let applied = meta.applied_seq()?;
-    // A fork starts after its parent's segments, which are not in its store.
-    if applied > meta.foreign_seq_max()? && !listed.contains_key(&applied) {
-        return Err(VolumeError::ForeignMetadata {
-            path: meta_path.to_string(),
-            reason: format!("it has applied segment {applied}, which the store does not hold (was the store rolled back?)"),
-        });
-    }
-    // Where a taken-over writer's range starts: the only places the chain can jump to.
-    let range_starts: Vec<u64> = listed
-        .keys()
-        .copied()
-        .filter(|&s| s > applied && (s - 1) % EPOCH_SEQ_RANGE == 0)
-        .collect();
-    let mut read: std::collections::HashMap<u64, Option<Candidate>> = Default::default();
-    let mut tail = applied;
-    let mut count = 0;
-    let mut chain = std::collections::HashSet::new();
-    loop {
-        let mut cands: Vec<u64> = range_starts.iter().copied().filter(|&s| s > tail).collect();
-        if listed.contains_key(&(tail + 1)) && !cands.contains(&(tail + 1)) {
-            cands.push(tail + 1);
-        }
-        cands.sort_unstable_by(|a, b| b.cmp(a)); // the newest writer first
-        let mut next = None;
-        for seq in cands {
-            if let std::collections::hash_map::Entry::Vacant(slot) = read.entry(seq) {
-                slot.insert(read_candidate(store, config, volume_id, seq, listed[&seq]).await?);
-            }
-            if read[&seq]
-                .as_ref()
-                .is_some_and(|c| c.header.prev_seq == tail)
-            {
-                next = read.remove(&seq).flatten();
-                break;
-            }
-        }
-        let Some(c) = next else { break };
-        let seq = c.header.seq;
-        meta.apply_segment(&SegmentApply {
-            seq,
-            prev_seq: tail,
-            size_bytes: c.size,
-            client_bytes_total: c.header.client_bytes_total,
-            changes: &c.changes,
-        })?;
-        chain.insert(seq);
-        tail = seq;
-        count += 1;
-        // Drop what can no longer be a successor, to bound memory.
-        read.retain(|&s, _| s > tail);
-    }
-    let debris = listed
-        .range(applied + 1..)
-        .filter(|(s, _)| !chain.contains(*s))
-        .map(|(&s, _)| segment_key(s))
-        .collect();
-    Ok(RollForward {
-        applied: count,
-        tail,
-        next_seq: tail + 1,
-        debris,
-        replica_txid: None,
-    })
-}
-
-fn uuid_string(b: &[u8; 16]) -> String {
-    uuid::Uuid::from_bytes(*b).to_string()
 }

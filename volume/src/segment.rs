@@ -2,22 +2,26 @@
 //! index of what it carries, so the map can be rebuilt from segments alone.
 //!
 //! ```text
-//! header (80 bytes, little-endian)
+//! header (96 bytes in version 4, 80 before; little-endian)
 //!   magic "SPRTSEG\0" | version u32 | crc32c u32 (over header with this field
 //!   zeroed, then the index) | volume id [16] | seq u64 | client_bytes_total u64
 //!   | entry_count u32 | reserved u32 | data_offset u64 | data_len u64
 //!   | prev_seq u64 (the segment this one follows: roll-forward follows this
-//!   chain, see docs/design/0003; version 1 had zeros here and meant seq − 1)
+//!   chain, see docs/design/0009; version 1 had zeros here and meant seq − 1)
+//!   | epoch u64 (the lease epoch of its writer; version 4)
+//!   | next_seq u64 (where its successor is: seq + 1, or past a fence's
+//!   window; version 4. Versions 1–3 read as epoch 0, next seq + 1)
 //! index: entry_count × 32 bytes
 //!   lba u64 (blocks) | blocks u32 | kind u32 (1 data, 2 unmap) | data_off u64
 //!   (bytes from the start of the object) | crc32c u32 of the piece | reserved u32
 //! data: the pieces, back to back (data_offset .. data_offset + data_len)
 //! ```
-//! Kind 3 (format version 3) is a copy: a piece that compaction rewrote out
-//! of segment `lba` (the field names the source), which changes nothing in
-//! the map when the segment is applied; the database then points the rows
-//! of the source piece at the copy (gc.rs). Segments without copies are
-//! still written as version 2.
+//! Kind 3 (format version 3 and later) is a copy: a piece that compaction
+//! rewrote out of segment `lba` (the field names the source), which changes
+//! nothing in the map when the segment is applied; the database then points
+//! the rows of the source piece at the copy (gc.rs). Every segment is now
+//! written as version 4; a fence (docs/design/0009) is one with no entries
+//! whose `next_seq` is past the window.
 //!
 //! Data entries are pieces of at most [`PIECE_BLOCKS_MAX`] blocks, each with its
 //! own crc32c: a read fetches and verifies one whole piece. Entries never
@@ -30,10 +34,35 @@ use spritedisk_meta::{MapChange, PieceRef};
 pub use crate::buffer::WriteBuffer;
 
 pub const MAGIC: &[u8; 8] = b"SPRTSEG\0";
-pub const VERSION: u32 = 2;
-/// Format version of a segment that carries copies (compaction's output).
-pub const VERSION_COPIES: u32 = 3;
-pub const HEADER_BYTES: usize = 80;
+/// The format version every segment is written in.
+pub const VERSION: u32 = 4;
+/// The smallest object a segment can be: a header of format versions 1–3
+/// (version 4 adds 16 bytes).
+pub const HEADER_BYTES_MIN: usize = 80;
+/// A version-4 header.
+pub const HEADER_BYTES: usize = 96;
+
+/// Header bytes of format `version`.
+fn header_bytes(version: u32) -> usize {
+    if version >= 4 {
+        HEADER_BYTES
+    } else {
+        HEADER_BYTES_MIN
+    }
+}
+
+/// Where a record sits in the volume's history (docs/design/0009).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Its position: the object is `segments/<seq>.seg`.
+    pub seq: u64,
+    /// The record it follows.
+    pub prev_seq: u64,
+    /// Its writer's lease epoch.
+    pub epoch: u64,
+    /// Where its successor goes.
+    pub next_seq: u64,
+}
 pub const ENTRY_BYTES: usize = 32;
 /// Largest checksummed piece: 16 blocks = 64 KiB. It bounds the read
 /// amplification of a small random read of cold data (one ranged GET of at
@@ -72,6 +101,10 @@ pub struct SegmentHeader {
     pub data_len: u64,
     /// The segment this one follows in the volume's history.
     pub prev_seq: u64,
+    /// The lease epoch of the writer that made it (0 before version 4).
+    pub epoch: u64,
+    /// Where its successor in the history is.
+    pub next_seq: u64,
 }
 
 impl SegmentHeader {
@@ -96,12 +129,10 @@ pub struct EncodedSegment {
     pub changes: Vec<MapChange>,
 }
 
-/// Encodes the frozen contents of a write buffer as segment `seq`, which
-/// follows segment `prev_seq`.
+/// Encodes the frozen contents of a write buffer as the segment at `link`.
 pub fn encode(
     volume_id: [u8; 16],
-    seq: u64,
-    prev_seq: u64,
+    link: Link,
     client_bytes_total: u64,
     buf: &WriteBuffer,
     block_size: u64,
@@ -130,7 +161,8 @@ pub fn encode(
     }
     assert!(
         entries.len() <= ENTRIES_MAX as usize,
-        "segment {seq} would have {} entries",
+        "segment {} would have {} entries",
+        link.seq,
         entries.len()
     );
     let data_offset = (HEADER_BYTES + entries.len() * ENTRY_BYTES) as u64;
@@ -142,15 +174,16 @@ pub fn encode(
     let mut out = BytesMut::with_capacity((data_offset + data_len) as usize);
     put_header(
         &mut out,
-        VERSION,
         &SegmentHeader {
             volume_id,
-            seq,
+            seq: link.seq,
             client_bytes_total,
             entry_count: entries.len() as u32,
             data_offset,
             data_len,
-            prev_seq,
+            prev_seq: link.prev_seq,
+            epoch: link.epoch,
+            next_seq: link.next_seq,
         },
     );
     let mut changes = Vec::with_capacity(entries.len());
@@ -200,9 +233,9 @@ pub fn encode(
 }
 
 /// Writes the fixed header; its crc field is patched once the index follows.
-fn put_header(out: &mut BytesMut, version: u32, h: &SegmentHeader) {
+fn put_header(out: &mut BytesMut, h: &SegmentHeader) {
     out.put_slice(MAGIC);
-    out.put_u32_le(version);
+    out.put_u32_le(VERSION);
     out.put_u32_le(0); // crc, patched below
     out.put_slice(&h.volume_id);
     out.put_u64_le(h.seq);
@@ -212,16 +245,25 @@ fn put_header(out: &mut BytesMut, version: u32, h: &SegmentHeader) {
     out.put_u64_le(h.data_offset);
     out.put_u64_le(h.data_len);
     out.put_u64_le(h.prev_seq);
+    out.put_u64_le(h.epoch);
+    out.put_u64_le(h.next_seq);
     debug_assert_eq!(out.len(), HEADER_BYTES);
 }
 
-/// Encodes segment `seq` (following `prev_seq`) as copies of `pieces`:
-/// (source segment, the piece's bytes). Returns the object and where each
-/// copy starts in it, in order. Applying it changes nothing in the map.
+/// A fence (docs/design/0009): an empty record of the writer of `link.epoch`
+/// that claims the chain's next position before the writer serves anything;
+/// its `next_seq` is past the window of positions an older writer may still
+/// land.
+pub fn encode_fence(volume_id: [u8; 16], link: Link) -> Bytes {
+    encode(volume_id, link, 0, &WriteBuffer::default(), 4096).bytes
+}
+
+/// Encodes the segment at `link` as copies of `pieces`: (source segment,
+/// the piece's bytes). Returns the object and where each copy starts in it,
+/// in order. Applying it changes nothing in the map.
 pub fn encode_copies(
     volume_id: [u8; 16],
-    seq: u64,
-    prev_seq: u64,
+    link: Link,
     client_bytes_total: u64,
     pieces: &[(u64, Bytes)],
     block_size: u64,
@@ -232,15 +274,16 @@ pub fn encode_copies(
     let mut out = BytesMut::with_capacity((data_offset + data_len) as usize);
     put_header(
         &mut out,
-        VERSION_COPIES,
         &SegmentHeader {
             volume_id,
-            seq,
+            seq: link.seq,
             client_bytes_total,
             entry_count: pieces.len() as u32,
             data_offset,
             data_len,
-            prev_seq,
+            prev_seq: link.prev_seq,
+            epoch: link.epoch,
+            next_seq: link.next_seq,
         },
     );
     let mut refs = Vec::with_capacity(pieces.len());
@@ -272,12 +315,13 @@ pub fn encode_copies(
     (out.freeze(), refs)
 }
 
-/// Parses the fixed header (the first [`HEADER_BYTES`] of the object).
-/// Its checksum is verified by [`decode_index`], which covers it.
+/// Parses the fixed header (the first [`HEADER_BYTES`] of the object, or
+/// [`HEADER_BYTES_MIN`] for versions 1–3). Its checksum is verified by
+/// [`decode_index`], which covers it.
 pub fn decode_header(b: &[u8]) -> Result<SegmentHeader, SegmentError> {
-    if b.len() < HEADER_BYTES {
+    if b.len() < HEADER_BYTES_MIN {
         return Err(bad(format!(
-            "truncated: {} bytes, the header alone is {HEADER_BYTES}",
+            "truncated: {} bytes, the header alone is {HEADER_BYTES_MIN}",
             b.len()
         )));
     }
@@ -285,11 +329,24 @@ pub fn decode_header(b: &[u8]) -> Result<SegmentHeader, SegmentError> {
         return Err(bad("bad magic: not a spritedisk segment"));
     }
     let version = u32_at(b, 8);
-    if !(1..=VERSION_COPIES).contains(&version) {
+    if !(1..=VERSION).contains(&version) {
         return Err(bad(format!(
-            "unsupported format version {version} (this build reads 1 to {VERSION_COPIES})"
+            "unsupported format version {version} (this build reads 1 to {VERSION})"
         )));
     }
+    let hb = header_bytes(version);
+    if b.len() < hb {
+        return Err(bad(format!(
+            "truncated: {} bytes, a version-{version} header alone is {hb}",
+            b.len()
+        )));
+    }
+    let seq = u64_at(b, 32);
+    let (epoch, next_seq) = if version >= 4 {
+        (u64_at(b, 80), u64_at(b, 88))
+    } else {
+        (0, seq.saturating_add(1))
+    };
     let h = SegmentHeader {
         volume_id: b[16..32].try_into().unwrap(),
         seq: u64_at(b, 32),
@@ -302,12 +359,20 @@ pub fn decode_header(b: &[u8]) -> Result<SegmentHeader, SegmentError> {
         } else {
             u64_at(b, 72)
         },
+        epoch,
+        next_seq,
     };
     if h.entry_count > ENTRIES_MAX {
         return Err(bad(format!("implausible entry count {}", h.entry_count)));
     }
-    if h.data_offset != (HEADER_BYTES + h.entry_count as usize * ENTRY_BYTES) as u64 {
+    if h.data_offset != (hb + h.entry_count as usize * ENTRY_BYTES) as u64 {
         return Err(bad("header's data offset disagrees with its entry count"));
+    }
+    if h.prev_seq >= h.seq || h.next_seq <= h.seq {
+        return Err(bad(format!(
+            "segment {} cannot follow {} or be followed at {}",
+            h.seq, h.prev_seq, h.next_seq
+        )));
     }
     h.data_offset
         .checked_add(h.data_len)
@@ -340,8 +405,9 @@ pub fn decode_index(
     }
     let mut changes = Vec::with_capacity(h.entry_count as usize);
     let mut expect_off = h.data_offset;
+    let index_at = h.data_offset as usize - h.entry_count as usize * ENTRY_BYTES;
     for i in 0..h.entry_count as usize {
-        let e = &b[HEADER_BYTES + i * ENTRY_BYTES..HEADER_BYTES + (i + 1) * ENTRY_BYTES];
+        let e = &b[index_at + i * ENTRY_BYTES..index_at + (i + 1) * ENTRY_BYTES];
         let (lba, blocks, kind, off, crc) = (
             u64_at(e, 0),
             u32_at(e, 8) as u64,
@@ -438,7 +504,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// Encodes a segment holding one run of data (tests and tools that plant segments).
+/// Encodes a segment holding one run of data, following `seq - 1` with
+/// epoch 0 (as written before epochs): tests and tools that plant segments.
 pub fn encode_run(
     volume_id: [u8; 16],
     seq: u64,
@@ -450,15 +517,13 @@ pub fn encode_run(
     let mut buf = WriteBuffer::default();
     let blocks = data.len() as u64 / block_size;
     buf.insert(lba, blocks, Some(data), block_size);
-    encode(
-        volume_id,
+    let link = Link {
         seq,
-        seq - 1,
-        client_bytes_total,
-        &buf,
-        block_size,
-    )
-    .bytes
+        prev_seq: seq - 1,
+        epoch: 0,
+        next_seq: seq + 1,
+    };
+    encode(volume_id, link, client_bytes_total, &buf, block_size).bytes
 }
 
 #[cfg(test)]
@@ -470,7 +535,70 @@ mod tests {
         buf.insert(0, 20, Some(Bytes::from(vec![7u8; 20 * 4096])), 4096);
         buf.insert(100, 3, None, 4096);
         buf.insert(40, 1, Some(Bytes::from(vec![9u8; 4096])), 4096);
-        (encode([3; 16], 42, 41, 12345, &buf, 4096), buf)
+        let link = Link {
+            seq: 42,
+            prev_seq: 41,
+            epoch: 7,
+            next_seq: 43,
+        };
+        (encode([3; 16], link, 12345, &buf, 4096), buf)
+    }
+
+    /// The same segment in format version 2 (80-byte header, no epoch).
+    fn as_version_2(v4: &[u8]) -> Vec<u8> {
+        let h = decode_header(v4).unwrap();
+        let mut b = v4[..80].to_vec();
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[12..16].fill(0);
+        b[56..64].copy_from_slice(&(h.data_offset - 16).to_le_bytes());
+        for i in 0..h.entry_count as usize {
+            let mut e = v4[96 + i * 32..96 + (i + 1) * 32].to_vec();
+            let off = u64_at(&e, 16);
+            if off != 0 {
+                e[16..24].copy_from_slice(&(off - 16).to_le_bytes());
+            }
+            b.extend_from_slice(&e);
+        }
+        let crc = crc32c::crc32c(&b);
+        b[12..16].copy_from_slice(&crc.to_le_bytes());
+        b.extend_from_slice(&v4[h.data_offset as usize..]);
+        b
+    }
+
+    #[test]
+    fn version_2_segments_read_as_epoch_0_followed_at_the_next_position() {
+        let (enc, _) = sample();
+        let (h4, c4) = decode_full(&enc.bytes, 4096).unwrap();
+        assert_eq!((h4.epoch, h4.next_seq, h4.prev_seq), (7, 43, 41));
+        let old = as_version_2(&enc.bytes);
+        let (h2, c2) = decode_full(&old, 4096).unwrap();
+        assert_eq!(
+            (h2.seq, h2.prev_seq, h2.epoch, h2.next_seq),
+            (42, 41, 0, 43)
+        );
+        assert_eq!(c2.len(), c4.len());
+        for (a, b) in c2.iter().zip(&c4) {
+            assert_eq!((a.lba, a.blocks), (b.lba, b.blocks));
+            assert_eq!(
+                a.piece.map(|p| (p.piece_off + 16, p.crc)),
+                b.piece.map(|p| (p.piece_off, p.crc))
+            );
+        }
+    }
+
+    #[test]
+    fn a_fence_is_an_empty_record_whose_successor_is_past_the_window() {
+        let link = Link {
+            seq: 10,
+            prev_seq: 9,
+            epoch: 3,
+            next_seq: 74,
+        };
+        let b = encode_fence([1; 16], link);
+        assert_eq!(b.len(), HEADER_BYTES);
+        let (h, changes) = decode_full(&b, 4096).unwrap();
+        assert!(changes.is_empty());
+        assert_eq!((h.seq, h.prev_seq, h.epoch, h.next_seq), (10, 9, 3, 74));
     }
 
     #[test]

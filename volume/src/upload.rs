@@ -13,13 +13,12 @@ use spritedisk_store::StoreError;
 
 use crate::buffer::WriteBuffer;
 use crate::engine::{Inner, State};
-use crate::segment::{self, segment_key};
+use crate::segment::{self, segment_key, Link};
 
 /// A sealed segment on its way to the store.
 pub(crate) struct Sealed {
-    pub seq: u64,
-    /// The segment it follows in the history.
-    pub prev_seq: u64,
+    /// Its position in the history.
+    pub link: Link,
     pub bytes: Bytes,
     /// Read view of `bytes`: reads are served from it until the segment is
     /// applied to the map.
@@ -49,17 +48,16 @@ impl Inner {
         }
         let buffer = std::mem::take(&mut st.active);
         st.active_since = None;
-        let (seq, prev_seq) = self.next_seq_locked(st);
+        let link = self.next_link_locked(st);
         let enc = segment::encode(
             self.volume_id,
-            seq,
-            prev_seq,
+            link,
             st.client_bytes_total,
             &buffer,
             self.block_size,
         );
         let frozen = WriteBuffer::from_segment(&enc.changes, &enc.bytes, self.block_size);
-        self.queue_locked(st, seq, prev_seq, enc.bytes, frozen, enc.changes, vec![]);
+        self.queue_locked(st, link, enc.bytes, frozen, enc.changes, vec![]);
     }
 
     /// Seals the active buffer, then queues a segment of copies of
@@ -69,23 +67,22 @@ impl Inner {
     pub(crate) fn seal_copies(self: &Arc<Self>, pieces: &[(u64, Bytes)]) -> (u64, Vec<PieceRef>) {
         let mut st = self.state.lock().unwrap();
         self.seal_locked(&mut st);
-        let (seq, prev_seq) = self.next_seq_locked(&mut st);
+        let link = self.next_link_locked(&mut st);
         let (bytes, refs) = segment::encode_copies(
             self.volume_id,
-            seq,
-            prev_seq,
+            link,
             st.client_bytes_total,
             pieces,
             self.block_size,
         );
         let frozen = WriteBuffer::default();
-        self.queue_locked(&mut st, seq, prev_seq, bytes, frozen, vec![], refs.clone());
-        (seq, refs)
+        self.queue_locked(&mut st, link, bytes, frozen, vec![], refs.clone());
+        (link.seq, refs)
     }
 
-    /// Takes the next segment number (and the one it follows); the write
-    /// log's current file moves on to the number after it.
-    fn next_seq_locked(&self, st: &mut State) -> (u64, u64) {
+    /// Takes the next position in the history (after the one before it);
+    /// the write log's current file moves on to the number after it.
+    fn next_link_locked(&self, st: &mut State) -> Link {
         let seq = st.next_seq;
         let prev_seq = std::mem::replace(&mut st.prev_seq, seq);
         st.next_seq += 1;
@@ -96,23 +93,25 @@ impl Inner {
                 st.wlog = None;
             }
         }
-        (seq, prev_seq)
+        Link {
+            seq,
+            prev_seq,
+            epoch: self.epoch,
+            next_seq: seq + 1,
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn queue_locked(
         self: &Arc<Self>,
         st: &mut State,
-        seq: u64,
-        prev_seq: u64,
+        link: Link,
         bytes: Bytes,
         frozen: WriteBuffer,
         changes: Vec<MapChange>,
         copies: Vec<PieceRef>,
     ) {
         let sealed = Arc::new(Sealed {
-            seq,
-            prev_seq,
+            link,
             frozen,
             bytes,
             changes,
@@ -130,10 +129,28 @@ impl Inner {
     }
 
     async fn upload(self: Arc<Self>, seg: Arc<Sealed>) {
+        // The window (docs/design/0009): fewer than WINDOW of our segments
+        // before this one may be unapplied when its PUT starts, so that a
+        // fence at our oldest unapplied position bounds where we can still
+        // land anything. Waited for before a slot is taken: the head of the
+        // queue never waits here, so it always gets a slot.
+        loop {
+            let applied = self.changed.notified();
+            tokio::pin!(applied);
+            applied.as_mut().enable();
+            {
+                let st = self.state.lock().unwrap();
+                let head = st.sealed.front().map_or(seg.link.seq, |s| s.link.seq);
+                if seg.link.seq - head < crate::chain::WINDOW || st.stopped.is_some() {
+                    break;
+                }
+            }
+            applied.await;
+        }
         let Ok(slot) = self.upload_slots.acquire().await else {
             return;
         };
-        let key = segment_key(seg.seq);
+        let key = segment_key(seg.link.seq);
         let mut backoff = self.opts.retry_backoff_min;
         loop {
             if self.is_stopped() {
@@ -149,11 +166,24 @@ impl Inner {
                 // the object is ours if it holds exactly our bytes.
                 Err(StoreError::PreconditionFailed(_)) => match self.store.get(&key).await {
                     Ok(existing) if existing == seg.bytes => break,
-                    Ok(_) => {
-                        self.stop(&format!(
-                            "segment {key} was written by another writer: this daemon no longer owns the volume"
-                        ));
-                        tracing::error!(key, "segment conflict: stopped writing");
+                    Ok(existing) => {
+                        // A newer writer's fence (or its records) took the
+                        // position: our branch of the history ends here, and
+                        // nothing after it can be acknowledged (0009).
+                        match segment::decode_header(&existing) {
+                            Ok(h) if h.epoch > self.epoch => {
+                                self.fenced(format!(
+                                    "{key} holds a record of epoch {}, this daemon writes epoch {}",
+                                    h.epoch, self.epoch
+                                ));
+                            }
+                            _ => {
+                                self.stop(&format!(
+                                    "segment {key} was written by another writer: this daemon no longer owns the volume"
+                                ));
+                                tracing::error!(key, "segment conflict: stopped writing");
+                            }
+                        }
                         return;
                     }
                     Err(e) => e,
@@ -188,7 +218,7 @@ impl Inner {
             for p in written.chain(s2.copies.iter().copied()) {
                 let end = p.piece_off as usize + p.piece_blocks as usize * bs;
                 cache.insert(
-                    s2.seq,
+                    s2.link.seq,
                     p.piece_off,
                     s2.bytes.slice(p.piece_off as usize..end),
                 );
@@ -222,8 +252,10 @@ impl Inner {
             let s = seg.clone();
             let res = tokio::task::spawn_blocking(move || {
                 me.meta.lock().unwrap().apply_segment(&SegmentApply {
-                    seq: s.seq,
-                    prev_seq: s.prev_seq,
+                    seq: s.link.seq,
+                    prev_seq: s.link.prev_seq,
+                    epoch: s.link.epoch,
+                    next_seq: s.link.next_seq,
                     size_bytes: s.bytes.len() as u64,
                     client_bytes_total: s.client_bytes_total,
                     changes: &s.changes,
@@ -238,7 +270,7 @@ impl Inner {
                 // cache for room, retry, and let flushes time out meanwhile.
                 Ok(Err(e)) if e.is_disk_full() => {
                     let freed = self.cache.release(META_ROOM_BYTES);
-                    tracing::warn!(seq = seg.seq, freed, error = %e, "metadata database: disk full; retrying");
+                    tracing::warn!(seq = seg.link.seq, freed, error = %e, "metadata database: disk full; retrying");
                     if freed < META_ROOM_BYTES
                         && self
                             .reserve
@@ -261,12 +293,12 @@ impl Inner {
                     // cannot move on, so neither can flushes.
                     self.stop(&format!(
                         "applying segment {} to the metadata database: {e}",
-                        seg.seq
+                        seg.link.seq
                     ));
                     return;
                 }
                 Err(e) => {
-                    self.stop(&format!("applying segment {}: {e}", seg.seq));
+                    self.stop(&format!("applying segment {}: {e}", seg.link.seq));
                     return;
                 }
             }
@@ -276,11 +308,11 @@ impl Inner {
                     .sealed
                     .pop_front()
                     .expect("the applied segment is at the head");
-                debug_assert_eq!(popped.seq, seg.seq);
+                debug_assert_eq!(popped.link.seq, seg.link.seq);
                 st.sealed_bytes -= popped.bytes.len() as u64;
-                st.applied_seq = seg.seq;
+                st.applied_seq = seg.link.seq;
                 if let Some(log) = st.wlog.as_mut() {
-                    log.retire(seg.seq);
+                    log.retire(seg.link.seq);
                 }
                 st.last_store_error = None;
             }

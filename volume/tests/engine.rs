@@ -10,7 +10,7 @@ use common::*;
 use spritedisk_store::{FaultConfig, FaultStore, MemStore, ObjectStore};
 use spritedisk_volume::segment::{self, segment_key};
 use spritedisk_volume::{
-    create_volume, inspect_volume, libc_errno, verify_volume, Volume, VolumeError,
+    create_volume, inspect_volume, libc_errno, verify_volume, Volume, VolumeError, CHAIN_WINDOW,
 };
 
 const SIZE: u64 = 1 << 20;
@@ -22,34 +22,46 @@ async fn mem_volume() -> (MemStore, Arc<dyn ObjectStore>) {
     (mem, store)
 }
 
-/// A valid segment as a crashed writer would have left it, carrying `tag` data at `lba`.
+/// A valid segment as the crashed writer of epoch 1 would have left it at
+/// `seq` (after `seq - 1`), carrying `tag` data at `lba`.
 async fn plant_segment(store: &Arc<dyn ObjectStore>, vol: &Volume, seq: u64, lba: u64, tag: u8) {
     let id = vol.config().validate().unwrap();
-    let enc = segment::encode_run(id, seq, 0, lba, pattern(lba, 2, tag), BS);
-    store.put(&segment_key(seq), enc).await.unwrap();
+    let mut buf = segment::WriteBuffer::default();
+    buf.insert(lba, 2, Some(pattern(lba, 2, tag)), BS);
+    let link = segment::Link {
+        seq,
+        prev_seq: seq - 1,
+        epoch: 1,
+        next_seq: seq + 1,
+    };
+    let enc = segment::encode(id, link, 0, &buf, BS);
+    store.put(&segment_key(seq), enc.bytes).await.unwrap();
 }
+
+/// The first segment of data of a volume's first attach: its fence is at 1.
+const FIRST_DATA: u64 = 1 + CHAIN_WINDOW;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debris_past_a_gap_is_deleted_and_never_rolled_forward() {
     let (mem, store) = mem_volume().await;
     let vol = open(store.clone(), None, small_opts(1)).await;
     vol.write(0, pattern(0, 2, 1), false).await.unwrap();
-    vol.flush().await.unwrap(); // segment 1
-                                // A dead writer's segment 3 landed, its segment 2 did not.
-    plant_segment(&store, &vol, 3, 10, 9).await;
+    vol.flush().await.unwrap(); // segment FIRST_DATA
+                                // A dead writer's next-but-one segment landed, its next one did not.
+    plant_segment(&store, &vol, FIRST_DATA + 2, 10, 9).await;
     vol.abandon();
     drop(vol);
 
     let vol = open(store.clone(), None, small_opts(2)).await;
     assert!(
-        !mem.keys().contains(&segment_key(3)),
+        !mem.keys().contains(&segment_key(FIRST_DATA + 2)),
         "debris past the gap must be deleted at attach"
     );
     assert_eq!(
         vol.read(10 * BS, 2 * BS).await.unwrap(),
         vec![0u8; 2 * BS as usize]
     );
-    // The new writer fills 2 and 3 with its own data; the old 3 never comes back.
+    // The new writer writes on; the old segment never comes back.
     vol.write(20 * BS, pattern(20, 1, 2), true).await.unwrap();
     vol.write(30 * BS, pattern(30, 1, 3), true).await.unwrap();
     vol.close().await.unwrap();
@@ -67,11 +79,14 @@ async fn a_torn_tail_segment_is_a_gap() {
     let (mem, store) = mem_volume().await;
     let vol = open(store.clone(), None, small_opts(1)).await;
     vol.write(0, pattern(0, 2, 1), true).await.unwrap();
-    plant_segment(&store, &vol, 2, 5, 7).await;
+    plant_segment(&store, &vol, FIRST_DATA + 1, 5, 7).await;
     vol.abandon();
-    mem.tamper(&segment_key(2), |d| d.truncate(d.len() - 100));
+    mem.tamper(&segment_key(FIRST_DATA + 1), |d| d.truncate(d.len() - 100));
     let vol = open(store.clone(), None, small_opts(2)).await;
-    assert!(!mem.keys().contains(&segment_key(2)));
+    // The torn object is gone: its position holds the new writer's fence.
+    let now = store.get(&segment_key(FIRST_DATA + 1)).await.unwrap();
+    let h = segment::decode_header(&now).unwrap();
+    assert_eq!((h.epoch, h.entry_count, h.prev_seq), (2, 0, FIRST_DATA));
     assert_eq!(
         vol.read(5 * BS, 2 * BS).await.unwrap(),
         vec![0u8; 2 * BS as usize]
@@ -85,13 +100,13 @@ async fn corrupt_segment_data_is_an_eio_that_names_the_object() {
     let vol = open(store.clone(), None, small_opts(1)).await;
     vol.write(0, pattern(0, 4, 1), true).await.unwrap();
     vol.write(8 * BS, pattern(8, 1, 2), true).await.unwrap();
-    mem.tamper(&segment_key(1), |d| {
+    mem.tamper(&segment_key(FIRST_DATA), |d| {
         let n = d.len();
         d[n - 10] ^= 0x40
     });
     let err = vol.read(0, 4 * BS).await.unwrap_err();
     assert_eq!(err.errno(), libc_errno::EIO);
-    assert!(err.to_string().contains(&segment_key(1)), "{err}");
+    assert!(err.to_string().contains(&segment_key(FIRST_DATA)), "{err}");
     // Other data is unaffected.
     assert_eq!(vol.read(8 * BS, BS).await.unwrap(), pattern(8, 1, 2));
 
@@ -99,17 +114,18 @@ async fn corrupt_segment_data_is_an_eio_that_names_the_object() {
     let report = verify_volume(&store, &insp, |_, _| {}).await.unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert!(
-        report.problems[0].contains(&segment_key(1)) && report.problems[0].contains("checksum")
+        report.problems[0].contains(&segment_key(FIRST_DATA))
+            && report.problems[0].contains("checksum")
     );
 
     // A corrupt index refuses the attach instead of silently skipping writes.
-    mem.tamper(&segment_key(2), |d| d[100] ^= 1);
+    mem.tamper(&segment_key(FIRST_DATA + 1), |d| d[100] ^= 1);
     let err = Volume::open(store.clone(), "mem://test", None, small_opts(2))
         .await
         .err()
         .unwrap();
     assert!(
-        matches!(err, VolumeError::CorruptSegment { ref key, .. } if key == &segment_key(2)),
+        matches!(err, VolumeError::CorruptSegment { ref key, .. } if key == &segment_key(FIRST_DATA + 1)),
         "{err}"
     );
 }
@@ -206,7 +222,7 @@ async fn bad_requests_are_einval_and_change_nothing() {
     }
     vol.flush().await.unwrap();
     assert_eq!(vol.stats().unwrap().client_bytes_written, 0);
-    assert_eq!(vol.stats().unwrap().segments, 0);
+    assert_eq!(vol.stats().unwrap().segments, 1, "only the attach's fence");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,7 +126,11 @@ async fn gc_deletes_exactly_the_unreferenced_segments() {
     let vol = open(store.clone(), Some(dir.path()), opts(1)).await;
     let mut e = scenario(&vol).await;
     let before = segment_objects(&store).await;
-    assert_eq!(before, 16 + 16 + 12 + 4 + 3);
+    assert_eq!(
+        before,
+        1 + 16 + 16 + 12 + 4 + 3,
+        "the fence and the scenario's segments"
+    );
 
     // A dry run changes nothing and says what a run would do.
     let dry = vol

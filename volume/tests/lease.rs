@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use spritedisk_store::ObjectStore;
 use spritedisk_volume::segment::parse_segment_key;
-use spritedisk_volume::{takeover_seq_base, EngineOptions, Volume, VolumeError, EPOCH_SEQ_RANGE};
+use spritedisk_volume::{EngineOptions, Volume, VolumeError, CHAIN_WINDOW, EPOCH_SEQ_RANGE};
 
 fn polite() -> EngineOptions {
     let mut o = small_opts(7);
@@ -53,8 +53,8 @@ async fn a_second_writer_is_refused_with_the_holder_named() {
     // The first writer is untouched.
     a.write(0, pattern(0, 4, 1), true).await.unwrap();
     a.close().await.unwrap();
-    // Released at close: the next attach needs no force, and continues the
-    // same numbering (nothing can race it).
+    // Released at close: the next attach needs no force; its fence goes at
+    // the end of the history, with no jump to another range of numbers.
     let b = open(store.clone(), None, polite()).await;
     b.write(4 * BS, pattern(4, 4, 2), true).await.unwrap();
     assert!(segment_seqs(&store)
@@ -83,12 +83,11 @@ async fn force_fences_the_old_writer_and_its_late_segments_lose() {
         "names the new holder: {e}"
     );
     assert!(a.write(0, pattern(0, 4, 67), true).await.is_err());
-    // Its late segment landed in its own numbers, below the new writer's.
+    // The taker's fence took the old writer's next position (0009): its late
+    // segment never landed. The store holds a's fence and data, b's fence.
     let before_b = segment_seqs(&store).await;
-    assert!(
-        before_b.iter().all(|&s| s < takeover_seq_base(2)),
-        "{before_b:?}"
-    );
+    assert_eq!(before_b.len(), 3, "{before_b:?}");
+    let b_fence = *before_b.last().unwrap();
 
     // The new writer sees the old writer's flushed data, never its fenced write.
     assert!(b.read(0, 4 * BS).await.unwrap() == pattern(0, 4, 1));
@@ -96,12 +95,12 @@ async fn force_fences_the_old_writer_and_its_late_segments_lose() {
     let mine: Vec<u64> = segment_seqs(&store)
         .await
         .into_iter()
-        .filter(|&s| s >= takeover_seq_base(2))
+        .filter(|&s| s > b_fence)
         .collect();
     assert_eq!(
         mine,
-        [takeover_seq_base(2)],
-        "the new writer numbers from its own range"
+        [b_fence + CHAIN_WINDOW],
+        "the new writer's segments start past its fence's window"
     );
     b.abandon(); // a crash: the next attach rolls forward from the store alone
 
@@ -112,13 +111,9 @@ async fn force_fences_the_old_writer_and_its_late_segments_lose() {
         "the fenced write never appears"
     );
     assert!(c.read(8 * BS, 4 * BS).await.unwrap() == pattern(8, 4, 3));
+    // Nothing of the history, fences included, was deleted.
     let left = segment_seqs(&store).await;
-    assert!(
-        !left
-            .iter()
-            .any(|s| before_b.contains(s) && *s > before_b[0]),
-        "the fenced writer's late segment was deleted as debris: {left:?}"
-    );
+    assert!(before_b.iter().all(|s| left.contains(s)), "{left:?}");
     c.close().await.unwrap();
 }
 
