@@ -26,6 +26,19 @@ pub struct Holder {
     /// Unique per attach: tells our own lease from an earlier one of the
     /// same process.
     pub attach_id: String,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): a pid means
+    /// something only on the same boot of the same kernel. Empty in leases
+    /// written before it was recorded.
+    #[serde(default)]
+    pub boot_id: String,
+    /// The holder's PID namespace (the inode of `/proc/self/ns/pid`): a pid
+    /// means something only in it (containers share a kernel and a hostname).
+    #[serde(default)]
+    pub pid_ns: u64,
+    /// The holder process's start time (`/proc/PID/stat` field 22, clock
+    /// ticks since boot): a reused pid is another process.
+    #[serde(default)]
+    pub start_ticks: u64,
 }
 
 impl Holder {
@@ -33,24 +46,56 @@ impl Holder {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown-host".into());
+        let pid = std::process::id();
         Holder {
             host,
-            pid: std::process::id(),
+            pid,
             since_unix: now_unix(),
             attach_id: uuid::Uuid::new_v4().to_string(),
+            boot_id: boot_id(),
+            pid_ns: pid_namespace(),
+            start_ticks: start_ticks(pid).unwrap_or(0),
         }
+    }
+
+    /// A holder whose process is certainly gone (kill -9, a crash): on this
+    /// boot of this kernel, in our PID namespace, and no process with its
+    /// pid and start time exists. Only then is there no need to wait for its
+    /// lease to expire; anything less certain (a lease from before these
+    /// fields, another namespace, a clone of this machine with the same
+    /// hostname) counts as alive.
+    fn died_here(&self, me: &Holder) -> bool {
+        let same_place = !self.boot_id.is_empty()
+            && self.boot_id == me.boot_id
+            && self.pid_ns != 0
+            && self.pid_ns == me.pid_ns
+            && self.start_ticks != 0;
+        same_place && start_ticks(self.pid) != Some(self.start_ticks)
     }
 }
 
-impl Holder {
-    /// A holder on this machine whose process is gone (kill -9, a crash):
-    /// no need to wait for its lease to expire.
-    fn died_here(&self, me: &Holder) -> bool {
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        let gone = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == -1
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        self.host == me.host && gone
-    }
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+}
+
+/// The start time of process `pid` in our namespace (None: no such process).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2 (the command) is in parentheses and may hold spaces: count
+    // from the last ')'. Field 22 is the 20th after it.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 impl std::fmt::Display for Holder {
@@ -362,6 +407,49 @@ pub async fn release(store: &Arc<dyn ObjectStore>, held: &Held) -> Result<(), St
 
 #[cfg(test)]
 mod tests {
+    use super::Holder;
+
+    #[test]
+    fn a_holder_is_dead_only_when_certainly_gone_from_our_kernel_and_namespace() {
+        let me = Holder::this_process();
+        assert!(!me.boot_id.is_empty() && me.pid_ns != 0 && me.start_ticks != 0);
+        // Ourselves: alive.
+        assert!(!me.died_here(&me));
+        // Our pid reused by another process (another start time): gone.
+        let reused = Holder {
+            start_ticks: me.start_ticks + 1,
+            ..me.clone()
+        };
+        assert!(reused.died_here(&me));
+        // A pid no process has here: gone.
+        let absent = Holder {
+            pid: u32::MAX - 1,
+            ..me.clone()
+        };
+        assert!(absent.died_here(&me));
+        // The same pid number in another PID namespace (a container with our
+        // hostname), on another boot (a clone of this machine), or a lease
+        // from before these fields: maybe alive (D5 of the 5bc5be0 review).
+        for maybe_alive in [
+            Holder {
+                pid_ns: me.pid_ns + 1,
+                ..absent.clone()
+            },
+            Holder {
+                boot_id: "00000000-0000-4000-8000-000000000000".into(),
+                ..absent.clone()
+            },
+            Holder {
+                boot_id: String::new(),
+                pid_ns: 0,
+                start_ticks: 0,
+                ..absent.clone()
+            },
+        ] {
+            assert!(!maybe_alive.died_here(&me), "{maybe_alive:?}");
+        }
+    }
+
     #[test]
     fn dates_are_rfc3339() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");

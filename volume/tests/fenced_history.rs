@@ -645,7 +645,6 @@ fn lease_of_a_live_stranger(epoch: u64, ack_grace_ms: u64) -> Bytes {
 
 /// Fails on 1484700: the plain attach takes the lease ("died here").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 19: D5 — fails until the fenced history lands"]
 async fn d5_a_plain_attach_is_refused_by_a_live_holder_whose_pid_we_cannot_see() {
     let store = fresh_store();
     create(&store, 64 * MIB).await;
