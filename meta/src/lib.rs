@@ -252,6 +252,16 @@ impl MetaDb {
             }))
     }
 
+    /// The last applied record at or before `seq` that is not a fence: what
+    /// a write log written before a crashed attach's fence continues.
+    pub fn last_unfenced(&self, seq: u64) -> Result<u64, MetaError> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(max(seq), 0) FROM segments WHERE fence = 0 AND seq <= ?1",
+            [seq as i64],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
     /// Applies one segment to the map in one transaction. Segments must be
     /// applied in history order, each following the last one applied, at
     /// the position the last one named, with an epoch no lower than its:

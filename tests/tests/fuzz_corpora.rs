@@ -72,7 +72,7 @@ fn write_seeds() {
     // versions 2 and 3, kept: the decoder still reads them).
     let seg = spritedisk_volume::segment::encode([3; 16], link(42, 43), 12345, &buf, 4096);
     put("segment", "seed-writes-v4", &seg.bytes);
-    let fence = spritedisk_volume::segment::encode_fence([3; 16], link(44, 108));
+    let fence = spritedisk_volume::segment::encode_empty([3; 16], link(44, 108), 12345);
     put("segment", "seed-fence-v4", &fence);
     let (copies, _) = spritedisk_volume::segment::encode_copies(
         [3; 16],

@@ -117,10 +117,11 @@ async fn run_in(url: &str, cache_dir: &Path, op: Op<'_>, json_out: bool) -> Resu
             let r: spritedisk_volume::GcReport = serde_json::from_value(reply)?;
             let verb = if dry_run { "would" } else { "did" };
             println!(
-                "gc of {url} {verb}: compact {} segments ({} copied), delete {} segments ({}) and {} orphans; {} segments ({}) kept; {ms} ms",
+                "gc of {url} {verb}: compact {} segments ({} copied), delete {} segments and {} empty records ({}) and {} orphans; {} segments ({}) kept; {ms} ms",
                 r.segments_compacted,
                 human(r.bytes_copied),
                 r.segments_deleted,
+                r.records_deleted,
                 human(r.bytes_deleted),
                 r.orphans_deleted,
                 r.segments_kept,

@@ -191,25 +191,29 @@ pub(crate) async fn walk(
         if tail.epoch == 0 {
             cands.extend(legacy_starts.iter().copied().filter(|&s| s > tail.seq));
         }
-        cands.sort_unstable_by(|a, b| b.cmp(a));
+        cands.sort_unstable();
         cands.dedup();
-        let mut next = None;
+        // Of the records that follow the tail, the newest writer's: a
+        // version-4 record at the named position beats a legacy jump (its
+        // writer walked past the tail when no jump was there).
+        let mut best: Option<(u64, u64)> = None; // (epoch, seq)
         for seq in cands {
             if let std::collections::hash_map::Entry::Vacant(slot) = read.entry(seq) {
                 slot.insert(read_candidate(store, config, volume_id, seq, listed[&seq]).await?);
             }
-            let follows = read[&seq].as_ref().is_some_and(|c| {
+            if let Some(c) = read[&seq].as_ref() {
                 let h = &c.header;
-                h.prev_seq == tail.seq
+                let follows = h.prev_seq == tail.seq
                     && h.epoch >= tail.epoch
-                    && (seq == tail.next || h.epoch == 0)
-            });
-            if follows {
-                next = read.remove(&seq).flatten();
-                break;
+                    && (seq == tail.next || h.epoch == 0);
+                if follows && best.is_none_or(|b| (h.epoch, seq) > b) {
+                    best = Some((h.epoch, seq));
+                }
             }
         }
-        let Some(c) = next else { break };
+        let Some(c) = best.and_then(|(_, seq)| read.remove(&seq).flatten()) else {
+            break;
+        };
         let h = &c.header;
         meta.apply_segment(&SegmentApply {
             seq: h.seq,
@@ -261,8 +265,8 @@ pub(crate) async fn fence(
         let tail = meta.chain_tail()?;
         if tail.epoch >= epoch {
             return Err(VolumeError::Fenced(format!(
-                "the volume's history already has a record of epoch {} (ours is {epoch}): another writer took it over",
-                tail.epoch
+                "the volume's history already has a record of epoch {} at segment {}, and the lease gave this attach epoch {epoch}: another writer took it over, or lease.json was deleted or rolled back (its epoch must stay above every epoch in the history)",
+                tail.epoch, tail.seq
             )));
         }
         let link = Link {
@@ -275,7 +279,24 @@ pub(crate) async fn fence(
         // below the fence's successor. A segment listed there already means
         // the walk started from metadata behind the store (a stale copy of
         // the local directory): a fence here would cut the live history.
-        if let Some((&beyond, _)) = list(store).await?.range(link.next_seq..).next() {
+        // (Not for a volume written before epochs, whose writers kept no
+        // window: their debris may lie anywhere past the gap.)
+        let beyond = list(store)
+            .await?
+            .range(link.next_seq..)
+            .next()
+            .map(|(&s, _)| s);
+        if let (Some(beyond), true) = (beyond, tail.epoch > 0) {
+            // A live writer we are taking over may have landed that much
+            // since the walk listed: walk on, and refuse only if that finds
+            // nothing more.
+            let more = walk(store, meta, config, meta_path).await?;
+            attempts += 1;
+            if more.applied > 0 && attempts < FENCE_ATTEMPTS_MAX {
+                walked.applied += more.applied;
+                walked.history_tail = more.history_tail;
+                continue;
+            }
             return Err(VolumeError::ForeignMetadata {
                 path: meta_path.to_string(),
                 reason: format!(
@@ -285,7 +306,8 @@ pub(crate) async fn fence(
             });
         }
         let key = segment_key(link.seq);
-        let bytes = segment::encode_fence(volume_id, link);
+        let client_bytes = meta.stats()?.client_bytes_written;
+        let bytes = segment::encode_empty(volume_id, link, client_bytes);
         let landed = match retry_read(&key, || store.put_if_absent(&key, bytes.clone())).await {
             Ok(_) => true,
             // Our own earlier attempt, its reply lost, or an older writer's record.
@@ -301,7 +323,7 @@ pub(crate) async fn fence(
                 epoch,
                 next_seq: link.next_seq,
                 size_bytes: bytes.len() as u64,
-                client_bytes_total: meta.stats()?.client_bytes_written,
+                client_bytes_total: client_bytes,
                 changes: &[],
             })?;
             break;
@@ -319,6 +341,7 @@ pub(crate) async fn fence(
             // file store's rename) never show one.
             tracing::warn!(key, "deleting a torn segment at the end of the history");
             retry_read(&key, || store.delete(&key)).await?;
+            attempts += 1;
             continue;
         }
         if more.applied == 0 {

@@ -59,10 +59,23 @@ impl Volume {
         Ok((row, t_flush))
     }
 
-    /// Ships the metadata's changes to the store (a level-0 LTX file): what
-    /// makes a checkpoint taken by [`Volume::take_checkpoint`] durable.
+    /// Ships the metadata's changes to the store (a level-0 LTX file), then
+    /// seals them with a barrier on the chain: what makes a checkpoint taken
+    /// by [`Volume::take_checkpoint`] durable, and seen by any writer that
+    /// takes the volume over (docs/design/0009; fails as fenced otherwise).
     pub async fn sync_metadata(&self) -> Result<(), VolumeError> {
-        self.inner.ship_meta().await
+        let (gate, barrier) = self.barrier();
+        let shipped = self.inner.ship_meta().await;
+        let _ = gate.send(Some(shipped.is_ok()));
+        shipped?;
+        self.inner.wait_applied(barrier).await
+    }
+
+    /// A barrier behind everything written so far, and the gate that lets
+    /// its PUT go once the metadata change it seals is durable.
+    fn barrier(&self) -> (tokio::sync::watch::Sender<Option<bool>>, u64) {
+        let (gate, open) = tokio::sync::watch::channel(None);
+        (gate, self.inner.seal_barrier(open))
     }
 
     /// Makes the volume's content checkpoint `name`'s: flushes, swaps the
@@ -74,27 +87,40 @@ impl Volume {
         let t0 = std::time::Instant::now();
         self.flush().await?;
         let t_flush = t0.elapsed();
-        let row = {
+        let (row, gate, barrier) = {
             // No segment is applied to the map while it is swapped.
             let _applier = self.inner.apply_lock.lock().await;
             let inner = self.inner.clone();
             let name = name.to_string();
-            tokio::task::spawn_blocking(move || {
+            let row = tokio::task::spawn_blocking(move || {
                 inner.meta.lock().unwrap().restore_checkpoint(&name)
             })
             .await
-            .map_err(|e| VolumeError::Stopped(format!("restore task: {e}")))??
+            .map_err(|e| VolumeError::Stopped(format!("restore task: {e}")))??;
+            // Every segment sealed from here on is behind the barrier, which
+            // lands only once the restore is durable: no FLUSH on top of the
+            // restored map is acknowledged before that (C3 of the 5bc5be0
+            // review), and if it cannot be made durable the engine stops.
+            let (gate, barrier) = self.barrier();
+            (row, gate, barrier)
         };
         let t_map = t0.elapsed();
-        self.inner.ship_meta().await?;
-        // Segments alone cannot rebuild a map that was restored: mark the
-        // replica position an attach must reach (recovery.rs checks it).
-        self.inner.check_lease().await?;
-        let txid = self
-            .inner
-            .replica_txid
-            .load(std::sync::atomic::Ordering::Relaxed);
-        crate::replicate::mark_restore(&self.inner.store, txid).await?;
+        let durable = async {
+            self.inner.ship_meta().await?;
+            // Segments alone cannot rebuild a map that was restored: mark the
+            // replica position an attach must reach (recovery.rs checks it).
+            self.inner.check_lease().await?;
+            let txid = self
+                .inner
+                .replica_txid
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let seq = self.inner.state.lock().unwrap().applied_seq;
+            crate::replicate::mark_restore(&self.inner.store, txid, seq).await
+        }
+        .await;
+        let _ = gate.send(Some(durable.is_ok()));
+        durable?;
+        self.inner.wait_applied(barrier).await?;
         log_phases("restored", &row, t0, t_flush, t_map);
         Ok(row)
     }
@@ -128,7 +154,7 @@ impl Volume {
             });
         }
         self.inner.meta.lock().unwrap().delete_checkpoint(name)?;
-        self.inner.ship_meta().await
+        self.sync_metadata().await
     }
 }
 

@@ -136,7 +136,8 @@ pub async fn fork_volume(
                 .replica_txid
                 .load(std::sync::atomic::Ordering::Relaxed);
             // Its map cannot be rebuilt from its own segments.
-            crate::replicate::mark_restore(&child, txid).await
+            let seq = vol.inner.state.lock().unwrap().applied_seq;
+            crate::replicate::mark_restore(&child, txid, seq).await
         }
         .await;
         let closed = vol.close().await;

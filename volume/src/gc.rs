@@ -68,14 +68,24 @@ pub struct GcReport {
     pub segments_compacted: u64,
     /// Bytes of pieces copied (PUT again).
     pub bytes_copied: u64,
-    /// Segment objects deleted (no map referenced them).
+    /// Segment objects with data deleted (no map referenced them).
     pub segments_deleted: u64,
     pub bytes_deleted: u64,
+    /// Empty records deleted: barriers behind metadata changes (docs/design/0009).
+    #[serde(default)]
+    pub records_deleted: u64,
     /// Objects left over by an interrupted earlier run, deleted.
     pub orphans_deleted: u64,
-    /// Segments kept, and their bytes, after the run.
+    /// Segments with data kept, and the bytes of every object kept, after
+    /// the run (fences and the newest record are always kept).
     pub segments_kept: u64,
     pub bytes_kept: u64,
+}
+
+/// Whether an object of this size is an empty record (a fence or a barrier,
+/// docs/design/0009) rather than a segment carrying data.
+fn is_record(size_bytes: u64) -> bool {
+    size_bytes <= crate::segment::HEADER_BYTES as u64
 }
 
 /// Copy segments are cut at this many bytes of pieces.
@@ -97,7 +107,7 @@ impl Volume {
         }
         self.delete_unreferenced(opts.dry_run, &mut report).await?;
         let kept = self.inner.meta.lock().unwrap().segments()?;
-        report.segments_kept = kept.len() as u64;
+        report.segments_kept = kept.iter().filter(|s| !is_record(s.size_bytes)).count() as u64;
         report.bytes_kept = kept.iter().map(|s| s.size_bytes).sum();
         tracing::info!(?report, "gc done");
         Ok(report)
@@ -247,7 +257,8 @@ impl Volume {
             }
             doomed
         };
-        report.segments_deleted = doomed.len() as u64;
+        report.records_deleted = doomed.iter().filter(|d| is_record(d.1)).count() as u64;
+        report.segments_deleted = doomed.len() as u64 - report.records_deleted;
         report.bytes_deleted = doomed.iter().map(|d| d.1).sum();
         let known: BTreeSet<u64> = self
             .inner
@@ -274,7 +285,8 @@ impl Volume {
         self.inner.ship_meta().await?;
         self.inner.check_lease().await?;
         let txid = self.inner.replica_txid.load(Ordering::Relaxed);
-        crate::replicate::mark_restore(&self.inner.store, txid).await?;
+        let seq = self.inner.state.lock().unwrap().applied_seq;
+        crate::replicate::mark_restore(&self.inner.store, txid, seq).await?;
         for key in doomed.iter().map(|d| segment_key(d.0)).chain(orphans) {
             match retry_read(&key, || self.inner.store.delete(&key)).await {
                 Ok(()) | Err(spritedisk_store::StoreError::NotFound(_)) => {}

@@ -115,6 +115,8 @@ pub(crate) async fn recover(
 ) -> Result<(MetaDb, RollForward), VolumeError> {
     // The replica TXID the local database is known to equal, if any.
     let mut in_sync_with = None;
+    // Where the database was restored from the replica, if it was.
+    let mut from_replica = None;
     let (mut meta, where_) = match cache_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -156,26 +158,40 @@ pub(crate) async fn recover(
                     clean_at = None;
                 }
             }
-            let clean_at = clean_at.map(|m| m.txid);
             // No local database (a fresh machine, a deleted cache, a stale
             // one): start from the replica rather than from the first segment.
-            let meta = if path.exists() {
-                in_sync_with = clean_at;
-                MetaDb::open(&path)?
-            } else {
-                let layout = crate::replicate::layout_for(url);
-                let restored = crate::replicate::restore_from_replica(store, layout, &path).await?;
-                crate::replicate::check_restore_mark(store, restored).await?;
-                match restored {
-                    Some(txid) => {
-                        in_sync_with = Some(txid);
-                        MetaDb::open_restored(&path)?
-                    }
-                    None => MetaDb::open(&path)?,
+            if path.exists() {
+                // A copy of the directory older than a restore or a GC
+                // deletion (a disk or VM snapshot, a backup, a power loss
+                // that lost the last commits): walking from it would fence
+                // the middle of the history. The mark says how far it must
+                // reach; behind it, the replica rebuilds the database, and the
+                // write log of that older state is never replayed.
+                let local = MetaDb::open(&path)?.chain_tail()?.seq;
+                let required = crate::replicate::required_position(store).await?;
+                if local < required {
+                    tracing::warn!(
+                        local,
+                        required,
+                        "the local metadata is older than the store (a stale copy of the cache directory?): rebuilding it from the replica; its unflushed write log is dropped"
+                    );
+                    remove_db(&path);
+                    crate::wlog::discard(dir);
+                    clean_at = None;
                 }
+            }
+            let meta = if path.exists() {
+                in_sync_with = clean_at.map(|m| m.txid);
+                let meta = MetaDb::open(&path)?;
+                // Every change from here on must stay in the log until shipped.
+                meta.hold_wal_for_replication()?;
+                meta
+            } else {
+                let (meta, txid) = open_from_replica(store, url, &path).await?;
+                in_sync_with = txid;
+                from_replica = Some(path.clone());
+                meta
             };
-            // Every change from here on must stay in the log until shipped.
-            meta.hold_wal_for_replication()?;
             (meta, path.display().to_string())
         }
         None => {
@@ -188,6 +204,33 @@ pub(crate) async fn recover(
     let walked = crate::chain::walk(store, &mut meta, config, &where_).await?;
     let mut rolled =
         crate::chain::fence(store, &mut meta, config, &where_, held.doc.epoch, walked).await?;
+    if let (Some(path), true) = (&from_replica, held.took_over()) {
+        // The writer we took over from may have shipped a metadata change
+        // (a checkpoint, a restore) after we read the replica and sealed it
+        // with a barrier before our fence landed: it was acknowledged, so
+        // read the replica again, now that nothing more of that writer can
+        // be (docs/design/0009). The walk then ends at our fence.
+        drop(meta);
+        remove_db(path);
+        let (again, txid) = open_from_replica(store, url, path).await?;
+        meta = again;
+        in_sync_with = txid;
+        adopt(&mut meta, config, &where_)?;
+        crate::chain::walk(store, &mut meta, config, &where_).await?;
+        let tail = meta.chain_tail()?;
+        if tail.seq != rolled.tail {
+            return Err(VolumeError::ForeignMetadata {
+                path: where_,
+                reason: format!(
+                    "read again after this attach's fence at {}, the replica leads to segment {} instead",
+                    rolled.tail, tail.seq
+                ),
+            });
+        }
+    }
+    // A fence that an attach placed before it crashed holds none of the
+    // writes of the log it left: replay continues the last other record.
+    rolled.history_tail = meta.last_unfenced(rolled.history_tail)?;
     for key in &rolled.debris {
         tracing::warn!(
             key,
@@ -206,6 +249,33 @@ pub(crate) async fn recover(
     }
     rolled.replica_txid = in_sync_with;
     Ok((meta, rolled))
+}
+
+/// Restores the local database at `path` from the volume's replica (an
+/// empty one when there is none), checked against the restore mark, ready
+/// to record changes for shipping. Returns it and the replica TXID it equals.
+async fn open_from_replica(
+    store: &Arc<dyn ObjectStore>,
+    url: &str,
+    path: &Path,
+) -> Result<(MetaDb, Option<u64>), VolumeError> {
+    let layout = crate::replicate::layout_for(url);
+    let restored = crate::replicate::restore_from_replica(store, layout, path).await?;
+    crate::replicate::check_restore_mark(store, restored).await?;
+    let meta = match restored {
+        Some(_) => MetaDb::open_restored(path)?,
+        None => MetaDb::open(path)?,
+    };
+    // Every change from here on must stay in the log until shipped.
+
+    meta.hold_wal_for_replication()?;
+    Ok((meta, restored))
+}
+
+fn remove_db(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
 }
 
 /// Whether the local database can be trusted: after a clean detach its file

@@ -142,16 +142,35 @@ fn install_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
 /// plus segments would silently miss it, so attach refuses that.
 const RESTORE_MARK_KEY: &str = "meta/restored.json";
 
+/// Records that the map changed outside its segments at replica TXID
+/// `txid`, when the history's last applied record was `seq`: every attach
+/// must start from a replica that reaches `txid`, and from local metadata
+/// that reaches `seq` (docs/design/0009, "Local state").
 pub(crate) async fn mark_restore(
     store: &Arc<dyn ObjectStore>,
     txid: u64,
+    seq: u64,
 ) -> Result<(), VolumeError> {
-    let body = Bytes::from(format!("{{\"txid\": {txid}}}\n"));
+    let body = Bytes::from(format!("{{\"txid\": {txid}, \"seq\": {seq}}}\n"));
     retry_read(RESTORE_MARK_KEY, || {
         store.put(RESTORE_MARK_KEY, body.clone())
     })
     .await?;
     Ok(())
+}
+
+/// The chain position local metadata must have reached to be used: the
+/// last restore's or GC deletion's (0: no such mark, or one written before
+/// positions were recorded).
+pub(crate) async fn required_position(store: &Arc<dyn ObjectStore>) -> Result<u64, VolumeError> {
+    match retry_read(RESTORE_MARK_KEY, || store.get(RESTORE_MARK_KEY)).await {
+        Ok(raw) => Ok(serde_json::from_slice::<serde_json::Value>(&raw)
+            .ok()
+            .and_then(|v| v["seq"].as_u64())
+            .unwrap_or(0)),
+        Err(StoreError::NotFound(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Fails if the last restore is newer than `restored_txid` (what the

@@ -250,12 +250,20 @@ fn put_header(out: &mut BytesMut, h: &SegmentHeader) {
     debug_assert_eq!(out.len(), HEADER_BYTES);
 }
 
-/// A fence (docs/design/0009): an empty record of the writer of `link.epoch`
-/// that claims the chain's next position before the writer serves anything;
-/// its `next_seq` is past the window of positions an older writer may still
-/// land.
-pub fn encode_fence(volume_id: [u8; 16], link: Link) -> Bytes {
-    encode(volume_id, link, 0, &WriteBuffer::default(), 4096).bytes
+/// An empty record of the writer of `link.epoch` (docs/design/0009): a
+/// fence, which claims the chain's next position before the writer serves
+/// anything (its `next_seq` is past the window of positions an older writer
+/// may still land), or a barrier behind a metadata change (its `next_seq` is
+/// the next position).
+pub fn encode_empty(volume_id: [u8; 16], link: Link, client_bytes_total: u64) -> Bytes {
+    encode(
+        volume_id,
+        link,
+        client_bytes_total,
+        &WriteBuffer::default(),
+        4096,
+    )
+    .bytes
 }
 
 /// Encodes the segment at `link` as copies of `pieces`: (source segment,
@@ -594,7 +602,7 @@ mod tests {
             epoch: 3,
             next_seq: 74,
         };
-        let b = encode_fence([1; 16], link);
+        let b = encode_empty([1; 16], link, 0);
         assert_eq!(b.len(), HEADER_BYTES);
         let (h, changes) = decode_full(&b, 4096).unwrap();
         assert!(changes.is_empty());

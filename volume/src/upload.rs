@@ -30,6 +30,10 @@ pub(crate) struct Sealed {
     pub durable: AtomicBool,
     /// Bytes of sealed segments alive in memory, queued or not (the volume's gauge).
     pub alive_bytes: Arc<AtomicU64>,
+    /// A barrier's gate (docs/design/0009): its PUT starts only once the
+    /// metadata change it seals is durable (`Some(true)`); `Some(false)`
+    /// means it never will be, and the engine stops.
+    pub gate: Option<tokio::sync::watch::Receiver<Option<bool>>>,
 }
 
 impl Drop for Sealed {
@@ -57,7 +61,7 @@ impl Inner {
             self.block_size,
         );
         let frozen = WriteBuffer::from_segment(&enc.changes, &enc.bytes, self.block_size);
-        self.queue_locked(st, link, enc.bytes, frozen, enc.changes, vec![]);
+        self.queue_locked(st, link, enc.bytes, frozen, enc.changes, vec![], None);
     }
 
     /// Seals the active buffer, then queues a segment of copies of
@@ -76,8 +80,30 @@ impl Inner {
             self.block_size,
         );
         let frozen = WriteBuffer::default();
-        self.queue_locked(&mut st, link, bytes, frozen, vec![], refs.clone());
+        self.queue_locked(&mut st, link, bytes, frozen, vec![], refs.clone(), None);
         (link.seq, refs)
+    }
+
+    /// Seals the active buffer, then queues a barrier behind it: an empty
+    /// record of this writer's epoch that takes the next position of the
+    /// history (docs/design/0009). Its PUT waits for `gate` (the metadata
+    /// change it seals made durable). A metadata operation is acknowledged
+    /// once its barrier is applied: then no newer writer had fenced the
+    /// history before it, and such a writer reads the replica after its
+    /// fence, so it sees the change. Every segment sealed later is behind
+    /// the barrier, so no FLUSH after the operation is acknowledged before
+    /// the operation is durable. Returns the barrier's position.
+    pub(crate) fn seal_barrier(
+        self: &Arc<Self>,
+        gate: tokio::sync::watch::Receiver<Option<bool>>,
+    ) -> u64 {
+        let mut st = self.state.lock().unwrap();
+        self.seal_locked(&mut st);
+        let link = self.next_link_locked(&mut st);
+        let bytes = segment::encode_empty(self.volume_id, link, st.client_bytes_total);
+        let frozen = WriteBuffer::default();
+        self.queue_locked(&mut st, link, bytes, frozen, vec![], vec![], Some(gate));
+        link.seq
     }
 
     /// Takes the next position in the history (after the one before it);
@@ -101,6 +127,7 @@ impl Inner {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn queue_locked(
         self: &Arc<Self>,
         st: &mut State,
@@ -109,6 +136,7 @@ impl Inner {
         frozen: WriteBuffer,
         changes: Vec<MapChange>,
         copies: Vec<PieceRef>,
+        gate: Option<tokio::sync::watch::Receiver<Option<bool>>>,
     ) {
         let sealed = Arc::new(Sealed {
             link,
@@ -119,6 +147,7 @@ impl Inner {
             client_bytes_total: st.client_bytes_total,
             durable: AtomicBool::new(false),
             alive_bytes: self.counters.segment_bytes_alive.clone(),
+            gate,
         });
         self.counters
             .segment_bytes_alive
@@ -146,6 +175,19 @@ impl Inner {
                 }
             }
             applied.await;
+        }
+        if let Some(gate) = &seg.gate {
+            let mut gate = gate.clone();
+            match gate.wait_for(|g| g.is_some()).await.map(|g| *g) {
+                Ok(Some(true)) => {}
+                _ => {
+                    self.stop(&format!(
+                        "the metadata change sealed by barrier {} could not be made durable: nothing after it can be acknowledged",
+                        seg.link.seq
+                    ));
+                    return;
+                }
+            }
         }
         let Ok(slot) = self.upload_slots.acquire().await else {
             return;

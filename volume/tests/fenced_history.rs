@@ -563,7 +563,6 @@ async fn d3_a_fork_takeover_is_not_stopped_by_the_old_writers_late_segment() {
 // Fails today: checkpoint() returns Ok, and W3 lists no checkpoints.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 19: C1 — fails until the fenced history lands"]
 async fn c1_a_checkpoint_acknowledged_while_another_writer_takes_over_is_not_lost() {
     let store = fresh_store();
     create(&store, 64 * MIB).await;
@@ -605,6 +604,53 @@ async fn c1_a_checkpoint_acknowledged_while_another_writer_takes_over_is_not_los
              no checkpoint c1: it lists {names:?}"
         );
     }
+}
+
+/// C1, the other order: the old writer's metadata change (here a checkpoint
+/// deletion, which needs no FLUSH and so no lease check) is shipped and
+/// sealed by its barrier after the taker read the replica but before the
+/// taker's fence landed. It was acknowledged, so the taker must see it: it
+/// reads the replica again once its fence is on the chain (0009). Without
+/// that second read (f13ecc8 plus barriers), W2 still lists c0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_a_change_sealed_before_the_takers_fence_is_seen_by_the_taker() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let d1 = tempfile::tempdir().unwrap();
+    let w1 = open(store.clone(), Some(d1.path()), opts(1, false)).await;
+    w1.write(0, pattern(0, 4, A), true).await.unwrap();
+    w1.checkpoint(Some("c0")).await.unwrap();
+
+    // W2 takes over; its fence PUT (its first segment PUT) is held, after
+    // it has read the replica (which lists c0).
+    let (w2_hooks, w2_store) = hooked(&store);
+    let gate = w2_hooks.hold("segments/", true);
+    let d2 = tempfile::tempdir().unwrap();
+    let w2 = {
+        let dir = d2.path().to_path_buf();
+        tokio::spawn(async move {
+            Volume::open(w2_store, "mem://test", Some(&dir), opts(2, true)).await
+        })
+    };
+    assert!(gate.arrived(1).await, "W2's fence never reached the hook");
+    // W1 deletes c0: shipped, and its barrier lands before W2's fence.
+    w1.delete_checkpoint("c0")
+        .await
+        .expect("the deletion completes before any fence: acknowledged");
+    gate.open();
+    let w2 = w2.await.unwrap().expect("W2 attaches after W1's barrier");
+    let names: Vec<String> = w2
+        .checkpoints()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(
+        names.is_empty(),
+        "W1's acknowledged deletion of c0 is lost: W2 lists {names:?}"
+    );
+    w2.close().await.unwrap();
+    w1.abandon();
 }
 
 // ---------------------------------------------------------------------------
@@ -719,7 +765,6 @@ async fn d5_force_does_not_lose_a_flush_acknowledged_by_a_live_holder_whose_pid_
 // W3 reads write B (the pre-restore map) under the flushed write N.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 19: C3 — fails until the fenced history lands"]
 async fn c3_a_restore_that_could_not_be_shipped_stops_the_writes_or_is_durable() {
     let store = fresh_store();
     create(&store, 64 * MIB).await;
@@ -771,6 +816,73 @@ async fn c3_a_restore_that_could_not_be_shipped_stops_the_writes_or_is_durable()
     }
     if let Err(e) = expect_at(&w3, 8, 4, N, "the write flushed after the restore").await {
         failures.push(e);
+    }
+    w3.close().await.unwrap();
+    assert_none(failures);
+}
+
+// ---------------------------------------------------------------------------
+// D7 (issue 20, found again by the review of the fenced chain): a copy of
+// the local directory older than a GC deletion must not make the next attach
+// fence the middle of the history and delete the live tail as debris.
+
+/// Fails on f13ecc8 (and on 1484700): the attach from the old copy walks
+/// to the stale tail, its fence takes the position GC freed, and the
+/// flushed segments after it are deleted as debris.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d7_an_old_copy_of_the_local_directory_loses_nothing() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = open(store.clone(), Some(dir.path()), opts(1, false)).await;
+    w.write(0, pattern(0, 4, A), true).await.unwrap();
+    w.write(256 * BS, pattern(256, 4, B), true).await.unwrap();
+    // A copy of the directory while attached (a VM snapshot, a backup).
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with("meta.db") {
+            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+        }
+    }
+    // A's segment is overwritten twice, GC deletes what nothing references.
+    w.write(0, pattern(0, 4, C), true).await.unwrap();
+    w.write(0, pattern(0, 4, D), true).await.unwrap();
+    w.write(512 * BS, pattern(512, 4, E), true).await.unwrap();
+    let r = w
+        .gc(&spritedisk_volume::GcOptions::default())
+        .await
+        .unwrap();
+    assert!(r.segments_deleted >= 2, "setup: gc deleted {r:?}");
+    w.close().await.unwrap();
+    // The old copy comes back (without the clean-detach mark).
+    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        let n = f.file_name().to_string_lossy().to_string();
+        if n.starts_with("meta.db") || n == "meta.replica" {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    for f in std::fs::read_dir(copy.path()).unwrap().flatten() {
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    let w2 = open(store.clone(), Some(dir.path()), opts(2, false)).await;
+    let mut failures = vec![];
+    for (lba, tag) in [(0, D), (256, B), (512, E)] {
+        failures.extend(
+            expect_at(&w2, lba, 4, tag, "after attaching from the old copy")
+                .await
+                .err(),
+        );
+    }
+    w2.close().await.unwrap();
+    // And from the store alone.
+    let fresh = tempfile::tempdir().unwrap();
+    let w3 = open(store.clone(), Some(fresh.path()), opts(3, false)).await;
+    for (lba, tag) in [(0, D), (256, B), (512, E)] {
+        failures.extend(
+            expect_at(&w3, lba, 4, tag, "then from the store alone")
+                .await
+                .err(),
+        );
     }
     w3.close().await.unwrap();
     assert_none(failures);

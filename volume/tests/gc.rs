@@ -114,8 +114,16 @@ async fn check_all(vol: &Volume, e: &Expect, what: &str) {
     check_blocks(vol, &e.live, &format!("{what}, live after the checks")).await;
 }
 
+/// Segment objects that carry data (not the empty records of 0009: fences
+/// and barriers).
 async fn segment_objects(store: &Arc<dyn ObjectStore>) -> usize {
-    store.list("segments/").await.unwrap().len()
+    store
+        .list("segments/")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| m.size > spritedisk_volume::segment::HEADER_BYTES as u64)
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,11 +134,7 @@ async fn gc_deletes_exactly_the_unreferenced_segments() {
     let vol = open(store.clone(), Some(dir.path()), opts(1)).await;
     let mut e = scenario(&vol).await;
     let before = segment_objects(&store).await;
-    assert_eq!(
-        before,
-        1 + 16 + 16 + 12 + 4 + 3,
-        "the fence and the scenario's segments"
-    );
+    assert_eq!(before, 16 + 16 + 12 + 4 + 3);
 
     // A dry run changes nothing and says what a run would do.
     let dry = vol
@@ -253,7 +257,7 @@ async fn a_crash_at_every_step_of_gc_and_compaction_loses_nothing() {
             check_all(&vol, &e, &format!("{what}, after another gc")).await;
             let known = vol.stats().unwrap().segments;
             assert_eq!(
-                segment_objects(&store).await as u64,
+                store.list("segments/").await.unwrap().len() as u64,
                 known,
                 "{what}: orphans left"
             );
