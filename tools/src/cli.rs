@@ -324,8 +324,11 @@ impl AttachArgs {
             prefetch_window_bytes: self.prefetch_window,
             seed: std::process::id() as u64,
             lease_ttl: Duration::from_secs_f64(self.lease_ttl),
-            // Recovering a device whose daemon died takes its lease back.
-            take_over: self.force || self.recover_dev.is_some(),
+            take_over: self.force,
+            // Recovering a device whose daemon died takes its lease back as
+            // any attach would (a holder certainly gone from this kernel),
+            // never from a writer that attached since (D4 of the review).
+            reclaim: self.recover_dev.is_some(),
             lease_ack_grace: Duration::from_secs_f64(self.lease_ack_grace),
             ..EngineOptions::default()
         })

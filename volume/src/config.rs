@@ -98,6 +98,12 @@ pub struct EngineOptions {
     pub lease_ttl: Duration,
     /// Take the lease even from a live holder (`--force`), fencing it.
     pub take_over: bool,
+    /// Resume after this directory's daemon died (`spritedisk recover`):
+    /// the lease is taken back only as any attach would (from a holder
+    /// certainly gone from this kernel, or released, or expired), and local
+    /// state that another writer has moved past is refused, never silently
+    /// discarded: its write log holds writes the dead daemon acknowledged.
+    pub reclaim: bool,
     /// A FLUSH is acknowledged without asking the store about the lease
     /// when a lease check or renewal that began less than this long ago
     /// found it ours. The lease records it: one who takes the lease over
@@ -122,6 +128,7 @@ impl Default for EngineOptions {
             replica_interval: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(30),
             take_over: false,
+            reclaim: false,
             lease_ack_grace: Duration::from_secs(2),
         }
     }

@@ -130,7 +130,8 @@ impl Volume {
         .await?;
         lease::wait_out_previous(&held).await;
         let lease_ms = t0.elapsed().as_millis() as u64;
-        let (meta, rolled) = recovery::recover(&store, url, &config, cache_dir, &held).await?;
+        let (meta, rolled) =
+            recovery::recover(&store, url, &config, cache_dir, &held, opts.reclaim).await?;
         let meta_ms = t0.elapsed().as_millis() as u64 - lease_ms;
         let origins = crate::fork::Origins::open(&meta)?;
         let (wlog, replay, first_new_gen) = match cache_dir {

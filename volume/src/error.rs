@@ -49,6 +49,8 @@ pub enum VolumeError {
     ForkBase { checkpoint: String, fork: String },
     #[error("fenced: another writer took this volume over ({0}); this daemon stopped writing")]
     Fenced(String),
+    #[error("cannot recover: {0}")]
+    NotRecoverable(String),
 }
 
 impl VolumeError {

@@ -112,6 +112,7 @@ pub(crate) async fn recover(
     config: &VolumeConfig,
     cache_dir: Option<&Path>,
     held: &Held,
+    reclaim: bool,
 ) -> Result<(MetaDb, RollForward), VolumeError> {
     // The replica TXID the local database is known to equal, if any.
     let mut in_sync_with = None;
@@ -133,7 +134,7 @@ pub(crate) async fn recover(
                 // or SQLite's structural check when the stale check opens it.
                 let corrupt = match check_local(&path, clean_at) {
                     Err(why) => Some(why),
-                    Ok(()) => match discard_if_stale(dir, &path, config, held) {
+                    Ok(()) => match discard_if_stale(dir, &path, config, held, reclaim) {
                         Ok(()) => None,
                         Err(VolumeError::Meta(
                             e @ (MetaError::Corrupt(_) | MetaError::Open { .. }),
@@ -169,6 +170,11 @@ pub(crate) async fn recover(
                 // write log of that older state is never replayed.
                 let local = MetaDb::open(&path)?.chain_tail()?.seq;
                 let required = crate::replicate::required_position(store).await?;
+                if local < required && reclaim {
+                    return Err(VolumeError::NotRecoverable(format!(
+                        "the local metadata reaches segment {local}, the store requires {required}: it is older than the store, and its write log cannot be replayed on top"
+                    )));
+                }
                 if local < required {
                     tracing::warn!(
                         local,
@@ -305,6 +311,7 @@ fn discard_if_stale(
     path: &Path,
     config: &VolumeConfig,
     held: &Held,
+    reclaim: bool,
 ) -> Result<(), VolumeError> {
     let mut db = MetaDb::open(path)?;
     // Another volume's database is a mistake to report, not a cache to drop.
@@ -314,6 +321,15 @@ fn discard_if_stale(
     let before = held.previous.as_ref().map(|p| p.epoch);
     if local == before {
         return Ok(());
+    }
+    if reclaim {
+        // D4 of the 5bc5be0 review: the device's filesystem may still be
+        // mounted on writes only this write log holds.
+        return Err(VolumeError::NotRecoverable(format!(
+            "the volume was attached elsewhere (lease epoch {}) since this device's daemon (epoch {}) died; the writes it acknowledged but never flushed cannot be replayed on top of that. Unmount and detach the device (those writes are lost), then attach the volume again",
+            before.map_or("none".into(), |e| e.to_string()),
+            local.map_or("none".into(), |e| e.to_string())
+        )));
     }
     tracing::warn!(
         local_epoch = local,

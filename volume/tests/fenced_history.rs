@@ -887,3 +887,57 @@ async fn d7_an_old_copy_of_the_local_directory_loses_nothing() {
     w3.close().await.unwrap();
     assert_none(failures);
 }
+
+// ---------------------------------------------------------------------------
+// D4: `recover` takes back only its own attachment.
+
+/// Fails on edb60c7: recover forced a takeover (fencing W2) and discarded
+/// W1's write log silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d4_recover_takes_back_only_its_own_attachment_and_never_drops_its_log_silently() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let d1 = tempfile::tempdir().unwrap();
+    let w1 = open(store.clone(), Some(d1.path()), opts(1, false)).await;
+    w1.write(0, pattern(0, 4, A), true).await.unwrap();
+    w1.write(8 * BS, pattern(8, 4, B), false).await.unwrap(); // only in W1's write log
+    w1.abandon(); // the daemon dies
+    drop(w1);
+    // Meanwhile another machine attached with --force, and is alive.
+    let d2 = tempfile::tempdir().unwrap();
+    let w2 = open(store.clone(), Some(d2.path()), opts(2, true)).await;
+    w2.write(16 * BS, pattern(16, 4, C), true).await.unwrap();
+    let recover = |seed| {
+        let mut o = opts(seed, false);
+        o.reclaim = true;
+        Volume::open(store.clone(), "mem://test", Some(d1.path()), o)
+    };
+    match recover(3).await {
+        Err(VolumeError::Leased { .. }) => {}
+        Err(e) => panic!("recover must be refused as leased by W2, got: {e}"),
+        Ok(v) => {
+            v.abandon();
+            panic!("recover took the volume from W2, a live writer that attached since");
+        }
+    }
+    // W2 was not fenced.
+    w2.write(24 * BS, pattern(24, 4, D), true)
+        .await
+        .expect("W2 keeps writing");
+    w2.close().await.unwrap();
+    // Released now: recover still must not drop W1's log silently.
+    match recover(4).await {
+        Err(VolumeError::NotRecoverable(why)) => {
+            assert!(why.contains("attached elsewhere"), "{why}")
+        }
+        Err(e) => panic!("expected a refusal naming why, got: {e}"),
+        Ok(v) => {
+            v.abandon();
+            panic!("recover went on over a history another writer moved past");
+        }
+    }
+    let log_files = std::fs::read_dir(d1.path().join("wlog"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(log_files > 0, "the refused recover kept W1's write log");
+}
