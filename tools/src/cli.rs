@@ -307,8 +307,11 @@ impl AttachArgs {
             "--dirty-max must be at least twice --segment-size"
         );
         anyhow::ensure!(
-            self.flush_timeout > 0.0 && self.writeback_delay > 0.0 && self.lease_ttl >= 1.0,
-            "timeouts must be positive (and --lease-ttl at least 1 s)"
+            self.flush_timeout > 0.0
+                && self.writeback_delay > 0.0
+                && self.lease_ttl >= 1.0
+                && self.lease_ttl <= spritedisk_volume::lease::LEASE_TTL_SECS_MAX as f64,
+            "timeouts must be positive (and --lease-ttl between 1 s and an hour)"
         );
         anyhow::ensure!(
             (0.0..=self.lease_ttl).contains(&self.lease_ack_grace),

@@ -13,6 +13,10 @@ use crate::retry::retry_read;
 use crate::VolumeError;
 
 pub const LEASE_KEY: &str = "lease.json";
+/// The longest lease TTL a lease object may name (`--lease-ttl` is bounded
+/// by it): a lease read from the store beyond it is refused as invalid,
+/// rather than trusted to make an attach wait for decades (M3 of the review).
+pub const LEASE_TTL_SECS_MAX: u64 = 3600;
 /// Conditional-PUT races lost in a row before attach gives up.
 const ACQUIRE_ATTEMPTS_MAX: u32 = 16;
 
@@ -191,12 +195,20 @@ async fn read(store: &Arc<dyn ObjectStore>) -> Result<Option<(LeaseDoc, String)>
         Err(StoreError::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let doc = serde_json::from_slice(&raw).map_err(|e| {
+    let doc: LeaseDoc = serde_json::from_slice(&raw).map_err(|e| {
         VolumeError::BadConfig(format!(
             "{}/{LEASE_KEY} is not a lease ({e}); delete it if no daemon has the volume attached",
             store.describe()
         ))
     })?;
+    if doc.ttl_secs > LEASE_TTL_SECS_MAX || doc.ack_grace_ms > doc.ttl_secs.saturating_mul(1000) {
+        return Err(VolumeError::BadConfig(format!(
+            "{}/{LEASE_KEY} names a TTL of {} s and an acknowledgement grace of {} ms: at most {LEASE_TTL_SECS_MAX} s and the TTL; it was not written by spritedisk",
+            store.describe(),
+            doc.ttl_secs,
+            doc.ack_grace_ms
+        )));
+    }
     Ok(Some((doc, meta.etag)))
 }
 

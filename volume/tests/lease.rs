@@ -253,3 +253,30 @@ async fn doc_grace_ms(store: &Arc<dyn ObjectStore>) -> u64 {
     let doc: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     doc["ack_grace_ms"].as_u64().unwrap()
 }
+
+/// Lease fields come from the store: one that would make an attach wait
+/// for decades is refused as invalid, naming the fields (M3 of the review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_with_unbounded_fields_is_refused_not_waited_for() {
+    let store: Arc<dyn ObjectStore> = fresh_store();
+    create(&store, 64 << 20).await;
+    let a = open(store.clone(), None, polite()).await;
+    a.abandon();
+    let raw = store.get("lease.json").await.unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    doc["ack_grace_ms"] = u64::MAX.into();
+    store
+        .put("lease.json", serde_json::to_vec(&doc).unwrap().into())
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let e = Volume::open(store.clone(), "mem://test", None, forceful())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "it waited"
+    );
+    assert!(e.to_string().contains("acknowledgement grace"), "{e}");
+}
