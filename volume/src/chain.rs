@@ -46,6 +46,9 @@ pub const EPOCH_SEQ_RANGE: u64 = 1 << 40;
 pub struct RollForward {
     /// Segments applied from the store on top of the local metadata.
     pub applied: u64,
+    /// Of those, barriers: each seals a metadata change (a checkpoint, its
+    /// deletion, a restore) that only the replica holds.
+    pub barriers: u64,
     /// The last record of the history before this attach (a replayed write
     /// log continues after it).
     pub history_tail: u64,
@@ -182,6 +185,7 @@ pub(crate) async fn walk(
     let mut read: HashMap<u64, Option<Candidate>> = Default::default();
     let mut tail = start;
     let mut count = 0;
+    let mut barriers = 0;
     let mut chain = std::collections::HashSet::new();
     loop {
         let mut cands: Vec<u64> = vec![];
@@ -225,6 +229,9 @@ pub(crate) async fn walk(
             changes: &c.changes,
         })?;
         chain.insert(h.seq);
+        if h.entry_count == 0 && h.next_seq == h.seq + 1 && h.epoch > 0 {
+            barriers += 1;
+        }
         tail = meta.chain_tail()?;
         count += 1;
         // Drop what can no longer be a successor, to bound memory.
@@ -237,6 +244,7 @@ pub(crate) async fn walk(
         .collect();
     Ok(RollForward {
         applied: count,
+        barriers,
         history_tail: tail.seq,
         tail: tail.seq,
         next_seq: tail.next,

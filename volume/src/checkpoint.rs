@@ -64,18 +64,25 @@ impl Volume {
     /// by [`Volume::take_checkpoint`] durable, and seen by any writer that
     /// takes the volume over (docs/design/0009; fails as fenced otherwise).
     pub async fn sync_metadata(&self) -> Result<(), VolumeError> {
-        let (gate, barrier) = self.barrier();
+        let (gate, barrier, _) = self.barrier();
         let shipped = self.inner.ship_meta().await;
-        let _ = gate.send(Some(shipped.is_ok()));
+        // Open whatever the ship did: if it failed, the operation is not
+        // acknowledged, and an empty barrier on the chain is harmless (the
+        // pending metadata is shipped again before anything later is
+        // acknowledged). Closing it would stop the engine over a store
+        // brownout during a checkpoint.
+        let _ = gate.send(Some(true));
         shipped?;
         self.inner.wait_applied(barrier).await
     }
 
-    /// A barrier behind everything written so far, and the gate that lets
-    /// its PUT go once the metadata change it seals is durable.
-    fn barrier(&self) -> (tokio::sync::watch::Sender<Option<bool>>, u64) {
+    /// A barrier behind everything written so far, the gate that lets its
+    /// PUT go once the metadata change it seals is durable, and the position
+    /// the barrier follows.
+    fn barrier(&self) -> (tokio::sync::watch::Sender<Option<bool>>, u64, u64) {
         let (gate, open) = tokio::sync::watch::channel(None);
-        (gate, self.inner.seal_barrier(open))
+        let (seq, prev) = self.inner.seal_barrier(open);
+        (gate, seq, prev)
     }
 
     /// Makes the volume's content checkpoint `name`'s: flushes, swaps the
@@ -87,22 +94,35 @@ impl Volume {
         let t0 = std::time::Instant::now();
         self.flush().await?;
         let t_flush = t0.elapsed();
-        let (row, gate, barrier) = {
+        // The barrier first, and every segment before it applied: segments
+        // sealed from here on are behind the barrier and are applied on top
+        // of the restored map only after it landed, which it does only once
+        // the restore is durable. So no FLUSH on top of the restored map is
+        // acknowledged before that (C3 of the 5bc5be0 review), and if it
+        // cannot be made durable the engine stops.
+        let (gate, barrier, before) = self.barrier();
+        if let Err(e) = self.inner.wait_applied(before).await {
+            let _ = gate.send(Some(true)); // nothing changed yet
+            return Err(e);
+        }
+        let row = {
             // No segment is applied to the map while it is swapped.
             let _applier = self.inner.apply_lock.lock().await;
             let inner = self.inner.clone();
             let name = name.to_string();
-            let row = tokio::task::spawn_blocking(move || {
+            let swapped = tokio::task::spawn_blocking(move || {
                 inner.meta.lock().unwrap().restore_checkpoint(&name)
             })
             .await
-            .map_err(|e| VolumeError::Stopped(format!("restore task: {e}")))??;
-            // Every segment sealed from here on is behind the barrier, which
-            // lands only once the restore is durable: no FLUSH on top of the
-            // restored map is acknowledged before that (C3 of the 5bc5be0
-            // review), and if it cannot be made durable the engine stops.
-            let (gate, barrier) = self.barrier();
-            (row, gate, barrier)
+            .map_err(|e| VolumeError::Stopped(format!("restore task: {e}")));
+            match swapped {
+                Ok(Ok(row)) => row,
+                Ok(Err(e)) => {
+                    let _ = gate.send(Some(true)); // nothing changed
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e), // the gate closes: the engine stops
+            }
         };
         let t_map = t0.elapsed();
         let durable = async {
@@ -114,8 +134,8 @@ impl Volume {
                 .inner
                 .replica_txid
                 .load(std::sync::atomic::Ordering::Relaxed);
-            let seq = self.inner.state.lock().unwrap().applied_seq;
-            crate::replicate::mark_restore(&self.inner.store, txid, seq).await
+            // Local metadata must reach the barrier to have the restore.
+            crate::replicate::mark_restore(&self.inner.store, txid, barrier).await
         }
         .await;
         let _ = gate.send(Some(durable.is_ok()));

@@ -58,7 +58,7 @@ impl Holder {
             attach_id: uuid::Uuid::new_v4().to_string(),
             boot_id: boot_id(),
             pid_ns: pid_namespace(),
-            start_ticks: start_ticks(pid).unwrap_or(0),
+            start_ticks: own_start_ticks(pid),
         }
     }
 
@@ -74,7 +74,39 @@ impl Holder {
             && self.pid_ns != 0
             && self.pid_ns == me.pid_ns
             && self.start_ticks != 0;
-        same_place && start_ticks(self.pid) != Some(self.start_ticks)
+        // A pid that no process can have (kill would read it as a process
+        // group) is a damaged lease: maybe alive.
+        if !same_place || self.pid == 0 || self.pid > i32::MAX as u32 {
+            return false;
+        }
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let exists = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if !exists {
+            return true;
+        }
+        // There is a process with that pid: gone only if it is certainly
+        // another one (another start time). An unreadable /proc/PID/stat
+        // (hidepid) says nothing: alive.
+        start_ticks(self.pid).is_some_and(|t| t != self.start_ticks)
+    }
+}
+
+/// Our own start time, or 0 (which counts as "maybe alive" to everyone) when
+/// /proc is not our PID namespace's (it names another process as us).
+fn own_start_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    let ours = stat
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(pid);
+    if ours {
+        start_ticks(pid).unwrap_or(0)
+    } else {
+        0
     }
 }
 
@@ -434,11 +466,21 @@ mod tests {
         };
         assert!(reused.died_here(&me));
         // A pid no process has here: gone.
+        let free = (300..4_000_000u32)
+            .rev()
+            .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .unwrap();
         let absent = Holder {
-            pid: u32::MAX - 1,
+            pid: free,
             ..me.clone()
         };
         assert!(absent.died_here(&me));
+        // A pid no process can have: a damaged lease, maybe alive.
+        let bogus = Holder {
+            pid: u32::MAX - 1,
+            ..me.clone()
+        };
+        assert!(!bogus.died_here(&me));
         // The same pid number in another PID namespace (a container with our
         // hostname), on another boot (a clone of this machine), or a lease
         // from before these fields: maybe alive (D5 of the 5bc5be0 review).

@@ -207,7 +207,27 @@ pub(crate) async fn recover(
         }
     };
     adopt(&mut meta, config, &where_)?;
-    let walked = crate::chain::walk(store, &mut meta, config, &where_).await?;
+    let mut walked = crate::chain::walk(store, &mut meta, config, &where_).await?;
+    if let (Some(dir), None, true) = (cache_dir, &from_replica, walked.barriers > 0) {
+        // The local database is behind a metadata change that only the
+        // replica holds (a checkpoint, its deletion or a restore sealed by
+        // a barrier it just walked over: a copy of the directory from before
+        // it, or a crash before it was applied here). Rebuild it from the
+        // replica; its write log stays (replay skips what the history has).
+        tracing::warn!(
+            barriers = walked.barriers,
+            "the local metadata is behind a checkpoint or restore in the store: rebuilding it from the replica"
+        );
+        let path = dir.join(META_FILE);
+        drop(meta);
+        remove_db(&path);
+        let (again, txid) = open_from_replica(store, url, &path).await?;
+        meta = again;
+        in_sync_with = txid;
+        from_replica = Some(path);
+        adopt(&mut meta, config, &where_)?;
+        walked = crate::chain::walk(store, &mut meta, config, &where_).await?;
+    }
     let mut rolled =
         crate::chain::fence(store, &mut meta, config, &where_, held.doc.epoch, walked).await?;
     if let (Some(path), true) = (&from_replica, held.took_over()) {

@@ -92,18 +92,19 @@ impl Inner {
     /// history before it, and such a writer reads the replica after its
     /// fence, so it sees the change. Every segment sealed later is behind
     /// the barrier, so no FLUSH after the operation is acknowledged before
-    /// the operation is durable. Returns the barrier's position.
+    /// the operation is durable. Returns the barrier's position and the one
+    /// it follows.
     pub(crate) fn seal_barrier(
         self: &Arc<Self>,
         gate: tokio::sync::watch::Receiver<Option<bool>>,
-    ) -> u64 {
+    ) -> (u64, u64) {
         let mut st = self.state.lock().unwrap();
         self.seal_locked(&mut st);
         let link = self.next_link_locked(&mut st);
         let bytes = segment::encode_empty(self.volume_id, link, st.client_bytes_total);
         let frozen = WriteBuffer::default();
         self.queue_locked(&mut st, link, bytes, frozen, vec![], vec![], Some(gate));
-        link.seq
+        (link.seq, link.prev_seq)
     }
 
     /// Takes the next position in the history (after the one before it);

@@ -941,3 +941,99 @@ async fn d4_recover_takes_back_only_its_own_attachment_and_never_drops_its_log_s
         .unwrap_or(0);
     assert!(log_files > 0, "the refused recover kept W1's write log");
 }
+
+/// A copy of the directory from before an acknowledged checkpoint and
+/// restore (same epoch, idle, no clean mark) must not lose them when it
+/// comes back. Fails on edb60c7: the walk went over the barriers and the
+/// attach served the pre-restore map without c1 (found by the review of
+/// 0009 step 2a).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d7_an_old_copy_from_before_a_checkpoint_and_a_restore_loses_neither() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = open(store.clone(), Some(dir.path()), opts(1, false)).await;
+    w.write(0, pattern(0, 4, A), true).await.unwrap();
+    w.checkpoint(Some("c0")).await.unwrap();
+    w.write(0, pattern(0, 4, B), true).await.unwrap();
+    // The volume sits idle; the directory is copied (a VM snapshot).
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with("meta.db") {
+            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+        }
+    }
+    w.checkpoint(Some("c1")).await.unwrap();
+    w.restore("c0").await.unwrap();
+    w.write(16 * BS, pattern(16, 4, C), true).await.unwrap();
+    w.abandon(); // the machine dies; its disk comes back from the snapshot
+    drop(w);
+    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with("meta.") {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    for f in std::fs::read_dir(copy.path()).unwrap().flatten() {
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    let w2 = open(store.clone(), Some(dir.path()), opts(2, true)).await;
+    let mut failures = vec![];
+    failures.extend(expect_at(&w2, 0, 4, A, "the restore of c0").await.err());
+    failures.extend(expect_at(&w2, 16, 4, C, "the write after it").await.err());
+    let names: Vec<String> = w2
+        .checkpoints()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    if !names.contains(&"c1".to_string()) {
+        failures.push(format!("checkpoint c1 is lost: {names:?}"));
+    }
+    w2.close().await.unwrap();
+    assert_none(failures);
+}
+
+/// The same with a checkpoint alone (no restore, so no mark): the barrier
+/// the old copy's walk goes over is what says it is behind. Fails on
+/// edb60c7: c1 is lost, and the snapshot of the stale state replaces it in
+/// the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d7_an_old_copy_from_before_a_checkpoint_loses_it_not() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = open(store.clone(), Some(dir.path()), opts(1, false)).await;
+    w.write(0, pattern(0, 4, A), true).await.unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with("meta.db") {
+            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+        }
+    }
+    w.checkpoint(Some("c1")).await.unwrap();
+    w.write(0, pattern(0, 4, B), true).await.unwrap();
+    w.abandon();
+    drop(w);
+    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with("meta.") {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    for f in std::fs::read_dir(copy.path()).unwrap().flatten() {
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    let w2 = open(store.clone(), Some(dir.path()), opts(2, true)).await;
+    let names: Vec<String> = w2
+        .checkpoints()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    let mut failures = vec![];
+    if !names.contains(&"c1".to_string()) {
+        failures.push(format!("checkpoint c1 is lost: {names:?}"));
+    }
+    failures.extend(expect_at(&w2, 0, 4, B, "the write after c1").await.err());
+    w2.close().await.unwrap();
+    assert_none(failures);
+}
