@@ -826,6 +826,31 @@ async fn c3_a_restore_that_could_not_be_shipped_stops_the_writes_or_is_durable()
 // the local directory older than a GC deletion must not make the next attach
 // fence the middle of the history and delete the live tail as debris.
 
+/// A copy of the local metadata database of `dir` (its WAL included), as a
+/// disk or VM snapshot taken while attached would hold it.
+fn copy_local_metadata(dir: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(dir).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with("meta.db") {
+            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+        }
+    }
+    copy
+}
+
+/// Puts the copy back in `dir` in place of its metadata (and of the clean
+/// detach mark, which a snapshot taken while attached would not hold).
+fn put_back_local_metadata(copy: &tempfile::TempDir, dir: &Path) {
+    for f in std::fs::read_dir(dir).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with("meta.") {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    for f in std::fs::read_dir(copy.path()).unwrap().flatten() {
+        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+    }
+}
+
 /// Fails on f13ecc8 (and on 1484700): the attach from the old copy walks
 /// to the stale tail, its fence takes the position GC freed, and the
 /// flushed segments after it are deleted as debris.
@@ -838,12 +863,7 @@ async fn d7_an_old_copy_of_the_local_directory_loses_nothing() {
     w.write(0, pattern(0, 4, A), true).await.unwrap();
     w.write(256 * BS, pattern(256, 4, B), true).await.unwrap();
     // A copy of the directory while attached (a VM snapshot, a backup).
-    let copy = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
-        if f.file_name().to_string_lossy().starts_with("meta.db") {
-            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
-        }
-    }
+    let copy = copy_local_metadata(dir.path());
     // A's segment is overwritten twice, GC deletes what nothing references.
     w.write(0, pattern(0, 4, C), true).await.unwrap();
     w.write(0, pattern(0, 4, D), true).await.unwrap();
@@ -855,15 +875,7 @@ async fn d7_an_old_copy_of_the_local_directory_loses_nothing() {
     assert!(r.segments_deleted >= 2, "setup: gc deleted {r:?}");
     w.close().await.unwrap();
     // The old copy comes back (without the clean-detach mark).
-    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
-        let n = f.file_name().to_string_lossy().to_string();
-        if n.starts_with("meta.db") || n == "meta.replica" {
-            std::fs::remove_file(f.path()).unwrap();
-        }
-    }
-    for f in std::fs::read_dir(copy.path()).unwrap().flatten() {
-        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
-    }
+    put_back_local_metadata(&copy, dir.path());
     let w2 = open(store.clone(), Some(dir.path()), opts(2, false)).await;
     let mut failures = vec![];
     for (lba, tag) in [(0, D), (256, B), (512, E)] {
@@ -957,25 +969,13 @@ async fn d7_an_old_copy_from_before_a_checkpoint_and_a_restore_loses_neither() {
     w.checkpoint(Some("c0")).await.unwrap();
     w.write(0, pattern(0, 4, B), true).await.unwrap();
     // The volume sits idle; the directory is copied (a VM snapshot).
-    let copy = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
-        if f.file_name().to_string_lossy().starts_with("meta.db") {
-            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
-        }
-    }
+    let copy = copy_local_metadata(dir.path());
     w.checkpoint(Some("c1")).await.unwrap();
     w.restore("c0").await.unwrap();
     w.write(16 * BS, pattern(16, 4, C), true).await.unwrap();
     w.abandon(); // the machine dies; its disk comes back from the snapshot
     drop(w);
-    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
-        if f.file_name().to_string_lossy().starts_with("meta.") {
-            std::fs::remove_file(f.path()).unwrap();
-        }
-    }
-    for f in std::fs::read_dir(copy.path()).unwrap().flatten() {
-        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
-    }
+    put_back_local_metadata(&copy, dir.path());
     let w2 = open(store.clone(), Some(dir.path()), opts(2, true)).await;
     let mut failures = vec![];
     failures.extend(expect_at(&w2, 0, 4, A, "the restore of c0").await.err());
@@ -1004,24 +1004,12 @@ async fn d7_an_old_copy_from_before_a_checkpoint_loses_it_not() {
     let dir = tempfile::tempdir().unwrap();
     let w = open(store.clone(), Some(dir.path()), opts(1, false)).await;
     w.write(0, pattern(0, 4, A), true).await.unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
-        if f.file_name().to_string_lossy().starts_with("meta.db") {
-            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
-        }
-    }
+    let copy = copy_local_metadata(dir.path());
     w.checkpoint(Some("c1")).await.unwrap();
     w.write(0, pattern(0, 4, B), true).await.unwrap();
     w.abandon();
     drop(w);
-    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
-        if f.file_name().to_string_lossy().starts_with("meta.") {
-            std::fs::remove_file(f.path()).unwrap();
-        }
-    }
-    for f in std::fs::read_dir(copy.path()).unwrap().flatten() {
-        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
-    }
+    put_back_local_metadata(&copy, dir.path());
     let w2 = open(store.clone(), Some(dir.path()), opts(2, true)).await;
     let names: Vec<String> = w2
         .checkpoints()
