@@ -185,8 +185,9 @@ pub struct Held {
 }
 
 impl Held {
-    /// Whether the previous holder may still be writing: it neither released
-    /// the lease nor is known to be gone. Its numbers must be avoided.
+    /// Whether the previous holder may still be writing: it did not release
+    /// the lease (then it may have shipped metadata after this attach read
+    /// the replica, which is read again once the fence landed: 0009).
     pub fn took_over(&self) -> bool {
         self.previous.as_ref().is_some_and(|p| !p.released)
     }

@@ -356,9 +356,7 @@ fn discard_if_stale(
         volume_epoch = before,
         "the local metadata is from an older writer of this volume: discarding it and its unflushed write log, restoring from the store"
     );
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    remove_db(path);
     crate::wlog::discard(dir);
     Ok(())
 }

@@ -28,7 +28,6 @@ use common::*;
 use spritedisk_store::{ObjectMeta, ObjectStore, StoreError};
 use spritedisk_volume::fork::fork_volume;
 use spritedisk_volume::lease::Holder;
-use spritedisk_volume::segment::parse_segment_key;
 use spritedisk_volume::{create_volume, EngineOptions, Volume, VolumeError, CHAIN_WINDOW};
 use tokio::sync::watch;
 
@@ -388,16 +387,6 @@ async fn d2_a_fenced_writers_late_segment_does_not_land_on_top_of_a_restore() {
          read; it reads {seen} (W1's late FLUSH returned {late:?})"
     );
     w3.close().await.unwrap();
-}
-
-async fn segment_seqs(store: &Arc<dyn ObjectStore>) -> Vec<u64> {
-    store
-        .list("segments/")
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|m| parse_segment_key(&m.key))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use spritedisk_store::ObjectStore;
-use spritedisk_volume::segment::parse_segment_key;
 use spritedisk_volume::{EngineOptions, Volume, VolumeError, CHAIN_WINDOW, EPOCH_SEQ_RANGE};
 
 fn polite() -> EngineOptions {
@@ -20,16 +19,6 @@ fn polite() -> EngineOptions {
 
 fn forceful() -> EngineOptions {
     small_opts(8)
-}
-
-async fn segment_seqs(store: &Arc<dyn ObjectStore>) -> Vec<u64> {
-    store
-        .list("segments/")
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|m| parse_segment_key(&m.key))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

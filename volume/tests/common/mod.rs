@@ -63,3 +63,14 @@ pub fn pattern(lba: u64, n: u64, tag: u8) -> Bytes {
     }
     Bytes::from(v)
 }
+
+/// The positions of the segment objects in the store, in order.
+pub async fn segment_seqs(store: &Arc<dyn ObjectStore>) -> Vec<u64> {
+    store
+        .list("segments/")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| spritedisk_volume::segment::parse_segment_key(&m.key))
+        .collect()
+}
