@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Proves the simulation's power (volume/tests/dst.rs): applies each patch in
+# tools/dst-reverts/ (one fix of issue 19 taken back) to a clean worktree of
+# HEAD, runs the simulation with the CI seed budget, and reports which seeds
+# found the bug. A revert the simulation does not find is reported, not
+# hidden: the list at the end says which.
+#
+#   tools/dst-prove.sh [PATCH...]      (default: every patch)
+#   SPRITEDISK_DST_SEEDS=N tools/dst-prove.sh   (another seed budget)
+set -euo pipefail
+
+repo=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
+cd "$repo"
+patches=("$@")
+if [ ${#patches[@]} -eq 0 ]; then
+    patches=(tools/dst-reverts/*.patch)
+fi
+work=$(mktemp -d /tmp/spritedisk-dst-prove.XXXXXX)
+trap 'git -C "$repo" worktree remove --force "$work/tree" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+git worktree add --detach "$work/tree" HEAD >/dev/null
+# One target directory for every revert: only the volume crate rebuilds.
+export CARGO_TARGET_DIR="$repo/target/dst-prove"
+
+found=()
+missed=()
+for p in "${patches[@]}"; do
+    name=$(basename "$p" .patch)
+    git -C "$work/tree" checkout -q -- .
+    git -C "$work/tree" apply "$repo/$p"
+    echo "== $name"
+    log="$work/$name.log"
+    if (cd "$work/tree" && cargo test -q -p spritedisk-volume --test dst simulation -- --nocapture) >"$log" 2>&1; then
+        echo "   NOT FOUND within the seed budget"
+        missed+=("$name")
+    else
+        seeds=$(grep -o 'seeds failed: \[[0-9, ]*\]' "$log" || true)
+        if [ -z "$seeds" ]; then
+            echo "   the run failed without a seed (build error?):"
+            tail -20 "$log" | sed 's/^/   /'
+            missed+=("$name")
+            continue
+        fi
+        echo "   found: $seeds"
+        grep -m1 '^seed [0-9]*:' "$log" | cut -c1-300 | sed 's/^/   first: /'
+        found+=("$name")
+    fi
+done
+echo
+echo "found: ${#found[@]} of ${#patches[@]} reverts"
+if [ ${#missed[@]} -gt 0 ]; then
+    echo "not found: ${missed[*]}"
+    exit 1
+fi
