@@ -47,6 +47,8 @@ pub struct FaultStore {
     gets: AtomicU64,
     /// GETs by the first component of their key (`segments`, `meta`, ...).
     gets_by_dir: Mutex<std::collections::HashMap<String, u64>>,
+    /// Reads (GET, ranged GET, HEAD) by key.
+    reads_by_key: Mutex<std::collections::HashMap<String, u64>>,
     puts: AtomicU64,
     /// Changes (puts, deletes) left before a crash; u64::MAX: none planned.
     changes_left: AtomicU64,
@@ -64,6 +66,7 @@ impl FaultStore {
             crashed_flag: AtomicBool::new(false),
             gets: AtomicU64::new(0),
             gets_by_dir: Default::default(),
+            reads_by_key: Default::default(),
             puts: AtomicU64::new(0),
             changes_left: AtomicU64::new(u64::MAX),
             changes: AtomicU64::new(0),
@@ -115,7 +118,27 @@ impl FaultStore {
             .unwrap_or(0)
     }
 
+    /// Reads (GET, ranged GET or HEAD) of `key` so far.
+    pub fn reads_of(&self, key: &str) -> u64 {
+        self.reads_by_key
+            .lock()
+            .unwrap()
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_read(&self, key: &str) {
+        *self
+            .reads_by_key
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_default() += 1;
+    }
+
     fn count_get(&self, key: &str) {
+        self.count_read(key);
         self.gets.fetch_add(1, Ordering::SeqCst);
         let dir = key.split('/').next().unwrap_or(key).to_string();
         *self.gets_by_dir.lock().unwrap().entry(dir).or_default() += 1;
@@ -243,6 +266,7 @@ impl ObjectStore for FaultStore {
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         self.gate("head", key)?;
+        self.count_read(key);
         self.inner.head(key).await
     }
 

@@ -259,12 +259,10 @@ pub struct AttachArgs {
     /// presumed dead, and its volume may be attached without --force.
     #[arg(long, default_value_t = 30.0)]
     pub lease_ttl: f64,
-    /// Acknowledge a FLUSH without re-reading the lease for this many
-    /// seconds after a read found it ours (one round trip to the store
-    /// instead of two); a --force takeover waits as long before it reads
-    /// the volume. 0: every FLUSH re-reads the lease.
-    #[arg(long, default_value_t = 2.0)]
-    pub lease_ack_grace: f64,
+    /// No longer used: a FLUSH never reads the lease since the fenced chain
+    /// (docs/design/0009). Accepted so that existing scripts keep working.
+    #[arg(long, hide = true)]
+    pub lease_ack_grace: Option<f64>,
 }
 
 impl AttachArgs {
@@ -313,10 +311,9 @@ impl AttachArgs {
                 && self.lease_ttl <= spritedisk_volume::lease::LEASE_TTL_SECS_MAX as f64,
             "timeouts must be positive (and --lease-ttl between 1 s and an hour)"
         );
-        anyhow::ensure!(
-            (0.0..=self.lease_ttl).contains(&self.lease_ack_grace),
-            "--lease-ack-grace must be between 0 and --lease-ttl seconds"
-        );
+        if self.lease_ack_grace.is_some() {
+            tracing::warn!("--lease-ack-grace is ignored: a FLUSH no longer reads the lease (docs/design/0009)");
+        }
         Ok(EngineOptions {
             segment_bytes: self.segment_size,
             dirty_bytes_max: self.dirty_max,
@@ -332,7 +329,6 @@ impl AttachArgs {
             // any attach would (a holder certainly gone from this kernel),
             // never from a writer that attached since (D4 of the review).
             reclaim: self.recover_dev.is_some(),
-            lease_ack_grace: Duration::from_secs_f64(self.lease_ack_grace),
             ..EngineOptions::default()
         })
     }

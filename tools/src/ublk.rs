@@ -77,7 +77,6 @@ fn start_daemon(args: &AttachArgs) -> Result<i32> {
     cmd.args(["--cache-size", &args.cache_size.to_string()]);
     cmd.args(["--prefetch-window", &args.prefetch_window.to_string()]);
     cmd.args(["--lease-ttl", &args.lease_ttl.to_string()]);
-    cmd.args(["--lease-ack-grace", &args.lease_ack_grace.to_string()]);
     if args.force {
         cmd.arg("--force");
     }

@@ -64,6 +64,11 @@ impl Volume {
     /// by [`Volume::take_checkpoint`] durable, and seen by any writer that
     /// takes the volume over (docs/design/0009; fails as fenced otherwise).
     pub async fn sync_metadata(&self) -> Result<(), VolumeError> {
+        self.sync_metadata_at().await.map(|_| ())
+    }
+
+    /// [`Volume::sync_metadata`], returning the barrier's chain position.
+    pub(crate) async fn sync_metadata_at(&self) -> Result<u64, VolumeError> {
         let (gate, barrier, _) = self.barrier();
         let shipped = self.inner.ship_meta().await;
         // Open whatever the ship did: if it failed, the operation is not
@@ -73,7 +78,8 @@ impl Volume {
         // brownout during a checkpoint.
         let _ = gate.send(Some(true));
         shipped?;
-        self.inner.wait_applied(barrier).await
+        self.inner.wait_applied(barrier).await?;
+        Ok(barrier)
     }
 
     /// A barrier behind everything written so far, the gate that lets its
@@ -125,22 +131,20 @@ impl Volume {
             }
         };
         let t_map = t0.elapsed();
-        let durable = async {
-            self.inner.ship_meta().await?;
-            // Segments alone cannot rebuild a map that was restored: mark the
-            // replica position an attach must reach (recovery.rs checks it).
-            self.inner.check_lease().await?;
-            let txid = self
-                .inner
-                .replica_txid
-                .load(std::sync::atomic::Ordering::Relaxed);
-            // Local metadata must reach the barrier to have the restore.
-            crate::replicate::mark_restore(&self.inner.store, txid, barrier).await
-        }
-        .await;
+        let durable = self.inner.ship_meta().await;
+        // The barrier may land once the restore is in the replica; if it
+        // cannot be, the gate closes and the engine stops.
         let _ = gate.send(Some(durable.is_ok()));
         durable?;
         self.inner.wait_applied(barrier).await?;
+        // Segments alone cannot rebuild a map that was restored: mark the
+        // replica position an attach must reach, and the barrier local
+        // metadata must reach (recovery.rs checks both).
+        let txid = self
+            .inner
+            .replica_txid
+            .load(std::sync::atomic::Ordering::Relaxed);
+        crate::replicate::mark_restore(&self.inner.store, self.inner.epoch, txid, barrier).await?;
         log_phases("restored", &row, t0, t_flush, t_map);
         Ok(row)
     }

@@ -104,12 +104,6 @@ pub struct EngineOptions {
     /// state that another writer has moved past is refused, never silently
     /// discarded: its write log holds writes the dead daemon acknowledged.
     pub reclaim: bool,
-    /// A FLUSH is acknowledged without asking the store about the lease
-    /// when a lease check or renewal that began less than this long ago
-    /// found it ours. The lease records it: one who takes the lease over
-    /// from a holder that may be alive waits it out before listing the
-    /// store (docs/design/0007). Zero: every FLUSH checks.
-    pub lease_ack_grace: Duration,
 }
 
 impl Default for EngineOptions {
@@ -129,7 +123,6 @@ impl Default for EngineOptions {
             lease_ttl: Duration::from_secs(30),
             take_over: false,
             reclaim: false,
-            lease_ack_grace: Duration::from_secs(2),
         }
     }
 }

@@ -45,12 +45,9 @@ pub(crate) struct Inner {
     pub(crate) cache_dir: Option<std::path::PathBuf>,
     /// This writer's lease epoch.
     pub(crate) epoch: u64,
-    /// The lease this writer holds; renewed by `lease_loop`, checked by FLUSH.
+    /// The lease this writer holds: it says who is attached (renewed by
+    /// `lease_loop`); the chain's fences say who may write (0009).
     pub(crate) lease: tokio::sync::Mutex<Held>,
-    /// CLOCK_BOOTTIME (ns) until which a FLUSH may be acknowledged without
-    /// a lease check: the start of the last check or renewal that found the
-    /// lease ours, plus `lease_ack_grace` (docs/design/0007).
-    lease_ok_until_ns: std::sync::atomic::AtomicU64,
     /// Newest TXID durable in the replica.
     pub(crate) replica_txid: std::sync::atomic::AtomicU64,
     /// Pieces being fetched from the store, so each is fetched once at a time.
@@ -120,14 +117,9 @@ impl Volume {
         let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
         // The lease first: the store is listed and debris deleted only by
         // the one writer (docs/design/0003).
-        let held = lease::acquire(
-            &store,
-            url,
-            opts.lease_ttl,
-            opts.lease_ack_grace,
-            opts.take_over,
-        )
-        .await?;
+        let held = lease::acquire(&store, url, opts.lease_ttl, opts.take_over).await?;
+        // Only a holder from before 0009's second step acknowledges FLUSHes
+        // in a grace without the chain's protection (0007).
         lease::wait_out_previous(&held).await;
         let lease_ms = t0.elapsed().as_millis() as u64;
         let (meta, rolled) =
@@ -184,7 +176,6 @@ impl Volume {
             epoch: held.doc.epoch,
             cache_dir: cache_dir.map(Path::to_path_buf),
             lease: tokio::sync::Mutex::new(held),
-            lease_ok_until_ns: std::sync::atomic::AtomicU64::new(0),
             prefetch_slots: Arc::new(Semaphore::new(crate::prefetch::PREFETCH_INFLIGHT_MAX)),
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
@@ -375,21 +366,12 @@ impl Volume {
         };
         self.inner.counters.add_flush();
         self.inner.retry_now.notify_waiters();
-        self.inner.wait_applied(target).await?;
-        // Durable, but acknowledged only if we still own the volume: a
-        // writer that took over listed the store after taking the lease, so
-        // it sees every segment that landed while the lease was ours. Within
-        // the grace of the last check that found it ours, no new check is
-        // needed: a taker waits the grace out before it lists (0007).
-        if lease::boottime_ns()
-            < self
-                .inner
-                .lease_ok_until_ns
-                .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return Ok(());
-        }
-        self.inner.check_lease().await
+        // Applied means on the chain, every position before it filled by
+        // records this writer walked or wrote: every later writer follows
+        // it. A writer that took over claimed the next position first, so
+        // our record there failed (412) and this wait fails as fenced. No
+        // lease read and no clock (docs/design/0009).
+        self.inner.wait_applied(target).await
     }
 
     /// Flushes and stops the engine: later I/O fails with ESHUTDOWN. The
@@ -452,45 +434,7 @@ impl Volume {
 
 /// The read cache in `cache_dir/cache`. A cache that cannot be opened (a
 /// full or read-only disk) is not an error: reads go to the store.
-/// Tries at reading the lease when a FLUSH checks it, on transient errors.
-const LEASE_CHECK_ATTEMPTS_MAX: u32 = 8;
-
 impl Inner {
-    /// Fails (and stops the engine) if another writer has taken the lease.
-    pub(crate) async fn check_lease(&self) -> Result<(), VolumeError> {
-        let mut held = self.lease.lock().await;
-        let mut backoff = self.opts.retry_backoff_min;
-        let mut attempt = 0;
-        self.counters
-            .lease_checks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        loop {
-            let started = lease::boottime_ns();
-            match lease::check(&self.store, &mut held).await {
-                Ok(lease::LeaseState::Ours) => {
-                    self.lease_ours_since(started);
-                    return Ok(());
-                }
-                Ok(lease::LeaseState::Lost(by)) => return Err(self.fenced(by)),
-                Err(e) if e.is_transient() && attempt < LEASE_CHECK_ATTEMPTS_MAX => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.opts.retry_backoff_max);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// A check or renewal that began at `started_ns` found the lease ours.
-    fn lease_ours_since(&self, started_ns: u64) {
-        let grace = self.opts.lease_ack_grace.as_nanos() as u64;
-        if grace > 0 {
-            self.lease_ok_until_ns
-                .fetch_max(started_ns + grace, std::sync::atomic::Ordering::AcqRel);
-        }
-    }
-
     pub(crate) fn fenced(&self, by: String) -> VolumeError {
         tracing::error!(%by, "fenced: another writer took the volume over; stopping");
         self.state
@@ -517,9 +461,8 @@ async fn lease_loop(inner: std::sync::Weak<Inner>) {
             return;
         }
         let mut held = inner.lease.lock().await;
-        let started = lease::boottime_ns();
         match lease::renew(&inner.store, &mut held).await {
-            Ok(lease::LeaseState::Ours) => inner.lease_ours_since(started),
+            Ok(lease::LeaseState::Ours) => {}
             Ok(lease::LeaseState::Lost(by)) => {
                 drop(held);
                 inner.fenced(by);

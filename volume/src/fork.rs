@@ -137,7 +137,7 @@ pub async fn fork_volume(
                 .load(std::sync::atomic::Ordering::Relaxed);
             // Its map cannot be rebuilt from its own segments.
             let seq = vol.inner.state.lock().unwrap().applied_seq;
-            crate::replicate::mark_restore(&child, txid, seq).await
+            crate::replicate::mark_restore(&child, vol.inner.epoch, txid, seq).await
         }
         .await;
         let closed = vol.close().await;

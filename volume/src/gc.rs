@@ -281,12 +281,13 @@ impl Volume {
         if dry_run || (doomed.is_empty() && orphans.is_empty()) {
             return Ok(());
         }
-        // Durable first, and required of every later attach.
-        self.inner.ship_meta().await?;
-        self.inner.check_lease().await?;
+        // Durable first, sealed by a barrier on the chain (a writer that
+        // took over meanwhile reads the replica after its fence, so it sees
+        // these segments forgotten; if its fence came first, the barrier
+        // fails and nothing is deleted), and required of every later attach.
+        let barrier = self.sync_metadata_at().await?;
         let txid = self.inner.replica_txid.load(Ordering::Relaxed);
-        let seq = self.inner.state.lock().unwrap().applied_seq;
-        crate::replicate::mark_restore(&self.inner.store, txid, seq).await?;
+        crate::replicate::mark_restore(&self.inner.store, self.inner.epoch, txid, barrier).await?;
         for key in doomed.iter().map(|d| segment_key(d.0)).chain(orphans) {
             match retry_read(&key, || self.inner.store.delete(&key)).await {
                 Ok(()) | Err(spritedisk_store::StoreError::NotFound(_)) => {}

@@ -155,10 +155,10 @@ pub struct LeaseDoc {
     pub ttl_secs: u64,
     /// Set by a clean detach: the holder wrote its last byte.
     pub released: bool,
-    /// How long after a lease check this holder acknowledges FLUSHes
-    /// without another: one who takes the lease over waits this out
-    /// (docs/design/0007). Absent in older leases, whose holders check
-    /// every FLUSH.
+    /// How long after a lease check a holder from between 0007 and 0009's
+    /// second step acknowledged FLUSHes without another: one who takes the
+    /// lease over from such a holder waits this out. 0 from holders since
+    /// (their FLUSH is protected by the chain), absent before 0007.
     #[serde(default)]
     pub ack_grace_ms: u64,
 }
@@ -255,7 +255,6 @@ pub async fn acquire(
     store: &Arc<dyn ObjectStore>,
     url: &str,
     ttl: Duration,
-    ack_grace: Duration,
     force: bool,
 ) -> Result<Held, VolumeError> {
     let me = Holder::this_process();
@@ -269,7 +268,8 @@ pub async fn acquire(
             renewed_unix: now,
             ttl_secs: ttl.as_secs().max(1),
             released: false,
-            ack_grace_ms: ack_grace.as_millis() as u64,
+            // No grace of our own: a FLUSH is protected by the chain (0009).
+            ack_grace_ms: 0,
         };
         let res = match read(store).await? {
             // Our own earlier attempt landed though its reply was lost.
@@ -305,8 +305,9 @@ pub async fn acquire(
                 }
                 doc.epoch = old.epoch + 1;
                 if !old.released {
-                    // The previous holder may ack until its grace is over: one
-                    // who takes over from us soon after must wait that long too.
+                    // A holder from before 0009's second step may ack until its
+                    // grace is over: one who takes over from us soon after must
+                    // wait that long too.
                     doc.ack_grace_ms = doc.ack_grace_ms.max(old.ack_grace_ms);
                 }
                 previous = Some(old.clone());
@@ -403,27 +404,21 @@ pub async fn renew(
             Ok(LeaseState::Ours)
         }
         Err(StoreError::PreconditionFailed(_)) | Err(StoreError::NotFound(_)) => {
-            Ok(reconcile(store, held).await)
+            reconcile(store, held).await
         }
         Err(e) => Err(e),
     }
 }
 
-/// Whether the lease is still ours: the etag we wrote, or content we wrote.
-pub async fn check(
+/// Reads the lease after a mismatch: ours if it still names our epoch and
+/// us (adopting its etag), else lost, with who holds it now.
+/// A transient error (after `read`'s own retries) is returned, not taken
+/// for a lost lease: the renewal tries again (A2 of the 5bc5be0 review).
+async fn reconcile(
     store: &Arc<dyn ObjectStore>,
     held: &mut Held,
 ) -> Result<LeaseState, StoreError> {
-    match store.head(LEASE_KEY).await? {
-        Some(m) if m.etag == held.etag => Ok(LeaseState::Ours),
-        _ => Ok(reconcile(store, held).await),
-    }
-}
-
-/// Reads the lease after a mismatch: ours if it still names our epoch and
-/// us (adopting its etag), else lost, with who holds it now.
-async fn reconcile(store: &Arc<dyn ObjectStore>, held: &mut Held) -> LeaseState {
-    match read(store).await {
+    Ok(match read(store).await {
         Ok(Some((doc, etag)))
             if doc.epoch == held.doc.epoch && doc.holder == held.doc.holder && !doc.released =>
         {
@@ -435,8 +430,9 @@ async fn reconcile(store: &Arc<dyn ObjectStore>, held: &mut Held) -> LeaseState 
             LeaseState::Lost(format!("epoch {} held by {}", doc.epoch, doc.holder))
         }
         Ok(None) => LeaseState::Lost("the lease object was deleted".into()),
+        Err(VolumeError::Store(e)) if e.is_transient() => return Err(e),
         Err(e) => LeaseState::Lost(format!("the lease could not be read: {e}")),
-    }
+    })
 }
 
 /// Marks the lease released (clean detach), so the next attach needs no wait.

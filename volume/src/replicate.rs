@@ -142,21 +142,67 @@ fn install_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
 /// plus segments would silently miss it, so attach refuses that.
 const RESTORE_MARK_KEY: &str = "meta/restored.json";
 
+/// Conditional writes of the mark lost to another writer's in a row
+/// before giving up.
+const MARK_ATTEMPTS_MAX: u32 = 8;
+
 /// Records that the map changed outside its segments at replica TXID
-/// `txid`, when the history's last applied record was `seq`: every attach
-/// must start from a replica that reaches `txid`, and from local metadata
-/// that reaches `seq` (docs/design/0009, "Local state").
+/// `txid`, sealed by the barrier at chain position `seq`, by the writer of
+/// lease epoch `epoch`: every attach must start from a replica that reaches
+/// `txid`, and from local metadata that reaches `seq` (docs/design/0009,
+/// "Local state"). Written only once the barrier is on the chain, so a
+/// fenced writer never writes one for a change the history lacks; and
+/// conditionally, never over a newer epoch's mark (M1 of the 5bc5be0
+/// review: a late PUT cannot take a newer writer's mark back).
 pub(crate) async fn mark_restore(
     store: &Arc<dyn ObjectStore>,
+    epoch: u64,
     txid: u64,
     seq: u64,
 ) -> Result<(), VolumeError> {
-    let body = Bytes::from(format!("{{\"txid\": {txid}, \"seq\": {seq}}}\n"));
-    retry_read(RESTORE_MARK_KEY, || {
-        store.put(RESTORE_MARK_KEY, body.clone())
-    })
-    .await?;
-    Ok(())
+    let body = Bytes::from(format!(
+        "{{\"txid\": {txid}, \"seq\": {seq}, \"epoch\": {epoch}}}\n"
+    ));
+    let key = RESTORE_MARK_KEY;
+    for _ in 0..MARK_ATTEMPTS_MAX {
+        let res = match retry_read(key, || store.head(key)).await? {
+            None => store.put_if_absent(key, body.clone()).await,
+            Some(m) => {
+                let raw = match retry_read(key, || store.get(key)).await {
+                    Ok(raw) => raw,
+                    Err(StoreError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                if raw == body {
+                    // Our own earlier attempt, its reply lost.
+                    return Ok(());
+                }
+                let theirs = serde_json::from_slice::<serde_json::Value>(&raw)
+                    .ok()
+                    .and_then(|v| v["epoch"].as_u64())
+                    .unwrap_or(0);
+                if theirs > epoch {
+                    return Err(VolumeError::Fenced(format!(
+                        "{key} was written by a writer of epoch {theirs}, this daemon writes epoch {epoch}"
+                    )));
+                }
+                store.put_if_match(key, body.clone(), &m.etag).await
+            }
+        };
+        match res {
+            Ok(_) => return Ok(()),
+            // Changed since we looked (or our reply was lost): look again.
+            Err(StoreError::PreconditionFailed(_)) => continue,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(key, error = %e, "writing the restore mark failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(VolumeError::Stopped(format!(
+        "{key} kept changing under {MARK_ATTEMPTS_MAX} attempts to write it"
+    )))
 }
 
 /// The chain position local metadata must have reached to be used: the

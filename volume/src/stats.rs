@@ -12,9 +12,6 @@ pub(crate) struct Counters {
     pub writes: AtomicU64,
     pub write_bytes: AtomicU64,
     pub flushes: AtomicU64,
-    /// Lease checks made to acknowledge a FLUSH, checkpoint or GC (the
-    /// rest of the FLUSHes fell within the grace of an earlier one).
-    pub lease_checks: AtomicU64,
     pub puts: AtomicU64,
     pub put_bytes: AtomicU64,
     pub gets: AtomicU64,
@@ -79,8 +76,6 @@ pub struct VolumeStats {
     pub session_gets: u64,
     pub session_get_bytes: u64,
     pub session_flushes: u64,
-    /// Of which asked the store whether the lease is still ours.
-    pub session_lease_checks: u64,
     /// Lease epoch of this writer (0 offline).
     pub lease_epoch: u64,
     /// Newest TXID durable in the metadata replica, and what this session shipped.
@@ -123,7 +118,6 @@ impl Inner {
             session_gets: c.gets.load(Ordering::Relaxed),
             session_get_bytes: c.get_bytes.load(Ordering::Relaxed),
             session_flushes: c.flushes.load(Ordering::Relaxed),
-            session_lease_checks: c.lease_checks.load(Ordering::Relaxed),
             lease_epoch: self.epoch,
             replica_txid: self.replica_txid.load(Ordering::Relaxed),
             session_replica_files: c.replica_files.load(Ordering::Relaxed),

@@ -45,14 +45,12 @@ const D: u8 = 4;
 const E: u8 = 5;
 const N: u8 = 6;
 
-/// Fast options: tiny segments, no ack grace (a FLUSH always checks the
-/// lease: the tests are not about the grace unless they say so), a long
-/// lease TTL so no renewal fences a writer in the middle of a scenario
-/// (renewals come every TTL/3), and a polite or forceful attach.
+/// Fast options: tiny segments, a long lease TTL so no renewal fences a
+/// writer in the middle of a scenario (renewals come every TTL/3), and a
+/// polite or forceful attach.
 fn opts(seed: u64, take_over: bool) -> EngineOptions {
     let mut o = small_opts(seed);
     o.take_over = take_over;
-    o.lease_ack_grace = Duration::ZERO;
     o.lease_ttl = Duration::from_secs(300);
     o
 }
@@ -704,26 +702,23 @@ async fn d5_a_plain_attach_is_refused_by_a_live_holder_whose_pid_we_cannot_see()
 
 /// With `--force`, the taker must still not lose a FLUSH that such a holder
 /// acknowledges: either the holder's FLUSH fails (fenced) or every later
-/// writer sees it. Clock: the holder acknowledges without a lease check
-/// within its ack grace (3 s) of its last check; the steps between that
-/// check and its FLUSH take milliseconds today (a taker that waits the
-/// grace out, as the fix does, makes that FLUSH check and fail).
-/// Fails on 1484700: the taker does not wait, W1's FLUSH of C is acknowledged
-/// ms later, and W3 reads write A (W2's range-start segment wins).
+/// writer sees it. Since 0009's second step no lease read or grace is
+/// involved: the taker's fence decides.
+/// Fails on 1484700 (where the holder acknowledged without a lease check
+/// within its 3 s ack grace): the taker does not wait, W1's FLUSH of C is
+/// acknowledged ms later, and W3 reads write A (W2's range-start segment wins).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d5_force_does_not_lose_a_flush_acknowledged_by_a_live_holder_whose_pid_we_cannot_see() {
     let store = fresh_store();
     create(&store, 64 * MIB).await;
-    let mut o1 = opts(1, false);
-    o1.lease_ack_grace = Duration::from_secs(3);
-    let w1 = open(store.clone(), None, o1).await;
+    let w1 = open(store.clone(), None, opts(1, false)).await;
     w1.write(0, pattern(0, 4, A), false).await.unwrap();
-    w1.flush().await.unwrap(); // a lease check: W1's grace starts
+    w1.flush().await.unwrap();
     let t_check = Instant::now();
     // W1 is the live holder, seen from another PID namespace: its lease names
-    // a pid we cannot see (the content changes; W1 does not look within its grace).
+    // a pid we cannot see (the content changes; W1 does not look).
     store
-        .put("lease.json", lease_of_a_live_stranger(1, 3000))
+        .put("lease.json", lease_of_a_live_stranger(1, 0))
         .await
         .unwrap();
 
@@ -742,7 +737,7 @@ async fn d5_force_does_not_lose_a_flush_acknowledged_by_a_live_holder_whose_pid_
     if acked.is_ok() {
         assert!(
             ok,
-            "W1 acknowledged the FLUSH of C ({acked_after:?} after its last lease check) \
+            "W1 acknowledged the FLUSH of C ({acked_after:?} after its previous FLUSH) \
              but W3 (from the store alone) reads {seen}: an acknowledged write is lost"
         );
     }

@@ -127,114 +127,70 @@ async fn a_dead_holder_is_taken_over_once_its_lease_expires() {
     b.close().await.unwrap();
 }
 
-fn with_grace(mut o: EngineOptions, grace: Duration) -> EngineOptions {
-    o.lease_ack_grace = grace;
-    o
-}
-
-/// Within the grace of a lease check, FLUSHes are acknowledged without
-/// another (one round trip to the store instead of two); with no grace,
-/// every FLUSH checks.
+/// A FLUSH is one PUT round trip: it never reads the lease (the chain's
+/// fence protects it, docs/design/0009), where 0007 read it every
+/// `--lease-ack-grace` and before that on every FLUSH.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flushes_within_the_grace_do_not_check_the_lease_again() {
-    for (grace, expect_every) in [(Duration::from_secs(5), false), (Duration::ZERO, true)] {
-        let store: Arc<dyn ObjectStore> = fresh_store();
-        create(&store, 64 << 20).await;
-        let a = open(store.clone(), None, with_grace(polite(), grace)).await;
-        for i in 0..20 {
-            a.write(i * BS, pattern(i, 1, 1), false).await.unwrap();
-            a.flush().await.unwrap();
-        }
-        let s = a.stats().unwrap();
-        assert_eq!(s.session_flushes, 20);
-        if expect_every {
-            assert_eq!(s.session_lease_checks, 20, "no grace: every FLUSH checks");
-        } else {
-            assert!(
-                (1..20).contains(&s.session_lease_checks),
-                "{} lease checks for 20 FLUSHes within a {grace:?} grace",
-                s.session_lease_checks
-            );
-        }
-        a.close().await.unwrap();
+async fn a_flush_never_reads_the_lease() {
+    let mem: Arc<dyn ObjectStore> = Arc::new(spritedisk_store::MemStore::new());
+    let counted = Arc::new(spritedisk_store::FaultStore::new(
+        mem,
+        Default::default(),
+        1,
+    ));
+    let store: Arc<dyn ObjectStore> = counted.clone();
+    create(&store, 64 << 20).await;
+    let a = open(store.clone(), None, polite()).await;
+    let before = counted.reads_of("lease.json");
+    let puts_before = counted.puts();
+    for i in 0..20 {
+        a.write(i * BS, pattern(i, 1, 1), false).await.unwrap();
+        a.flush().await.unwrap();
     }
+    assert_eq!(a.stats().unwrap().session_flushes, 20);
+    assert_eq!(
+        counted.reads_of("lease.json") - before,
+        0,
+        "20 FLUSHes read the lease"
+    );
+    assert_eq!(
+        counted.puts() - puts_before,
+        20,
+        "each FLUSH of one write is one segment PUT"
+    );
+    a.close().await.unwrap();
 }
 
-/// The grace is safe: a writer that takes the lease over from a live holder
-/// waits out the holder's grace before it lists the store, so a FLUSH the
-/// old holder acknowledges in that window without a lease check is in the
-/// new writer's volume.
+/// A lease written before 0009's second step may name a grace in which its
+/// holder acknowledges FLUSHes without the chain's protection: one who
+/// takes it over waits that out and records it (so one who takes over soon
+/// after waits too); holders since write none, and a released lease leaves
+/// nothing to wait for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flush_acknowledged_in_the_grace_is_seen_by_the_writer_that_took_over() {
-    let grace = Duration::from_secs(3);
+async fn only_a_grace_from_an_older_holder_is_waited_out() {
     let store: Arc<dyn ObjectStore> = fresh_store();
     create(&store, 64 << 20).await;
-    let a = open(store.clone(), None, with_grace(polite(), grace)).await;
-    a.write(0, pattern(0, 4, 1), false).await.unwrap();
-    a.flush().await.unwrap(); // checks the lease: the grace starts
-
-    let b_store = store.clone();
-    let started = std::time::Instant::now();
-    let b = tokio::spawn(async move { open(b_store, None, with_grace(forceful(), grace)).await });
-    // The new lease has landed: the old writer no longer holds the volume,
-    // but it cannot know before its grace ends.
-    loop {
-        let raw = store.get("lease.json").await.unwrap();
-        let doc: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-        if doc["epoch"] == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let a = open(store.clone(), None, polite()).await;
     assert_eq!(
         doc_grace_ms(&store).await,
-        grace.as_millis() as u64,
-        "the lease records its holder's grace"
+        0,
+        "this version writes no grace"
     );
-    a.write(4 * BS, pattern(4, 4, 2), false).await.unwrap();
-    a.flush()
+    a.abandon();
+    // What a daemon of the 0007 era, still alive, left.
+    let raw = store.get("lease.json").await.unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    doc["ack_grace_ms"] = 700.into();
+    store
+        .put("lease.json", serde_json::to_vec(&doc).unwrap().into())
         .await
-        .expect("acknowledged within the grace of its last check");
-    let b = b.await.unwrap();
-    assert!(
-        started.elapsed() >= grace,
-        "the taker waited the holder's grace out"
-    );
-    assert!(
-        b.read(0, 8 * BS).await.unwrap()[..] == [pattern(0, 4, 1), pattern(4, 4, 2)].concat()[..],
-        "the new writer has every FLUSH the old one acknowledged"
-    );
-    // Once its grace is over, the old writer checks, and is fenced.
-    tokio::time::sleep(grace).await;
-    let fenced = match a.write(0, pattern(0, 4, 3), false).await {
-        Err(_) => true, // its renewal already found the lease gone
-        Ok(()) => matches!(a.flush().await, Err(VolumeError::Fenced(_))),
-    };
-    assert!(fenced, "after its grace the old writer is fenced");
-    b.close().await.unwrap();
-}
-
-/// A third writer that takes over soon after a second one must still wait
-/// out the first writer's grace: a taker records the longer of its own grace
-/// and that of the live holder it fenced.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_taker_records_the_longer_grace_of_the_holder_it_fenced() {
-    let store: Arc<dyn ObjectStore> = fresh_store();
-    create(&store, 64 << 20).await;
-    let a = open(
-        store.clone(),
-        None,
-        with_grace(polite(), Duration::from_millis(700)),
-    )
-    .await;
-    let b = open(store.clone(), None, with_grace(forceful(), Duration::ZERO)).await;
+        .unwrap();
+    let b = open(store.clone(), None, forceful()).await;
     assert_eq!(doc_grace_ms(&store).await, 700);
     b.close().await.unwrap();
-    // Released: nothing of the fenced writer's grace is left to wait out.
-    let c = open(store.clone(), None, with_grace(forceful(), Duration::ZERO)).await;
+    let c = open(store.clone(), None, forceful()).await;
     assert_eq!(doc_grace_ms(&store).await, 0);
     c.close().await.unwrap();
-    drop(a);
 }
 
 async fn doc_grace_ms(store: &Arc<dyn ObjectStore>) -> u64 {

@@ -31,8 +31,6 @@ pub fn small_opts(seed: u64) -> EngineOptions {
         // Tests reopen after simulated crashes, whose leases are not released.
         take_over: true,
         reclaim: false,
-        // ...and each such reopen waits out the grace (0007): keep it short.
-        lease_ack_grace: Duration::from_millis(50),
     }
 }
 
