@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -17,7 +17,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::buffer::WriteBuffer;
 use crate::config::{EngineOptions, VolumeConfig};
 use crate::io::{BlockIo, IoReply, IoRequest};
-use crate::lease::{self, Held};
+use crate::lease;
 use crate::recovery;
 use crate::reserve::MetaReserve;
 use crate::stats::{Counters, VolumeStats};
@@ -45,9 +45,9 @@ pub(crate) struct Inner {
     pub(crate) cache_dir: Option<std::path::PathBuf>,
     /// This writer's lease epoch.
     pub(crate) epoch: u64,
-    /// The lease this writer holds: it says who is attached (renewed by
-    /// `lease_loop`); the chain's fences say who may write (0009).
-    pub(crate) lease: tokio::sync::Mutex<Held>,
+    /// The lease this writer holds, renewed since it was taken: it says who
+    /// is attached; the chain's fences say who may write (0009).
+    pub(crate) lease: lease::Keeper,
     /// Newest TXID durable in the replica.
     pub(crate) replica_txid: std::sync::atomic::AtomicU64,
     /// Pieces being fetched from the store, so each is fetched once at a time.
@@ -121,9 +121,15 @@ impl Volume {
         // Only a holder from before 0009's second step acknowledges FLUSHes
         // in a grace without the chain's protection (0007).
         lease::wait_out_previous(&held).await;
+        // Renewed from now on, however long the rest of the attach takes.
+        let keeper = lease::Keeper::start(store.clone(), held, opts.lease_ttl);
         let lease_ms = t0.elapsed().as_millis() as u64;
         let (meta, rolled) =
-            recovery::recover(&store, url, &config, cache_dir, &held, opts.reclaim).await?;
+            recovery::recover(&store, url, &config, cache_dir, &keeper.held, opts.reclaim).await?;
+        if let Some(by) = keeper.lost() {
+            return Err(VolumeError::Fenced(by));
+        }
+        let epoch = keeper.held.lock().await.doc.epoch;
         let meta_ms = t0.elapsed().as_millis() as u64 - lease_ms;
         let origins = crate::fork::Origins::open(&meta)?;
         let (wlog, replay, first_new_gen) = match cache_dir {
@@ -173,9 +179,9 @@ impl Volume {
                 ))
             }),
             replica_txid: Default::default(),
-            epoch: held.doc.epoch,
+            epoch,
             cache_dir: cache_dir.map(Path::to_path_buf),
-            lease: tokio::sync::Mutex::new(held),
+            lease: keeper,
             prefetch_slots: Arc::new(Semaphore::new(crate::prefetch::PREFETCH_INFLIGHT_MAX)),
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
@@ -184,7 +190,7 @@ impl Volume {
             .await?;
         vol.inner.start_replica(rolled.replica_txid).await?;
         tokio::spawn(crate::replicate::replica_loop(Arc::downgrade(&vol.inner)));
-        tokio::spawn(lease_loop(Arc::downgrade(&vol.inner)));
+        tokio::spawn(watch_lease(Arc::downgrade(&vol.inner)));
         // Where an attach's time goes (the warm pool's attach is this open).
         tracing::info!(
             url,
@@ -392,7 +398,7 @@ impl Volume {
         self.inner.stop("volume closed");
         if res.is_ok() {
             // Released: the next attach (anywhere) continues without waiting.
-            let held = self.inner.lease.lock().await;
+            let held = self.inner.lease.held.lock().await;
             if let Err(e) = lease::release(&self.inner.store, &held).await {
                 tracing::warn!(error = %e, "could not release the lease: the next attach waits for it to expire or needs --force");
             }
@@ -447,29 +453,15 @@ impl Inner {
     }
 }
 
-/// Renews the lease every third of its TTL until the volume stops; losing
-/// it stops the engine.
-async fn lease_loop(inner: std::sync::Weak<Inner>) {
-    let period = match inner.upgrade() {
-        Some(i) => (i.opts.lease_ttl / 3).max(Duration::from_millis(100)),
-        None => return,
+/// Stops the engine as fenced once a renewal finds the lease taken.
+async fn watch_lease(inner: std::sync::Weak<Inner>) {
+    let Some(lost) = inner.upgrade().map(|i| i.lease.watch_lost()) else {
+        return;
     };
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.state.lock().unwrap().stopped.is_some() {
-            return;
-        }
-        let mut held = inner.lease.lock().await;
-        match lease::renew(&inner.store, &mut held).await {
-            Ok(lease::LeaseState::Ours) => {}
-            Ok(lease::LeaseState::Lost(by)) => {
-                drop(held);
-                inner.fenced(by);
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "renewing the lease failed; retrying"),
-        }
+    // Not holding the engine alive while it waits.
+    let lost = crate::lease::Keeper::wait(lost).await;
+    if let Some(inner) = inner.upgrade() {
+        inner.fenced(lost);
     }
 }
 
@@ -530,6 +522,7 @@ impl Inner {
             .unwrap()
             .stopped
             .get_or_insert_with(|| why.to_string());
+        self.lease.stop();
         self.changed.notify_waiters();
     }
 

@@ -260,6 +260,8 @@ pub async fn acquire(
     let me = Holder::this_process();
     let mut backoff = Duration::from_millis(50);
     let mut previous: Option<LeaseDoc> = None;
+    // The lease (its etag) we watched for one TTL of our own clock.
+    let mut watched: Option<String> = None;
     for _ in 0..ACQUIRE_ATTEMPTS_MAX {
         let now = now_unix();
         let mut doc = LeaseDoc {
@@ -287,12 +289,31 @@ pub async fn acquire(
                 .await
                 .map(|etag| (etag, None)),
             Some((old, etag)) => {
-                if !old.released && !old.expired(now) && !force && !old.holder.died_here(&me) {
-                    return Err(VolumeError::Leased {
-                        url: url.to_string(),
-                        holder: old.holder.to_string(),
-                        renewed_secs_ago: (now - old.renewed_unix).max(0) as u64,
-                    });
+                let leased = || VolumeError::Leased {
+                    url: url.to_string(),
+                    holder: old.holder.to_string(),
+                    renewed_secs_ago: (now - old.renewed_unix).max(0) as u64,
+                };
+                // Silent: not renewed during a whole TTL we watched it.
+                let silent = watched.as_deref() == Some(etag.as_str());
+                if !old.released && !force && !silent && !old.holder.died_here(&me) {
+                    if watched.is_some() || !old.expired(now) {
+                        // Renewed while we watched, or fresh by the clocks.
+                        return Err(leased());
+                    }
+                    // Expired by the clocks, but they are two machines'
+                    // (M2 of the 5bc5be0 review): a holder renews every
+                    // third of its TTL, so one whole TTL of our own clock
+                    // without a renewal says it is gone.
+                    let ttl = Duration::from_secs(old.ttl_secs);
+                    tracing::warn!(
+                        holder = %old.holder,
+                        wait_s = old.ttl_secs,
+                        "the lease looks expired by the clocks: watching it for one TTL before taking it"
+                    );
+                    watched = Some(etag);
+                    tokio::time::sleep(ttl).await;
+                    continue;
                 }
                 if !old.released {
                     tracing::warn!(
@@ -381,6 +402,90 @@ pub fn boottime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// A held lease, renewed every third of its TTL from the moment it is
+/// taken (A2 of the 5bc5be0 review: a long attach, a big replica to
+/// restore, must not let it expire) until [`Keeper::stop`] or drop.
+pub struct Keeper {
+    pub held: Arc<tokio::sync::Mutex<Held>>,
+    lost: tokio::sync::watch::Receiver<Option<String>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    pub fn start(store: Arc<dyn ObjectStore>, held: Held, ttl: Duration) -> Keeper {
+        let held = Arc::new(tokio::sync::Mutex::new(held));
+        let (lost_tx, lost) = tokio::sync::watch::channel(None);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let period = (ttl / 3).max(Duration::from_millis(100));
+        let task = tokio::spawn(keep(store, held.clone(), period, stop.clone(), lost_tx));
+        Keeper {
+            held,
+            lost,
+            stop,
+            task,
+        }
+    }
+
+    /// Who took the lease, once a renewal found it taken.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.borrow().clone()
+    }
+
+    /// What [`Keeper::wait`] waits on, apart from the keeper.
+    pub fn watch_lost(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.lost.clone()
+    }
+
+    /// Waits until a renewal finds the lease taken; who took it.
+    pub async fn wait(mut rx: tokio::sync::watch::Receiver<Option<String>>) -> String {
+        let by = match rx.wait_for(|l| l.is_some()).await {
+            Ok(by) => by.clone(),
+            Err(_) => None,
+        };
+        match by {
+            Some(by) => by,
+            // The renewals ended without losing it (stopped): never.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// No more renewals (the engine stopped; a crashed daemon renews nothing).
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn keep(
+    store: Arc<dyn ObjectStore>,
+    held: Arc<tokio::sync::Mutex<Held>>,
+    period: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    lost: tokio::sync::watch::Sender<Option<String>>,
+) {
+    loop {
+        tokio::time::sleep(period).await;
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let mut h = held.lock().await;
+        match renew(&store, &mut h).await {
+            Ok(LeaseState::Ours) => {}
+            Ok(LeaseState::Lost(by)) => {
+                let _ = lost.send(Some(by));
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing the lease failed; retrying"),
+        }
+    }
+}
+
 /// What a renewal or check found.
 #[derive(Debug)]
 pub enum LeaseState {
@@ -433,6 +538,55 @@ async fn reconcile(
         Err(VolumeError::Store(e)) if e.is_transient() => return Err(e),
         Err(e) => LeaseState::Lost(format!("the lease could not be read: {e}")),
     })
+}
+
+/// Raises the epoch of the lease we hold to `epoch` (If-Match): the lease
+/// object was deleted or rolled back, and its epochs restarted below the
+/// history's. A writer's epoch must exceed every epoch on the chain for its
+/// fence to end the older writers' branches (docs/design/0009).
+pub async fn raise_epoch(
+    store: &Arc<dyn ObjectStore>,
+    held: &mut Held,
+    epoch: u64,
+) -> Result<(), VolumeError> {
+    let mut doc = held.doc.clone();
+    doc.epoch = epoch;
+    for _ in 0..ACQUIRE_ATTEMPTS_MAX {
+        match store.put_if_match(LEASE_KEY, doc.bytes(), &held.etag).await {
+            Ok(etag) => {
+                held.etag = etag;
+                held.doc = doc;
+                return Ok(());
+            }
+            Err(e) if e.is_transient() || matches!(e, StoreError::PreconditionFailed(_)) => {
+                // Maybe it landed with its reply lost; maybe someone took it.
+                match read(store).await? {
+                    Some((cur, etag)) if cur.holder == doc.holder && !cur.released => {
+                        held.etag = etag;
+                        if cur.epoch == epoch {
+                            held.doc = cur;
+                            return Ok(());
+                        }
+                    }
+                    Some((cur, _)) => {
+                        return Err(VolumeError::Fenced(format!(
+                            "epoch {} held by {}",
+                            cur.epoch, cur.holder
+                        )))
+                    }
+                    None => {
+                        return Err(VolumeError::Fenced(
+                            "the lease object was deleted during the attach".into(),
+                        ))
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(VolumeError::BadConfig(format!(
+        "the lease kept changing under {ACQUIRE_ATTEMPTS_MAX} attempts to raise its epoch; is another attach looping?"
+    )))
 }
 
 /// Marks the lease released (clean detach), so the next attach needs no wait.

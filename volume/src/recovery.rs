@@ -111,9 +111,11 @@ pub(crate) async fn recover(
     url: &str,
     config: &VolumeConfig,
     cache_dir: Option<&Path>,
-    held: &Held,
+    lease: &tokio::sync::Mutex<Held>,
     reclaim: bool,
 ) -> Result<(MetaDb, RollForward), VolumeError> {
+    // A copy: the lease is renewed meanwhile (its etag moves, not its epoch).
+    let mut held = lease.lock().await.clone();
     // The replica TXID the local database is known to equal, if any.
     let mut in_sync_with = None;
     // Where the database was restored from the replica, if it was.
@@ -134,7 +136,7 @@ pub(crate) async fn recover(
                 // or SQLite's structural check when the stale check opens it.
                 let corrupt = match check_local(&path, clean_at) {
                     Err(why) => Some(why),
-                    Ok(()) => match discard_if_stale(dir, &path, config, held, reclaim) {
+                    Ok(()) => match discard_if_stale(dir, &path, config, &held, reclaim) {
                         Ok(()) => None,
                         Err(VolumeError::Meta(
                             e @ (MetaError::Corrupt(_) | MetaError::Open { .. }),
@@ -227,6 +229,19 @@ pub(crate) async fn recover(
         from_replica = Some(path);
         adopt(&mut meta, config, &where_)?;
         walked = crate::chain::walk(store, &mut meta, config, &where_).await?;
+    }
+    let history_epoch = meta.chain_tail()?.epoch;
+    if history_epoch >= held.doc.epoch {
+        // lease.json was deleted or rolled back: its epochs restarted below
+        // the history's. Ours must exceed them for our fence to count.
+        tracing::warn!(
+            lease_epoch = held.doc.epoch,
+            history_epoch,
+            "the lease's epoch is not above the volume's history (lease.json deleted or restored from a backup?): raising it"
+        );
+        let mut current = lease.lock().await;
+        crate::lease::raise_epoch(store, &mut current, history_epoch + 1).await?;
+        held = current.clone();
     }
     let mut rolled =
         crate::chain::fence(store, &mut meta, config, &where_, held.doc.epoch, walked).await?;

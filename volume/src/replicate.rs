@@ -331,7 +331,7 @@ impl Inner {
         let mut s = shipper.lock().await;
         let listing = list_replica(&self.store, s.rep.layout).await?;
         let mut max = listing.iter().map(|(f, _)| f.max_txid).max().unwrap_or(0);
-        let took_over = self.lease.lock().await.took_over();
+        let took_over = self.lease.held.lock().await.took_over();
         if took_over {
             // The fenced writer may still ship files: number ours far above
             // anything it can reach, so a restore never mixes the two.

@@ -225,3 +225,229 @@ async fn a_lease_with_unbounded_fields_is_refused_not_waited_for() {
     );
     assert!(e.to_string().contains("acknowledgement grace"), "{e}");
 }
+
+/// A deleted lease.json restarts its epochs at 1, below the history's: the
+/// next attach raises its epoch above every epoch on the chain, so its
+/// fence still ends the older writer's branch (a live one is fenced, and
+/// its FLUSH fails), and the history goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lease_restarts_above_the_history() {
+    let store: Arc<dyn ObjectStore> = fresh_store();
+    create(&store, 64 << 20).await;
+    let a = open(store.clone(), None, polite()).await;
+    a.close().await.unwrap();
+    let b = open(store.clone(), None, polite()).await; // epoch 2
+    b.write(0, pattern(0, 4, 1), false).await.unwrap();
+    b.flush().await.unwrap();
+    store.delete("lease.json").await.unwrap();
+
+    let c = open(store.clone(), None, polite()).await;
+    let raw = store.get("lease.json").await.unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(doc["epoch"], 3, "raised above the history's epoch 2");
+    assert!(c.read(0, 4 * BS).await.unwrap() == pattern(0, 4, 1));
+    b.write(0, pattern(0, 4, 2), false).await.unwrap_or(());
+    assert!(
+        matches!(b.flush().await, Err(VolumeError::Fenced(_))),
+        "the writer whose lease was deleted is fenced by the new attach"
+    );
+    c.write(4 * BS, pattern(4, 4, 3), false).await.unwrap();
+    c.close().await.unwrap();
+    let d = open(store.clone(), None, polite()).await;
+    assert!(
+        d.read(0, 8 * BS).await.unwrap()[..] == [pattern(0, 4, 1), pattern(4, 4, 3)].concat()[..]
+    );
+    d.close().await.unwrap();
+}
+
+/// Holds every read under `meta/` (the replica an attach restores) until
+/// the test opens the gate.
+#[derive(Debug)]
+struct HeldReplica {
+    inner: Arc<dyn ObjectStore>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl HeldReplica {
+    async fn gate(&self, key: &str) {
+        if key.starts_with("meta/") {
+            let mut open = self.open.clone();
+            let _ = open.wait_for(|o| *o).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for HeldReplica {
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, spritedisk_store::StoreError> {
+        self.gate(key).await;
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, spritedisk_store::StoreError> {
+        self.gate(key).await;
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+    ) -> Result<String, spritedisk_store::StoreError> {
+        self.inner.put(key, data).await
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+    ) -> Result<String, spritedisk_store::StoreError> {
+        self.inner.put_if_absent(key, data).await
+    }
+    async fn put_if_match(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        etag: &str,
+    ) -> Result<String, spritedisk_store::StoreError> {
+        self.inner.put_if_match(key, data, etag).await
+    }
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<spritedisk_store::ObjectMeta>, spritedisk_store::StoreError> {
+        self.inner.head(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), spritedisk_store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<spritedisk_store::ObjectMeta>, spritedisk_store::StoreError> {
+        self.inner.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// The lease is renewed from the moment it is taken, not once the attach is
+/// done: an attach that spends longer than the TTL restoring its metadata
+/// (a big map, a slow store) is not taken for dead meanwhile (A2 of the
+/// 5bc5be0 review). Fails on 2540913: no renewal before the open returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_renewed_while_the_attach_is_still_restoring() {
+    let store: Arc<dyn ObjectStore> = fresh_store();
+    create(&store, 64 << 20).await;
+    let d1 = tempfile::tempdir().unwrap();
+    let a = open(store.clone(), Some(d1.path()), polite()).await;
+    a.write(0, pattern(0, 4, 1), false).await.unwrap();
+    a.close().await.unwrap(); // the replica holds the map
+
+    let (open_gate, gate) = tokio::sync::watch::channel(false);
+    let slow: Arc<dyn ObjectStore> = Arc::new(HeldReplica {
+        inner: store.clone(),
+        open: gate,
+    });
+    let mut o = polite();
+    o.lease_ttl = Duration::from_secs(1); // renewals every 333 ms
+    let d2 = tempfile::tempdir().unwrap();
+    let dir = d2.path().to_path_buf();
+    let b = tokio::spawn(async move { open(slow, Some(&dir), o).await });
+    // B takes the lease, then waits for its replica: the lease must change
+    // (a renewal) while B's attach cannot finish.
+    let mut first: Option<bytes::Bytes> = None;
+    let mut renewed = false;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        let now = store.get("lease.json").await.unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&now).unwrap();
+        if doc["epoch"] == 2 {
+            match &first {
+                None => first = Some(now),
+                Some(f) if *f != now => {
+                    renewed = true;
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = open_gate.send(true);
+    let b = b.await.unwrap();
+    assert!(
+        renewed,
+        "the lease was not renewed in 20 s of an attach waiting for its replica"
+    );
+    assert!(b.read(0, 4 * BS).await.unwrap() == pattern(0, 4, 1));
+    b.close().await.unwrap();
+}
+
+/// A lease renewed by a holder on another machine whose clock is far
+/// behind ours: by the clocks it expired long ago.
+fn lease_from_a_lagging_clock(renewals: u64) -> bytes::Bytes {
+    let mut holder =
+        serde_json::to_value(spritedisk_volume::lease::Holder::this_process()).unwrap();
+    holder["host"] = "another-machine".into();
+    holder["boot_id"] = "00000000-0000-4000-8000-000000000000".into();
+    holder["attach_id"] = "someone-else".into();
+    let doc = serde_json::json!({
+        "epoch": 5,
+        "holder": holder,
+        // Its clock is an hour behind ours; each renewal moves it on.
+        "renewed_unix": spritedisk_volume::lease::now_unix() - 3600 + renewals as i64,
+        "ttl_secs": 2,
+        "released": false,
+        "ack_grace_ms": 0,
+    });
+    bytes::Bytes::from(serde_json::to_vec_pretty(&doc).unwrap())
+}
+
+/// "Expired" is judged by renewals we observe, not by comparing the
+/// holder's clock with ours (M2 of the 5bc5be0 review): a holder that keeps
+/// renewing is refused however old its timestamps look, and one that
+/// stopped is taken over after one TTL without a renewal.
+/// Fails on 2540913: the renewing holder is taken over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_observed_renewals_not_clocks() {
+    let store: Arc<dyn ObjectStore> = fresh_store();
+    create(&store, 64 << 20).await;
+    store
+        .put("lease.json", lease_from_a_lagging_clock(0))
+        .await
+        .unwrap();
+    let renewer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 1.. {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                store
+                    .put("lease.json", lease_from_a_lagging_clock(i))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    match Volume::open(store.clone(), "mem://test", None, polite()).await {
+        Err(VolumeError::Leased { holder, .. }) => {
+            assert!(holder.contains("another-machine"), "{holder}")
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(v) => {
+            v.abandon();
+            panic!("took over a holder that renews every 400 ms because its clock lags ours");
+        }
+    }
+    renewer.abort();
+    let _ = renewer.await;
+    // It stopped renewing: gone after one TTL (2 s) of silence.
+    let b = open(store.clone(), None, polite()).await;
+    let raw = store.get("lease.json").await.unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(doc["epoch"], 6);
+    b.close().await.unwrap();
+}
