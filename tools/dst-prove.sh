@@ -19,7 +19,7 @@ work=$(mktemp -d /tmp/spritedisk-dst-prove.XXXXXX)
 trap 'git -C "$repo" worktree remove --force "$work/tree" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 git worktree add --detach "$work/tree" HEAD >/dev/null
 # One target directory for every revert: only the volume crate rebuilds.
-export CARGO_TARGET_DIR="$repo/target/dst-prove"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target/dst-prove}"
 
 found=()
 missed=()

@@ -302,6 +302,7 @@ pub(crate) async fn fence(
             attempts += 1;
             if more.applied > 0 && attempts < FENCE_ATTEMPTS_MAX {
                 walked.applied += more.applied;
+                walked.barriers += more.barriers;
                 walked.history_tail = more.history_tail;
                 continue;
             }
@@ -362,6 +363,7 @@ pub(crate) async fn fence(
             });
         }
         walked.applied += more.applied;
+        walked.barriers += more.barriers;
         walked.history_tail = more.history_tail;
     }
     let fence = meta.chain_tail()?;

@@ -67,10 +67,15 @@ impl Volume {
         self.sync_metadata_at().await.map(|_| ())
     }
 
-    /// [`Volume::sync_metadata`], returning the barrier's chain position.
-    pub(crate) async fn sync_metadata_at(&self) -> Result<u64, VolumeError> {
+    /// [`Volume::sync_metadata`], returning the barrier's chain position
+    /// and the replica TXID the shipped change reached.
+    pub(crate) async fn sync_metadata_at(&self) -> Result<(u64, u64), VolumeError> {
         let (gate, barrier, _) = self.barrier();
         let shipped = self.inner.ship_meta().await;
+        let txid = self
+            .inner
+            .replica_txid
+            .load(std::sync::atomic::Ordering::Relaxed);
         // Open whatever the ship did: if it failed, the operation is not
         // acknowledged, and an empty barrier on the chain is harmless (the
         // pending metadata is shipped again before anything later is
@@ -79,7 +84,7 @@ impl Volume {
         let _ = gate.send(Some(true));
         shipped?;
         self.inner.wait_applied(barrier).await?;
-        Ok(barrier)
+        Ok((barrier, txid))
     }
 
     /// A barrier behind everything written so far, the gate that lets its
@@ -132,6 +137,12 @@ impl Volume {
         };
         let t_map = t0.elapsed();
         let durable = self.inner.ship_meta().await;
+        // What the restore reached, not what background shipping adds later
+        // (a taker whose replica listing predates that must not be refused).
+        let txid = self
+            .inner
+            .replica_txid
+            .load(std::sync::atomic::Ordering::Relaxed);
         // The barrier may land once the restore is in the replica; if it
         // cannot be, the gate closes and the engine stops.
         let _ = gate.send(Some(durable.is_ok()));
@@ -140,11 +151,7 @@ impl Volume {
         // Segments alone cannot rebuild a map that was restored: mark the
         // replica position an attach must reach, and the barrier local
         // metadata must reach (recovery.rs checks both).
-        let txid = self
-            .inner
-            .replica_txid
-            .load(std::sync::atomic::Ordering::Relaxed);
-        crate::replicate::mark_restore(&self.inner.store, self.inner.epoch, txid, barrier).await?;
+        self.inner.mark(txid, barrier).await?;
         log_phases("restored", &row, t0, t_flush, t_map);
         Ok(row)
     }

@@ -118,11 +118,11 @@ impl Volume {
         // The lease first: the store is listed and debris deleted only by
         // the one writer (docs/design/0003).
         let held = lease::acquire(&store, url, opts.lease_ttl, opts.take_over).await?;
+        // Renewed from now on, however long the rest of the attach takes.
+        let keeper = lease::Keeper::start(store.clone(), held.clone(), opts.lease_ttl);
         // Only a holder from before 0009's second step acknowledges FLUSHes
         // in a grace without the chain's protection (0007).
         lease::wait_out_previous(&held).await;
-        // Renewed from now on, however long the rest of the attach takes.
-        let keeper = lease::Keeper::start(store.clone(), held, opts.lease_ttl);
         let lease_ms = t0.elapsed().as_millis() as u64;
         let (meta, rolled) =
             recovery::recover(&store, url, &config, cache_dir, &keeper.held, opts.reclaim).await?;
@@ -438,9 +438,40 @@ impl Volume {
     }
 }
 
-/// The read cache in `cache_dir/cache`. A cache that cannot be opened (a
-/// full or read-only disk) is not an error: reads go to the store.
+/// Tries at reading the lease before GC deletes, on transient errors.
+const LEASE_CHECK_ATTEMPTS_MAX: u32 = 8;
+
 impl Inner {
+    /// Fails, and stops the engine as fenced, unless the lease is still
+    /// ours. Only GC asks, before it deletes (gc.rs says why); a FLUSH never.
+    pub(crate) async fn check_lease(&self) -> Result<(), VolumeError> {
+        let mut held = self.lease.held.lock().await;
+        let mut backoff = self.opts.retry_backoff_min;
+        for attempt in 1.. {
+            match lease::check(&self.store, &mut held).await {
+                Ok(lease::LeaseState::Ours) => return Ok(()),
+                Ok(lease::LeaseState::Lost(by)) => return Err(self.fenced(by)),
+                Err(e) if e.is_transient() && attempt < LEASE_CHECK_ATTEMPTS_MAX => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.opts.retry_backoff_max);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Writes the restore mark (replicate.rs) for a change at replica TXID
+    /// `txid` sealed by the barrier at `barrier`; a newer writer's mark
+    /// means we were taken over: the engine stops.
+    pub(crate) async fn mark(&self, txid: u64, barrier: u64) -> Result<(), VolumeError> {
+        match crate::replicate::mark_restore(&self.store, self.epoch, txid, barrier).await {
+            Err(VolumeError::Fenced(by)) => Err(self.fenced(by)),
+            other => other,
+        }
+    }
+
+    /// Stops the engine because a newer writer took the volume over.
     pub(crate) fn fenced(&self, by: String) -> VolumeError {
         tracing::error!(%by, "fenced: another writer took the volume over; stopping");
         self.state
@@ -459,7 +490,9 @@ async fn watch_lease(inner: std::sync::Weak<Inner>) {
         return;
     };
     // Not holding the engine alive while it waits.
-    let lost = crate::lease::Keeper::wait(lost).await;
+    let Some(lost) = crate::lease::Keeper::wait(lost).await else {
+        return;
+    };
     if let Some(inner) = inner.upgrade() {
         inner.fenced(lost);
     }
@@ -484,6 +517,8 @@ pub fn reset_cache_dir(cache_dir: &Path, cache_bytes: u64) -> std::io::Result<()
     Ok(())
 }
 
+/// The read cache in `cache_dir/cache`. A cache that cannot be opened (a
+/// full or read-only disk) is not an error: reads go to the store.
 fn open_cache(cache_dir: Option<&Path>, bytes: u64) -> Arc<dyn ReadCache> {
     match cache_dir {
         Some(dir) if bytes > 0 => match DiskCache::open(&dir.join("cache"), bytes) {

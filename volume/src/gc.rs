@@ -30,7 +30,6 @@
 //! starts from it).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -285,9 +284,14 @@ impl Volume {
         // took over meanwhile reads the replica after its fence, so it sees
         // these segments forgotten; if its fence came first, the barrier
         // fails and nothing is deleted), and required of every later attach.
-        let barrier = self.sync_metadata_at().await?;
-        let txid = self.inner.replica_txid.load(Ordering::Relaxed);
-        crate::replicate::mark_restore(&self.inner.store, self.inner.epoch, txid, barrier).await?;
+        let (barrier, txid) = self.sync_metadata_at().await?;
+        self.inner.mark(txid, barrier).await?;
+        // Deleting frees positions of the chain, and a writer that took the
+        // volume over from a copy of our directory older than this mark may
+        // still be walking from below them (it read the mark before we wrote
+        // it): delete only while the lease is ours. One that takes it after
+        // this check reads the mark after it, and rebuilds from the replica.
+        self.inner.check_lease().await?;
         for key in doomed.iter().map(|d| segment_key(d.0)).chain(orphans) {
             match retry_read(&key, || self.inner.store.delete(&key)).await {
                 Ok(()) | Err(spritedisk_store::StoreError::NotFound(_)) => {}

@@ -161,6 +161,10 @@ pub struct LeaseDoc {
     /// (their FLUSH is protected by the chain), absent before 0007.
     #[serde(default)]
     pub ack_grace_ms: u64,
+    /// Renewals so far: every renewal changes the object (and its etag),
+    /// even two within one second, which a watcher counts on (`acquire`).
+    #[serde(default)]
+    pub renewals: u64,
 }
 
 impl LeaseDoc {
@@ -182,14 +186,19 @@ pub struct Held {
     /// The previous holder did not release the lease and may be alive: it
     /// may still acknowledge a FLUSH within its grace (`wait_out_previous`).
     pub previous_may_ack: bool,
+    /// Our epoch was raised above the history's (`raise_epoch`): the lease
+    /// object had been deleted or rolled back, so nothing says whether its
+    /// real previous holder is still writing.
+    pub raised: bool,
 }
 
 impl Held {
     /// Whether the previous holder may still be writing: it did not release
-    /// the lease (then it may have shipped metadata after this attach read
-    /// the replica, which is read again once the fence landed: 0009).
+    /// the lease, or the lease lost track of it (then it may have shipped
+    /// metadata after this attach read the replica, which is read again once
+    /// the fence landed, and its replica TXIDs must be left behind: 0009).
     pub fn took_over(&self) -> bool {
-        self.previous.as_ref().is_some_and(|p| !p.released)
+        self.raised || self.previous.as_ref().is_some_and(|p| !p.released)
     }
 }
 
@@ -272,6 +281,7 @@ pub async fn acquire(
             released: false,
             // No grace of our own: a FLUSH is protected by the chain (0009).
             ack_grace_ms: 0,
+            renewals: 0,
         };
         let res = match read(store).await? {
             // Our own earlier attempt landed though its reply was lost.
@@ -282,6 +292,7 @@ pub async fn acquire(
                     etag,
                     previous,
                     previous_may_ack,
+                    raised: false,
                 });
             }
             None => store
@@ -346,6 +357,7 @@ pub async fn acquire(
                     etag,
                     previous,
                     previous_may_ack,
+                    raised: false,
                 });
             }
             // Lost a race with another attach: look again.
@@ -437,16 +449,12 @@ impl Keeper {
         self.lost.clone()
     }
 
-    /// Waits until a renewal finds the lease taken; who took it.
-    pub async fn wait(mut rx: tokio::sync::watch::Receiver<Option<String>>) -> String {
-        let by = match rx.wait_for(|l| l.is_some()).await {
+    /// Waits until a renewal finds the lease taken: who took it; None once
+    /// the renewals ended without losing it (stopped).
+    pub async fn wait(mut rx: tokio::sync::watch::Receiver<Option<String>>) -> Option<String> {
+        match rx.wait_for(|l| l.is_some()).await {
             Ok(by) => by.clone(),
             Err(_) => None,
-        };
-        match by {
-            Some(by) => by,
-            // The renewals ended without losing it (stopped): never.
-            None => std::future::pending().await,
         }
     }
 
@@ -475,6 +483,10 @@ async fn keep(
             return;
         }
         let mut h = held.lock().await;
+        // Stopped while we waited for the lock (a detach releasing it).
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         match renew(&store, &mut h).await {
             Ok(LeaseState::Ours) => {}
             Ok(LeaseState::Lost(by)) => {
@@ -502,6 +514,7 @@ pub async fn renew(
 ) -> Result<LeaseState, StoreError> {
     let mut doc = held.doc.clone();
     doc.renewed_unix = now_unix();
+    doc.renewals += 1;
     match store.put_if_match(LEASE_KEY, doc.bytes(), &held.etag).await {
         Ok(etag) => {
             held.etag = etag;
@@ -512,6 +525,17 @@ pub async fn renew(
             reconcile(store, held).await
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Whether the lease is still ours: the etag we hold, or content naming us.
+pub async fn check(
+    store: &Arc<dyn ObjectStore>,
+    held: &mut Held,
+) -> Result<LeaseState, StoreError> {
+    match store.head(LEASE_KEY).await? {
+        Some(m) if m.etag == held.etag => Ok(LeaseState::Ours),
+        _ => reconcile(store, held).await,
     }
 }
 
@@ -556,6 +580,7 @@ pub async fn raise_epoch(
             Ok(etag) => {
                 held.etag = etag;
                 held.doc = doc;
+                held.raised = true;
                 return Ok(());
             }
             Err(e) if e.is_transient() || matches!(e, StoreError::PreconditionFailed(_)) => {
@@ -565,6 +590,7 @@ pub async fn raise_epoch(
                         held.etag = etag;
                         if cur.epoch == epoch {
                             held.doc = cur;
+                            held.raised = true;
                             return Ok(());
                         }
                     }

@@ -243,14 +243,24 @@ pub(crate) async fn recover(
         crate::lease::raise_epoch(store, &mut current, history_epoch + 1).await?;
         held = current.clone();
     }
+    let barriers_walked = walked.barriers;
     let mut rolled =
         crate::chain::fence(store, &mut meta, config, &where_, held.doc.epoch, walked).await?;
-    if let (Some(path), true) = (&from_replica, held.took_over()) {
+    // Placing the fence walked over a barrier that landed after our first
+    // walk: the change it seals is only in the replica.
+    let crossed = rolled.barriers > barriers_walked;
+    let reread = match (&from_replica, cache_dir) {
+        (Some(path), _) if held.took_over() || crossed => Some(path.clone()),
+        (None, Some(dir)) if crossed => Some(dir.join(META_FILE)),
+        _ => None,
+    };
+    if let Some(path) = &reread {
         // The writer we took over from may have shipped a metadata change
-        // (a checkpoint, a restore) after we read the replica and sealed it
-        // with a barrier before our fence landed: it was acknowledged, so
-        // read the replica again, now that nothing more of that writer can
-        // be (docs/design/0009). The walk then ends at our fence.
+        // (a checkpoint, a restore) after we read the replica (or our local
+        // copy) and sealed it with a barrier before our fence landed: it was
+        // acknowledged, so read the replica again, now that nothing more of
+        // that writer can be (docs/design/0009). The walk then ends at our
+        // fence.
         drop(meta);
         remove_db(path);
         let (again, txid) = open_from_replica(store, url, path).await?;

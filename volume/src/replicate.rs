@@ -177,14 +177,18 @@ pub(crate) async fn mark_restore(
                     // Our own earlier attempt, its reply lost.
                     return Ok(());
                 }
-                let theirs = serde_json::from_slice::<serde_json::Value>(&raw)
-                    .ok()
-                    .and_then(|v| v["epoch"].as_u64())
-                    .unwrap_or(0);
-                if theirs > epoch {
+                let theirs = serde_json::from_slice::<serde_json::Value>(&raw).ok();
+                let field = |f: &str| theirs.as_ref().and_then(|v| v[f].as_u64()).unwrap_or(0);
+                let (their_epoch, their_seq) = (field("epoch"), field("seq"));
+                if their_epoch > epoch {
                     return Err(VolumeError::Fenced(format!(
-                        "{key} was written by a writer of epoch {theirs}, this daemon writes epoch {epoch}"
+                        "{key} was written by a writer of epoch {their_epoch}, this daemon writes epoch {epoch}"
                     )));
+                }
+                if their_epoch == epoch && their_seq >= seq {
+                    // A later change of ours (a GC finishing after a
+                    // restore) already marked more: never take it back.
+                    return Ok(());
                 }
                 store.put_if_match(key, body.clone(), &m.etag).await
             }

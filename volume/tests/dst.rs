@@ -38,7 +38,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use spritedisk_store::{MemStore, ObjectMeta, ObjectStore, StoreError};
+use spritedisk_store::{ObjectMeta, ObjectStore, StoreError};
+use spritedisk_volume::fork::fork_volume;
 use spritedisk_volume::{create_volume, EngineOptions, GcOptions, Volume};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -46,10 +47,9 @@ use tokio::task::JoinHandle;
 const BS: u64 = 4096;
 /// Blocks the writers use: few, so writes overwrite each other often.
 const BLOCKS: usize = 10;
-const URL: &str = "mem://dst";
 /// Seeds `make test` runs (the CI budget) and steps per seed.
 const CI_SEEDS: u64 = 200;
-const STEPS: usize = 220;
+const STEPS: usize = 300;
 
 // ---------------------------------------------------------------- the store
 
@@ -93,7 +93,6 @@ struct Gate {
 }
 
 struct World {
-    store: Arc<dyn ObjectStore>,
     gate: Mutex<Gate>,
 }
 
@@ -102,6 +101,8 @@ struct World {
 struct SimStore {
     world: Arc<World>,
     writer: usize,
+    /// The volume's store (file://, so a fork's parent opens by URL).
+    store: Arc<dyn ObjectStore>,
 }
 
 impl std::fmt::Debug for SimStore {
@@ -173,46 +174,40 @@ impl SimStore {
 impl ObjectStore for SimStore {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.admit(Kind::Read, key).await?;
-        self.world.store.get(key).await
+        self.store.get(key).await
     }
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         self.admit(Kind::Read, key).await?;
-        self.world.store.get_range(key, offset, len).await
+        self.store.get_range(key, offset, len).await
     }
     async fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
-        self.change(Kind::Put, key, self.world.store.put(key, data))
-            .await
+        self.change(Kind::Put, key, self.store.put(key, data)).await
     }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
-        self.change(
-            Kind::PutIfAbsent,
-            key,
-            self.world.store.put_if_absent(key, data),
-        )
-        .await
+        self.change(Kind::PutIfAbsent, key, self.store.put_if_absent(key, data))
+            .await
     }
     async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<String, StoreError> {
         self.change(
             Kind::PutIfMatch,
             key,
-            self.world.store.put_if_match(key, data, etag),
+            self.store.put_if_match(key, data, etag),
         )
         .await
     }
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         self.admit(Kind::Read, key).await?;
-        self.world.store.head(key).await
+        self.store.head(key).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.change(Kind::Delete, key, self.world.store.delete(key))
-            .await
+        self.change(Kind::Delete, key, self.store.delete(key)).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         self.admit(Kind::Read, prefix).await?;
-        self.world.store.list(prefix).await
+        self.store.list(prefix).await
     }
     fn describe(&self) -> String {
-        format!("{URL} (writer {})", self.writer)
+        format!("{} (writer {})", self.store.describe(), self.writer)
     }
 }
 
@@ -272,13 +267,18 @@ struct Model {
 }
 
 impl Model {
-    fn new() -> Model {
+    /// A volume whose content is one of `states` (zeros, or what a fork's
+    /// checkpoint may hold).
+    fn starting_among(states: &[Blocks]) -> Model {
         Model {
-            cands: vec![Cand {
-                state: [0; BLOCKS],
-                start: 0,
-                replayed: false,
-            }],
+            cands: states
+                .iter()
+                .map(|&state| Cand {
+                    state,
+                    start: 0,
+                    replayed: false,
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -478,6 +478,8 @@ enum Life {
 }
 
 struct Writer {
+    /// Which volume (index into `Sim::vols`).
+    v: usize,
     vol: Option<Volume>,
     dir: PathBuf,
     life: Life,
@@ -488,6 +490,9 @@ struct Writer {
 
 enum Op {
     Attach,
+    Fork {
+        child: usize,
+    },
     Write {
         lba: usize,
         tag: u64,
@@ -549,32 +554,69 @@ fn opts(seed: u64, take_over: bool) -> EngineOptions {
     }
 }
 
+/// One volume: the first, or a fork.
+struct Vol {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    model: Model,
+    /// Created (a fork whose `fork` failed is never used).
+    ready: bool,
+    /// Directories of its gone writers, and old copies of its directories.
+    spare_dirs: Vec<PathBuf>,
+}
+
+/// Volumes at most (the first and its forks).
+const VOLUMES_MAX: usize = 3;
+
 struct Sim {
     rng: SmallRng,
     seed: u64,
     world: Arc<World>,
     root: PathBuf,
+    vols: Vec<Vol>,
     writers: Vec<Writer>,
     tasks: Vec<Task>,
-    model: Model,
     next_tag: u64,
     next_cp: u64,
-    /// Directories of gone writers, and old copies of directories.
-    spare_dirs: Vec<PathBuf>,
     trace: Vec<String>,
     step: usize,
 }
 
 impl Sim {
     fn log(&mut self, s: String) {
+        // Without the temporary directory's random name.
+        let s = s.replace(&*self.root.to_string_lossy(), "<tmp>");
         self.trace.push(format!("{:4} {s}", self.step));
     }
 
-    fn store_for(&self, w: usize) -> Arc<dyn ObjectStore> {
+    /// Writer `w`'s view of volume `v`'s store.
+    fn store_for(&self, w: usize, v: usize) -> Arc<dyn ObjectStore> {
         Arc::new(SimStore {
             world: self.world.clone(),
             writer: w,
+            store: self.vols[v].store.clone(),
         })
+    }
+
+    /// The model of writer `w`'s volume.
+    fn m(&mut self, w: usize) -> &mut Model {
+        let v = self.writers[w].v;
+        &mut self.vols[v].model
+    }
+
+    /// A new volume's entry: its store in the simulation's directory.
+    fn new_vol(&mut self, model: Model, ready: bool) -> usize {
+        let v = self.vols.len();
+        let path = self.root.join(format!("store{v}"));
+        std::fs::create_dir_all(&path).unwrap();
+        self.vols.push(Vol {
+            url: format!("file://{}", path.display()),
+            store: Arc::new(spritedisk_store::FileStore::new(path)),
+            model,
+            ready,
+            spare_dirs: Vec::new(),
+        });
+        v
     }
 
     /// Lets every task run until all wait for the gate, a timer or each other.
@@ -583,8 +625,8 @@ impl Sim {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 
-    fn owner_idle(&self) -> Option<usize> {
-        let o = self.model.owner?;
+    fn owner_idle(&self, v: usize) -> Option<usize> {
+        let o = self.vols[v].model.owner?;
         let w = &self.writers[o];
         (w.life == Life::Live && !w.busy && !self.paused(o)).then_some(o)
     }
@@ -620,17 +662,36 @@ impl Sim {
     }
 
     async fn act(&mut self) {
+        // Pauses and outages end after 20 steps on average.
+        let (paused, out): (Vec<usize>, Vec<usize>) = {
+            let g = self.world.gate.lock().unwrap();
+            (
+                g.paused.iter().copied().collect(),
+                g.outage.iter().copied().collect(),
+            )
+        };
+        for w in paused {
+            if self.rng.gen_bool(0.05) {
+                self.world.gate.lock().unwrap().paused.remove(&w);
+                self.log(format!("writer {w} resumes"));
+            }
+        }
+        for w in out {
+            if self.rng.gen_bool(0.05) {
+                self.world.gate.lock().unwrap().outage.remove(&w);
+                self.log(format!("writer {w} reaches the store again"));
+            }
+        }
         let roll = self.rng.gen_range(0..100);
-        let attaching = self.writers.iter().any(|w| w.life == Life::Attaching);
         match roll {
-            0..=39 => self.release_one(),
-            40..=71 => self.owner_op(),
-            72..=75 => self.stale_writer_op(),
-            76..=79 if !attaching => self.attach(),
-            80..=81 => self.crash_one(),
-            82..=83 => self.toggle_pause(),
-            84..=85 => self.toggle_outage(),
-            86..=88 => self.copy_dir(),
+            0..=35 => self.release_one(),
+            36..=73 => self.owner_op(),
+            74..=76 => self.stale_writer_op(),
+            77..=80 => self.attach(),
+            81..=82 => self.crash_one(),
+            83..=84 => self.toggle_pause(),
+            85..=86 => self.toggle_outage(),
+            87..=88 => self.copy_dir(),
             _ => {
                 let d = match self.rng.gen_range(0..10) {
                     0..=5 => Duration::from_millis(self.rng.gen_range(1..200)),
@@ -656,7 +717,12 @@ impl Sim {
         // Independent of the order the tasks happened to arrive in.
         eligible.sort_by(|&a, &b| {
             let (x, y) = (&g.pending[a], &g.pending[b]);
-            (x.writer, x.kind, &x.key, x.id).cmp(&(y.writer, y.kind, &y.key, y.id))
+            (x.writer, x.kind, stable_key(&x.key), x.id).cmp(&(
+                y.writer,
+                y.kind,
+                stable_key(&y.key),
+                y.id,
+            ))
         });
         let i = eligible[self.rng.gen_range(0..eligible.len())];
         let op = g.pending.remove(i);
@@ -682,7 +748,7 @@ impl Sim {
                 Some(Verdict::LandLate) => "land late",
             },
             op.kind,
-            op.key,
+            stable_key(&op.key),
             op.writer,
             if dead { " (crashed)" } else { "" }
         ));
@@ -692,34 +758,44 @@ impl Sim {
     }
 
     fn owner_op(&mut self) {
-        let Some(o) = self.owner_idle() else { return };
+        let owners: Vec<usize> = (0..self.vols.len())
+            .filter_map(|v| self.owner_idle(v))
+            .collect();
+        if owners.is_empty() {
+            return;
+        }
+        let o = owners[self.rng.gen_range(0..owners.len())];
+        let v = self.writers[o].v;
         let vol = self.writers[o]
             .vol
             .clone()
             .expect("live writer has a volume");
-        let covered = self.model.writes_of(o).len();
+        let covered = self.vols[v].model.writes_of(o).len();
         let mut roll = self.rng.gen_range(0..100);
         if std::mem::take(&mut self.writers[o].must_read) {
-            roll = 65;
+            roll = 60;
         }
         match roll {
-            0..=49 => self.write(o, vol),
-            50..=64 => {
+            0..=44 => self.write(o, vol),
+            45..=59 => {
                 self.log(format!("writer {o}: flush"));
                 self.spawn(o, Op::Flush { covered }, async move {
                     Outcome::Done(vol.flush().await.map_err(|e| e.to_string()))
                 });
             }
-            65..=74 => {
-                let expect = Some(self.model.owner_states());
+            60..=69 => {
+                let expect = Some(self.vols[v].model.owner_states());
                 self.log(format!("writer {o}: read"));
                 self.spawn(o, Op::Read { expect }, read_all(vol));
             }
-            75..=82 => {
+            70..=79 => {
                 self.next_cp += 1;
                 let name = format!("c{}", self.next_cp);
-                let contents = self.model.owner_states();
-                self.model.cps.insert(name.clone(), Cp::Maybe(contents));
+                let contents = self.vols[v].model.owner_states();
+                self.vols[v]
+                    .model
+                    .cps
+                    .insert(name.clone(), Cp::Maybe(contents));
                 self.log(format!("writer {o}: checkpoint {name}"));
                 self.maybe_brownout(o);
                 let n = name.clone();
@@ -732,10 +808,10 @@ impl Sim {
                     )
                 });
             }
-            83..=86 => {
-                let Some(name) = self.pick_cp() else { return };
-                if let Some(Cp::Exists(c)) = self.model.cps.get(&name).cloned() {
-                    self.model.cps.insert(name.clone(), Cp::Maybe(c));
+            80..=83 => {
+                let Some(name) = self.pick_cp(v) else { return };
+                if let Some(Cp::Exists(c)) = self.vols[v].model.cps.get(&name).cloned() {
+                    self.vols[v].model.cps.insert(name.clone(), Cp::Maybe(c));
                 }
                 self.log(format!("writer {o}: delete checkpoint {name}"));
                 let n = name.clone();
@@ -743,25 +819,25 @@ impl Sim {
                     Outcome::Done(vol.delete_checkpoint(&n).await.map_err(|e| e.to_string()))
                 });
             }
-            87..=92 => {
-                let Some(name) = self.pick_cp() else { return };
-                let contents = match self.model.cps.get(&name) {
+            84..=88 => {
+                let Some(name) = self.pick_cp(v) else { return };
+                let contents = match self.vols[v].model.cps.get(&name) {
                     Some(Cp::Exists(c)) | Some(Cp::Maybe(c)) => c.clone(),
                     _ => return,
                 };
                 self.log(format!("writer {o}: restore {name}"));
                 self.maybe_brownout(o);
                 // Until it is acknowledged, it may or may not have happened.
-                self.model.served = None;
-                let len = self.model.writes_of(o).len();
+                self.vols[v].model.served = None;
+                let len = self.vols[v].model.writes_of(o).len();
                 for s in &contents {
                     let c = Cand {
                         state: *s,
                         start: len,
                         replayed: false,
                     };
-                    if !self.model.cands.contains(&c) {
-                        self.model.cands.push(c);
+                    if !self.vols[v].model.cands.contains(&c) {
+                        self.vols[v].model.cands.push(c);
                     }
                 }
                 let n = name.clone();
@@ -777,7 +853,7 @@ impl Sim {
                     },
                 );
             }
-            93..=96 => {
+            89..=92 => {
                 self.log(format!("writer {o}: gc"));
                 self.spawn(o, Op::Gc { covered }, async move {
                     Outcome::Done(
@@ -788,6 +864,7 @@ impl Sim {
                     )
                 });
             }
+            93..=97 => self.fork(o),
             _ => {
                 self.log(format!("writer {o}: detach"));
                 self.spawn(o, Op::Close { covered }, async move {
@@ -797,8 +874,47 @@ impl Sim {
         }
     }
 
-    fn pick_cp(&mut self) -> Option<String> {
-        let names: Vec<String> = self
+    /// Owner `o` forks a checkpoint of its volume whose content is known
+    /// exactly into a new volume.
+    fn fork(&mut self, o: usize) {
+        let v = self.writers[o].v;
+        // Forks that failed leave a volume that is never used.
+        let ready = self.vols.iter().filter(|v| v.ready).count();
+        if ready >= VOLUMES_MAX || self.vols.len() >= 2 * VOLUMES_MAX {
+            return;
+        }
+        let known: Vec<(String, Vec<Blocks>)> = self.vols[v]
+            .model
+            .cps
+            .iter()
+            .filter_map(|(n, c)| match c {
+                Cp::Exists(c) => Some((n.clone(), c.clone())),
+                _ => None,
+            })
+            .collect();
+        if known.is_empty() {
+            return;
+        }
+        let (name, contents) = known[self.rng.gen_range(0..known.len())].clone();
+        let child = self.new_vol(Model::starting_among(&contents), false);
+        let dir = self.root.join(format!("fork{child}"));
+        let parent = self.store_for(o, v);
+        let child_store = self.store_for(o, child);
+        let (purl, curl) = (self.vols[v].url.clone(), self.vols[child].url.clone());
+        let o2 = opts(self.seed ^ (child as u64) << 8, false);
+        self.log(format!("writer {o}: fork {name} as volume {child}"));
+        self.spawn(o, Op::Fork { child }, async move {
+            Outcome::Done(
+                fork_volume(&parent, &purl, &name, child_store, &curl, &dir, o2)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            )
+        });
+    }
+
+    fn pick_cp(&mut self, v: usize) -> Option<String> {
+        let names: Vec<String> = self.vols[v]
             .model
             .cps
             .iter()
@@ -829,7 +945,7 @@ impl Sim {
     fn stale_writer_op(&mut self) {
         let stale: Vec<usize> = (0..self.writers.len())
             .filter(|&w| {
-                Some(w) != self.model.owner
+                Some(w) != self.vols[self.writers[w].v].model.owner
                     && self.writers[w].life == Life::Live
                     && !self.writers[w].busy
                     && !self.paused(w)
@@ -840,7 +956,7 @@ impl Sim {
         }
         let w = stale[self.rng.gen_range(0..stale.len())];
         let vol = self.writers[w].vol.clone().unwrap();
-        let covered = self.model.writes_of(w).len();
+        let covered = self.m(w).writes_of(w).len();
         match self.rng.gen_range(0..4) {
             0 | 1 => self.write(w, vol),
             2 => {
@@ -866,33 +982,50 @@ impl Sim {
         }
     }
 
+    /// A new writer attaches to a volume no other writer is attaching to.
     fn attach(&mut self) {
+        let free: Vec<usize> = (0..self.vols.len())
+            .filter(|&v| {
+                self.vols[v].ready
+                    && !self
+                        .writers
+                        .iter()
+                        .any(|w| w.v == v && w.life == Life::Attaching)
+            })
+            .collect();
+        if free.is_empty() {
+            return;
+        }
+        let v = free[self.rng.gen_range(0..free.len())];
         let w = self.writers.len();
         let force = self.rng.gen_bool(0.8);
-        let dir = if !self.spare_dirs.is_empty() && self.rng.gen_bool(0.5) {
-            let i = self.rng.gen_range(0..self.spare_dirs.len());
-            self.spare_dirs.remove(i)
+        let spare = &mut self.vols[v].spare_dirs;
+        let dir = if !spare.is_empty() && self.rng.gen_bool(0.5) {
+            let i = self.rng.gen_range(0..spare.len());
+            spare.remove(i)
         } else {
             let d = self.root.join(format!("w{w}"));
             std::fs::create_dir_all(&d).unwrap();
             d
         };
         self.log(format!(
-            "writer {w}: attach{} with {}",
+            "writer {w}: attach{} to volume {v} with {}",
             if force { " --force" } else { "" },
             dir.strip_prefix(&self.root).unwrap().display()
         ));
         self.writers.push(Writer {
+            v,
             vol: None,
             dir: dir.clone(),
             life: Life::Attaching,
             busy: false,
             must_read: false,
         });
-        let store = self.store_for(w);
+        let store = self.store_for(w, v);
+        let url = self.vols[v].url.clone();
         let o = opts(self.seed ^ w as u64, force);
         self.spawn(w, Op::Attach, async move {
-            let vol = match Volume::open(store, URL, Some(&dir), o).await {
+            let vol = match Volume::open(store, &url, Some(&dir), o).await {
                 Ok(v) => v,
                 Err(e) => return Outcome::Attached(Err(e.to_string())),
             };
@@ -938,17 +1071,44 @@ impl Sim {
         for t in self.tasks.iter().filter(|t| t.writer == w) {
             t.handle.abort();
         }
-        self.spare_dirs.push(self.writers[w].dir.clone());
+        let v = self.writers[w].v;
+        let dir = self.writers[w].dir.clone();
+        self.vols[v].spare_dirs.push(dir);
     }
 
-    fn toggle_pause(&mut self) {
+    /// Whom a pause or an outage toggles: mostly one it holds (so that
+    /// most end after a few steps), else any writer still around.
+    fn pick_toggle(&mut self, held: &[usize]) -> Option<usize> {
+        let held: Vec<usize> = held
+            .iter()
+            .copied()
+            .filter(|&w| self.writers[w].life != Life::Gone)
+            .collect();
+        if !held.is_empty() && self.rng.gen_bool(0.75) {
+            return Some(held[self.rng.gen_range(0..held.len())]);
+        }
         let live: Vec<usize> = (0..self.writers.len())
             .filter(|&w| self.writers[w].life != Life::Gone)
             .collect();
         if live.is_empty() {
-            return;
+            return None;
         }
-        let w = live[self.rng.gen_range(0..live.len())];
+        Some(live[self.rng.gen_range(0..live.len())])
+    }
+
+    fn toggle_pause(&mut self) {
+        let paused: Vec<usize> = self
+            .world
+            .gate
+            .lock()
+            .unwrap()
+            .paused
+            .iter()
+            .copied()
+            .collect();
+        let Some(w) = self.pick_toggle(&paused) else {
+            return;
+        };
         let mut g = self.world.gate.lock().unwrap();
         let now = if g.paused.remove(&w) {
             "resumes"
@@ -971,13 +1131,18 @@ impl Sim {
 
     /// Cuts a writer off from the store (or reconnects it).
     fn toggle_outage(&mut self) {
-        let live: Vec<usize> = (0..self.writers.len())
-            .filter(|&w| self.writers[w].life != Life::Gone)
+        let out: Vec<usize> = self
+            .world
+            .gate
+            .lock()
+            .unwrap()
+            .outage
+            .iter()
+            .copied()
             .collect();
-        if live.is_empty() {
+        let Some(w) = self.pick_toggle(&out) else {
             return;
-        }
-        let w = live[self.rng.gen_range(0..live.len())];
+        };
         let mut g = self.world.gate.lock().unwrap();
         let now = if g.outage.remove(&w) {
             "reaches the store again"
@@ -992,17 +1157,20 @@ impl Sim {
     /// A copy of a directory (a gone writer's, or a live one's as a disk
     /// snapshot would take it: every task is idle), for a later attach.
     fn copy_dir(&mut self) {
-        let mut dirs = self.spare_dirs.clone();
+        let mut dirs: Vec<(usize, PathBuf)> = Vec::new();
+        for (v, vol) in self.vols.iter().enumerate() {
+            dirs.extend(vol.spare_dirs.iter().map(|d| (v, d.clone())));
+        }
         dirs.extend(
             self.writers
                 .iter()
                 .filter(|w| w.life == Life::Live)
-                .map(|w| w.dir.clone()),
+                .map(|w| (w.v, w.dir.clone())),
         );
         if dirs.is_empty() {
             return;
         }
-        let src = dirs[self.rng.gen_range(0..dirs.len())].clone();
+        let (v, src) = dirs[self.rng.gen_range(0..dirs.len())].clone();
         let n = self.trace.len();
         let dst = self.root.join(format!("copy{n}"));
         copy_tree(&src, &dst);
@@ -1011,7 +1179,7 @@ impl Sim {
             src.strip_prefix(&self.root).unwrap().display(),
             dst.strip_prefix(&self.root).unwrap().display()
         ));
-        self.spare_dirs.push(dst);
+        self.vols[v].spare_dirs.push(dst);
     }
 
     async fn harvest(&mut self) -> Result<(), String> {
@@ -1035,6 +1203,7 @@ impl Sim {
         if self.writers[w].life == Life::Gone {
             return Ok(());
         }
+        let v = self.writers[w].v;
         match (op, out) {
             (Op::Attach, Outcome::Attached(Ok((vol, seen, listed)))) => {
                 self.log(format!(
@@ -1043,24 +1212,41 @@ impl Sim {
                 ));
                 self.writers[w].vol = Some(vol);
                 self.writers[w].life = Life::Live;
-                self.model.observe(w, seen, listed)?;
+                self.vols[v].model.observe(w, seen, listed)?;
             }
             (Op::Attach, Outcome::Attached(Err(e))) => {
                 self.log(format!("writer {w}: attach failed: {e}"));
+                if data_lost(&e) {
+                    return Err(format!("writer {w} attached and could not read: {e}"));
+                }
                 self.writers[w].life = Life::Gone;
                 self.world.gate.lock().unwrap().dead.insert(w);
-                self.spare_dirs.push(self.writers[w].dir.clone());
+                let dir = self.writers[w].dir.clone();
+                self.vols[v].spare_dirs.push(dir);
+            }
+            (Op::Fork { child }, Outcome::Done(r)) => {
+                self.log(format!("writer {w}: fork as volume {child}: {r:?}"));
+                if r.is_ok() {
+                    self.vols[child].ready = true;
+                    let dir = self.root.join(format!("fork{child}"));
+                    self.vols[child].spare_dirs.push(dir);
+                }
             }
             (Op::Write { lba, tag }, Outcome::Done(r)) => {
                 self.log(format!("writer {w}: write {tag}: {r:?}"));
                 if r.is_ok() {
-                    self.model.writes.entry(w).or_default().push((lba, tag));
+                    self.vols[v]
+                        .model
+                        .writes
+                        .entry(w)
+                        .or_default()
+                        .push((lba, tag));
                 }
             }
             (Op::Flush { covered }, Outcome::Done(r)) => {
                 self.log(format!("writer {w}: flush: {r:?}"));
                 if r.is_ok() {
-                    self.model.acknowledged(w, covered, "FLUSH")?;
+                    self.vols[v].model.acknowledged(w, covered, "FLUSH")?;
                     // Buggify: the moment after an acknowledgement is where a
                     // crash shows what was not durable.
                     if self.rng.gen_bool(0.1) {
@@ -1071,8 +1257,14 @@ impl Sim {
             }
             (Op::Read { expect }, Outcome::Read(r)) => {
                 self.log(format!("writer {w}: read: {:?}", r.as_ref().map(show)));
+                if let Err(e) = &r {
+                    if data_lost(e) {
+                        return Err(format!("writer {w} could not read its volume: {e}"));
+                    }
+                }
                 if let (Ok(seen), Some(expect)) = (r, expect) {
-                    let owner = Some(w) == self.model.owner && !self.model.retired.contains_key(&w);
+                    let owner = Some(w) == self.vols[v].model.owner
+                        && !self.vols[v].model.retired.contains_key(&w);
                     if owner && !expect.contains(&seen) {
                         return Err(format!(
                             "writer {w} read {} but its volume holds one of {:?}",
@@ -1081,8 +1273,8 @@ impl Sim {
                         ));
                     }
                     if owner {
-                        let writes = self.model.writes_of(w).to_vec();
-                        let served: Vec<Cand> = self
+                        let writes = self.vols[v].model.writes_of(w).to_vec();
+                        let served: Vec<Cand> = self.vols[v]
                             .model
                             .cands
                             .iter()
@@ -1095,30 +1287,30 @@ impl Sim {
                             })
                             .cloned()
                             .collect();
-                        self.model.served = Some(served);
+                        self.vols[v].model.served = Some(served);
                     }
                 }
             }
             (Op::Checkpoint { name, covered }, Outcome::Done(r)) => {
                 self.log(format!("writer {w}: checkpoint {name}: {r:?}"));
                 if r.is_ok() {
-                    self.model.acknowledged(w, covered, "checkpoint")?;
-                    if let Some(ret) = self.model.retired.get(&w) {
+                    self.vols[v].model.acknowledged(w, covered, "checkpoint")?;
+                    if let Some(ret) = self.vols[v].model.retired.get(&w) {
                         if !ret.listed.contains(&name) {
                             return Err(format!(
                                 "writer {w} acknowledged checkpoint {name} after the writer that \
                                  took over listed its checkpoints without it"
                             ));
                         }
-                    } else if let Some(Cp::Maybe(c)) = self.model.cps.get(&name).cloned() {
-                        self.model.cps.insert(name, Cp::Exists(c));
+                    } else if let Some(Cp::Maybe(c)) = self.vols[v].model.cps.get(&name).cloned() {
+                        self.vols[v].model.cps.insert(name, Cp::Exists(c));
                     }
                 }
             }
             (Op::DeleteCheckpoint { name }, Outcome::Done(r)) => {
                 self.log(format!("writer {w}: delete {name}: {r:?}"));
                 if r.is_ok() {
-                    if let Some(ret) = self.model.retired.get(&w) {
+                    if let Some(ret) = self.vols[v].model.retired.get(&w) {
                         if ret.listed.contains(&name) {
                             return Err(format!(
                                 "writer {w} acknowledged deleting checkpoint {name} after the \
@@ -1126,7 +1318,7 @@ impl Sim {
                             ));
                         }
                     } else {
-                        self.model.cps.insert(name, Cp::Gone);
+                        self.vols[v].model.cps.insert(name, Cp::Gone);
                     }
                 }
             }
@@ -1139,11 +1331,11 @@ impl Sim {
                 Outcome::Done(r),
             ) => {
                 self.log(format!("writer {w}: restore {name}: {r:?}"));
-                let len = self.model.writes_of(w).len();
+                let len = self.vols[v].model.writes_of(w).len();
                 match r {
                     Ok(()) => {
-                        self.model.acknowledged(w, covered, "restore")?;
-                        if let Some(ret) = self.model.retired.get(&w) {
+                        self.vols[v].model.acknowledged(w, covered, "restore")?;
+                        if let Some(ret) = self.vols[v].model.retired.get(&w) {
                             if !contents.contains(&ret.seen) {
                                 return Err(format!(
                                     "writer {w} acknowledged restoring {name} after the writer \
@@ -1153,7 +1345,7 @@ impl Sim {
                                 ));
                             }
                         } else {
-                            self.model.cands = contents
+                            self.vols[v].model.cands = contents
                                 .iter()
                                 .map(|s| Cand {
                                     state: *s,
@@ -1161,8 +1353,8 @@ impl Sim {
                                     replayed: false,
                                 })
                                 .collect();
-                            self.model.acked.insert(w, len);
-                            self.model.served = None;
+                            self.vols[v].model.acked.insert(w, len);
+                            self.vols[v].model.served = None;
                         }
                     }
                     // Maybe it happened: both histories stay possible (the
@@ -1173,19 +1365,23 @@ impl Sim {
             (Op::Gc { covered }, Outcome::Done(r)) => {
                 self.log(format!("writer {w}: gc: {r:?}"));
                 if r.is_ok() {
-                    self.model.acknowledged(w, covered, "GC (which flushes)")?;
+                    self.vols[v]
+                        .model
+                        .acknowledged(w, covered, "GC (which flushes)")?;
                 }
             }
             (Op::Close { covered }, Outcome::Done(r)) => {
                 self.log(format!("writer {w}: detach: {r:?}"));
                 if r.is_ok() {
-                    self.model
+                    self.vols[v]
+                        .model
                         .acknowledged(w, covered, "detach (which flushes)")?;
                 }
                 self.writers[w].vol = None;
                 self.writers[w].life = Life::Gone;
                 self.world.gate.lock().unwrap().dead.insert(w);
-                self.spare_dirs.push(self.writers[w].dir.clone());
+                let dir = self.writers[w].dir.clone();
+                self.vols[v].spare_dirs.push(dir);
             }
             _ => unreachable!("an outcome of another operation"),
         }
@@ -1235,23 +1431,30 @@ impl Sim {
             let _ = op.tx.send(Verdict::LandLate);
         }
         self.settle().await;
-        self.attach_final().await
+        for v in 0..self.vols.len() {
+            if self.vols[v].ready {
+                self.attach_final(v).await?;
+            }
+        }
+        Ok(())
     }
 
-    async fn attach_final(&mut self) -> Result<(), String> {
+    async fn attach_final(&mut self, v: usize) -> Result<(), String> {
         let w = self.writers.len();
-        let dir = self.root.join("final");
+        let dir = self.root.join(format!("final{v}"));
         std::fs::create_dir_all(&dir).unwrap();
         self.writers.push(Writer {
+            v,
             vol: None,
             dir: dir.clone(),
             life: Life::Attaching,
             busy: false,
             must_read: false,
         });
-        self.log(format!("writer {w}: attach --force (final)"));
-        let store: Arc<dyn ObjectStore> = self.world.store.clone();
-        let vol = Volume::open(store, URL, Some(&dir), opts(self.seed, true))
+        self.log(format!("writer {w}: attach --force to volume {v} (final)"));
+        let store = self.vols[v].store.clone();
+        let url = self.vols[v].url.clone();
+        let vol = Volume::open(store, &url, Some(&dir), opts(self.seed, true))
             .await
             .map_err(|e| format!("the final attach failed: {e}"))?;
         let seen = match read_all(vol.clone()).await {
@@ -1265,9 +1468,9 @@ impl Sim {
             .map(|c| c.name)
             .collect();
         self.log(format!("writer {w}: attached, read {}", show(&seen)));
-        self.model.observe(w, seen, listed)?;
+        self.vols[v].model.observe(w, seen, listed)?;
         // Each listed checkpoint restores to its content.
-        let cps: Vec<(String, Vec<Blocks>)> = self
+        let cps: Vec<(String, Vec<Blocks>)> = self.vols[v]
             .model
             .cps
             .iter()
@@ -1286,7 +1489,7 @@ impl Sim {
             };
             if !contents.contains(&got) {
                 return Err(format!(
-                    "checkpoint {name} restores to {}, it holds one of {:?}",
+                    "checkpoint {name} of volume {v} restores to {}, it holds one of {:?}",
                     show(&got),
                     contents.iter().map(show).collect::<Vec<_>>()
                 ));
@@ -1295,6 +1498,22 @@ impl Sim {
         vol.close().await.map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+/// An object key without the random volume id a fork's pin is named by,
+/// so that the order of operations and the trace do not depend on it.
+fn stable_key(key: &str) -> &str {
+    if key.starts_with("forks/") {
+        "forks/<child id>.json"
+    } else {
+        key
+    }
+}
+
+/// A read error that means data the volume references is gone from the
+/// store (not a store outage, not a stopped engine).
+fn data_lost(e: &str) -> bool {
+    e.contains("referenced data is missing")
 }
 
 async fn read_all(vol: Volume) -> Outcome {
@@ -1324,32 +1543,36 @@ fn run_seed(seed: u64, steps: usize) -> Result<u64, String> {
         .start_paused(true)
         .build()
         .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    // Stores, databases and write logs in memory when the machine has a
+    // tmpfs: the simulation is about order, not disks.
+    let tmp = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
     rt.block_on(async {
-        let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
-        create_volume(&mem, URL, 1 << 30).await.unwrap();
         let mut sim = Sim {
             rng: SmallRng::seed_from_u64(seed),
             seed,
             world: Arc::new(World {
-                store: mem,
                 gate: Mutex::new(Gate::default()),
             }),
             root: tmp.path().to_path_buf(),
+            vols: Vec::new(),
             writers: Vec::new(),
             tasks: Vec::new(),
-            model: Model::new(),
             next_tag: 0,
             next_cp: 0,
-            spare_dirs: Vec::new(),
             trace: Vec::new(),
             step: 0,
         };
+        let v = sim.new_vol(Model::starting_among(&[[0; BLOCKS]]), true);
+        create_volume(&sim.vols[v].store, &sim.vols[v].url, 1 << 30)
+            .await
+            .unwrap();
         // The first writer attaches before anything else happens.
         sim.attach();
         let res = sim.run(steps).await;
-        // Error messages name pids and wall-clock times (a lease's age): the
-        // digest leaves their digits out.
+        // Error messages name pids, wall-clock times (a lease's age) and
+        // volume ids: the digest leaves their hex digits out.
         let digest = sim.trace.iter().fold(0xcbf29ce484222325u64, |h, l| {
             let cut = ["Err(", "failed:"]
                 .iter()
@@ -1358,7 +1581,7 @@ fn run_seed(seed: u64, steps: usize) -> Result<u64, String> {
                 .unwrap_or(l.len());
             let (head, tail) = l.split_at(cut);
             head.bytes()
-                .chain(tail.bytes().filter(|b| !b.is_ascii_digit()))
+                .chain(tail.bytes().filter(|b| !b.is_ascii_hexdigit()))
                 .fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
         });
         if std::env::var_os("SPRITEDISK_DST_TRACE").is_some() {

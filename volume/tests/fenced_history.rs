@@ -1009,3 +1009,82 @@ async fn d7_an_old_copy_from_before_a_checkpoint_loses_it_not() {
     w2.close().await.unwrap();
     assert_none(failures);
 }
+
+// ---------------------------------------------------------------------------
+// Review of 0009 step 2b, #1: a barrier that lands between a taker's walk
+// and its fence.
+
+/// A taker that starts from a copy of the live writer's directory (kept:
+/// the same epoch as the lease it took over) walks, and the live writer's
+/// restore barrier lands before the taker's fence: the fence gets 412 and
+/// the taker walks on over the barrier. The restore it seals is only in the
+/// replica, so the taker must read the replica again. Fails on ac8b860: the
+/// restore is acknowledged, and the taker serves the map from before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_that_loses_to_a_barrier_reads_the_replica_again() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let (h1, s1) = hooked(&store);
+    let d1 = tempfile::tempdir().unwrap();
+    let w1 = open_at(
+        &s1,
+        "mem://test",
+        Some(d1.path()),
+        quiet_replica(opts(1, false)),
+    )
+    .await;
+    w1.write(0, pattern(0, 4, A), false).await.unwrap();
+    w1.checkpoint(Some("v1")).await.unwrap();
+    w1.write(0, pattern(0, 4, B), false).await.unwrap();
+    w1.flush().await.unwrap();
+    // W2's directory: a snapshot of W1's, taken while attached.
+    let copy = copy_local_metadata(d1.path());
+    let d2 = tempfile::tempdir().unwrap();
+    put_back_local_metadata(&copy, d2.path());
+
+    // W1 restores v1; its barrier waits at the gate.
+    let barrier = h1.hold("segments/", true);
+    let w1r = w1.clone();
+    let restore = tokio::spawn(async move { w1r.restore("v1").await });
+    assert!(
+        barrier.arrived(1).await,
+        "setup: the restore's barrier never reached the store"
+    );
+    // W2 takes the volume over from the copy; its fence waits at its gate.
+    let (h2, s2) = hooked(&store);
+    let fence = h2.hold("segments/", true);
+    let d2p = d2.path().to_path_buf();
+    let taker = tokio::spawn(async move {
+        Volume::open(s2, "mem://test", Some(&d2p), quiet_replica(opts(2, true))).await
+    });
+    assert!(
+        fence.arrived(1).await,
+        "setup: W2's fence never reached the store"
+    );
+    // W1's barrier lands first, then W2's fence meets it.
+    let landed = h1.done_under("segments/");
+    barrier.open();
+    assert!(
+        h1.wait_done_under("segments/", landed + 1).await,
+        "setup: the barrier's PUT never returned"
+    );
+    fence.open();
+    let w2 = taker.await.unwrap().expect("W2 attaches");
+    let restored = restore.await.unwrap();
+    let mut failures = vec![];
+    if restored.is_ok() {
+        failures.extend(
+            expect_at(
+                &w2,
+                0,
+                4,
+                A,
+                "W1 acknowledged restoring v1 before W2 served",
+            )
+            .await
+            .err(),
+        );
+    }
+    w2.close().await.unwrap();
+    assert_none(failures);
+}
