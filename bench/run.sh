@@ -3,7 +3,7 @@
 # ratios (bench/ratios.py): the fio jobs of bench/jobs through the NBD
 # frontend (fio's nbd engine, file:// store) vs a raw local file (libaio,
 # O_DIRECT); the daemon's RSS; the read cache; attach, checkpoint and GC
-# (replica.sh, checkpoint.sh, gc.sh); s3:// vs the raw store and s3backer,
+# (replica.sh, takeover.sh, checkpoint.sh, gc.sh); s3:// vs the raw store and s3backer,
 # on loopback and with a region's latency (s3.sh); /dev/ublkb0 in the VM rig
 # vs a file and a loop device (vm-ublk.sh); attach from the warm pool vs
 # cold (pool.sh, in the VM). Output: bench/results/DATE/
@@ -98,6 +98,8 @@ done
 python3 bench/report.py "$OUT" "$RSS_KB" "$HWM_KB" "$WRITE_TOTAL"
 # Metadata replica: attach-to-first-I/O by map size, LTX bytes per FLUSH.
 bench/replica.sh "$OUT"
+# A --force takeover's attach to first I/O (BIN_BEFORE: also an older binary's).
+bench/takeover.sh "$OUT"
 # Checkpoint and restore latency by map size.
 bench/checkpoint.sh "$OUT"
 # Write amplification and space with GC running.

@@ -101,10 +101,17 @@ impl Volume {
             dry_run: opts.dry_run,
             ..Default::default()
         };
+        // The forks compaction knows about (it leaves what they read alone).
+        let pinned_at_start: BTreeSet<String> = crate::fork::fork_pins(&self.inner.store)
+            .await?
+            .into_iter()
+            .map(|p| p.child_id)
+            .collect();
         if opts.compact_below_percent > 0 {
             self.compact(opts, &mut report).await?;
         }
-        self.delete_unreferenced(opts.dry_run, &mut report).await?;
+        self.delete_unreferenced(opts.dry_run, &pinned_at_start, &mut report)
+            .await?;
         let kept = self.inner.meta.lock().unwrap().segments()?;
         report.segments_kept = kept.iter().filter(|s| !is_record(s.size_bytes)).count() as u64;
         report.bytes_kept = kept.iter().map(|s| s.size_bytes).sum();
@@ -233,9 +240,39 @@ impl Volume {
         Ok(())
     }
 
+    /// What deletion must leave alone for forks, read once our change is
+    /// durable (D1 of the 5bc5be0 review: pins read only when compaction
+    /// started miss a fork made meanwhile, which read the checkpoint's rows
+    /// from the replica before our relocation was shipped). A fork writes
+    /// its pin before it reads the replica, so one whose pin is not here yet
+    /// reads our shipped change. Returns the newest segment no unreferenced
+    /// segment at or below may be deleted (a fork made during this run, one
+    /// not finished, or one whose checkpoint is gone may read any of them),
+    /// and the newest no orphan at or below may be (any fork's: an orphan
+    /// may be a segment a fork still reads that an earlier run kept).
+    async fn fork_keeps(
+        &self,
+        pinned_at_start: &BTreeSet<String>,
+    ) -> Result<(u64, u64), VolumeError> {
+        let names: BTreeSet<String> = self.checkpoints()?.into_iter().map(|c| c.name).collect();
+        let mut unreferenced = 0;
+        let mut orphans = 0;
+        for p in crate::fork::fork_pins(&self.inner.store).await? {
+            orphans = orphans.max(p.seq_max);
+            if p.seq_max == u64::MAX
+                || !pinned_at_start.contains(&p.child_id)
+                || !names.contains(&p.checkpoint)
+            {
+                unreferenced = unreferenced.max(p.seq_max);
+            }
+        }
+        Ok((unreferenced, orphans))
+    }
+
     async fn delete_unreferenced(
         &self,
         dry_run: bool,
+        pinned_at_start: &BTreeSet<String>,
         report: &mut GcReport,
     ) -> Result<(), VolumeError> {
         let (first, applied) = self.gc_range()?;
@@ -292,7 +329,35 @@ impl Volume {
         // it): delete only while the lease is ours. One that takes it after
         // this check reads the mark after it, and rebuilds from the replica.
         self.inner.check_lease().await?;
-        for key in doomed.iter().map(|d| segment_key(d.0)).chain(orphans) {
+        // Forgotten here; what a fork may read stays in the store (an
+        // orphan a later run keeps as long as the fork's pin is there).
+        let (keep_unreferenced, keep_orphans) = self.fork_keeps(pinned_at_start).await?;
+        let kept = doomed.iter().filter(|d| d.0 <= keep_unreferenced).count()
+            + orphans
+                .iter()
+                .filter(|k| parse_segment_key(k).is_some_and(|s| s <= keep_orphans))
+                .count();
+        if kept > 0 {
+            tracing::warn!(
+                kept,
+                "a fork may read unreferenced segments: keeping them while its pin is there"
+            );
+            let kept_doomed: Vec<&(u64, u64)> =
+                doomed.iter().filter(|d| d.0 <= keep_unreferenced).collect();
+            report.records_deleted -= kept_doomed.iter().filter(|d| is_record(d.1)).count() as u64;
+            report.segments_deleted -=
+                kept_doomed.iter().filter(|d| !is_record(d.1)).count() as u64;
+            report.bytes_deleted -= kept_doomed.iter().map(|d| d.1).sum::<u64>();
+            report.orphans_deleted -= (kept - kept_doomed.len()) as u64;
+        }
+        let doomed = doomed
+            .iter()
+            .filter(|d| d.0 > keep_unreferenced)
+            .map(|d| segment_key(d.0));
+        let orphans = orphans
+            .into_iter()
+            .filter(|k| parse_segment_key(k).is_some_and(|s| s > keep_orphans));
+        for key in doomed.chain(orphans) {
             match retry_read(&key, || self.inner.store.delete(&key)).await {
                 Ok(()) | Err(spritedisk_store::StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
