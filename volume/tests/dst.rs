@@ -90,6 +90,9 @@ struct Gate {
     dead: BTreeSet<usize>,
     /// Writers cut off from the store: everything they send fails.
     outage: BTreeSet<usize>,
+    /// Writers whose changes under `meta/` fail (S3 throttles per prefix):
+    /// segments land, the replica does not.
+    meta_outage: BTreeSet<usize>,
 }
 
 struct World {
@@ -682,6 +685,21 @@ impl Sim {
                 self.log(format!("writer {w} reaches the store again"));
             }
         }
+        let meta_out: Vec<usize> = self
+            .world
+            .gate
+            .lock()
+            .unwrap()
+            .meta_outage
+            .iter()
+            .copied()
+            .collect();
+        for w in meta_out {
+            if self.rng.gen_bool(0.05) {
+                self.world.gate.lock().unwrap().meta_outage.remove(&w);
+                self.log(format!("writer {w} can write under meta/ again"));
+            }
+        }
         let roll = self.rng.gen_range(0..100);
         match roll {
             0..=35 => self.release_one(),
@@ -727,7 +745,8 @@ impl Sim {
         let i = eligible[self.rng.gen_range(0..eligible.len())];
         let op = g.pending.remove(i);
         let dead = g.dead.contains(&op.writer);
-        let outage = g.outage.contains(&op.writer);
+        let outage = g.outage.contains(&op.writer)
+            || (g.meta_outage.contains(&op.writer) && op.key.starts_with("meta/"));
         drop(g);
         let verdict = match self.rng.gen_range(0..100) {
             _ if outage && !dead => Some(Verdict::Fail),
@@ -1123,9 +1142,16 @@ impl Sim {
     /// Faults where they hurt most (FoundationDB's "buggify"): sometimes
     /// the store goes away just as a metadata operation starts.
     fn maybe_brownout(&mut self, w: usize) {
-        if self.rng.gen_bool(0.25) {
-            self.world.gate.lock().unwrap().outage.insert(w);
-            self.log(format!("writer {w} loses the store"));
+        match self.rng.gen_range(0..100) {
+            0..=19 => {
+                self.world.gate.lock().unwrap().outage.insert(w);
+                self.log(format!("writer {w} loses the store"));
+            }
+            20..=39 => {
+                self.world.gate.lock().unwrap().meta_outage.insert(w);
+                self.log(format!("writer {w} cannot write under meta/"));
+            }
+            _ => {}
         }
     }
 
@@ -1396,6 +1422,7 @@ impl Sim {
             let mut g = self.world.gate.lock().unwrap();
             g.paused.clear();
             g.outage.clear();
+            g.meta_outage.clear();
         }
         for _ in 0..2000 {
             let busy = self.tasks.iter().any(|t| !t.handle.is_finished());
