@@ -445,10 +445,14 @@ impl Inner {
     /// Fails, and stops the engine as fenced, unless the lease is still
     /// ours. Only GC asks, before it deletes (gc.rs says why); a FLUSH never.
     pub(crate) async fn check_lease(&self) -> Result<(), VolumeError> {
-        let mut held = self.lease.held.lock().await;
         let mut backoff = self.opts.retry_backoff_min;
         for attempt in 1.. {
-            match lease::check(&self.store, &mut held).await {
+            // Locked per attempt: renewals go on while we back off.
+            let checked = {
+                let mut held = self.lease.held.lock().await;
+                lease::check(&self.store, &mut held).await
+            };
+            match checked {
                 Ok(lease::LeaseState::Ours) => return Ok(()),
                 Ok(lease::LeaseState::Lost(by)) => return Err(self.fenced(by)),
                 Err(e) if e.is_transient() && attempt < LEASE_CHECK_ATTEMPTS_MAX => {

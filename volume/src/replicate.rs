@@ -160,10 +160,13 @@ pub(crate) async fn mark_restore(
     txid: u64,
     seq: u64,
 ) -> Result<(), VolumeError> {
-    let body = Bytes::from(format!(
-        "{{\"txid\": {txid}, \"seq\": {seq}, \"epoch\": {epoch}}}\n"
-    ));
     let key = RESTORE_MARK_KEY;
+    let body_of = |txid: u64, seq: u64| {
+        Bytes::from(format!(
+            "{{\"txid\": {txid}, \"seq\": {seq}, \"epoch\": {epoch}}}\n"
+        ))
+    };
+    let mut body = body_of(txid, seq);
     for _ in 0..MARK_ATTEMPTS_MAX {
         let res = match retry_read(key, || store.head(key)).await? {
             None => store.put_if_absent(key, body.clone()).await,
@@ -179,16 +182,20 @@ pub(crate) async fn mark_restore(
                 }
                 let theirs = serde_json::from_slice::<serde_json::Value>(&raw).ok();
                 let field = |f: &str| theirs.as_ref().and_then(|v| v[f].as_u64()).unwrap_or(0);
-                let (their_epoch, their_seq) = (field("epoch"), field("seq"));
+                let (their_epoch, their_seq, their_txid) =
+                    (field("epoch"), field("seq"), field("txid"));
                 if their_epoch > epoch {
                     return Err(VolumeError::Fenced(format!(
                         "{key} was written by a writer of epoch {their_epoch}, this daemon writes epoch {epoch}"
                     )));
                 }
-                if their_epoch == epoch && their_seq >= seq {
-                    // A later change of ours (a GC finishing after a
-                    // restore) already marked more: never take it back.
-                    return Ok(());
+                if their_epoch == epoch {
+                    // Two changes of ours (a restore and a GC) may mark in
+                    // either order: the mark only ever grows, in both.
+                    if their_seq >= seq && their_txid >= txid {
+                        return Ok(());
+                    }
+                    body = body_of(txid.max(their_txid), seq.max(their_seq));
                 }
                 store.put_if_match(key, body.clone(), &m.etag).await
             }
