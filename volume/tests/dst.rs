@@ -2,19 +2,22 @@
 //! docs/design/0009, docs/reliability.md "Simulation").
 //!
 //! Real engines (`Volume`), real SQLite and write logs in temporary
-//! directories, one in-memory store, all on one current-thread tokio runtime
-//! whose clock is paused: time moves only when the simulation says so, and
-//! only when every task is idle. Every change a writer sends to the store
-//! (PUT, conditional PUT, DELETE) waits at a gate until the simulation lets
-//! it land, fails it, or lands it and loses the reply; a crashed writer's
-//! changes still waiting may land much later (a late PUT) or never. A paused
-//! writer's reads wait too. Every choice comes from one seeded RNG.
+//! directories, a volume and up to two forks of it in file:// stores (in a
+//! tmpfs when there is one: a fork opens its parent by URL), all on one
+//! current-thread tokio runtime whose clock is paused: time moves only when
+//! the simulation says so, and only when every task is idle. Every change a
+//! writer sends to a store (PUT, conditional PUT, DELETE) waits at a gate
+//! until the simulation lets it land, fails it, or lands it and loses the
+//! reply; a crashed writer's changes still waiting may land much later (a
+//! late PUT) or never. A paused writer's reads wait too; a writer may lose
+//! the store, or only the `meta/` prefix (S3 throttles per prefix). Every
+//! choice comes from one seeded RNG.
 //!
 //! Writers attach (plain or `--force`, with a fresh directory, the directory
-//! of a writer that died, or an old copy of one), write, FLUSH, read,
-//! checkpoint, delete checkpoints, restore, run GC, detach, crash and pause,
-//! several at once. A model of the accepted history checks, after every
-//! step:
+//! of a writer that died, or a copy of one taken even while it ran), write,
+//! FLUSH, read, checkpoint, delete checkpoints, restore, run GC, fork,
+//! detach, crash and pause, several at once. A model of each volume's
+//! accepted history checks, after every step:
 //! - every attach reads the history so far: what the previous owner had at
 //!   its attach, plus a prefix of its writes at least through its last
 //!   acknowledged FLUSH (two observers with no write between them read the
@@ -23,7 +26,11 @@
 //!   after the next writer read the volume is in what that writer read;
 //! - every acknowledged checkpoint is listed by every later writer, no
 //!   deleted one is, and a restore reads back the checkpoint's content;
-//! - the owner reads its own writes.
+//! - the owner reads its own writes, and no read finds referenced data
+//!   missing from the store.
+//!
+//! `tools/dst-prove.sh` takes each fix back (`tools/dst-reverts/`) and
+//! shows which seeds find it.
 //!
 //! `SPRITEDISK_DST_SEEDS=N` runs N seeds (default: the CI budget),
 //! `SPRITEDISK_DST_SEED=S` one seed (with its trace on failure), and
