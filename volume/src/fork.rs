@@ -38,6 +38,22 @@ pub struct ForkPin {
     /// The child may reference any of the parent's segments up to this.
     pub seq_max: u64,
     pub created_unix: i64,
+    /// The map version of the checkpoint the child was made from: a
+    /// checkpoint deleted and made again under the same name is another
+    /// one (absent in pins written before it was recorded, and while the
+    /// fork is being made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_version: Option<u64>,
+}
+
+impl ForkPin {
+    /// Whether the checkpoint the child was made from is still among
+    /// `checkpoints` (else everything it may read is the parent's to keep).
+    pub fn base_among(&self, checkpoints: &[spritedisk_meta::CheckpointRow]) -> bool {
+        checkpoints.iter().any(|c| {
+            c.name == self.checkpoint && self.checkpoint_version.is_none_or(|v| v == c.version)
+        })
+    }
 }
 
 /// What `fork` did.
@@ -90,6 +106,7 @@ pub async fn fork_volume(
         checkpoint: checkpoint.to_string(),
         seq_max: u64::MAX,
         created_unix: now_unix(),
+        checkpoint_version: None,
     };
     let body = |p: &ForkPin| Bytes::from(serde_json::to_vec_pretty(p).expect("serializes"));
     parent.put_if_absent(&pin_key, body(&pin)).await?;
@@ -98,6 +115,12 @@ pub async fn fork_volume(
         let extents = insp.meta.checkpoint_extents(checkpoint)?;
         let seq_max = insp.rolled.tail.max(insp.meta.applied_seq()?);
         pin.seq_max = seq_max;
+        pin.checkpoint_version = insp
+            .meta
+            .checkpoints()?
+            .into_iter()
+            .find(|c| c.name == checkpoint)
+            .map(|c| c.version);
         parent.put(&pin_key, body(&pin)).await?;
         let used: std::collections::BTreeSet<u64> = extents.iter().map(|e| e.seg).collect();
         let segments: Vec<_> = insp

@@ -133,12 +133,12 @@ impl Volume {
     /// is gone may read, which deletion leaves alone too.
     async fn fork_holds(&self) -> Result<(u64, u64), VolumeError> {
         let pins = crate::fork::fork_pins(&self.inner.store).await?;
-        let names: BTreeSet<String> = self.checkpoints()?.into_iter().map(|c| c.name).collect();
+        let checkpoints = self.checkpoints()?;
         let mut any = 0;
         let mut orphaned = 0;
         for p in pins {
             any = any.max(p.seq_max);
-            if !names.contains(&p.checkpoint) {
+            if !p.base_among(&checkpoints) {
                 tracing::warn!(
                     fork = p.child_url,
                     checkpoint = p.checkpoint,
@@ -254,14 +254,14 @@ impl Volume {
         &self,
         pinned_at_start: &BTreeSet<String>,
     ) -> Result<(u64, u64), VolumeError> {
-        let names: BTreeSet<String> = self.checkpoints()?.into_iter().map(|c| c.name).collect();
+        let checkpoints = self.checkpoints()?;
         let mut unreferenced = 0;
         let mut orphans = 0;
         for p in crate::fork::fork_pins(&self.inner.store).await? {
             orphans = orphans.max(p.seq_max);
             if p.seq_max == u64::MAX
                 || !pinned_at_start.contains(&p.child_id)
-                || !names.contains(&p.checkpoint)
+                || !p.base_among(&checkpoints)
             {
                 unreferenced = unreferenced.max(p.seq_max);
             }

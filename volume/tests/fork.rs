@@ -311,3 +311,80 @@ async fn a_fork_made_during_a_compaction_keeps_what_it_reads() {
     child.close().await.unwrap();
     parent.close().await.unwrap();
 }
+
+/// L2 of the second review of 0009 step 2b: a checkpoint deleted while a
+/// fork of it is being made, then made again under the same name, is
+/// another checkpoint: the fork's segments are still the parent's to keep.
+/// Fails on 4e5531c: GC takes the new checkpoint for the fork's base and
+/// deletes the segment only the old one referenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_made_again_under_its_name_does_not_stand_for_a_forks_base() {
+    let root = tempfile::tempdir().unwrap();
+    let (pstore, purl) = url_store(root.path(), "parent");
+    let (cstore, curl) = url_store(root.path(), "child");
+    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
+    let (open, gate) = tokio::sync::watch::channel(true);
+    let held = Arc::new(HoldPuts {
+        inner: pstore.clone(),
+        prefix: "meta/ltx/",
+        open: gate,
+        arrived: tokio::sync::watch::channel(0).0,
+    });
+    let through: Arc<dyn ObjectStore> = held.clone();
+    let mut o = small_opts(1);
+    o.replica_interval = std::time::Duration::from_secs(3600);
+    let pdir = root.path().join("pcache");
+    let parent = Volume::open(through, &purl, Some(&pdir), o).await.unwrap();
+    write(&parent, 0, 4, 1).await;
+    parent.checkpoint(Some("X")).await.unwrap();
+    write(&parent, 0, 4, 2).await; // the first segment: X's alone
+
+    // Deleting X ships; the ship waits at the gate.
+    open.send_replace(false);
+    let arrived = held.arrived.borrow().to_owned();
+    let p = parent.clone();
+    let delete = tokio::spawn(async move { p.delete_checkpoint("X").await });
+    let mut rx = held.arrived.subscribe();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        rx.wait_for(|&n| n > arrived),
+    )
+    .await
+    .expect("setup: the deletion never shipped")
+    .unwrap();
+    // A fork of X reads the replica, which still has it.
+    let cdir = root.path().join("ccache");
+    fork_volume(
+        &pstore,
+        &purl,
+        "X",
+        cstore.clone(),
+        &curl,
+        &cdir,
+        small_opts(2),
+    )
+    .await
+    .unwrap();
+    open.send_replace(true);
+    delete.await.unwrap().unwrap();
+    // Another checkpoint named X, then GC.
+    parent.checkpoint(Some("X")).await.unwrap();
+    parent.gc(&GcOptions::default()).await.unwrap();
+
+    let fresh = root.path().join("fresh");
+    let child = Volume::open(cstore, &curl, Some(&fresh), small_opts(3))
+        .await
+        .unwrap();
+    for b in 0..4 {
+        let got = child
+            .read(b * BS, BS)
+            .await
+            .unwrap_or_else(|e| panic!("the fork cannot read block {b}: {e}"));
+        assert!(
+            got == pattern(b, 1, 1),
+            "block {b} of the fork is not the first X's"
+        );
+    }
+    child.close().await.unwrap();
+    parent.close().await.unwrap();
+}
