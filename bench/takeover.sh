@@ -20,20 +20,13 @@ PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
 now_ms() { date +%s%3N; }
 
-# serve BIN SOCKET CACHE [ARGS...]: a daemon on SOCKET, waited for.
+. bench/lib.sh
+# serve BIN SOCKET CACHE [ARGS...]: a daemon of BIN on SOCKET, waited for.
 serve() {
   local bin=$1 sock=$2 cache=$3; shift 3
-  rm -f "$sock"
-  "$bin" attach "file://$WORK/vol" --nbd "$sock" --cache-dir "$cache" "$@" >"$sock.out" 2>"$sock.log" &
-  PIDS+=($!)
-  SERVED=$!
-  for _ in $(seq 6000); do
-    grep -q '^attached' "$sock.out" 2>/dev/null && [ -S "$sock" ] && return
-    kill -0 "$SERVED" 2>/dev/null || break
-    sleep 0.01
-  done
-  echo "the daemon did not attach: $(tail -5 "$sock.log")" >&2
-  exit 1
+  BIN=$bin SOCK=$sock LOG=$sock attach "file://$WORK/vol" "$cache" "$@"
+  PIDS+=("$PID")
+  SERVED=$PID
 }
 first_io() { qemu-io -f raw "nbd+unix:///?socket=$1" -c 'read 0 4096' >/dev/null; }
 stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }

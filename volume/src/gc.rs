@@ -50,6 +50,17 @@ pub struct GcOptions {
     pub compact_below_percent: u64,
 }
 
+impl GcReport {
+    /// Counts what a run deletes: `doomed` (sequence number, size) left the
+    /// map, `orphans` were never in it.
+    fn count_deletions(&mut self, doomed: &[(u64, u64)], orphans: &[u64]) {
+        self.records_deleted = doomed.iter().filter(|d| is_record(d.1)).count() as u64;
+        self.segments_deleted = doomed.len() as u64 - self.records_deleted;
+        self.bytes_deleted = doomed.iter().map(|d| d.1).sum();
+        self.orphans_deleted = orphans.len() as u64;
+    }
+}
+
 impl Default for GcOptions {
     fn default() -> Self {
         GcOptions {
@@ -127,32 +138,17 @@ impl Volume {
         Ok((first_own, applied))
     }
 
-    /// What forks of this volume hold (fork.rs): the newest segment any
-    /// fork may read, which compaction leaves alone (a fork reads the
-    /// original pieces), and the newest one a fork whose base checkpoint
-    /// is gone may read, which deletion leaves alone too.
-    async fn fork_holds(&self) -> Result<(u64, u64), VolumeError> {
+    /// The newest segment any fork of this volume may read (fork.rs),
+    /// which compaction leaves alone: a fork reads the original pieces.
+    /// (What deletion leaves alone: [`Volume::fork_keeps`].)
+    async fn fork_holds(&self) -> Result<u64, VolumeError> {
         let pins = crate::fork::fork_pins(&self.inner.store).await?;
-        let checkpoints = self.checkpoints()?;
-        let mut any = 0;
-        let mut orphaned = 0;
-        for p in pins {
-            any = any.max(p.seq_max);
-            if !p.base_among(&checkpoints) {
-                tracing::warn!(
-                    fork = p.child_url,
-                    checkpoint = p.checkpoint,
-                    "a fork's base checkpoint is gone: keeping every segment it may read"
-                );
-                orphaned = orphaned.max(p.seq_max);
-            }
-        }
-        Ok((any, orphaned))
+        Ok(pins.iter().map(|p| p.seq_max).max().unwrap_or(0))
     }
 
     async fn compact(&self, opts: &GcOptions, report: &mut GcReport) -> Result<(), VolumeError> {
         let (first, applied) = self.gc_range()?;
-        let first = first.max(self.fork_holds().await?.0.saturating_add(1));
+        let first = first.max(self.fork_holds().await?.saturating_add(1));
         let victims: Vec<u64> = self
             .inner
             .meta
@@ -259,10 +255,15 @@ impl Volume {
         let mut orphans = 0;
         for p in crate::fork::fork_pins(&self.inner.store).await? {
             orphans = orphans.max(p.seq_max);
-            if p.seq_max == u64::MAX
-                || !pinned_at_start.contains(&p.child_id)
-                || !p.base_among(&checkpoints)
-            {
+            let based = p.base_among(&checkpoints);
+            if !based {
+                tracing::warn!(
+                    fork = p.child_url,
+                    checkpoint = p.checkpoint,
+                    "a fork's base checkpoint is gone: keeping every segment it may read"
+                );
+            }
+            if p.seq_max == u64::MAX || !pinned_at_start.contains(&p.child_id) || !based {
                 unreferenced = unreferenced.max(p.seq_max);
             }
         }
@@ -293,9 +294,6 @@ impl Volume {
             }
             doomed
         };
-        report.records_deleted = doomed.iter().filter(|d| is_record(d.1)).count() as u64;
-        report.segments_deleted = doomed.len() as u64 - report.records_deleted;
-        report.bytes_deleted = doomed.iter().map(|d| d.1).sum();
         let known: BTreeSet<u64> = self
             .inner
             .meta
@@ -306,15 +304,14 @@ impl Volume {
             .map(|s| s.seq)
             .collect();
         let listed = retry_read("segments/", || self.inner.store.list("segments/")).await?;
-        let orphans: Vec<String> = listed
+        let orphans: Vec<u64> = listed
             .iter()
             .filter_map(|m| parse_segment_key(&m.key))
             .filter(|&s| s >= first && s < applied && !known.contains(&s))
             .filter(|s| !doomed.iter().any(|d| d.0 == *s))
-            .map(segment_key)
             .collect();
-        report.orphans_deleted = orphans.len() as u64;
         if dry_run || (doomed.is_empty() && orphans.is_empty()) {
+            report.count_deletions(&doomed, &orphans);
             return Ok(());
         }
         // Durable first, sealed by a barrier on the chain (a writer that
@@ -332,32 +329,22 @@ impl Volume {
         // Forgotten here; what a fork may read stays in the store (an
         // orphan a later run keeps as long as the fork's pin is there).
         let (keep_unreferenced, keep_orphans) = self.fork_keeps(pinned_at_start).await?;
-        let kept = doomed.iter().filter(|d| d.0 <= keep_unreferenced).count()
-            + orphans
-                .iter()
-                .filter(|k| parse_segment_key(k).is_some_and(|s| s <= keep_orphans))
-                .count();
+        let all = doomed.len() + orphans.len();
+        let doomed: Vec<(u64, u64)> = doomed
+            .into_iter()
+            .filter(|d| d.0 > keep_unreferenced)
+            .collect();
+        let orphans: Vec<u64> = orphans.into_iter().filter(|&s| s > keep_orphans).collect();
+        let kept = all - doomed.len() - orphans.len();
         if kept > 0 {
             tracing::warn!(
                 kept,
                 "a fork may read unreferenced segments: keeping them while its pin is there"
             );
-            let kept_doomed: Vec<&(u64, u64)> =
-                doomed.iter().filter(|d| d.0 <= keep_unreferenced).collect();
-            report.records_deleted -= kept_doomed.iter().filter(|d| is_record(d.1)).count() as u64;
-            report.segments_deleted -=
-                kept_doomed.iter().filter(|d| !is_record(d.1)).count() as u64;
-            report.bytes_deleted -= kept_doomed.iter().map(|d| d.1).sum::<u64>();
-            report.orphans_deleted -= (kept - kept_doomed.len()) as u64;
         }
-        let doomed = doomed
-            .iter()
-            .filter(|d| d.0 > keep_unreferenced)
-            .map(|d| segment_key(d.0));
-        let orphans = orphans
-            .into_iter()
-            .filter(|k| parse_segment_key(k).is_some_and(|s| s > keep_orphans));
-        for key in doomed.chain(orphans) {
+        report.count_deletions(&doomed, &orphans);
+        let keys = doomed.iter().map(|d| d.0).chain(orphans).map(segment_key);
+        for key in keys {
             match retry_read(&key, || self.inner.store.delete(&key)).await {
                 Ok(()) | Err(spritedisk_store::StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),

@@ -102,6 +102,46 @@ struct Gate {
     meta_outage: BTreeSet<usize>,
 }
 
+/// What the simulation can do to a writer for a while.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Nothing of it runs: its reads and changes wait.
+    Pause,
+    /// Everything it sends fails.
+    Outage,
+    /// Its changes under `meta/` fail (S3 throttles per prefix).
+    MetaOutage,
+}
+
+impl Fault {
+    const ALL: [Fault; 3] = [Fault::Pause, Fault::Outage, Fault::MetaOutage];
+
+    /// The writers it holds.
+    fn of(self, g: &mut Gate) -> &mut BTreeSet<usize> {
+        match self {
+            Fault::Pause => &mut g.paused,
+            Fault::Outage => &mut g.outage,
+            Fault::MetaOutage => &mut g.meta_outage,
+        }
+    }
+
+    fn starts(self) -> &'static str {
+        match self {
+            Fault::Pause => "pauses",
+            Fault::Outage => "loses the store",
+            Fault::MetaOutage => "cannot write under meta/",
+        }
+    }
+
+    fn ends(self) -> &'static str {
+        match self {
+            Fault::Pause => "resumes",
+            Fault::Outage => "reaches the store again",
+            Fault::MetaOutage => "can write under meta/ again",
+        }
+    }
+}
+
 struct World {
     gate: Mutex<Gate>,
 }
@@ -511,7 +551,8 @@ enum Op {
         covered: usize,
     },
     Read {
-        expect: Option<Vec<Blocks>>,
+        /// The states the owner's volume may have.
+        expect: Vec<Blocks>,
     },
     Checkpoint {
         name: String,
@@ -673,38 +714,11 @@ impl Sim {
 
     async fn act(&mut self) {
         // Pauses and outages end after 20 steps on average.
-        let (paused, out): (Vec<usize>, Vec<usize>) = {
-            let g = self.world.gate.lock().unwrap();
-            (
-                g.paused.iter().copied().collect(),
-                g.outage.iter().copied().collect(),
-            )
-        };
-        for w in paused {
-            if self.rng.gen_bool(0.05) {
-                self.world.gate.lock().unwrap().paused.remove(&w);
-                self.log(format!("writer {w} resumes"));
-            }
-        }
-        for w in out {
-            if self.rng.gen_bool(0.05) {
-                self.world.gate.lock().unwrap().outage.remove(&w);
-                self.log(format!("writer {w} reaches the store again"));
-            }
-        }
-        let meta_out: Vec<usize> = self
-            .world
-            .gate
-            .lock()
-            .unwrap()
-            .meta_outage
-            .iter()
-            .copied()
-            .collect();
-        for w in meta_out {
-            if self.rng.gen_bool(0.05) {
-                self.world.gate.lock().unwrap().meta_outage.remove(&w);
-                self.log(format!("writer {w} can write under meta/ again"));
+        for f in Fault::ALL {
+            for w in self.holding(f) {
+                if self.rng.gen_bool(0.05) {
+                    self.end(f, w);
+                }
             }
         }
         let roll = self.rng.gen_range(0..100);
@@ -714,8 +728,8 @@ impl Sim {
             74..=76 => self.stale_writer_op(),
             77..=80 => self.attach(),
             81..=82 => self.crash_one(),
-            83..=84 => self.toggle_pause(),
-            85..=86 => self.toggle_outage(),
+            83..=84 => self.toggle(Fault::Pause),
+            85..=86 => self.toggle(Fault::Outage),
             87..=88 => self.copy_dir(),
             _ => {
                 let d = match self.rng.gen_range(0..10) {
@@ -810,7 +824,7 @@ impl Sim {
                 });
             }
             60..=69 => {
-                let expect = Some(self.vols[v].model.owner_states());
+                let expect = self.vols[v].model.owner_states();
                 self.log(format!("writer {o}: read"));
                 self.spawn(o, Op::Read { expect }, read_all(vol));
             }
@@ -1122,69 +1136,43 @@ impl Sim {
         Some(live[self.rng.gen_range(0..live.len())])
     }
 
-    fn toggle_pause(&mut self) {
-        let paused: Vec<usize> = self
-            .world
-            .gate
-            .lock()
-            .unwrap()
-            .paused
-            .iter()
-            .copied()
-            .collect();
-        let Some(w) = self.pick_toggle(&paused) else {
+    /// The writers fault `f` holds now.
+    fn holding(&self, f: Fault) -> Vec<usize> {
+        let mut g = self.world.gate.lock().unwrap();
+        f.of(&mut g).iter().copied().collect()
+    }
+
+    fn start(&mut self, f: Fault, w: usize) {
+        f.of(&mut self.world.gate.lock().unwrap()).insert(w);
+        self.log(format!("writer {w} {}", f.starts()));
+    }
+
+    fn end(&mut self, f: Fault, w: usize) {
+        f.of(&mut self.world.gate.lock().unwrap()).remove(&w);
+        self.log(format!("writer {w} {}", f.ends()));
+    }
+
+    /// Ends fault `f` for a writer it holds, or starts it for another.
+    fn toggle(&mut self, f: Fault) {
+        let held = self.holding(f);
+        let Some(w) = self.pick_toggle(&held) else {
             return;
         };
-        let mut g = self.world.gate.lock().unwrap();
-        let now = if g.paused.remove(&w) {
-            "resumes"
+        if held.contains(&w) {
+            self.end(f, w);
         } else {
-            g.paused.insert(w);
-            "pauses"
-        };
-        drop(g);
-        self.log(format!("writer {w} {now}"));
+            self.start(f, w);
+        }
     }
 
     /// Faults where they hurt most (FoundationDB's "buggify"): sometimes
     /// the store goes away just as a metadata operation starts.
     fn maybe_brownout(&mut self, w: usize) {
         match self.rng.gen_range(0..100) {
-            0..=19 => {
-                self.world.gate.lock().unwrap().outage.insert(w);
-                self.log(format!("writer {w} loses the store"));
-            }
-            20..=39 => {
-                self.world.gate.lock().unwrap().meta_outage.insert(w);
-                self.log(format!("writer {w} cannot write under meta/"));
-            }
+            0..=19 => self.start(Fault::Outage, w),
+            20..=39 => self.start(Fault::MetaOutage, w),
             _ => {}
         }
-    }
-
-    /// Cuts a writer off from the store (or reconnects it).
-    fn toggle_outage(&mut self) {
-        let out: Vec<usize> = self
-            .world
-            .gate
-            .lock()
-            .unwrap()
-            .outage
-            .iter()
-            .copied()
-            .collect();
-        let Some(w) = self.pick_toggle(&out) else {
-            return;
-        };
-        let mut g = self.world.gate.lock().unwrap();
-        let now = if g.outage.remove(&w) {
-            "reaches the store again"
-        } else {
-            g.outage.insert(w);
-            "loses the store"
-        };
-        drop(g);
-        self.log(format!("writer {w} {now}"));
     }
 
     /// A copy of a directory (a gone writer's, or a live one's as a disk
@@ -1295,7 +1283,7 @@ impl Sim {
                         return Err(format!("writer {w} could not read its volume: {e}"));
                     }
                 }
-                if let (Ok(seen), Some(expect)) = (r, expect) {
+                if let Ok(seen) = r {
                     let owner = Some(w) == self.vols[v].model.owner
                         && !self.vols[v].model.retired.contains_key(&w);
                     if owner && !expect.contains(&seen) {

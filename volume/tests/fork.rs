@@ -153,80 +153,89 @@ async fn a_fork_of_a_missing_checkpoint_is_refused_and_pins_nothing() {
     parent.close().await.unwrap();
 }
 
-/// Holds PUTs under a prefix while its gate is closed.
-#[derive(Debug)]
-struct HoldPuts {
-    inner: Arc<dyn ObjectStore>,
-    prefix: &'static str,
-    open: tokio::sync::watch::Receiver<bool>,
-    arrived: tokio::sync::watch::Sender<usize>,
+/// A parent on file:// whose shipped metadata (its LTX PUTs) can be held
+/// at a gate, and the store and URL of a fork of it.
+struct GatedParent {
+    root: tempfile::TempDir,
+    gate: Arc<GateStore>,
+    parent: Volume,
+    pstore: Arc<dyn ObjectStore>,
+    purl: String,
+    cstore: Arc<dyn ObjectStore>,
+    curl: String,
 }
 
-impl HoldPuts {
-    async fn gate(&self, key: &str) {
-        if key.starts_with(self.prefix) {
-            self.arrived.send_modify(|n| *n += 1);
-            let mut open = self.open.clone();
-            let _ = open.wait_for(|o| *o).await;
+async fn gated_parent() -> GatedParent {
+    let root = tempfile::tempdir().unwrap();
+    let (pstore, purl) = url_store(root.path(), "parent");
+    let (cstore, curl) = url_store(root.path(), "child");
+    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
+    let gate = GateStore::new(pstore.clone(), "meta/ltx/", Hold::Puts);
+    let through: Arc<dyn ObjectStore> = gate.clone();
+    let mut o = small_opts(1);
+    // Only the commands under test ship the metadata.
+    o.replica_interval = std::time::Duration::from_secs(3600);
+    let pdir = root.path().join("pcache");
+    let parent = Volume::open(through, &purl, Some(&pdir), o).await.unwrap();
+    GatedParent {
+        root,
+        gate,
+        parent,
+        pstore,
+        purl,
+        cstore,
+        curl,
+    }
+}
+
+impl GatedParent {
+    /// Runs `op` on the parent; once it ships its metadata (held at the
+    /// gate), forks `checkpoint`, which reads the replica without that
+    /// change; then lets the ship land and returns what `op` returned.
+    async fn fork_during<T, F>(&self, what: &str, checkpoint: &str, op: F) -> T
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let before = self.gate.close();
+        let op = tokio::spawn(op);
+        assert!(
+            self.gate.arrived_past(before).await,
+            "setup: {what} never shipped its metadata"
+        );
+        let cdir = self.root.path().join("ccache");
+        fork_volume(
+            &self.pstore,
+            &self.purl,
+            checkpoint,
+            self.cstore.clone(),
+            &self.curl,
+            &cdir,
+            small_opts(2),
+        )
+        .await
+        .unwrap();
+        self.gate.open();
+        op.await.unwrap()
+    }
+
+    /// A fresh machine reads the fork: block `lba` holds write `tag`.
+    async fn expect_fork(&self, blocks: &[(u64, u8)], whose: &str) {
+        let fresh = self.root.path().join("fresh");
+        let child = Volume::open(self.cstore.clone(), &self.curl, Some(&fresh), small_opts(3))
+            .await
+            .unwrap();
+        for &(b, tag) in blocks {
+            let got = child
+                .read(b * BS, BS)
+                .await
+                .unwrap_or_else(|e| panic!("the fork cannot read block {b}: {e}"));
+            assert!(
+                got == pattern(b, 1, tag),
+                "block {b} of the fork is not {whose}"
+            );
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for HoldPuts {
-    async fn get(&self, key: &str) -> Result<bytes::Bytes, spritedisk_store::StoreError> {
-        self.inner.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<bytes::Bytes, spritedisk_store::StoreError> {
-        self.inner.get_range(key, offset, len).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        data: bytes::Bytes,
-    ) -> Result<String, spritedisk_store::StoreError> {
-        self.gate(key).await;
-        self.inner.put(key, data).await
-    }
-    async fn put_if_absent(
-        &self,
-        key: &str,
-        data: bytes::Bytes,
-    ) -> Result<String, spritedisk_store::StoreError> {
-        self.gate(key).await;
-        self.inner.put_if_absent(key, data).await
-    }
-    async fn put_if_match(
-        &self,
-        key: &str,
-        data: bytes::Bytes,
-        etag: &str,
-    ) -> Result<String, spritedisk_store::StoreError> {
-        self.gate(key).await;
-        self.inner.put_if_match(key, data, etag).await
-    }
-    async fn head(
-        &self,
-        key: &str,
-    ) -> Result<Option<spritedisk_store::ObjectMeta>, spritedisk_store::StoreError> {
-        self.inner.head(key).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), spritedisk_store::StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<spritedisk_store::ObjectMeta>, spritedisk_store::StoreError> {
-        self.inner.list(prefix).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
+        child.close().await.unwrap();
     }
 }
 
@@ -237,79 +246,24 @@ impl ObjectStore for HoldPuts {
 /// that segment held is "referenced data is missing" in the fork.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_made_during_a_compaction_keeps_what_it_reads() {
-    let root = tempfile::tempdir().unwrap();
-    let (pstore, purl) = url_store(root.path(), "parent");
-    let (cstore, curl) = url_store(root.path(), "child");
-    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
-    let (open, gate) = tokio::sync::watch::channel(true);
-    let held = Arc::new(HoldPuts {
-        inner: pstore.clone(),
-        prefix: "meta/ltx/",
-        open: gate,
-        arrived: tokio::sync::watch::channel(0).0,
-    });
-    let through: Arc<dyn ObjectStore> = held.clone();
-    let mut o = small_opts(1);
-    // Only the commands under test ship the metadata.
-    o.replica_interval = std::time::Duration::from_secs(3600);
-    let pdir = root.path().join("pcache");
-    let parent = Volume::open(through, &purl, Some(&pdir), o).await.unwrap();
+    let g = gated_parent().await;
     // One segment of 4 blocks, 3 of them overwritten: a compaction victim
     // whose last block only it holds, for the live map and for v1.
-    write(&parent, 0, 4, 1).await;
-    write(&parent, 0, 3, 2).await;
-    parent.checkpoint(Some("v1")).await.unwrap();
-
-    // GC compacts; its shipped relocation waits at the gate.
-    open.send_replace(false);
-    let arrived = held.arrived.borrow().to_owned();
-    let p = parent.clone();
-    let gc = tokio::spawn(async move { p.gc(&GcOptions::default()).await });
-    let mut rx = held.arrived.subscribe();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        rx.wait_for(|&n| n > arrived),
-    )
-    .await
-    .expect("setup: GC never shipped its metadata")
-    .unwrap();
-    // Meanwhile a fork of v1 reads the parent's replica.
-    let cdir = root.path().join("ccache");
-    fork_volume(
-        &pstore,
-        &purl,
-        "v1",
-        cstore.clone(),
-        &curl,
-        &cdir,
-        small_opts(2),
-    )
-    .await
-    .unwrap();
-    open.send_replace(true);
-    let report = gc.await.unwrap().unwrap();
+    write(&g.parent, 0, 4, 1).await;
+    write(&g.parent, 0, 3, 2).await;
+    g.parent.checkpoint(Some("v1")).await.unwrap();
+    let p = g.parent.clone();
+    let report = g
+        .fork_during("GC", "v1", async move { p.gc(&GcOptions::default()).await })
+        .await
+        .unwrap();
     assert!(
         report.segments_compacted > 0,
         "setup: nothing was compacted: {report:?}"
     );
-
-    // A fresh machine reads the fork: every block of v1.
-    let fresh = root.path().join("fresh");
-    let child = Volume::open(cstore, &curl, Some(&fresh), small_opts(3))
-        .await
-        .unwrap();
-    for (b, tag) in [(0, 2), (1, 2), (2, 2), (3, 1)] {
-        let got = child
-            .read(b * BS, BS)
-            .await
-            .unwrap_or_else(|e| panic!("the fork cannot read block {b}: {e}"));
-        assert!(
-            got == pattern(b, 1, tag),
-            "block {b} of the fork is not v1's"
-        );
-    }
-    child.close().await.unwrap();
-    parent.close().await.unwrap();
+    g.expect_fork(&[(0, 2), (1, 2), (2, 2), (3, 1)], "v1's")
+        .await;
+    g.parent.close().await.unwrap();
 }
 
 /// L2 of the second review of 0009 step 2b: a checkpoint deleted while a
@@ -319,72 +273,22 @@ async fn a_fork_made_during_a_compaction_keeps_what_it_reads() {
 /// deletes the segment only the old one referenced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_made_again_under_its_name_does_not_stand_for_a_forks_base() {
-    let root = tempfile::tempdir().unwrap();
-    let (pstore, purl) = url_store(root.path(), "parent");
-    let (cstore, curl) = url_store(root.path(), "child");
-    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
-    let (open, gate) = tokio::sync::watch::channel(true);
-    let held = Arc::new(HoldPuts {
-        inner: pstore.clone(),
-        prefix: "meta/ltx/",
-        open: gate,
-        arrived: tokio::sync::watch::channel(0).0,
-    });
-    let through: Arc<dyn ObjectStore> = held.clone();
-    let mut o = small_opts(1);
-    o.replica_interval = std::time::Duration::from_secs(3600);
-    let pdir = root.path().join("pcache");
-    let parent = Volume::open(through, &purl, Some(&pdir), o).await.unwrap();
-    write(&parent, 0, 4, 1).await;
-    parent.checkpoint(Some("X")).await.unwrap();
-    write(&parent, 0, 4, 2).await; // the first segment: X's alone
-
-    // Deleting X ships; the ship waits at the gate.
-    open.send_replace(false);
-    let arrived = held.arrived.borrow().to_owned();
-    let p = parent.clone();
-    let delete = tokio::spawn(async move { p.delete_checkpoint("X").await });
-    let mut rx = held.arrived.subscribe();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        rx.wait_for(|&n| n > arrived),
-    )
-    .await
-    .expect("setup: the deletion never shipped")
-    .unwrap();
-    // A fork of X reads the replica, which still has it.
-    let cdir = root.path().join("ccache");
-    fork_volume(
-        &pstore,
-        &purl,
+    let g = gated_parent().await;
+    write(&g.parent, 0, 4, 1).await;
+    g.parent.checkpoint(Some("X")).await.unwrap();
+    write(&g.parent, 0, 4, 2).await; // the first segment: X's alone
+    let p = g.parent.clone();
+    g.fork_during(
+        "deleting X",
         "X",
-        cstore.clone(),
-        &curl,
-        &cdir,
-        small_opts(2),
+        async move { p.delete_checkpoint("X").await },
     )
     .await
     .unwrap();
-    open.send_replace(true);
-    delete.await.unwrap().unwrap();
     // Another checkpoint named X, then GC.
-    parent.checkpoint(Some("X")).await.unwrap();
-    parent.gc(&GcOptions::default()).await.unwrap();
-
-    let fresh = root.path().join("fresh");
-    let child = Volume::open(cstore, &curl, Some(&fresh), small_opts(3))
-        .await
-        .unwrap();
-    for b in 0..4 {
-        let got = child
-            .read(b * BS, BS)
-            .await
-            .unwrap_or_else(|e| panic!("the fork cannot read block {b}: {e}"));
-        assert!(
-            got == pattern(b, 1, 1),
-            "block {b} of the fork is not the first X's"
-        );
-    }
-    child.close().await.unwrap();
-    parent.close().await.unwrap();
+    g.parent.checkpoint(Some("X")).await.unwrap();
+    g.parent.gc(&GcOptions::default()).await.unwrap();
+    g.expect_fork(&[(0, 1), (1, 1), (2, 1), (3, 1)], "the first X's")
+        .await;
+    g.parent.close().await.unwrap();
 }

@@ -260,80 +260,6 @@ async fn a_deleted_lease_restarts_above_the_history() {
     d.close().await.unwrap();
 }
 
-/// Holds every read under `meta/` (the replica an attach restores) until
-/// the test opens the gate.
-#[derive(Debug)]
-struct HeldReplica {
-    inner: Arc<dyn ObjectStore>,
-    open: tokio::sync::watch::Receiver<bool>,
-}
-
-impl HeldReplica {
-    async fn gate(&self, key: &str) {
-        if key.starts_with("meta/") {
-            let mut open = self.open.clone();
-            let _ = open.wait_for(|o| *o).await;
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for HeldReplica {
-    async fn get(&self, key: &str) -> Result<bytes::Bytes, spritedisk_store::StoreError> {
-        self.gate(key).await;
-        self.inner.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<bytes::Bytes, spritedisk_store::StoreError> {
-        self.gate(key).await;
-        self.inner.get_range(key, offset, len).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        data: bytes::Bytes,
-    ) -> Result<String, spritedisk_store::StoreError> {
-        self.inner.put(key, data).await
-    }
-    async fn put_if_absent(
-        &self,
-        key: &str,
-        data: bytes::Bytes,
-    ) -> Result<String, spritedisk_store::StoreError> {
-        self.inner.put_if_absent(key, data).await
-    }
-    async fn put_if_match(
-        &self,
-        key: &str,
-        data: bytes::Bytes,
-        etag: &str,
-    ) -> Result<String, spritedisk_store::StoreError> {
-        self.inner.put_if_match(key, data, etag).await
-    }
-    async fn head(
-        &self,
-        key: &str,
-    ) -> Result<Option<spritedisk_store::ObjectMeta>, spritedisk_store::StoreError> {
-        self.inner.head(key).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), spritedisk_store::StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<spritedisk_store::ObjectMeta>, spritedisk_store::StoreError> {
-        self.inner.list(prefix).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
 /// The lease is renewed from the moment it is taken, not once the attach is
 /// done: an attach that spends longer than the TTL restoring its metadata
 /// (a big map, a slow store) is not taken for dead meanwhile (A2 of the
@@ -347,37 +273,34 @@ async fn the_lease_is_renewed_while_the_attach_is_still_restoring() {
     a.write(0, pattern(0, 4, 1), false).await.unwrap();
     a.close().await.unwrap(); // the replica holds the map
 
-    let (open_gate, gate) = tokio::sync::watch::channel(false);
-    let slow: Arc<dyn ObjectStore> = Arc::new(HeldReplica {
-        inner: store.clone(),
-        open: gate,
-    });
+    // B's reads of the replica wait at the gate.
+    let gate = GateStore::new(store.clone(), "meta/", Hold::Reads);
+    gate.close();
+    let slow: Arc<dyn ObjectStore> = gate.clone();
     let mut o = polite();
     o.lease_ttl = Duration::from_secs(1); // renewals every 333 ms
     let d2 = tempfile::tempdir().unwrap();
     let dir = d2.path().to_path_buf();
     let b = tokio::spawn(async move { open(slow, Some(&dir), o).await });
-    // B takes the lease, then waits for its replica: the lease must change
-    // (a renewal) while B's attach cannot finish.
-    let mut first: Option<bytes::Bytes> = None;
+    assert!(
+        gate.arrived_past(0).await,
+        "setup: B never read its replica"
+    );
+    // B holds the lease and cannot finish its attach: the lease must
+    // change meanwhile (a renewal).
+    let taken = store.get("lease.json").await.unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&taken).unwrap();
+    assert_eq!(
+        doc["epoch"], 2,
+        "setup: B reads its replica before it holds the lease"
+    );
     let mut renewed = false;
     let t0 = std::time::Instant::now();
-    while t0.elapsed() < Duration::from_secs(20) {
-        let now = store.get("lease.json").await.unwrap();
-        let doc: serde_json::Value = serde_json::from_slice(&now).unwrap();
-        if doc["epoch"] == 2 {
-            match &first {
-                None => first = Some(now),
-                Some(f) if *f != now => {
-                    renewed = true;
-                    break;
-                }
-                Some(_) => {}
-            }
-        }
+    while !renewed && t0.elapsed() < GATE_WAIT_MAX {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        renewed = store.get("lease.json").await.unwrap() != taken;
     }
-    let _ = open_gate.send(true);
+    gate.open();
     let b = b.await.unwrap();
     assert!(
         renewed,

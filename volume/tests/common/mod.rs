@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use spritedisk_store::ObjectStore;
+use spritedisk_store::{ObjectMeta, ObjectStore, StoreError};
 use spritedisk_volume::{create_volume, EngineOptions, Volume};
 
 pub const BS: u64 = 4096;
@@ -71,4 +71,104 @@ pub async fn segment_seqs(store: &Arc<dyn ObjectStore>) -> Vec<u64> {
         .iter()
         .filter_map(|m| spritedisk_volume::segment::parse_segment_key(&m.key))
         .collect()
+}
+
+/// What a [`GateStore`] holds at its gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// GETs (whole and ranged).
+    Reads,
+    /// PUTs, plain and conditional.
+    Puts,
+}
+
+/// Wraps a store: while its gate is closed, the operations of one kind on
+/// keys under a prefix wait there. Counts those that reached it, so a test
+/// orders events by awaiting them, never by sleeping.
+#[derive(Debug)]
+pub struct GateStore {
+    inner: Arc<dyn ObjectStore>,
+    prefix: &'static str,
+    hold: Hold,
+    open: tokio::sync::watch::Sender<bool>,
+    arrived: tokio::sync::watch::Sender<usize>,
+}
+
+/// How long a test waits for an event its setup makes happen at once.
+pub const GATE_WAIT_MAX: Duration = Duration::from_secs(20);
+
+impl GateStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, prefix: &'static str, hold: Hold) -> Arc<GateStore> {
+        Arc::new(GateStore {
+            inner,
+            prefix,
+            hold,
+            open: tokio::sync::watch::channel(true).0,
+            arrived: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// Closes the gate; returns how many operations reached it so far.
+    pub fn close(&self) -> usize {
+        self.open.send_replace(false);
+        *self.arrived.borrow()
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Waits until more than `n` operations reached the gate; false after
+    /// [`GATE_WAIT_MAX`].
+    pub async fn arrived_past(&self, n: usize) -> bool {
+        let mut rx = self.arrived.subscribe();
+        let reached = tokio::time::timeout(GATE_WAIT_MAX, rx.wait_for(|&a| a > n))
+            .await
+            .is_ok();
+        reached
+    }
+
+    async fn gate(&self, hold: Hold, key: &str) {
+        if hold == self.hold && key.starts_with(self.prefix) {
+            self.arrived.send_modify(|n| *n += 1);
+            let mut open = self.open.subscribe();
+            let _ = open.wait_for(|o| *o).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for GateStore {
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.gate(Hold::Reads, key).await;
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        self.gate(Hold::Reads, key).await;
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
+        self.gate(Hold::Puts, key).await;
+        self.inner.put(key, data).await
+    }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
+        self.gate(Hold::Puts, key).await;
+        self.inner.put_if_absent(key, data).await
+    }
+    async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<String, StoreError> {
+        self.gate(Hold::Puts, key).await;
+        self.inner.put_if_match(key, data, etag).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
 }
