@@ -170,7 +170,9 @@ async fn gated_parent() -> GatedParent {
     let (pstore, purl) = url_store(root.path(), "parent");
     let (cstore, curl) = url_store(root.path(), "child");
     create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
-    let gate = GateStore::new(pstore.clone(), "meta/ltx/", Hold::Puts);
+    // The replica's whole prefix: its LTX files are `meta/ltx/<level>/` on
+    // file:// and `meta/<level:04x>/` on s3://, as litestream reads them.
+    let gate = GateStore::new(pstore.clone(), "meta/", Hold::Puts);
     let through: Arc<dyn ObjectStore> = gate.clone();
     let mut o = small_opts(1);
     // Only the commands under test ship the metadata.
