@@ -22,7 +22,7 @@ use crate::recovery;
 use crate::reserve::MetaReserve;
 use crate::stats::{Counters, VolumeStats};
 use crate::upload::Sealed;
-use crate::wlog::{Replay, WriteLog};
+use crate::wlog::{LeftFile, WriteLog};
 use crate::VolumeError;
 
 /// Largest single request: bounds the memory one request can pin.
@@ -132,13 +132,12 @@ impl Volume {
         let epoch = keeper.held.lock().await.doc.epoch;
         let meta_ms = t0.elapsed().as_millis() as u64 - lease_ms;
         let origins = crate::fork::Origins::open(&meta)?;
-        let (wlog, replay, first_new_gen) = match cache_dir {
+        let (wlog, left) = match cache_dir {
             Some(dir) => {
-                let (log, old, gen) =
-                    WriteLog::open(dir, rolled.next_seq).map_err(VolumeError::WriteLog)?;
-                (Some(log), old, gen)
+                let (log, left) = WriteLog::open(dir).map_err(VolumeError::WriteLog)?;
+                (Some(log), left)
             }
-            None => (None, vec![], 0),
+            None => (None, vec![]),
         };
         let state = State {
             active: WriteBuffer::default(),
@@ -152,7 +151,9 @@ impl Volume {
             last_store_error: None,
             stopped: None,
             fenced_by: None,
-            wlog,
+            // Installed by the replay, once the files it found are this
+            // daemon's segments.
+            wlog: None,
         };
         let inner = Arc::new(Inner {
             store,
@@ -186,8 +187,9 @@ impl Volume {
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
         let vol = Volume { inner };
-        vol.replay(rolled.history_tail, replay, first_new_gen)
-            .await?;
+        if let Some(log) = wlog {
+            vol.replay(rolled.history_tail, log, left).await?;
+        }
         vol.inner.start_replica(rolled.replica_txid).await?;
         tokio::spawn(crate::replicate::replica_loop(Arc::downgrade(&vol.inner)));
         tokio::spawn(watch_lease(Arc::downgrade(&vol.inner)));
@@ -203,26 +205,78 @@ impl Volume {
     }
 
     /// Re-applies the writes a dead daemon had acknowledged but not made
-    /// durable (from the local write log), in their original order.
+    /// durable (the files of the local write log it left), in their
+    /// original order, then starts this daemon's log.
+    ///
+    /// Atomic and idempotent under interruption (D6 of the 5bc5be0
+    /// review): each file `F_i` that the history does not hold (its segment
+    /// is after `history_tail`) is given, in place, the number `base + i`
+    /// of the segment that replays it, before any of them is sealed; then
+    /// each is sealed as exactly that one segment. A file is retired only
+    /// once its segment is applied, so whenever this stops, the history
+    /// holds `F_1 … F_k` and the files left are `F_{k+1} …` (numbered after
+    /// the history's tail), and the next attach replays just those. The
+    /// store shows the state before the writes plus a prefix of them at
+    /// every step. Nothing is logged twice.
     async fn replay(
         &self,
-        applied: u64,
-        logged: Replay,
-        first_new_gen: u64,
+        history_tail: u64,
+        mut log: WriteLog,
+        left: Vec<LeftFile>,
     ) -> Result<(), VolumeError> {
-        let mut count = 0u64;
-        for (_, writes) in logged.into_iter().filter(|(seq, _)| *seq > applied) {
-            for w in writes {
-                self.admit(w.lba, w.blocks, w.data).await?;
-                count += 1;
+        let inner = &self.inner;
+        let mut todo = vec![];
+        for f in left {
+            if f.seq <= history_tail || f.writes.is_empty() {
+                // Applied before the daemon died (not yet retired), or empty.
+                log.delete(f.gen);
+            } else {
+                todo.push(f);
             }
         }
-        if let Some(log) = self.inner.state.lock().unwrap().wlog.as_mut() {
-            log.forget_before(first_new_gen);
+        let base = inner.state.lock().unwrap().next_seq;
+        for (i, f) in todo.iter().enumerate() {
+            log.rehome(f, base + i as u64)
+                .map_err(VolumeError::WriteLog)?;
+        }
+        let mut count = 0u64;
+        for (i, f) in todo.iter().enumerate() {
+            let seq = base + i as u64;
+            let len: u64 = f
+                .writes
+                .iter()
+                .map(|w| w.data.as_ref().map_or(0, |d| d.len() as u64))
+                .sum();
+            self.when_room(len, |st| {
+                assert!(
+                    st.active.is_empty() && st.next_seq == seq,
+                    "replayed file {} must become segment {seq}, the next is {}",
+                    f.gen,
+                    st.next_seq
+                );
+                for w in &f.writes {
+                    st.active
+                        .insert(w.lba, w.blocks, w.data.clone(), inner.block_size);
+                }
+                st.client_bytes_total += len;
+                inner.seal_locked(st);
+            })
+            .await?;
+            count += f.writes.len() as u64;
+        }
+        {
+            let mut st = inner.state.lock().unwrap();
+            for (i, f) in todo.iter().enumerate() {
+                log.adopt(f.gen, base + i as u64);
+            }
+            log.rotate(st.next_seq).map_err(VolumeError::WriteLog)?;
+            log.retire(st.applied_seq);
+            st.wlog = Some(log);
         }
         if count > 0 {
             tracing::info!(
                 writes = count,
+                segments = todo.len(),
                 "replayed acknowledged writes from the local write log"
             );
         }
@@ -306,9 +360,39 @@ impl Volume {
     async fn admit(&self, lba: u64, blocks: u64, data: Option<Bytes>) -> Result<(), VolumeError> {
         let inner = &self.inner;
         let len = data.as_ref().map_or(0, |d| d.len() as u64);
-        // A writer waiting for memory gives up when a FLUSH would: the store
-        // has been failing for that long.
+        self.when_room(len, |st| {
+            if let Some(log) = st.wlog.as_mut() {
+                if let Err(e) = log.append(lba, blocks, data.as_deref()) {
+                    tracing::warn!(error = %e, "write log disabled: unflushed writes will not survive a daemon crash");
+                    log.abandon();
+                    st.wlog = None;
+                }
+            }
+            st.active.insert(lba, blocks, data, inner.block_size);
+            st.active_since.get_or_insert_with(Instant::now);
+            st.client_bytes_total += len;
+            inner.counters.add_write(len);
+            if st.active.data_bytes() >= inner.opts.segment_bytes
+                || st.active.run_count() >= crate::segment::BUFFER_RUNS_MAX
+            {
+                inner.seal_locked(st);
+            }
+        })
+        .await
+    }
+
+    /// Runs `put` on the state once `len` more bytes fit in the dirty
+    /// memory bound (one request larger than the bound is let in alone).
+    /// A writer waiting for memory gives up when a FLUSH would: the store
+    /// has been failing for that long.
+    async fn when_room(
+        &self,
+        len: u64,
+        put: impl FnOnce(&mut State),
+    ) -> Result<(), VolumeError> {
+        let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + inner.opts.flush_timeout;
+        let mut put = Some(put);
         loop {
             let notified = inner.changed.notified();
             tokio::pin!(notified);
@@ -318,23 +402,9 @@ impl Volume {
                 if let Some(why) = &st.stopped {
                     return Err(VolumeError::Stopped(why.clone()));
                 }
-                // One request larger than the bound is let in alone.
                 if st.dirty_bytes() + len <= inner.opts.dirty_bytes_max || st.dirty_bytes() == 0 {
-                    if let Some(log) = st.wlog.as_mut() {
-                        if let Err(e) = log.append(lba, blocks, data.as_deref()) {
-                            tracing::warn!(error = %e, "write log disabled: unflushed writes will not survive a daemon crash");
-                            log.abandon();
-                            st.wlog = None;
-                        }
-                    }
-                    st.active.insert(lba, blocks, data, inner.block_size);
-                    st.active_since.get_or_insert_with(Instant::now);
-                    st.client_bytes_total += len;
-                    inner.counters.add_write(len);
-                    if st.active.data_bytes() >= inner.opts.segment_bytes
-                        || st.active.run_count() >= crate::segment::BUFFER_RUNS_MAX
-                    {
-                        inner.seal_locked(&mut st);
+                    if let Some(put) = put.take() {
+                        put(&mut st);
                     }
                     return Ok(());
                 }

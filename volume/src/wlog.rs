@@ -15,8 +15,9 @@
 //! One file per segment: `wlog/<gen:020>.log` holds the writes that went
 //! into segment `seq` (recorded in its header); it is deleted once that
 //! segment is applied to the map. Files are numbered by a generation counter
-//! rather than the segment number, because a replay re-logs its writes under
-//! segment numbers that may repeat.
+//! rather than the segment number: a replay gives each file it finds the
+//! number of the segment that replays it (in place: see
+//! [`WriteLog::rehome`]), so segment numbers need not grow with generations.
 //!
 //! Written by hand: it is a few dozen lines of framing over `pwrite`.
 
@@ -41,8 +42,17 @@ pub(crate) struct LoggedWrite {
     pub data: Option<Bytes>,
 }
 
-/// What earlier daemons logged, per segment: (segment seq, its writes in order).
-pub(crate) type Replay = Vec<(u64, Vec<LoggedWrite>)>;
+/// A file an earlier daemon left: the writes of its segment `seq`.
+#[derive(Debug)]
+pub(crate) struct LeftFile {
+    pub gen: u64,
+    pub seq: u64,
+    pub writes: Vec<LoggedWrite>,
+    /// Bytes up to the end of the last valid record.
+    valid_len: u64,
+    /// False: a torn or corrupt record ends it (nothing after it is read).
+    complete: bool,
+}
 
 #[derive(Debug)]
 pub(crate) struct WriteLog {
@@ -68,12 +78,12 @@ pub(crate) fn discard(cache_dir: &Path) {
 }
 
 impl WriteLog {
-    /// Reads what earlier daemons left in `cache_dir` (a prefix of their
-    /// writes, by segment), and opens a new log whose first file feeds
-    /// segment `next_seq`. The caller replays the returned writes through
-    /// the normal write path (which logs them again), then calls
-    /// [`WriteLog::forget_before`] with the returned generation.
-    pub fn open(cache_dir: &Path, next_seq: u64) -> Result<(WriteLog, Replay, u64), String> {
+    /// Opens the log in `cache_dir` and returns what earlier daemons left
+    /// there: a prefix of their writes, by segment, oldest first. Files
+    /// past a gap or a damaged record are deleted: they can never be
+    /// replayed, and must not become replayable once the files before them
+    /// are retired. No file is current until [`WriteLog::rotate`].
+    pub fn open(cache_dir: &Path) -> Result<(WriteLog, Vec<LeftFile>), String> {
         let dir = cache_dir.join(DIR);
         fs::create_dir_all(&dir).map_err(|e| io_err("mkdir", &dir, e))?;
         let mut gens: Vec<u64> = fs::read_dir(&dir)
@@ -82,32 +92,78 @@ impl WriteLog {
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
             .collect();
         gens.sort_unstable();
-        let mut old = vec![];
+        let mut left = vec![];
         let mut expected = gens.first().copied();
+        let mut unreadable = 0;
         for &g in &gens {
             // A missing generation means a file lost in a machine crash: stop.
-            if Some(g) != expected {
-                tracing::warn!(gen = g, "write log has a gap; ignoring what follows it");
-                break;
+            let readable = Some(g) == expected && left.last().is_none_or(|f: &LeftFile| f.complete);
+            if !readable {
+                unreadable += 1;
+                let _ = fs::remove_file(dir.join(file_name(g)));
+                continue;
             }
             expected = Some(g + 1);
-            let (seq, writes, complete) = read_file(&dir.join(file_name(g)));
-            if let Some(seq) = seq {
-                old.push((seq, writes));
-            }
-            if !complete {
-                break;
+            match read_file(&dir.join(file_name(g))) {
+                Some((seq, writes, valid_len, complete)) => left.push(LeftFile {
+                    gen: g,
+                    seq,
+                    writes,
+                    valid_len,
+                    complete,
+                }),
+                None => {
+                    // No valid header: nothing of it, nor after it.
+                    let _ = fs::remove_file(dir.join(file_name(g)));
+                    expected = None;
+                }
             }
         }
-        let first_new = gens.last().map_or(1, |g| g + 1);
-        let mut log = WriteLog {
+        if unreadable > 0 {
+            tracing::warn!(
+                files = unreadable,
+                "write log has a gap or a damaged record; deleted what follows it"
+            );
+        }
+        let log = WriteLog {
             dir,
             file: None,
-            gen: first_new - 1,
+            gen: gens.last().copied().unwrap_or(0),
             files: vec![],
         };
-        log.rotate(next_seq)?;
-        Ok((log, old, first_new))
+        Ok((log, left))
+    }
+
+    /// Deletes a file an earlier daemon left (nothing in it is to replay).
+    pub fn delete(&self, gen: u64) {
+        let _ = fs::remove_file(self.dir.join(file_name(gen)));
+    }
+
+    /// Makes a file an earlier daemon left the log of segment `seq` of this
+    /// daemon, in place (its header's number; a damaged tail is cut off):
+    /// its writes are replayed as exactly that segment, and the file is
+    /// retired once it is applied, like one this daemon wrote. Written in
+    /// place rather than logged again, so an interrupted replay never
+    /// leaves two copies of a write (D6 of the 5bc5be0 review).
+    pub fn rehome(&mut self, file: &LeftFile, seq: u64) -> Result<(), String> {
+        let path = self.dir.join(file_name(file.gen));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err("open", &path, e))?;
+        if !file.complete {
+            f.set_len(file.valid_len)
+                .map_err(|e| io_err("truncate", &path, e))?;
+        }
+        std::os::unix::fs::FileExt::write_all_at(&f, &seq.to_le_bytes(), FILE_MAGIC.len() as u64)
+            .map_err(|e| io_err("write", &path, e))?;
+        Ok(())
+    }
+
+    /// Takes a rehomed file into this daemon's log (before its current file).
+    pub fn adopt(&mut self, gen: u64, seq: u64) {
+        debug_assert!(self.file.is_none() && self.files.last().is_none_or(|&(g, _)| g < gen));
+        self.files.push((gen, seq));
     }
 
     /// Starts the file for segment `seq`.
@@ -159,19 +215,6 @@ impl WriteLog {
         }
     }
 
-    /// Deletes files older than generation `gen` (left by an earlier daemon, now replayed).
-    pub fn forget_before(&mut self, gen: u64) {
-        for e in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let g: Option<u64> = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".log")?.parse().ok());
-            if g.is_some_and(|g| g < gen) {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-    }
-
     /// Gives up on the log after a failed append (e.g. a full cache disk):
     /// deletes every file, so a later replay cannot skip the lost record and
     /// replay what followed it. Unflushed writes are then as safe as without
@@ -179,7 +222,11 @@ impl WriteLog {
     pub fn abandon(&mut self) {
         self.file = None;
         self.files.clear();
-        self.forget_before(u64::MAX);
+        for e in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.ends_with(".log")) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 }
 
@@ -202,30 +249,31 @@ fn write_all_vectored(f: &mut File, bufs: &[IoSlice<'_>]) -> std::io::Result<()>
     Ok(())
 }
 
-/// Reads one log file: its segment seq, its valid records, and whether it
-/// ended cleanly (false: a torn or corrupt record; replay must stop there).
-fn read_file(path: &Path) -> (Option<u64>, Vec<LoggedWrite>, bool) {
+/// Reads one log file: its segment seq, its valid records, the length they
+/// end at, and whether the file ended cleanly (false: a torn or corrupt
+/// record; replay must stop there). None: no valid header.
+fn read_file(path: &Path) -> Option<(u64, Vec<LoggedWrite>, u64, bool)> {
     let mut raw = vec![];
     match File::open(path).and_then(|mut f| f.read_to_end(&mut raw)) {
         Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return (None, vec![], false),
+        Err(e) if e.kind() == ErrorKind::NotFound => return None,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "unreadable write log");
-            return (None, vec![], false);
+            return None;
         }
     }
     if raw.len() < 16 || &raw[..8] != FILE_MAGIC {
-        return (None, vec![], false);
+        return None;
     }
-    let seq = u64::from_le_bytes(raw[8..16].try_into().unwrap());
+    let seq = u64::from_le_bytes(raw[8..16].try_into().ok()?);
     let mut out = vec![];
     let mut at = 16;
     while at < raw.len() {
         let Some(h) = raw.get(at..at + RECORD_HEADER_BYTES) else {
-            return (Some(seq), out, false);
+            return Some((seq, out, at as u64, false));
         };
-        let le32 = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap());
-        let le64 = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap());
+        let le32 = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let le64 = |i: usize| u64::from(le32(i)) | u64::from(le32(i + 4)) << 32;
         let (magic, has_data, lba, blocks, len, crc) = (
             le32(0),
             le32(4),
@@ -234,72 +282,101 @@ fn read_file(path: &Path) -> (Option<u64>, Vec<LoggedWrite>, bool) {
             le32(24) as u64,
             le32(28),
         );
-        if magic != RECORD_MAGIC || len > RECORD_DATA_MAX_BYTES || has_data > 1 {
-            return (Some(seq), out, false);
-        }
-        let Some(d) = raw.get(at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + len as usize)
-        else {
-            return (Some(seq), out, false);
+        let end = at + RECORD_HEADER_BYTES + len as usize;
+        let valid = magic == RECORD_MAGIC && len <= RECORD_DATA_MAX_BYTES && has_data <= 1;
+        let d = raw.get(at + RECORD_HEADER_BYTES..end).filter(|_| valid);
+        let Some(d) = d.filter(|d| {
+            crc32c::crc32c_append(crc32c::crc32c(&h[..28]), d) == crc && blocks > 0
+        }) else {
+            return Some((seq, out, at as u64, false));
         };
-        if crc32c::crc32c_append(crc32c::crc32c(&h[..28]), d) != crc || blocks == 0 {
-            return (Some(seq), out, false);
-        }
         out.push(LoggedWrite {
             lba,
             blocks,
             data: (has_data == 1).then(|| Bytes::copy_from_slice(d)),
         });
-        at += RECORD_HEADER_BYTES + len as usize;
+        at = end;
     }
-    (Some(seq), out, true)
+    Some((seq, out, at as u64, true))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn seqs(left: &[LeftFile]) -> Vec<(u64, usize)> {
+        left.iter().map(|f| (f.seq, f.writes.len())).collect()
+    }
+
     #[test]
-    fn replays_a_prefix_and_stops_at_damage() {
+    fn reads_back_a_prefix_and_deletes_what_follows_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, old, _) = WriteLog::open(dir.path(), 1).unwrap();
-        assert!(old.is_empty());
+        let (mut log, left) = WriteLog::open(dir.path()).unwrap();
+        assert!(left.is_empty());
+        log.rotate(1).unwrap();
         log.append(0, 1, Some(&[1u8; 4096])).unwrap();
         log.append(5, 2, None).unwrap();
         log.rotate(2).unwrap();
         log.append(9, 1, Some(&[2u8; 4096])).unwrap();
+        log.append(11, 1, Some(&[4u8; 4096])).unwrap();
         log.rotate(3).unwrap();
         log.append(10, 1, Some(&[3u8; 4096])).unwrap();
         drop(log);
 
-        let (log2, old, first_new) = WriteLog::open(dir.path(), 7).unwrap();
-        let seqs: Vec<_> = old.iter().map(|(s, w)| (*s, w.len())).collect();
-        assert_eq!(seqs, [(1, 2), (2, 1), (3, 1)]);
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(1, 2), (2, 2), (3, 1)]);
         assert_eq!(
-            old[0].1[1],
+            left[0].writes[1],
             LoggedWrite {
                 lba: 5,
                 blocks: 2,
                 data: None
             }
         );
-        assert_eq!(first_new, 4);
-        drop(log2);
 
-        // Damage the middle file: replay must stop there, not skip to the third.
+        // Damage the middle file's last record: its first record is read,
+        // and the third file is deleted, never to be replayed.
         let p = dir.path().join(DIR).join(file_name(2));
         let mut raw = fs::read(&p).unwrap();
         let n = raw.len();
         raw[n - 5] ^= 1;
         fs::write(&p, raw).unwrap();
-        let (_log3, old, _) = WriteLog::open(dir.path(), 9).unwrap();
-        let seqs: Vec<_> = old.iter().map(|(s, w)| (*s, w.len())).collect();
-        assert_eq!(seqs, [(1, 2), (2, 0)]);
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(1, 2), (2, 1)]);
+        assert!(!left[1].complete);
+        assert!(!dir.path().join(DIR).join(file_name(3)).exists());
+    }
+
+    #[test]
+    fn a_rehomed_file_reads_back_as_its_new_segment_without_its_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        log.rotate(7).unwrap();
+        log.append(0, 1, Some(&[1u8; 4096])).unwrap();
+        log.append(1, 1, Some(&[2u8; 4096])).unwrap();
+        drop(log);
+        let p = dir.path().join(DIR).join(file_name(1));
+        let mut raw = fs::read(&p).unwrap();
+        raw.truncate(raw.len() - 100); // a torn last record
+        fs::write(&p, raw).unwrap();
+        let (mut log, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(7, 1)]);
+        log.rehome(&left[0], 42).unwrap();
+        log.adopt(left[0].gen, 42);
+        log.rotate(43).unwrap();
+        log.append(2, 1, Some(&[3u8; 4096])).unwrap();
+        drop(log);
+        // The next daemon reads on past it: the cut tail is gone.
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(42, 1), (43, 1)]);
+        assert!(left.iter().all(|f| f.complete));
     }
 
     #[test]
     fn retire_deletes_applied_files_only() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _, _) = WriteLog::open(dir.path(), 1).unwrap();
+        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        log.rotate(1).unwrap();
         log.rotate(2).unwrap();
         log.rotate(3).unwrap();
         log.retire(2);
