@@ -224,6 +224,32 @@ impl Daemon {
         extra: &[&str],
         envs: &[(&str, String)],
     ) -> Daemon {
+        let (mut d, rx) = Daemon::spawn(url, sock, cache_dir, extra, envs);
+        match rx.recv_timeout(ATTACH_WAIT_MAX) {
+            Ok(line) if line.starts_with("attached ") => d,
+            other => {
+                let status = d.child.as_mut().unwrap().try_wait();
+                panic!(
+                    "attach did not come up ({other:?}, {status:?}): {}",
+                    d.log()
+                );
+            }
+        }
+    }
+
+    /// Starts the daemon without waiting for it to attach (to kill it
+    /// during its attach).
+    pub fn start(url: &str, sock: &Path, cache_dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::spawn(url, sock, cache_dir, extra, &[]).0
+    }
+
+    fn spawn(
+        url: &str,
+        sock: &Path,
+        cache_dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, String)],
+    ) -> (Daemon, mpsc::Receiver<String>) {
         let stderr_log = cache_dir.with_extension("stderr.log");
         let log = std::fs::File::create(&stderr_log).unwrap();
         let mut child = with_store_env(&mut Command::new(bin()))
@@ -244,20 +270,26 @@ impl Daemon {
                 let _ = tx.send(line);
             }
         });
-        let mut d = Daemon {
+        let d = Daemon {
             child: Some(child),
             sock: sock.to_path_buf(),
             stderr_log,
         };
-        match rx.recv_timeout(ATTACH_WAIT_MAX) {
-            Ok(line) if line.starts_with("attached ") => d,
-            other => {
-                let status = d.child.as_mut().unwrap().try_wait();
-                panic!(
-                    "attach did not come up ({other:?}, {status:?}): {}",
-                    d.log()
-                );
-            }
+        (d, rx)
+    }
+
+    /// Waits until the daemon's log contains `needle` (an event the test
+    /// orders on); panics, with the log, if it does not within
+    /// [`ATTACH_WAIT_MAX`].
+    pub fn wait_log(&self, needle: &str) {
+        let start = std::time::Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < ATTACH_WAIT_MAX,
+                "the daemon never logged {needle:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -234,6 +234,12 @@ impl Volume {
                 todo.push(f);
             }
         }
+        if !todo.is_empty() {
+            tracing::info!(
+                segments = todo.len(),
+                "replaying acknowledged writes from the local write log"
+            );
+        }
         let base = inner.state.lock().unwrap().next_seq;
         for (i, f) in todo.iter().enumerate() {
             log.rehome(f, base + i as u64)
@@ -277,7 +283,7 @@ impl Volume {
             tracing::info!(
                 writes = count,
                 segments = todo.len(),
-                "replayed acknowledged writes from the local write log"
+                "replayed the acknowledged writes of the local write log"
             );
         }
         Ok(())
@@ -385,11 +391,7 @@ impl Volume {
     /// memory bound (one request larger than the bound is let in alone).
     /// A writer waiting for memory gives up when a FLUSH would: the store
     /// has been failing for that long.
-    async fn when_room(
-        &self,
-        len: u64,
-        put: impl FnOnce(&mut State),
-    ) -> Result<(), VolumeError> {
+    async fn when_room(&self, len: u64, put: impl FnOnce(&mut State)) -> Result<(), VolumeError> {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + inner.opts.flush_timeout;
         let mut put = Some(put);

@@ -285,9 +285,9 @@ fn read_file(path: &Path) -> Option<(u64, Vec<LoggedWrite>, u64, bool)> {
         let end = at + RECORD_HEADER_BYTES + len as usize;
         let valid = magic == RECORD_MAGIC && len <= RECORD_DATA_MAX_BYTES && has_data <= 1;
         let d = raw.get(at + RECORD_HEADER_BYTES..end).filter(|_| valid);
-        let Some(d) = d.filter(|d| {
-            crc32c::crc32c_append(crc32c::crc32c(&h[..28]), d) == crc && blocks > 0
-        }) else {
+        let Some(d) =
+            d.filter(|d| crc32c::crc32c_append(crc32c::crc32c(&h[..28]), d) == crc && blocks > 0)
+        else {
             return Some((seq, out, at as u64, false));
         };
         out.push(LoggedWrite {

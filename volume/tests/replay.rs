@@ -126,7 +126,9 @@ async fn die_with_unflushed(store: &Arc<dyn ObjectStore>, dir: &Path, writes: &[
     let through: Arc<dyn ObjectStore> = d.clone();
     let w = open(through, Some(dir), opts(1)).await;
     for &(lba, tag) in writes {
-        w.write(lba * BS, pattern(lba, 4, tag), false).await.unwrap();
+        w.write(lba * BS, pattern(lba, 4, tag), false)
+            .await
+            .unwrap();
     }
     w.write(48 * BS, pattern(48, 2, C), false).await.unwrap();
     d.killed.store(true, Ordering::SeqCst);
