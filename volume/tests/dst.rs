@@ -1088,9 +1088,12 @@ impl Sim {
         });
     }
 
+    /// Kills a live writer, or one still attaching (its replay of a dead
+    /// writer's log, its fence, its restore from the replica: wherever the
+    /// scheduler has it).
     fn crash_one(&mut self) {
         let live: Vec<usize> = (0..self.writers.len())
-            .filter(|&w| self.writers[w].life == Life::Live)
+            .filter(|&w| matches!(self.writers[w].life, Life::Live | Life::Attaching))
             .collect();
         if live.is_empty() {
             return;
