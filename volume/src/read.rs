@@ -17,6 +17,11 @@ use crate::VolumeError;
 /// Ranged GETs one read request keeps in flight.
 const PIECE_FETCHES_INFLIGHT_MAX: usize = 16;
 
+/// Times a read looks the map up again after finding its data moved (a GC
+/// that relocated and deleted it meanwhile); each needs another GC run
+/// during the read.
+const READ_RELOOKUPS_MAX: usize = 3;
+
 impl Inner {
     pub async fn read(self: &Arc<Self>, lba: u64, blocks: u64) -> Result<Bytes, VolumeError> {
         let bs = self.block_size;
@@ -41,20 +46,56 @@ impl Inner {
                 .flat_map(|(a, b)| seg.frozen.fill(a, b, lba, &mut out, bs))
                 .collect();
         }
-        let extents: Vec<Extent> = {
-            let meta = self.meta.lock().unwrap();
-            let mut ex = vec![];
-            for (a, b) in holes {
-                ex.extend(meta.lookup(a, b - a)?);
+        let mut extents = self.lookup(&holes)?;
+        let mut relookups = 0;
+        loop {
+            match self.read_mapped(lba, &extents, &mut out).await {
+                Ok(()) => break,
+                // GC may have moved the data (compaction applied, then the
+                // old segment deleted) between our lookup and our GET: the
+                // map says where it is now (A1 of the 5bc5be0 review). The
+                // map only moves data it still holds, so data that is really
+                // missing or corrupt reads the same rows again and fails.
+                Err(e @ VolumeError::CorruptSegment { .. }) => {
+                    let again = self.lookup(&holes)?;
+                    if again == extents || relookups == READ_RELOOKUPS_MAX {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "data moved during the read: looking it up again");
+                    relookups += 1;
+                    extents = again;
+                }
+                Err(e) => return Err(e),
             }
-            ex
-        };
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// The map's rows for `holes`, in order.
+    fn lookup(&self, holes: &[(u64, u64)]) -> Result<Vec<Extent>, VolumeError> {
+        let meta = self.meta.lock().unwrap();
+        let mut ex = vec![];
+        for &(a, b) in holes {
+            ex.extend(meta.lookup(a, b - a)?);
+        }
+        Ok(ex)
+    }
+
+    /// Reads `extents` (of a request starting at `lba`) into `out`: from the
+    /// cache, else by fetching their pieces.
+    async fn read_mapped(
+        self: &Arc<Self>,
+        lba: u64,
+        extents: &[Extent],
+        out: &mut [u8],
+    ) -> Result<(), VolumeError> {
+        let bs = self.block_size;
         // Cached extents are read straight into place (only their blocks);
         // the rest need their whole piece, fetched once even when several
         // extents cut from it are read.
         let mut missed: Vec<Extent> = vec![];
         let mut pieces: HashMap<(u64, u64), Extent> = HashMap::new();
-        for e in extents {
+        for &e in extents {
             let line_len = e.piece.piece_blocks as u64 * bs;
             let dst = &mut out[((e.lba - lba) * bs) as usize..((e.end() - lba) * bs) as usize];
             // The cache checks the line against the map's crc32c itself.
@@ -71,7 +112,7 @@ impl Inner {
             }
         }
         if pieces.is_empty() {
-            return Ok(Bytes::from(out));
+            return Ok(());
         }
         // A large cold read fetches its pieces in parallel, a bounded number at a time.
         let fetched: Vec<((u64, u64), Bytes)> =
@@ -94,6 +135,6 @@ impl Inner {
             out[((e.lba - lba) * bs) as usize..((e.end() - lba) * bs) as usize]
                 .copy_from_slice(src);
         }
-        Ok(Bytes::from(out))
+        Ok(())
     }
 }

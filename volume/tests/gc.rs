@@ -319,3 +319,42 @@ async fn gc_running_beside_writes_loses_none() {
     let vol = open(store, Some(fresh.path()), opts(8)).await;
     check_all(&vol, &e, "gc beside writes, fresh machine").await;
 }
+
+/// A1 of the 5bc5be0 review: a read looked its block up, then GC
+/// compacted the segment that held it (relocating the block) and deleted
+/// it before the read's GET. The read must find the block where the map
+/// says it is now, not fail with "referenced data is missing". Fails on
+/// 1e22aec with that error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_overtaken_by_a_compaction_finds_the_data_moved() {
+    let mem: Arc<dyn ObjectStore> = fresh_store();
+    create(&mem, 64 * MIB).await;
+    let gate = GateStore::new(mem.clone(), "segments/", Hold::Reads);
+    let store: Arc<dyn ObjectStore> = gate.clone();
+    // No cache: every read of flushed data is a GET.
+    let vol = open(store, None, opts(1)).await;
+    // One segment of 4 blocks, 3 of them overwritten: block 3 lives only
+    // there, and compaction moves it.
+    for lba in 0..4 {
+        vol.write(lba * BS, pattern(lba, 1, 1), false).await.unwrap();
+    }
+    vol.flush().await.unwrap();
+    for lba in 0..3 {
+        vol.write(lba * BS, pattern(lba, 1, 2), false).await.unwrap();
+    }
+    vol.flush().await.unwrap();
+    // The read looks block 3 up; its GET waits at the gate.
+    let before = gate.close_for(1);
+    let v = vol.clone();
+    let read = tokio::spawn(async move { v.read(3 * BS, BS).await });
+    assert!(gate.arrived_past(before).await, "setup: the read never fetched");
+    let report = vol.gc(&GcOptions::default()).await.unwrap();
+    assert!(
+        report.segments_compacted > 0 && report.segments_deleted > 0,
+        "setup: GC moved nothing: {report:?}"
+    );
+    gate.open();
+    let got = read.await.unwrap().expect("the read overtaken by GC");
+    assert!(got == pattern(3, 1, 1), "block 3 is not its write");
+    vol.close().await.unwrap();
+}

@@ -91,6 +91,8 @@ pub struct GateStore {
     prefix: &'static str,
     hold: Hold,
     open: tokio::sync::watch::Sender<bool>,
+    /// How many more operations a closed gate holds (the rest pass).
+    holds_left: std::sync::atomic::AtomicUsize,
     arrived: tokio::sync::watch::Sender<usize>,
 }
 
@@ -104,12 +106,21 @@ impl GateStore {
             prefix,
             hold,
             open: tokio::sync::watch::channel(true).0,
+            holds_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
             arrived: tokio::sync::watch::channel(0).0,
         })
     }
 
     /// Closes the gate; returns how many operations reached it so far.
     pub fn close(&self) -> usize {
+        self.close_for(usize::MAX)
+    }
+
+    /// Closes the gate for the next `n` operations only; the later ones
+    /// pass. Returns how many operations reached it so far.
+    pub fn close_for(&self, n: usize) -> usize {
+        self.holds_left
+            .store(n, std::sync::atomic::Ordering::SeqCst);
         self.open.send_replace(false);
         *self.arrived.borrow()
     }
@@ -129,10 +140,20 @@ impl GateStore {
     }
 
     async fn gate(&self, hold: Hold, key: &str) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let held = || {
+            !*self.open.borrow()
+                && self
+                    .holds_left
+                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+        };
         if hold == self.hold && key.starts_with(self.prefix) {
             self.arrived.send_modify(|n| *n += 1);
-            let mut open = self.open.subscribe();
-            let _ = open.wait_for(|o| *o).await;
+            if held() {
+                let mut open = self.open.subscribe();
+                let _ = open.wait_for(|o| *o).await;
+            }
         }
     }
 }
