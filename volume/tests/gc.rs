@@ -331,8 +331,9 @@ async fn a_read_overtaken_by_a_compaction_finds_the_data_moved() {
     create(&mem, 64 * MIB).await;
     let gate = GateStore::new(mem.clone(), "segments/", Hold::Reads);
     let store: Arc<dyn ObjectStore> = gate.clone();
-    // No cache: every read of flushed data is a GET.
-    let vol = open(store, None, opts(1)).await;
+    // No read cache (cache_bytes 0): every read of flushed data is a GET.
+    let dir = tempfile::tempdir().unwrap();
+    let vol = open(store, Some(dir.path()), opts(1)).await;
     // One segment of 4 blocks, 3 of them overwritten: block 3 lives only
     // there, and compaction moves it.
     for lba in 0..4 {
