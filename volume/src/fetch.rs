@@ -155,16 +155,18 @@ impl Inner {
                 .get_range(&key, piece.piece_off, len)
         })
         .await
-        .map_err(|err| {
-            tracing::error!(key, error = %err, "read of segment data failed");
-            match err {
-                StoreError::NotFound(_) | StoreError::OutOfRange { .. } => {
-                    VolumeError::CorruptSegment {
-                        key: key.clone(),
-                        reason: format!("referenced data is missing: {err}"),
-                    }
+        .map_err(|err| match err {
+            // The reader looks the map up again: GC may have moved it.
+            StoreError::NotFound(_) | StoreError::OutOfRange { .. } => {
+                tracing::warn!(key, error = %err, "segment data not found where the read looked it up");
+                VolumeError::CorruptSegment {
+                    key: key.clone(),
+                    reason: format!("referenced data is missing: {err}"),
                 }
-                other => VolumeError::Store(other),
+            }
+            other => {
+                tracing::error!(key, error = %other, "read of segment data failed");
+                VolumeError::Store(other)
             }
         })?;
         self.counters.add_get(len);

@@ -59,6 +59,7 @@ impl Inner {
                 Err(e @ VolumeError::CorruptSegment { .. }) => {
                     let again = self.lookup(&holes)?;
                     if again == extents || relookups == READ_RELOOKUPS_MAX {
+                        tracing::error!(error = %e, lba, "read failed: the data the map references is missing or corrupt");
                         return Err(e);
                     }
                     tracing::debug!(error = %e, "data moved during the read: looking it up again");
