@@ -134,6 +134,14 @@ pub enum Cmd {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
+    /// Delete the volume at URL and every object under it (refused while it
+    /// is attached or while forks read from it); a fork's pin in its parent
+    /// is released. Also removes the leftovers of an interrupted rm.
+    Rm {
+        url: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// A warm pool of standby ublk devices, so that `attach --pool` only opens the volume.
     #[command(subcommand)]
     Pool(PoolCmd),
@@ -471,6 +479,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             };
             checkpoints::run(&url, cache_dir, op, json).await
         }
+        Cmd::Rm { url, json } => crate::rm::rm(&url, json).await,
         Cmd::Pool(PoolCmd::Start(a)) => crate::pool::start(&a),
         Cmd::Pool(PoolCmd::Status { json }) => crate::pool::status(json),
         Cmd::Pool(PoolCmd::Stop) => crate::pool::stop().await,

@@ -10,6 +10,7 @@ mod freeze;
 mod inspect;
 mod pool;
 mod registry;
+mod rm;
 mod size;
 mod storebench;
 mod ublk;

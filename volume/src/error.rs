@@ -25,8 +25,12 @@ pub enum VolumeError {
     FlushTimeout { timeout_ms: u64, last_error: String },
     #[error("no volume at {url}: run 'spritedisk create {url}' first")]
     NoVolume { url: String },
-    #[error("a volume already exists at {url}: pick another URL or delete it first")]
+    #[error("a volume already exists at {url}: pick another URL or delete it first (spritedisk rm {url})")]
     AlreadyExists { url: String },
+    #[error("{url} is not empty (it holds {keys}): the leftovers of a deleted volume? Remove them with 'spritedisk rm {url}', or pick another URL")]
+    NotEmpty { url: String, keys: String },
+    #[error("{url} has forks that read its segments: {forks}; remove them first (spritedisk rm FORK_URL)")]
+    HasForks { url: String, forks: String },
     #[error("invalid volume configuration: {0}")]
     BadConfig(String),
     #[error("the local metadata in {path} does not belong to this volume ({reason}); delete that directory (it is only a cache) and attach again")]

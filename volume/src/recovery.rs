@@ -35,12 +35,23 @@ pub async fn create_volume(
 ) -> Result<VolumeConfig, VolumeError> {
     let config = VolumeConfig::new(size_bytes);
     config.validate().map_err(VolumeError::BadConfig)?;
-    if !retry_read("segments/", || store.list("segments/"))
-        .await?
-        .is_empty()
-    {
+    // Anything under the URL: a volume, or the leftovers of one (M13 of
+    // the 5bc5be0 review: an old replica, lease or pin would be taken for
+    // this volume's).
+    let there = retry_read("", || store.list("")).await?;
+    if there.iter().any(|m| m.key == CONFIG_KEY) {
         return Err(VolumeError::AlreadyExists {
             url: url.to_string(),
+        });
+    }
+    if !there.is_empty() {
+        let mut keys: Vec<&str> = there.iter().take(3).map(|m| m.key.as_str()).collect();
+        if there.len() > keys.len() {
+            keys.push("…");
+        }
+        return Err(VolumeError::NotEmpty {
+            url: url.to_string(),
+            keys: format!("{} objects: {}", there.len(), keys.join(", ")),
         });
     }
     let body = serde_json::to_vec_pretty(&config).expect("config serializes");

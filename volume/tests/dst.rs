@@ -795,6 +795,19 @@ impl Sim {
         if let Some(v) = verdict {
             let _ = op.tx.send(v);
         }
+        // Buggify: right after a segment of a writer still attaching lands
+        // (its fence, or a segment of its replay of a dead writer's log) is
+        // where an interrupted attach shows what it left half done.
+        let attaching = self.writers[op.writer].life == Life::Attaching;
+        if attaching
+            && op.kind == Kind::PutIfAbsent
+            && op.key.starts_with("segments/")
+            && matches!(verdict, Some(Verdict::Land))
+            && self.rng.gen_bool(0.2)
+        {
+            self.log(format!("writer {}: crash while attaching", op.writer));
+            self.kill(op.writer);
+        }
     }
 
     fn owner_op(&mut self) {
