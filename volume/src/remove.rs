@@ -128,13 +128,19 @@ async fn refuse_if_forked(store: &Arc<dyn ObjectStore>, url: &str) -> Result<(),
 
 /// Deletes `keys` (a missing one counts as deleted); returns how many.
 async fn delete_all(store: &Arc<dyn ObjectStore>, keys: &[String]) -> Result<u64, VolumeError> {
-    futures::stream::iter(keys.iter().map(|k| async move {
-        match retry_read(k, || store.delete(k)).await {
-            Ok(()) | Err(StoreError::NotFound(_)) => Ok(1u64),
-            Err(e) => Err(VolumeError::from(e)),
+    // Owned futures: `rm` may run on a spawned task.
+    let deletes = keys.iter().cloned().map(|k| {
+        let store = store.clone();
+        async move {
+            match retry_read(&k, || store.delete(&k)).await {
+                Ok(()) | Err(StoreError::NotFound(_)) => Ok::<u64, VolumeError>(1),
+                Err(e) => Err(e.into()),
+            }
         }
-    }))
-    .buffer_unordered(DELETES_INFLIGHT_MAX)
-    .try_fold(0, |n, one| async move { Ok(n + one) })
-    .await
+    });
+    let done: Vec<u64> = futures::stream::iter(deletes)
+        .buffer_unordered(DELETES_INFLIGHT_MAX)
+        .try_collect()
+        .await?;
+    Ok(done.len() as u64)
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
@@ -14,18 +13,6 @@ use spritedisk_volume::fork::fork_volume;
 use spritedisk_volume::{create_volume, GcOptions, Volume, VolumeError};
 
 const MIB: u64 = 1 << 20;
-
-/// A store with a URL a fork can name: a directory, or a prefix of the
-/// test bucket when the suite runs on s3.
-fn url_store(dir: &Path, name: &str) -> (Arc<dyn ObjectStore>, String) {
-    let url = if spritedisk_store::testing::s3_selected() {
-        spritedisk_store::testing::use_s3_env();
-        spritedisk_store::testing::s3_url(name)
-    } else {
-        format!("file://{}/{name}", dir.display())
-    };
-    (spritedisk_store::open_url(&url).unwrap(), url)
-}
 
 async fn expect(vol: &Volume, lba: u64, n: u64, tag: u8, what: &str) {
     for b in lba..lba + n {

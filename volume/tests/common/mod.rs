@@ -34,6 +34,19 @@ pub fn small_opts(seed: u64) -> EngineOptions {
     }
 }
 
+/// A store named `name` under `dir` (file://), or a fresh prefix of the
+/// test bucket on s3 (`SPRITEDISK_TEST_STORE=s3`), and its URL: for tests
+/// where one volume opens another by URL (forks).
+pub fn url_store(dir: &Path, name: &str) -> (Arc<dyn ObjectStore>, String) {
+    let url = if spritedisk_store::testing::s3_selected() {
+        spritedisk_store::testing::use_s3_env();
+        spritedisk_store::testing::s3_url(name)
+    } else {
+        format!("file://{}/{name}", dir.display())
+    };
+    (spritedisk_store::open_url(&url).unwrap(), url)
+}
+
 /// An empty store for one test: in memory, or a fresh prefix of the test
 /// bucket on moto when `SPRITEDISK_TEST_STORE=s3` (the engine's suite on s3://).
 pub fn fresh_store() -> Arc<dyn ObjectStore> {
@@ -80,6 +93,8 @@ pub enum Hold {
     Reads,
     /// PUTs, plain and conditional.
     Puts,
+    /// DELETEs.
+    Deletes,
 }
 
 /// Wraps a store: while its gate is closed, the operations of one kind on
@@ -184,6 +199,7 @@ impl ObjectStore for GateStore {
         self.inner.head(key).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.gate(Hold::Deletes, key).await;
         self.inner.delete(key).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {

@@ -1,0 +1,198 @@
+//! Volume lifecycle (issue 20): `rm` deletes a volume and every object
+//! under its URL, refused while it is attached or while forks read from it
+//! (naming them); removing a fork releases its pin in the parent; `create`
+//! refuses a URL that is not empty.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use spritedisk_store::ObjectStore;
+use spritedisk_volume::fork::fork_volume;
+use spritedisk_volume::{create_volume, remove_volume, GcOptions, Volume, VolumeError};
+
+const MIB: u64 = 1 << 20;
+const TTL: Duration = Duration::from_secs(30);
+
+async fn write(vol: &Volume, lba: u64, n: u64, tag: u8) {
+    for b in lba..lba + n {
+        vol.write(b * BS, pattern(b, 1, tag), false).await.unwrap();
+    }
+    vol.flush().await.unwrap();
+}
+
+async fn keys(store: &Arc<dyn ObjectStore>) -> Vec<String> {
+    store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_is_refused_while_attached_then_leaves_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, url) = url_store(root.path(), "vol");
+    create_volume(&store, &url, 64 * MIB).await.unwrap();
+    let mut o = small_opts(1);
+    o.take_over = false;
+    let vol = Volume::open(store.clone(), &url, Some(&root.path().join("c")), o)
+        .await
+        .unwrap();
+    write(&vol, 0, 8, 1).await;
+    vol.checkpoint(Some("v1")).await.unwrap();
+
+    let e = remove_volume(&store, &url, TTL).await.unwrap_err();
+    assert!(
+        matches!(e, VolumeError::Leased { .. }),
+        "rm of an attached volume must be refused, naming the holder: {e}"
+    );
+    assert!(
+        keys(&store).await.iter().any(|k| k == "volume.json"),
+        "a refused rm deletes nothing"
+    );
+    vol.close().await.unwrap();
+
+    let r = remove_volume(&store, &url, TTL).await.unwrap();
+    assert!(r.objects_deleted > 3 && !r.leftovers_only, "{r:?}");
+    assert_eq!(keys(&store).await, Vec::<String>::new(), "rm left objects");
+    let e = remove_volume(&store, &url, TTL).await.unwrap_err();
+    assert!(matches!(e, VolumeError::NoVolume { .. }), "{e}");
+    // The URL is free again.
+    create_volume(&store, &url, 64 * MIB).await.unwrap();
+}
+
+/// M13 of the 5bc5be0 review: `create` accepted a URL holding a deleted
+/// volume's replica, lease or pins (only segments/ and volume.json were
+/// checked); the first attach then restored the old volume's metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_refuses_leftovers_and_rm_removes_them() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, url) = url_store(root.path(), "vol");
+    for key in ["meta/restored.json", "lease.json"] {
+        store.put(key, Bytes::from_static(b"{}")).await.unwrap();
+    }
+    let e = create_volume(&store, &url, 64 * MIB).await.unwrap_err();
+    assert!(matches!(e, VolumeError::NotEmpty { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("lease.json") && msg.contains("spritedisk rm"),
+        "names what is there and the way out: {msg}"
+    );
+    let r = remove_volume(&store, &url, TTL).await.unwrap();
+    assert!(r.leftovers_only && r.objects_deleted == 2, "{r:?}");
+    create_volume(&store, &url, 64 * MIB).await.unwrap();
+    let e = create_volume(&store, &url, 64 * MIB).await.unwrap_err();
+    assert!(matches!(e, VolumeError::AlreadyExists { .. }), "{e}");
+}
+
+/// A parent is not removed while a fork reads its segments; removing the
+/// fork releases its pin, and then the parent's checkpoint can go, GC
+/// collects what only it held, and the parent can be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_keeps_its_parent_until_it_is_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let (pstore, purl) = url_store(root.path(), "parent");
+    let (cstore, curl) = url_store(root.path(), "child");
+    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
+    let parent = Volume::open(
+        pstore.clone(),
+        &purl,
+        Some(&root.path().join("p")),
+        small_opts(1),
+    )
+    .await
+    .unwrap();
+    write(&parent, 0, 8, 1).await;
+    parent.checkpoint(Some("base")).await.unwrap();
+    write(&parent, 0, 8, 2).await;
+    parent.close().await.unwrap();
+    fork_volume(
+        &pstore,
+        &purl,
+        "base",
+        cstore.clone(),
+        &curl,
+        &root.path().join("c"),
+        small_opts(2),
+    )
+    .await
+    .unwrap();
+
+    let e = remove_volume(&pstore, &purl, TTL).await.unwrap_err();
+    assert!(
+        matches!(e, VolumeError::HasForks { .. }) && e.to_string().contains(&curl),
+        "rm of a parent names its fork: {e}"
+    );
+    let r = remove_volume(&cstore, &curl, TTL).await.unwrap();
+    assert_eq!(r.released_pin_in.as_deref(), Some(purl.as_str()), "{r:?}");
+    assert_eq!(keys(&cstore).await, Vec::<String>::new());
+
+    let parent = Volume::open(
+        pstore.clone(),
+        &purl,
+        Some(&root.path().join("p")),
+        small_opts(3),
+    )
+    .await
+    .unwrap();
+    parent
+        .delete_checkpoint("base")
+        .await
+        .expect("the fork's pin is released");
+    let gc = parent.gc(&GcOptions::default()).await.unwrap();
+    assert!(gc.segments_deleted > 0, "base's segments collected: {gc:?}");
+    parent.close().await.unwrap();
+    remove_volume(&pstore, &purl, TTL).await.unwrap();
+    assert_eq!(keys(&pstore).await, Vec::<String>::new());
+}
+
+/// A fork pins the parent after `rm` checked for pins and before it
+/// deleted volume.json (the fork then reads the parent): the check after
+/// the deletion sees it, and `rm` puts volume.json back and refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_pinning_during_rm_keeps_the_parent() {
+    let root = tempfile::tempdir().unwrap();
+    let (pstore, purl) = url_store(root.path(), "parent");
+    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
+    let gate = GateStore::new(pstore.clone(), "volume.json", Hold::Deletes);
+    let through: Arc<dyn ObjectStore> = gate.clone();
+    let before = gate.close();
+    let (t, u) = (through.clone(), purl.clone());
+    let rm = tokio::spawn(async move { remove_volume(&t, &u, TTL).await });
+    assert!(
+        gate.arrived_past(before).await,
+        "setup: rm never deleted volume.json"
+    );
+    // The fork's pin lands now.
+    pstore
+        .put(
+            "forks/late.json",
+            Bytes::from(
+                serde_json::json!({
+                    "child_url": "file:///late-fork",
+                    "child_id": "late",
+                    "checkpoint": "base",
+                    "seq_max": u64::MAX,
+                    "created_unix": 0,
+                })
+                .to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    gate.open();
+    let e = rm.await.unwrap().unwrap_err();
+    assert!(
+        matches!(e, VolumeError::HasForks { .. }) && e.to_string().contains("late-fork"),
+        "{e}"
+    );
+    spritedisk_volume::inspect_volume(&pstore, &purl, None)
+        .await
+        .expect("the parent is still a volume");
+}
