@@ -154,3 +154,62 @@ fn fork_and_gc_through_the_cli() {
         stderr(&o)
     );
 }
+
+/// Every object under `url` (file:// or s3://).
+fn objects(url: &str) -> Vec<String> {
+    with_store(url, |s| async move {
+        s.list("").await.unwrap().into_iter().map(|m| m.key).collect()
+    })
+}
+
+/// `spritedisk rm`: refused while attached (naming the holder) and while a
+/// fork reads the volume (naming it); removing the fork releases its pin,
+/// the parent's checkpoint can then be deleted, and removing the parent
+/// leaves nothing: no object, and on file:// no directory.
+#[test]
+fn rm_removes_a_fork_then_its_parent_and_leaves_nothing() {
+    require("qemu-io", "qemu-utils");
+    let env = Env::new();
+    let url = env.create("parent", "64M");
+    let pcache = env.path("pcache");
+    let pc = pcache.to_str().unwrap();
+    let parent = Daemon::attach(&url, &env.sock(), &pcache, &[]);
+    qemu_io(&parent, &["write -P 0xaa 0 1M", "flush"]);
+    ok(&["checkpoint", &url, "base", "--cache-dir", pc]);
+    let o = spritedisk(&["rm", &url]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("is attached by host"),
+        "rm of an attached volume is refused, naming the holder: {}",
+        stderr(&o)
+    );
+    assert_eq!(parent.detach(), 0);
+
+    let child_url = env.url("child");
+    let ccache = env.path("ccache");
+    ok(&[
+        "fork",
+        &format!("{url}@base"),
+        &child_url,
+        "--cache-dir",
+        ccache.to_str().unwrap(),
+    ]);
+    let o = spritedisk(&["rm", &url]);
+    assert!(
+        !o.status.success() && stderr(&o).contains(&child_url),
+        "rm of a parent names its fork: {}",
+        stderr(&o)
+    );
+    let out = ok(&["rm", &child_url]);
+    assert!(out.contains(&format!("released its fork pin in {url}")), "{out}");
+    assert_eq!(objects(&child_url), Vec::<String>::new());
+
+    ok(&["delete-checkpoint", &url, "base", "--cache-dir", pc]);
+    let out = ok(&["rm", &url]);
+    assert!(out.contains("objects deleted"), "{out}");
+    assert_eq!(objects(&url), Vec::<String>::new(), "rm left objects");
+    if !url.starts_with("s3://") {
+        assert!(!env.path("parent").exists(), "rm left the volume's directory");
+    }
+    // The URL is free for a new volume.
+    env.create("parent", "64M");
+}

@@ -14,9 +14,10 @@ pub async fn rm(url: &str, json: bool) -> Result<i32> {
         .await
         .with_context(|| format!("rm {url}"))?;
     if let Some(dir) = url.strip_prefix("file://") {
-        // A file:// store leaves its directories behind: remove the empty
-        // ones, so nothing of the volume is left.
-        remove_empty_dirs(std::path::Path::new(dir));
+        // A file:// store leaves its directories and its own files (the
+        // lock of conditional PUTs, temp files of interrupted PUTs) behind:
+        // remove them, so nothing of the volume is left.
+        remove_store_dirs(std::path::Path::new(dir));
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -34,12 +35,17 @@ pub async fn rm(url: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// Removes `dir` and the directories under it that hold no file.
-fn remove_empty_dirs(dir: &std::path::Path) {
+/// Removes `dir` and the directories under it that hold nothing but the
+/// file store's own files (`.lock`, `.tmp-*`).
+fn remove_store_dirs(dir: &std::path::Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_dirs(&e.path());
+                remove_store_dirs(&e.path());
+            } else if name == ".lock" || name.starts_with(".tmp-") {
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }

@@ -1076,7 +1076,12 @@ impl Sim {
         });
         let store = self.store_for(w, v);
         let url = self.vols[v].url.clone();
-        let o = opts(self.seed ^ w as u64, force);
+        let mut o = opts(self.seed ^ w as u64, force);
+        if self.rng.gen_bool(0.3) {
+            // Room for one unflushed segment: writes (and a replay of a
+            // dead writer's log) wait for each upload.
+            o.dirty_bytes_max = o.segment_bytes;
+        }
         self.spawn(w, Op::Attach, async move {
             let vol = match Volume::open(store, &url, Some(&dir), o).await {
                 Ok(v) => v,
