@@ -86,6 +86,8 @@ struct Counters {
 #[derive(Debug)]
 pub struct DiskCache {
     dir: PathBuf,
+    /// The volume whose lines these are (None: not yet any volume's).
+    owner: Option<[u8; 16]>,
     file: File,
     slots: Mutex<Slots>,
     nslots: u32,
@@ -93,13 +95,22 @@ pub struct DiskCache {
 }
 
 impl DiskCache {
-    /// Opens (creating if needed) a cache of `capacity_bytes` in `dir`. A
-    /// cleanly closed cache comes back warm; anything else starts cold.
-    pub fn open(dir: &Path, capacity_bytes: u64) -> std::io::Result<DiskCache> {
+    /// Opens (creating if needed) a cache of `capacity_bytes` in `dir` for
+    /// the volume `owner` (its id; None: an empty cache no volume owns yet).
+    /// A cleanly closed cache of the same volume comes back warm; anything
+    /// else starts cold: lines are keyed by segment and offset, which only
+    /// name the same bytes within one volume (M12 of the 5bc5be0 review).
+    pub fn open(
+        dir: &Path,
+        capacity_bytes: u64,
+        owner: Option<[u8; 16]>,
+    ) -> std::io::Result<DiskCache> {
         std::fs::create_dir_all(dir)?;
         let nslots = (capacity_bytes / LINE_BYTES).clamp(1, u32::MAX as u64) as u32;
         let index_path = dir.join(INDEX_FILE);
-        let saved = index::load(&index_path, LINE_BYTES, CHECK_BYTES, nslots);
+        let saved = index::load(&index_path, LINE_BYTES, CHECK_BYTES, nslots)
+            .filter(|(whose, lines)| *whose == owner || (whose.is_none() && lines.is_empty()))
+            .map(|(_, lines)| lines);
         // From here on, a crash must not find an index that describes lines
         // this process may rewrite.
         if index_path.exists() {
@@ -150,6 +161,7 @@ impl DiskCache {
         tracing::info!(dir = %dir.display(), capacity_bytes, warm_lines = warm, "cache opened");
         Ok(DiskCache {
             dir: dir.to_path_buf(),
+            owner,
             file,
             slots: Mutex::new(slots),
             nslots,
@@ -438,6 +450,7 @@ impl ReadCache for DiskCache {
         let res = self.file.sync_data().and_then(|_| {
             index::save(
                 &self.dir.join(INDEX_FILE),
+                self.owner,
                 LINE_BYTES,
                 CHECK_BYTES,
                 self.nslots,
@@ -488,10 +501,44 @@ mod tests {
         crc32c::crc32c(&line(tag, len))
     }
 
+    const OWNER: Option<[u8; 16]> = Some([7; 16]);
+
+    /// M12 of the 5bc5be0 review: a cache directory reused by another
+    /// volume (its meta.db deleted, or a warm-pool slot) holds lines keyed
+    /// by segment numbers that name other bytes there. Only the crc32c told
+    /// them apart; now none of them is even a candidate.
+    #[test]
+    fn another_volumes_lines_are_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20, OWNER).unwrap();
+        c.insert(1, 0, line(1, 4096));
+        c.persist();
+        drop(c);
+        let other = DiskCache::open(dir.path(), 1 << 20, Some([8; 16])).unwrap();
+        assert_eq!(
+            other.get(1, 0, 4096, crc(1, 4096)),
+            None,
+            "a line of another volume, even with a matching crc32c"
+        );
+        assert_eq!(other.stats().lines, 0);
+        // An empty cache set up for no volume yet (the warm pool's) opens
+        // warm for any.
+        let dir = tempfile::tempdir().unwrap();
+        DiskCache::open(dir.path(), 1 << 20, None)
+            .unwrap()
+            .persist();
+        let c = DiskCache::open(dir.path(), 1 << 20, OWNER).unwrap();
+        c.insert(1, 0, line(1, 4096));
+        c.persist();
+        drop(c);
+        let c = DiskCache::open(dir.path(), 1 << 20, OWNER).unwrap();
+        assert_eq!(c.get(1, 0, 4096, crc(1, 4096)), Some(line(1, 4096)));
+    }
+
     #[test]
     fn hit_miss_and_warm_restart() {
         let dir0 = tempfile::tempdir().unwrap();
-        let c0 = DiskCache::open(dir0.path(), 1 << 20).unwrap();
+        let c0 = DiskCache::open(dir0.path(), 1 << 20, OWNER).unwrap();
         c0.insert(5, 0, line(5, 4096));
         assert_eq!(
             c0.get(5, 0, 4096, crc(6, 4096)),
@@ -501,7 +548,7 @@ mod tests {
         assert_eq!(c0.get(5, 0, 4096, crc(5, 4096)), None, "and it was dropped");
 
         let dir = tempfile::tempdir().unwrap();
-        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20, OWNER).unwrap();
         assert_eq!(c.get(1, 0, 4096, crc(1, 4096)), None);
         c.insert(1, 0, line(1, 4096));
         c.insert(1, 4096, line(2, 65536));
@@ -516,7 +563,7 @@ mod tests {
         assert_eq!((st.hits, st.misses, st.inserts, st.lines), (2, 2, 2, 2));
         c.persist();
         drop(c);
-        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20, OWNER).unwrap();
         assert_eq!(
             c.get(1, 4096, 65536, crc(2, 65536)),
             Some(line(2, 65536)),
@@ -527,7 +574,7 @@ mod tests {
             "the index is consumed at open"
         );
         drop(c); // no persist: a crash
-        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20, OWNER).unwrap();
         assert_eq!(
             c.get(1, 4096, 65536, crc(2, 65536)),
             None,
@@ -538,7 +585,7 @@ mod tests {
     #[test]
     fn corruption_is_dropped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20, OWNER).unwrap();
         c.insert(7, 0, line(9, 65536));
         c.insert(7, 65536, line(3, 65536));
         let f = OpenOptions::new()
@@ -566,7 +613,7 @@ mod tests {
     fn a_working_set_ten_times_the_capacity_stays_within_the_bound() {
         let dir = tempfile::tempdir().unwrap();
         let cap = 1 << 20; // 16 slots
-        let c = DiskCache::open(dir.path(), cap).unwrap();
+        let c = DiskCache::open(dir.path(), cap, OWNER).unwrap();
         for i in 0..160u64 {
             c.insert(i, 0, line(i as u8, 65536));
             // Re-reading a few keeps them hot under CLOCK.
@@ -586,7 +633,7 @@ mod tests {
     #[test]
     fn release_gives_back_disk_space_from_cold_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20, OWNER).unwrap();
         for i in 0..16u64 {
             c.insert(i, 0, line(i as u8, 65536));
         }
@@ -607,7 +654,7 @@ mod tests {
     #[test]
     fn partial_reads_check_only_the_blocks_they_return() {
         let dir = tempfile::tempdir().unwrap();
-        let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20, OWNER).unwrap();
         let data = line(5, 65536);
         c.insert(1, 0, data.clone());
         let mut b = vec![0u8; 8192];

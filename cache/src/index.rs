@@ -6,7 +6,9 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"SPRTCIX2";
+const MAGIC: &[u8; 8] = b"SPRTCIX3";
+/// Magic, owner, line and check sizes, slots, entries.
+const HEADER_BYTES: usize = 8 + 16 + 8 + 8 + 4 + 4;
 /// Fixed part of an entry; the block checksums follow it.
 const ENTRY_BYTES: usize = 28;
 
@@ -23,14 +25,16 @@ pub(crate) struct SavedLine {
 /// Writes the index durably (temp file, fsync, rename, fsync dir).
 pub(crate) fn save(
     path: &Path,
+    owner: Option<[u8; 16]>,
     line_bytes: u64,
     check_bytes: u64,
     slots: u32,
     lines: &[SavedLine],
 ) -> std::io::Result<()> {
     let per_line = (line_bytes / check_bytes) as usize;
-    let mut b = Vec::with_capacity(40 + lines.len() * (ENTRY_BYTES + 4 * per_line));
+    let mut b = Vec::with_capacity(HEADER_BYTES + 4 + lines.len() * (ENTRY_BYTES + 4 * per_line));
     b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&owner.unwrap_or_default());
     b.extend_from_slice(&line_bytes.to_le_bytes());
     b.extend_from_slice(&check_bytes.to_le_bytes());
     b.extend_from_slice(&slots.to_le_bytes());
@@ -55,16 +59,18 @@ pub(crate) fn save(
     fs::File::open(path.parent().unwrap())?.sync_all()
 }
 
-/// Reads an index saved for the same geometry; None if absent, damaged or
-/// for another geometry (then the cache starts cold).
+/// Reads an index saved for the same geometry, and whose lines it holds
+/// (None: no volume's); None if absent, damaged or for another geometry
+/// (then the cache starts cold).
+#[allow(clippy::type_complexity)]
 pub(crate) fn load(
     path: &Path,
     line_bytes: u64,
     check_bytes: u64,
     slots: u32,
-) -> Option<Vec<SavedLine>> {
+) -> Option<(Option<[u8; 16]>, Vec<SavedLine>)> {
     let b = fs::read(path).ok()?;
-    if b.len() < 36 || &b[..8] != MAGIC {
+    if b.len() < HEADER_BYTES + 4 || &b[..8] != MAGIC {
         return None;
     }
     let (body, tail) = b.split_at(b.len() - 4);
@@ -73,12 +79,14 @@ pub(crate) fn load(
     }
     let u32_at = |i: usize| u32::from_le_bytes(body[i..i + 4].try_into().unwrap());
     let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap());
-    if u64_at(8) != line_bytes || u64_at(16) != check_bytes || u32_at(24) != slots {
+    let owner: [u8; 16] = body[8..24].try_into().ok()?;
+    let owner = (owner != [0; 16]).then_some(owner);
+    if u64_at(24) != line_bytes || u64_at(32) != check_bytes || u32_at(40) != slots {
         return None;
     }
-    let n = u32_at(28) as usize;
+    let n = u32_at(44) as usize;
     let mut out = Vec::with_capacity(n);
-    let mut at = 32;
+    let mut at = HEADER_BYTES;
     for _ in 0..n {
         if body.len() < at + ENTRY_BYTES {
             return None;
@@ -104,5 +112,5 @@ pub(crate) fn load(
         });
         at = end;
     }
-    (at == body.len()).then_some(out)
+    (at == body.len()).then_some((owner, out))
 }

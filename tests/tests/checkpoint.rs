@@ -158,7 +158,12 @@ fn fork_and_gc_through_the_cli() {
 /// Every object under `url` (file:// or s3://).
 fn objects(url: &str) -> Vec<String> {
     with_store(url, |s| async move {
-        s.list("").await.unwrap().into_iter().map(|m| m.key).collect()
+        s.list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect()
     })
 }
 
@@ -200,7 +205,10 @@ fn rm_removes_a_fork_then_its_parent_and_leaves_nothing() {
         stderr(&o)
     );
     let out = ok(&["rm", &child_url]);
-    assert!(out.contains(&format!("released its fork pin in {url}")), "{out}");
+    assert!(
+        out.contains(&format!("released its fork pin in {url}")),
+        "{out}"
+    );
     assert_eq!(objects(&child_url), Vec::<String>::new());
 
     ok(&["delete-checkpoint", &url, "base", "--cache-dir", pc]);
@@ -208,7 +216,10 @@ fn rm_removes_a_fork_then_its_parent_and_leaves_nothing() {
     assert!(out.contains("objects deleted"), "{out}");
     assert_eq!(objects(&url), Vec::<String>::new(), "rm left objects");
     if !url.starts_with("s3://") {
-        assert!(!env.path("parent").exists(), "rm left the volume's directory");
+        assert!(
+            !env.path("parent").exists(),
+            "rm left the volume's directory"
+        );
     }
     // The URL is free for a new volume.
     env.create("parent", "64M");

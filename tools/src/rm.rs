@@ -28,9 +28,14 @@ pub async fn rm(url: &str, json: bool) -> Result<i32> {
     } else {
         "the volume"
     };
-    println!("removed {what} at {url}: {} objects deleted", report.objects_deleted);
+    println!(
+        "removed {what} at {url}: {} objects deleted",
+        report.objects_deleted
+    );
     if let Some(parent) = &report.released_pin_in {
-        println!("released its fork pin in {parent}: that checkpoint may now be deleted and collected");
+        println!(
+            "released its fork pin in {parent}: that checkpoint may now be deleted and collected"
+        );
     }
     Ok(0)
 }

@@ -157,7 +157,7 @@ impl Volume {
         };
         let inner = Arc::new(Inner {
             store,
-            cache: open_cache(cache_dir, opts.cache_bytes),
+            cache: open_cache(cache_dir, opts.cache_bytes, volume_id),
             reserve: Mutex::new(cache_dir.map(MetaReserve::open)),
             block_size: config.block_size as u64,
             config,
@@ -588,16 +588,17 @@ pub fn reset_cache_dir(cache_dir: &Path, cache_bytes: u64) -> std::io::Result<()
     if cache_bytes > 0 {
         // An empty cache that is saved opens warm (with nothing in it)
         // instead of being deleted and made again.
-        DiskCache::open(&cache_dir.join("cache"), cache_bytes)?.persist();
+        DiskCache::open(&cache_dir.join("cache"), cache_bytes, None)?.persist();
     }
     Ok(())
 }
 
 /// The read cache in `cache_dir/cache`. A cache that cannot be opened (a
 /// full or read-only disk) is not an error: reads go to the store.
-fn open_cache(cache_dir: Option<&Path>, bytes: u64) -> Arc<dyn ReadCache> {
+fn open_cache(cache_dir: Option<&Path>, bytes: u64, volume_id: [u8; 16]) -> Arc<dyn ReadCache> {
     match cache_dir {
-        Some(dir) if bytes > 0 => match DiskCache::open(&dir.join("cache"), bytes) {
+        Some(dir) if bytes > 0 => match DiskCache::open(&dir.join("cache"), bytes, Some(volume_id))
+        {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 tracing::warn!(error = %e, "read cache unavailable: reads go to the object store");

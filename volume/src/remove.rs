@@ -108,7 +108,9 @@ pub async fn remove_volume(
         let parent = spritedisk_store::open_url(&parent_url)?;
         match retry_read(&pin_key, || parent.delete(&pin_key)).await {
             Ok(()) | Err(StoreError::NotFound(_)) => report.released_pin_in = Some(parent_url),
-            Err(e) => tracing::warn!(parent = parent_url, key = pin_key, error = %e, "the fork is removed, but its pin in the parent could not be deleted: the parent keeps its base checkpoint until it is deleted by hand"),
+            Err(e) => {
+                tracing::warn!(parent = parent_url, key = pin_key, error = %e, "the fork is removed, but its pin in the parent could not be deleted: the parent keeps its base checkpoint until it is deleted by hand")
+            }
         }
     }
     Ok(report)

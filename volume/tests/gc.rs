@@ -337,18 +337,25 @@ async fn a_read_overtaken_by_a_compaction_finds_the_data_moved() {
     // One segment of 4 blocks, 3 of them overwritten: block 3 lives only
     // there, and compaction moves it.
     for lba in 0..4 {
-        vol.write(lba * BS, pattern(lba, 1, 1), false).await.unwrap();
+        vol.write(lba * BS, pattern(lba, 1, 1), false)
+            .await
+            .unwrap();
     }
     vol.flush().await.unwrap();
     for lba in 0..3 {
-        vol.write(lba * BS, pattern(lba, 1, 2), false).await.unwrap();
+        vol.write(lba * BS, pattern(lba, 1, 2), false)
+            .await
+            .unwrap();
     }
     vol.flush().await.unwrap();
     // The read looks block 3 up; its GET waits at the gate.
     let before = gate.close_for(1);
     let v = vol.clone();
     let read = tokio::spawn(async move { v.read(3 * BS, BS).await });
-    assert!(gate.arrived_past(before).await, "setup: the read never fetched");
+    assert!(
+        gate.arrived_past(before).await,
+        "setup: the read never fetched"
+    );
     let report = vol.gc(&GcOptions::default()).await.unwrap();
     assert!(
         report.segments_compacted > 0 && report.segments_deleted > 0,
