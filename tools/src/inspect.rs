@@ -205,9 +205,13 @@ pub async fn verify(url: &str, cache_dir: &Path) -> Result<i32> {
     for p in &report.problems {
         println!("problem: {p}");
     }
+    for n in &report.notes {
+        println!("note: {n}");
+    }
     println!(
-        "verify {url}: {} extents, {} pieces, {} checked, {} problems",
+        "verify {url}: {} extents (the live map and {} checkpoints), {} pieces, {} checked, {} problems",
         report.extents_checked,
+        report.checkpoints_checked,
         report.pieces_checked,
         human(report.bytes_checked),
         report.problems.len()

@@ -85,6 +85,8 @@ struct PendingOp {
     writer: usize,
     kind: Kind,
     key: String,
+    /// A segment with data in it (not a fence or a barrier).
+    data: bool,
     tx: oneshot::Sender<Verdict>,
 }
 
@@ -164,7 +166,7 @@ impl std::fmt::Debug for SimStore {
 impl SimStore {
     /// Waits for the simulation's verdict on one operation; `Ok(true)`:
     /// land it and report a lost reply.
-    async fn admit(&self, kind: Kind, key: &str) -> Result<Verdict, StoreError> {
+    async fn admit(&self, kind: Kind, key: &str, data: bool) -> Result<Verdict, StoreError> {
         let rx = {
             let mut g = self.world.gate.lock().unwrap();
             if g.dead.contains(&self.writer) {
@@ -183,6 +185,7 @@ impl SimStore {
                     writer: self.writer,
                     kind,
                     key: key.to_string(),
+                    data,
                     tx,
                 });
                 Some(rx)
@@ -204,9 +207,10 @@ impl SimStore {
         &self,
         kind: Kind,
         key: &str,
+        data: bool,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let verdict = self.admit(kind, key).await?;
+        let verdict = self.admit(kind, key, data).await?;
         let res = f.await;
         match verdict {
             Verdict::LandReplyLost => Err(StoreError::Injected(format!(
@@ -223,37 +227,47 @@ impl SimStore {
 #[async_trait]
 impl ObjectStore for SimStore {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.admit(Kind::Read, key).await?;
+        self.admit(Kind::Read, key, false).await?;
         self.store.get(key).await
     }
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
-        self.admit(Kind::Read, key).await?;
+        self.admit(Kind::Read, key, false).await?;
         self.store.get_range(key, offset, len).await
     }
     async fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
-        self.change(Kind::Put, key, self.store.put(key, data)).await
+        self.change(Kind::Put, key, false, self.store.put(key, data))
+            .await
     }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
-        self.change(Kind::PutIfAbsent, key, self.store.put_if_absent(key, data))
-            .await
+        // A segment's header alone is far less than a block.
+        let carries = key.starts_with("segments/") && data.len() as u64 >= BS;
+        self.change(
+            Kind::PutIfAbsent,
+            key,
+            carries,
+            self.store.put_if_absent(key, data),
+        )
+        .await
     }
     async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<String, StoreError> {
         self.change(
             Kind::PutIfMatch,
             key,
+            false,
             self.store.put_if_match(key, data, etag),
         )
         .await
     }
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.admit(Kind::Read, key).await?;
+        self.admit(Kind::Read, key, false).await?;
         self.store.head(key).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.change(Kind::Delete, key, self.store.delete(key)).await
+        self.change(Kind::Delete, key, false, self.store.delete(key))
+            .await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.admit(Kind::Read, prefix).await?;
+        self.admit(Kind::Read, prefix, false).await?;
         self.store.list(prefix).await
     }
     fn describe(&self) -> String {
@@ -765,6 +779,21 @@ impl Sim {
         });
         let i = eligible[self.rng.gen_range(0..eligible.len())];
         let op = g.pending.remove(i);
+        drop(g);
+        // Buggify: a writer still attaching that sends data is replaying a
+        // dead writer's log; crash it with that segment in flight.
+        if op.data
+            && self.writers[op.writer].life == Life::Attaching
+            && self.rng.gen_bool(0.2)
+        {
+            self.log(format!(
+                "writer {}: crash while attaching, {} in flight",
+                op.writer,
+                stable_key(&op.key)
+            ));
+            self.kill(op.writer);
+        }
+        let g = self.world.gate.lock().unwrap();
         let dead = g.dead.contains(&op.writer);
         let outage = g.outage.contains(&op.writer)
             || (g.meta_outage.contains(&op.writer) && op.key.starts_with("meta/"));
