@@ -782,10 +782,7 @@ impl Sim {
         drop(g);
         // Buggify: a writer still attaching that sends data is replaying a
         // dead writer's log; crash it with that segment in flight.
-        if op.data
-            && self.writers[op.writer].life == Life::Attaching
-            && self.rng.gen_bool(0.2)
-        {
+        if op.data && self.writers[op.writer].life == Life::Attaching && self.rng.gen_bool(0.2) {
             self.log(format!(
                 "writer {}: crash while attaching, {} in flight",
                 op.writer,
