@@ -109,7 +109,10 @@ pub async fn fork_volume(
         checkpoint_version: None,
     };
     let body = |p: &ForkPin| Bytes::from(serde_json::to_vec_pretty(p).expect("serializes"));
-    parent.put_if_absent(&pin_key, body(&pin)).await?;
+    crate::retry::put_new(parent, &pin_key, body(&pin)).await?;
+    // Set once the child's first attach starts: from then on its metadata
+    // may be durable (the child usable) even if this fails later.
+    let mut child_may_exist = false;
     let res = async {
         let insp = inspect_volume(parent, parent_url, None).await?;
         let extents = insp.meta.checkpoint_extents(checkpoint)?;
@@ -121,7 +124,8 @@ pub async fn fork_volume(
             .into_iter()
             .find(|c| c.name == checkpoint)
             .map(|c| c.version);
-        parent.put(&pin_key, body(&pin)).await?;
+        let b = body(&pin);
+        retry_read(&pin_key, || parent.put(&pin_key, b.clone())).await?;
         let used: std::collections::BTreeSet<u64> = extents.iter().map(|e| e.seg).collect();
         let segments: Vec<_> = insp
             .meta
@@ -151,6 +155,7 @@ pub async fn fork_volume(
         meta.init_fork(&origins, &segments, &extents, seq_max)?;
         drop(meta);
         // Attaching ships the whole map as the child's first snapshot.
+        child_may_exist = true;
         let vol = Volume::open(child.clone(), child_url, Some(cache_dir), opts).await?;
         let shipped = async {
             vol.inner.ship_meta().await?;
@@ -175,11 +180,27 @@ pub async fn fork_volume(
         })
     }
     .await;
-    if res.is_err() {
-        // Nothing references the parent yet: let its checkpoint go again.
-        // A pin left behind only keeps the parent conservative, so say so.
-        if let Err(e) = parent.delete(&pin_key).await {
-            tracing::warn!(key = pin_key, error = %e, "could not remove the fork's pin from the parent after the fork failed; delete it by hand to let the checkpoint go");
+    match &res {
+        Ok(_) => {}
+        Err(e) if child_may_exist => {
+            // The child may be usable (its metadata shipped, the error
+            // came later, e.g. from its close): it keeps the parent's
+            // segments (L3 of the second review of 0009).
+            tracing::warn!(error = %e, child_url, "the fork failed after its first attach: its pin in the parent stays (the fork may be usable); 'spritedisk rm' of the fork releases it");
+        }
+        Err(_) => {
+            // Nothing references the parent yet: let its checkpoint go
+            // again, and the child's URL too.
+            if let Err(e) = retry_read(&pin_key, || parent.delete(&pin_key)).await {
+                tracing::warn!(key = pin_key, error = %e, "could not remove the fork's pin from the parent after the fork failed; delete it by hand to let the checkpoint go");
+            }
+            if let Err(e) = retry_read(crate::config::CONFIG_KEY, || {
+                child.delete(crate::config::CONFIG_KEY)
+            })
+            .await
+            {
+                tracing::warn!(child_url, error = %e, "could not remove the failed fork's volume.json; 'spritedisk rm' removes it");
+            }
         }
     }
     res

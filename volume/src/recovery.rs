@@ -55,8 +55,8 @@ pub async fn create_volume(
         });
     }
     let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-    match store.put_if_absent(CONFIG_KEY, Bytes::from(body)).await {
-        Ok(_) => Ok(config),
+    match crate::retry::put_new(store, CONFIG_KEY, Bytes::from(body)).await {
+        Ok(()) => Ok(config),
         Err(StoreError::PreconditionFailed(_)) => Err(VolumeError::AlreadyExists {
             url: url.to_string(),
         }),

@@ -32,3 +32,33 @@ where
         }
     }
 }
+
+/// A create-once PUT (`put_if_absent`) retried on transient errors like a
+/// read. Idempotent because the object is compared: a 412 on an object
+/// holding exactly `data` is our own earlier attempt that landed with its
+/// reply lost, and counts as done.
+pub async fn put_new(
+    store: &std::sync::Arc<dyn spritedisk_store::ObjectStore>,
+    key: &str,
+    data: bytes::Bytes,
+) -> Result<(), StoreError> {
+    let mut retried = false;
+    let res = retry_read(key, || {
+        let tried = retried;
+        retried = true;
+        let data = data.clone();
+        async move {
+            match store.put_if_absent(key, data.clone()).await {
+                Ok(_) => Ok(()),
+                Err(StoreError::PreconditionFailed(k)) if tried => match store.get(key).await {
+                    Ok(existing) if existing == data => Ok(()),
+                    Ok(_) => Err(StoreError::PreconditionFailed(k)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        }
+    })
+    .await;
+    res
+}

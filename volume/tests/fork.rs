@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use spritedisk_store::ObjectStore;
+use spritedisk_store::{ObjectStore, StoreError};
 use spritedisk_volume::fork::fork_volume;
 use spritedisk_volume::{create_volume, GcOptions, Volume, VolumeError};
 
@@ -280,4 +280,187 @@ async fn a_checkpoint_made_again_under_its_name_does_not_stand_for_a_forks_base(
     g.expect_fork(&[(0, 1), (1, 1), (2, 1), (3, 1)], "the first X's")
         .await;
     g.parent.close().await.unwrap();
+}
+
+/// A store whose PUTs under `prefix` misbehave: with `refuse`, each fails
+/// with a permanent error; else the first create-once PUT lands and then
+/// reports a transient error, as if its reply were lost.
+#[derive(Debug)]
+struct ReplyLostOnce {
+    inner: Arc<dyn ObjectStore>,
+    prefix: &'static str,
+    refuse: bool,
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+impl ReplyLostOnce {
+    fn refused(&self, key: &str) -> Result<(), StoreError> {
+        if self.refuse && key.starts_with(self.prefix) {
+            return Err(StoreError::InvalidKey(format!(
+                "{key} (refused by the test)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for ReplyLostOnce {
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, StoreError> {
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn put(&self, key: &str, data: bytes::Bytes) -> Result<String, StoreError> {
+        self.refused(key)?;
+        self.inner.put(key, data).await
+    }
+    async fn put_if_absent(&self, key: &str, data: bytes::Bytes) -> Result<String, StoreError> {
+        self.refused(key)?;
+        let r = self.inner.put_if_absent(key, data).await;
+        if !self.refuse
+            && key.starts_with(self.prefix)
+            && !self.tripped.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            r?;
+            return Err(StoreError::Injected(format!(
+                "reply to the PUT of {key} lost"
+            )));
+        }
+        r
+    }
+    async fn put_if_match(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        etag: &str,
+    ) -> Result<String, StoreError> {
+        self.refused(key)?;
+        self.inner.put_if_match(key, data, etag).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<spritedisk_store::ObjectMeta>, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<spritedisk_store::ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+fn reply_lost_once(inner: Arc<dyn ObjectStore>, prefix: &'static str) -> Arc<dyn ObjectStore> {
+    Arc::new(ReplyLostOnce {
+        inner,
+        prefix,
+        refuse: false,
+        tripped: Default::default(),
+    })
+}
+
+/// A transient error on the child's volume.json or on the parent's pin
+/// (landed, its reply lost) is retried, not a failed fork. Fails on
+/// c34c84a: the fork fails on the first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_rides_out_lost_replies_of_its_first_puts() {
+    let root = tempfile::tempdir().unwrap();
+    let (pstore, purl) = url_store(root.path(), "parent");
+    let (cstore, curl) = url_store(root.path(), "child");
+    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
+    let parent = Volume::open(
+        pstore.clone(),
+        &purl,
+        Some(&root.path().join("p")),
+        small_opts(1),
+    )
+    .await
+    .unwrap();
+    write(&parent, 0, 4, 1).await;
+    parent.checkpoint(Some("base")).await.unwrap();
+    parent.close().await.unwrap();
+    let flaky_parent = reply_lost_once(pstore.clone(), "forks/");
+    let flaky_child = reply_lost_once(cstore.clone(), "volume.json");
+    fork_volume(
+        &flaky_parent,
+        &purl,
+        "base",
+        flaky_child,
+        &curl,
+        &root.path().join("c"),
+        small_opts(2),
+    )
+    .await
+    .expect("a lost reply is retried");
+    let child = Volume::open(
+        cstore,
+        &curl,
+        Some(&root.path().join("fresh")),
+        small_opts(3),
+    )
+    .await
+    .unwrap();
+    expect(&child, 0, 4, 1, "fork").await;
+    child.close().await.unwrap();
+}
+
+/// L3 of the second review of 0009: a fork that fails after its first
+/// attach (here its restore mark cannot be written) may have left a child
+/// whose metadata is durable: its pin stays, so the parent keeps what the
+/// child may read, and `rm` of the child releases it. Fails on c34c84a:
+/// the pin was deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_failing_after_its_first_attach_keeps_its_pin() {
+    let root = tempfile::tempdir().unwrap();
+    let (pstore, purl) = url_store(root.path(), "parent");
+    let (cstore, curl) = url_store(root.path(), "child");
+    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
+    let parent = Volume::open(
+        pstore.clone(),
+        &purl,
+        Some(&root.path().join("p")),
+        small_opts(1),
+    )
+    .await
+    .unwrap();
+    write(&parent, 0, 4, 1).await;
+    parent.checkpoint(Some("base")).await.unwrap();
+    parent.close().await.unwrap();
+    // Every PUT of the child's restore mark is refused.
+    let failing: Arc<dyn ObjectStore> = Arc::new(ReplyLostOnce {
+        inner: cstore.clone(),
+        prefix: "meta/restored.json",
+        refuse: true,
+        tripped: Default::default(),
+    });
+    let e = fork_volume(
+        &pstore,
+        &purl,
+        "base",
+        failing,
+        &curl,
+        &root.path().join("c"),
+        small_opts(2),
+    )
+    .await
+    .unwrap_err();
+    eprintln!("the fork failed as set up: {e}");
+    assert_eq!(
+        pstore.list("forks/").await.unwrap().len(),
+        1,
+        "the pin of a fork that may be usable stays"
+    );
+    let r = spritedisk_volume::remove_volume(&cstore, &curl, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(r.released_pin_in.as_deref(), Some(purl.as_str()), "{r:?}");
+    assert!(pstore.list("forks/").await.unwrap().is_empty());
 }
