@@ -1064,29 +1064,60 @@ impl Sim {
     /// A new writer attaches to a volume no other writer is attaching to.
     fn attach(&mut self) {
         let free: Vec<usize> = (0..self.vols.len())
-            .filter(|&v| {
-                self.vols[v].ready
-                    && !self
-                        .writers
-                        .iter()
-                        .any(|w| w.v == v && w.life == Life::Attaching)
-            })
+            .filter(|&v| self.vols[v].ready && !self.attaching(v))
             .collect();
         if free.is_empty() {
             return;
         }
         let v = free[self.rng.gen_range(0..free.len())];
-        let w = self.writers.len();
         let force = self.rng.gen_bool(0.8);
         let spare = &mut self.vols[v].spare_dirs;
         let dir = if !spare.is_empty() && self.rng.gen_bool(0.5) {
             let i = self.rng.gen_range(0..spare.len());
-            spare.remove(i)
+            Some(spare.remove(i))
         } else {
+            None
+        };
+        self.attach_with(v, force, dir, false);
+    }
+
+    fn attaching(&self, v: usize) -> bool {
+        self.writers
+            .iter()
+            .any(|w| w.v == v && w.life == Life::Attaching)
+    }
+
+    /// The writer's daemon dies with acknowledged writes that may be only
+    /// in its write log, and restarts on the same machine (its directory):
+    /// `recover` after a kill -9, the common way a replay happens.
+    fn restart(&mut self, w: usize) {
+        self.log(format!("writer {w}: crash, restarted on its directory"));
+        self.kill(w);
+        let v = self.writers[w].v;
+        if self.attaching(v) {
+            return;
+        }
+        let dir = self.writers[w].dir.clone();
+        self.vols[v].spare_dirs.retain(|d| *d != dir);
+        // With room for one segment, its replay waits for each upload.
+        self.attach_with(v, true, Some(dir), true);
+    }
+
+    /// A new writer attaches volume `v` (with `dir`, else a new directory;
+    /// `tight`: with room for one unflushed segment).
+    fn attach_with(
+        &mut self,
+        v: usize,
+        force: bool,
+        dir: Option<std::path::PathBuf>,
+        tight: bool,
+    ) {
+        let w = self.writers.len();
+        let dir = dir.unwrap_or_else(|| {
             let d = self.root.join(format!("w{w}"));
             std::fs::create_dir_all(&d).unwrap();
             d
-        };
+        });
         self.log(format!(
             "writer {w}: attach{} to volume {v} with {}",
             if force { " --force" } else { "" },
@@ -1103,7 +1134,7 @@ impl Sim {
         let store = self.store_for(w, v);
         let url = self.vols[v].url.clone();
         let mut o = opts(self.seed ^ w as u64, force);
-        if self.rng.gen_bool(0.3) {
+        if tight || self.rng.gen_bool(0.3) {
             // Room for one unflushed segment: writes (and a replay of a
             // dead writer's log) wait for each upload.
             o.dirty_bytes_max = o.segment_bytes;
@@ -1309,6 +1340,11 @@ impl Sim {
                         .entry(w)
                         .or_default()
                         .push((lba, tag));
+                    // Buggify: acknowledged writes not yet flushed are
+                    // what a restarted daemon replays from its log.
+                    if self.rng.gen_bool(0.05) {
+                        self.restart(w);
+                    }
                 }
             }
             (Op::Flush { covered }, Outcome::Done(r)) => {
