@@ -39,6 +39,28 @@ fn wrong_urls_and_existing_volumes_are_refused_by_name() {
     let o = spritedisk(&["create", &url]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+
+    // The leftovers of a deleted volume (here its lease and replica mark):
+    // refused, naming them and the way out, which works.
+    let left = env.url("left");
+    with_store(&left, |s| async move {
+        for key in ["lease.json", "meta/restored.json"] {
+            s.put(key, bytes::Bytes::from_static(b"{}")).await.unwrap();
+        }
+    });
+    let o = spritedisk(&["create", &left]);
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("is not empty")
+            && stderr(&o).contains("lease.json")
+            && stderr(&o).contains(&format!("spritedisk rm {left}")),
+        "{}",
+        stderr(&o)
+    );
+    let o = spritedisk(&["rm", &left]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("leftovers"), "{}", stdout(&o));
+    env.create("left", "1G");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -788,7 +788,13 @@ impl Sim {
                 op.writer,
                 stable_key(&op.key)
             ));
-            self.kill(op.writer);
+            // Mostly restarted at once (systemd's restart of a `recover`
+            // its start timeout killed), else left for a later attach.
+            if self.rng.gen_bool(0.7) {
+                self.restart(op.writer);
+            } else {
+                self.kill(op.writer);
+            }
         }
         let g = self.world.gate.lock().unwrap();
         let dead = g.dead.contains(&op.writer);
@@ -1091,7 +1097,7 @@ impl Sim {
     /// in its write log, and restarts on the same machine (its directory):
     /// `recover` after a kill -9, the common way a replay happens.
     fn restart(&mut self, w: usize) {
-        self.log(format!("writer {w}: crash, restarted on its directory"));
+        self.log(format!("writer {w}: killed, restarted on its directory"));
         self.kill(w);
         let v = self.writers[w].v;
         if self.attaching(v) {
