@@ -645,9 +645,20 @@ struct Sim {
     next_cp: u64,
     trace: Vec<String>,
     step: usize,
+    /// Swarm testing: the kinds of action this seed leaves out, so that
+    /// some seeds run a few behaviours long and undisturbed (a daemon
+    /// restarting on its directory with nobody else attaching, say).
+    left_out: BTreeSet<&'static str>,
 }
 
+/// The kinds of action a seed may leave out (see `Sim::left_out`).
+const SWARM_KINDS: [&str; 6] = ["stale writer", "attach", "crash", "pause", "outage", "copy"];
+
 impl Sim {
+    fn does(&self, kind: &str) -> bool {
+        !self.left_out.contains(kind)
+    }
+
     fn log(&mut self, s: String) {
         // Without the temporary directory's random name.
         let s = s.replace(&*self.root.to_string_lossy(), "<tmp>");
@@ -739,12 +750,12 @@ impl Sim {
         match roll {
             0..=35 => self.release_one(),
             36..=73 => self.owner_op(),
-            74..=76 => self.stale_writer_op(),
+            74..=76 if self.does("stale writer") => self.stale_writer_op(),
             77..=80 => self.attach(),
-            81..=82 => self.crash_one(),
-            83..=84 => self.toggle(Fault::Pause),
-            85..=86 => self.toggle(Fault::Outage),
-            87..=88 => self.copy_dir(),
+            81..=82 if self.does("crash") => self.crash_one(),
+            83..=84 if self.does("pause") => self.toggle(Fault::Pause),
+            85..=86 if self.does("outage") => self.toggle(Fault::Outage),
+            87..=88 if self.does("copy") => self.copy_dir(),
             _ => {
                 let d = match self.rng.gen_range(0..10) {
                     0..=5 => Duration::from_millis(self.rng.gen_range(1..200)),
@@ -1069,8 +1080,18 @@ impl Sim {
 
     /// A new writer attaches to a volume no other writer is attaching to.
     fn attach(&mut self) {
+        // Without "attach", only a volume nobody writes gets a writer.
+        let others = self.does("attach");
         let free: Vec<usize> = (0..self.vols.len())
-            .filter(|&v| self.vols[v].ready && !self.attaching(v))
+            .filter(|&v| {
+                self.vols[v].ready
+                    && !self.attaching(v)
+                    && (others
+                        || !self
+                            .writers
+                            .iter()
+                            .any(|w| w.v == v && w.life == Life::Live))
+            })
             .collect();
         if free.is_empty() {
             return;
@@ -1097,7 +1118,17 @@ impl Sim {
     /// in its write log, and restarts on the same machine (its directory):
     /// `recover` after a kill -9, the common way a replay happens.
     fn restart(&mut self, w: usize) {
-        self.log(format!("writer {w}: killed, restarted on its directory"));
+        // Its segments in flight die with it (kill -9 of a daemon): what
+        // they carry is only in its write log now.
+        let lost = {
+            let mut g = self.world.gate.lock().unwrap();
+            let before = g.pending.len();
+            g.pending.retain(|op| !(op.writer == w && op.data));
+            before - g.pending.len()
+        };
+        self.log(format!(
+            "writer {w}: killed with {lost} segments in flight, restarted on its directory"
+        ));
         self.kill(w);
         let v = self.writers[w].v;
         if self.attaching(v) {
@@ -1141,9 +1172,11 @@ impl Sim {
         let url = self.vols[v].url.clone();
         let mut o = opts(self.seed ^ w as u64, force);
         if tight || self.rng.gen_bool(0.3) {
-            // Room for one unflushed segment: writes (and a replay of a
-            // dead writer's log) wait for each upload.
-            o.dirty_bytes_max = o.segment_bytes;
+            // One block per segment and room for two (the least the CLI
+            // allows): every write is a segment, and writes (and a replay
+            // of a dead writer's log) wait for uploads.
+            o.segment_bytes = BS;
+            o.dirty_bytes_max = 2 * BS;
         }
         self.spawn(w, Op::Attach, async move {
             let vol = match Volume::open(store, &url, Some(&dir), o).await {
@@ -1346,9 +1379,15 @@ impl Sim {
                         .entry(w)
                         .or_default()
                         .push((lba, tag));
-                    // Buggify: acknowledged writes not yet flushed are
-                    // what a restarted daemon replays from its log.
-                    if self.rng.gen_bool(0.05) {
+                    // Buggify: acknowledged writes whose segments are
+                    // still on their way are what a restarted daemon
+                    // replays from its log; two or more make a replay of
+                    // several segments.
+                    let in_flight = {
+                        let g = self.world.gate.lock().unwrap();
+                        g.pending.iter().filter(|op| op.writer == w && op.data).count()
+                    };
+                    if in_flight >= 1 && self.rng.gen_bool(0.3) {
                         self.restart(w);
                     }
                 }
@@ -1674,7 +1713,17 @@ fn run_seed(seed: u64, steps: usize) -> Result<u64, String> {
             next_cp: 0,
             trace: Vec::new(),
             step: 0,
+            left_out: BTreeSet::new(),
         };
+        for kind in SWARM_KINDS {
+            if sim.rng.gen_bool(0.3) {
+                sim.left_out.insert(kind);
+            }
+        }
+        if !sim.left_out.is_empty() {
+            let out: Vec<&str> = sim.left_out.iter().copied().collect();
+            sim.log(format!("swarm: this seed leaves out {}", out.join(", ")));
+        }
         let v = sim.new_vol(Model::starting_among(&[[0; BLOCKS]]), true);
         create_volume(&sim.vols[v].store, &sim.vols[v].url, 1 << 30)
             .await
