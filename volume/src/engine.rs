@@ -210,9 +210,9 @@ impl Volume {
     ///
     /// Atomic and idempotent under interruption (D6 of the 5bc5be0
     /// review): each file `F_i` that the history does not hold (its segment
-    /// is after `history_tail`) is given, in place, the number `base + i`
-    /// of the segment that replays it, before any of them is sealed; then
-    /// each is sealed as exactly that one segment. A file is retired only
+    /// is after `history_tail`) is given, in place and durably, the number
+    /// `base + i` of the segment that replays it, before any of them is
+    /// sealed; then each is sealed as exactly that one segment. A file is retired only
     /// once its segment is applied, so whenever this stops, the history
     /// holds `F_1 … F_k` and the files left are `F_{k+1} …` (numbered after
     /// the history's tail), and the next attach replays just those. The
@@ -225,13 +225,19 @@ impl Volume {
         left: Vec<LeftFile>,
     ) -> Result<(), VolumeError> {
         let inner = &self.inner;
-        let mut todo = vec![];
+        // Files to replay, and after each the files kept in place without
+        // being replayed (empty ones, e.g. what a seal rotated to). Only a
+        // leading run is deleted: a gap in the generations means a file
+        // lost in a machine crash, and the next open stops there.
+        let mut todo: Vec<LeftFile> = vec![];
+        let mut kept: Vec<(usize, LeftFile)> = vec![];
         for f in left {
-            if f.seq <= history_tail || f.writes.is_empty() {
+            let skip = f.seq <= history_tail || f.writes.is_empty();
+            match (skip, todo.len()) {
                 // Applied before the daemon died (not yet retired), or empty.
-                log.delete(f.gen);
-            } else {
-                todo.push(f);
+                (true, 0) => log.delete(f.gen),
+                (true, n) => kept.push((n - 1, f)),
+                (false, _) => todo.push(f),
             }
         }
         if !todo.is_empty() {
@@ -242,7 +248,14 @@ impl Volume {
         }
         let base = inner.state.lock().unwrap().next_seq;
         for (i, f) in todo.iter().enumerate() {
-            log.rehome(f, base + i as u64)
+            log.rehome(f, base + i as u64, false)
+                .map_err(VolumeError::WriteLog)?;
+        }
+        // A kept file retires with the replayed file before it; its
+        // records (an applied segment's, which a consistent log never has
+        // after an unapplied one) are cut, never to be replayed.
+        for (i, f) in &kept {
+            log.rehome(f, base + *i as u64, true)
                 .map_err(VolumeError::WriteLog)?;
         }
         let mut count = 0u64;
@@ -272,8 +285,15 @@ impl Volume {
         }
         {
             let mut st = inner.state.lock().unwrap();
-            for (i, f) in todo.iter().enumerate() {
-                log.adopt(f.gen, base + i as u64);
+            let mut adopted: Vec<(u64, u64)> = todo
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.gen, base + i as u64))
+                .chain(kept.iter().map(|(i, f)| (f.gen, base + *i as u64)))
+                .collect();
+            adopted.sort_unstable();
+            for (gen, seq) in adopted {
+                log.adopt(gen, seq);
             }
             log.rotate(st.next_seq).map_err(VolumeError::WriteLog)?;
             log.retire(st.applied_seq);

@@ -29,6 +29,8 @@ use bytes::Bytes;
 
 const DIR: &str = "wlog";
 const FILE_MAGIC: &[u8; 8] = b"SPRTWLG1";
+/// The magic and the segment number.
+const FILE_HEADER_BYTES: u64 = 16;
 const RECORD_MAGIC: u32 = 0x5350_574c; // "SPWL"
 const RECORD_HEADER_BYTES: usize = 32;
 /// Bound on one record's data when reading a log back (the engine's request bound).
@@ -140,24 +142,31 @@ impl WriteLog {
     }
 
     /// Makes a file an earlier daemon left the log of segment `seq` of this
-    /// daemon, in place (its header's number; a damaged tail is cut off):
-    /// its writes are replayed as exactly that segment, and the file is
-    /// retired once it is applied, like one this daemon wrote. Written in
-    /// place rather than logged again, so an interrupted replay never
-    /// leaves two copies of a write (D6 of the 5bc5be0 review).
-    pub fn rehome(&mut self, file: &LeftFile, seq: u64) -> Result<(), String> {
+    /// daemon, in place (its header's number; a damaged tail, or with
+    /// `empty` every record, is cut off): its writes are replayed as
+    /// exactly that segment, and the file is retired once it is applied,
+    /// like one this daemon wrote. Written in place rather than logged
+    /// again, so an interrupted replay never leaves two copies of a write
+    /// (D6 of the 5bc5be0 review). Synced: after a machine crash a file
+    /// must not go back to a number the history has passed while the one
+    /// after it keeps its new number (the files kept would not be a
+    /// prefix).
+    pub fn rehome(&mut self, file: &LeftFile, seq: u64, empty: bool) -> Result<(), String> {
         let path = self.dir.join(file_name(file.gen));
         let f = OpenOptions::new()
             .write(true)
             .open(&path)
             .map_err(|e| io_err("open", &path, e))?;
-        if !file.complete {
+        if empty {
+            f.set_len(FILE_HEADER_BYTES)
+                .map_err(|e| io_err("truncate", &path, e))?;
+        } else if !file.complete {
             f.set_len(file.valid_len)
                 .map_err(|e| io_err("truncate", &path, e))?;
         }
         std::os::unix::fs::FileExt::write_all_at(&f, &seq.to_le_bytes(), FILE_MAGIC.len() as u64)
             .map_err(|e| io_err("write", &path, e))?;
-        Ok(())
+        f.sync_data().map_err(|e| io_err("sync", &path, e))
     }
 
     /// Takes a rehomed file into this daemon's log (before its current file).
@@ -361,7 +370,7 @@ mod tests {
         fs::write(&p, raw).unwrap();
         let (mut log, left) = WriteLog::open(dir.path()).unwrap();
         assert_eq!(seqs(&left), [(7, 1)]);
-        log.rehome(&left[0], 42).unwrap();
+        log.rehome(&left[0], 42, false).unwrap();
         log.adopt(left[0].gen, 42);
         log.rotate(43).unwrap();
         log.append(2, 1, Some(&[3u8; 4096])).unwrap();

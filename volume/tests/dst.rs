@@ -1142,13 +1142,7 @@ impl Sim {
 
     /// A new writer attaches volume `v` (with `dir`, else a new directory;
     /// `tight`: with room for one unflushed segment).
-    fn attach_with(
-        &mut self,
-        v: usize,
-        force: bool,
-        dir: Option<std::path::PathBuf>,
-        tight: bool,
-    ) {
+    fn attach_with(&mut self, v: usize, force: bool, dir: Option<std::path::PathBuf>, tight: bool) {
         let w = self.writers.len();
         let dir = dir.unwrap_or_else(|| {
             let d = self.root.join(format!("w{w}"));
@@ -1385,7 +1379,10 @@ impl Sim {
                     // several segments.
                     let in_flight = {
                         let g = self.world.gate.lock().unwrap();
-                        g.pending.iter().filter(|op| op.writer == w && op.data).count()
+                        g.pending
+                            .iter()
+                            .filter(|op| op.writer == w && op.data)
+                            .count()
                     };
                     if in_flight >= 1 && self.rng.gen_bool(0.3) {
                         self.restart(w);

@@ -313,3 +313,31 @@ async fn a_write_log_without_its_database_is_replayed_only_if_nobody_wrote_since
         assert_eq!(got, want, "another writer since: {other_writer}");
     }
 }
+
+/// Found by the review of D6's fix: the replay deleted the dead daemon's
+/// empty last file (what its last seal rotated to), leaving a gap in the
+/// log's generations before the file the restarted daemon then logged its
+/// own writes to; when that daemon died in turn, its next start took the
+/// gap for a machine crash and dropped everything after it: the write the
+/// restarted daemon had acknowledged was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_acknowledged_after_a_replay_survive_the_next_crash() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    // One full segment (its file, then the empty one it rotated to).
+    let d = Daemon::new(&store, 0, false);
+    let through: Arc<dyn ObjectStore> = d.clone();
+    let w = open(through, Some(dir.path()), opts(1)).await;
+    w.write(0, pattern(0, 4, A), false).await.unwrap();
+    d.killed.store(true, Ordering::SeqCst);
+    w.abandon();
+    // Restarted: its replay's segment and its own write never land.
+    let d = Daemon::new(&store, 0, false);
+    let through: Arc<dyn ObjectStore> = d.clone();
+    let w = open(through, Some(dir.path()), opts(2)).await;
+    w.write(16 * BS, pattern(16, 2, X), false).await.unwrap();
+    d.killed.store(true, Ordering::SeqCst);
+    w.abandon();
+    expect_all(&store, dir.path(), &[(0, 4, A), (16, 2, X)]).await;
+}
