@@ -3,8 +3,10 @@
 //!
 //! Who may not lose data to it:
 //! - A writer: `rm` takes the lease like an attach (refused while one is
-//!   attached, naming it), and deletes `volume.json` first, so no attach
-//!   or fork can start on it afterwards (they load the config first).
+//!   attached, naming it) and renews it while it works, and deletes
+//!   `volume.json` first, so no attach or fork can start on it afterwards
+//!   (they load the config first). One that took the lease with `--force`
+//!   before that makes `rm` put `volume.json` back and stop.
 //! - A fork: its pin in this store says it reads this volume's segments.
 //!   `rm` refuses while there is one. A fork being made writes its pin and
 //!   only then reads this volume (its config included), so it either wrote
@@ -15,7 +17,7 @@
 //!   nothing of the fork is left to read the parent's segments.
 //!
 //! Interrupted, `rm` can be run again: without `volume.json` the rest are
-//! leftovers, deleted the same way.
+//! leftovers, deleted the same way, unless a fork pin is among them.
 
 use std::sync::Arc;
 
@@ -61,10 +63,18 @@ pub async fn remove_volume(
         leftovers_only: config.is_none(),
     };
     let mut parent_pin: Option<(String, String)> = None;
+    // Renewed while `rm` works: an attach cannot take it without --force.
+    let mut keeper = None;
+    if config.is_none() {
+        // Leftovers (an `rm` interrupted after volume.json went): forks
+        // may still read them (one that pinned it during that `rm`).
+        refuse_if_forked(store, url).await?;
+    }
     if let Some(raw) = &config {
         let mut parent = None;
         let cfg = crate::recovery::load_config(store, url).await?;
         let held = lease::acquire(store, url, lease_ttl, false).await?;
+        let kept = lease::Keeper::start(store.clone(), held.clone(), lease_ttl);
         let refused = async {
             refuse_if_forked(store, url).await?;
             // The parent that pins it, if it is a fork: the last origin.
@@ -76,8 +86,10 @@ pub async fn remove_volume(
                 }
             };
             retry_read(CONFIG_KEY, || store.delete(CONFIG_KEY)).await?;
-            if let Err(e) = refuse_if_forked(store, url).await {
-                // A fork pinned it before the config went: put it back.
+            let taken = kept.lost().map(VolumeError::Fenced);
+            if let Some(e) = refuse_if_forked(store, url).await.err().or(taken) {
+                // A fork pinned it, or a writer took it (--force), before
+                // the config went: put it back.
                 retry_read(CONFIG_KEY, || store.put_if_absent(CONFIG_KEY, raw.clone())).await?;
                 return Err(e);
             }
@@ -85,9 +97,12 @@ pub async fn remove_volume(
         }
         .await;
         if let Err(e) = refused {
+            kept.stop();
+            let held = kept.held.lock().await.clone();
             let _ = lease::release(store, &held).await;
             return Err(e);
         }
+        keeper = Some(kept);
         parent_pin = parent.map(|p| (p, format!("{FORKS_PREFIX}{}.json", cfg.id)));
     }
     let keys: Vec<String> = retry_read("", || store.list(""))
@@ -102,6 +117,9 @@ pub async fn remove_volume(
         });
     }
     report.objects_deleted = delete_all(store, &keys).await?;
+    if let Some(k) = keeper {
+        k.stop();
+    }
     // Last: while it is there, the volume is still leased.
     report.objects_deleted += delete_all(store, &[LEASE_KEY.to_string()]).await?;
     if let Some((parent_url, pin_key)) = parent_pin {

@@ -195,4 +195,10 @@ async fn a_fork_pinning_during_rm_keeps_the_parent() {
     spritedisk_volume::inspect_volume(&pstore, &purl, None)
         .await
         .expect("the parent is still a volume");
+    // Had that rm died before putting volume.json back, running it again
+    // finds leftovers: with a fork's pin among them, it still refuses.
+    pstore.delete("volume.json").await.unwrap();
+    let e = remove_volume(&pstore, &purl, TTL).await.unwrap_err();
+    assert!(matches!(e, VolumeError::HasForks { .. }), "{e}");
+    assert!(!keys(&pstore).await.is_empty());
 }
