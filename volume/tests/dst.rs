@@ -550,6 +550,14 @@ struct Writer {
     busy: bool,
     /// Its next operation reads (what a user does after a failed restore).
     must_read: bool,
+    /// A daemon restarted on a dead writer's directory, with no other
+    /// attach to its volume since: what its attach must read (every write
+    /// the dead writer acknowledged: they are all in its write log), the
+    /// attach count that says nobody else came, and the dead writer.
+    must_see: Option<(Vec<Blocks>, usize, usize)>,
+    /// Its volume's attach count when it started attaching (its own
+    /// included).
+    started_at: usize,
 }
 
 enum Op {
@@ -628,6 +636,8 @@ struct Vol {
     ready: bool,
     /// Directories of its gone writers, and old copies of its directories.
     spare_dirs: Vec<PathBuf>,
+    /// Attaches started (their fence may end a dead writer's history).
+    attach_starts: usize,
 }
 
 /// Volumes at most (the first and its forks).
@@ -691,6 +701,7 @@ impl Sim {
             model,
             ready,
             spare_dirs: Vec::new(),
+            attach_starts: 0,
         });
         v
     }
@@ -1129,8 +1140,22 @@ impl Sim {
         self.log(format!(
             "writer {w}: killed with {lost} segments in flight, restarted on its directory"
         ));
-        self.kill(w);
         let v = self.writers[w].v;
+        // What the restart must read: all the dead owner acknowledged (or
+        // what a restart killed while attaching had to).
+        // Only if nobody else started attaching since it did: a writer that
+        // took the lease meanwhile (even one that died before its fence)
+        // makes its log stale, and discarding it is right.
+        let alone = self.vols[v].attach_starts == self.writers[w].started_at;
+        let must_see = match self.writers[w].life {
+            _ if !alone => None,
+            Life::Live if self.vols[v].model.owner == Some(w) => {
+                Some((self.vols[v].model.owner_states(), w))
+            }
+            Life::Attaching => self.writers[w].must_see.clone().map(|(s, _, d)| (s, d)),
+            _ => None,
+        };
+        self.kill(w);
         if self.attaching(v) {
             return;
         }
@@ -1138,6 +1163,9 @@ impl Sim {
         self.vols[v].spare_dirs.retain(|d| *d != dir);
         // With room for one segment, its replay waits for each upload.
         self.attach_with(v, true, Some(dir), true);
+        let starts = self.vols[v].attach_starts;
+        let r = self.writers.len() - 1;
+        self.writers[r].must_see = must_see.map(|(s, d)| (s, starts, d));
     }
 
     /// A new writer attaches volume `v` (with `dir`, else a new directory;
@@ -1154,6 +1182,8 @@ impl Sim {
             if force { " --force" } else { "" },
             dir.strip_prefix(&self.root).unwrap().display()
         ));
+        self.vols[v].attach_starts += 1;
+        let started_at = self.vols[v].attach_starts;
         self.writers.push(Writer {
             v,
             vol: None,
@@ -1161,6 +1191,8 @@ impl Sim {
             life: Life::Attaching,
             busy: false,
             must_read: false,
+            must_see: None,
+            started_at,
         });
         let store = self.store_for(w, v);
         let url = self.vols[v].url.clone();
@@ -1342,6 +1374,17 @@ impl Sim {
                     "writer {w}: attached, read {}, lists {listed:?}",
                     show(&seen)
                 ));
+                if let Some((states, starts, dead)) = &self.writers[w].must_see {
+                    if *starts == self.vols[v].attach_starts && !states.contains(&seen) {
+                        return Err(format!(
+                            "writer {w} restarted on the directory of writer {dead}, which died with no other \
+                             attach since, and read {}: not every write writer {dead} \
+                             acknowledged ({:?}): its write log lost or reordered some",
+                            show(&seen),
+                            states.iter().map(show).collect::<Vec<_>>()
+                        ));
+                    }
+                }
                 self.writers[w].vol = Some(vol);
                 self.writers[w].life = Life::Live;
                 self.vols[v].model.observe(w, seen, listed)?;
@@ -1597,6 +1640,8 @@ impl Sim {
             life: Life::Attaching,
             busy: false,
             must_read: false,
+            must_see: None,
+            started_at: 0,
         });
         self.log(format!("writer {w}: attach --force to volume {v} (final)"));
         let store = self.vols[v].store.clone();
