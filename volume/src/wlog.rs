@@ -121,16 +121,32 @@ impl WriteLog {
                 }
             }
         }
+        let deleted = gens.len() > left.len();
         if unreadable > 0 {
             tracing::warn!(
                 files = unreadable,
                 "write log has a gap or a damaged record; deleted what follows it"
             );
         }
+        if deleted {
+            // Gone for good before anything is replayed: after a machine
+            // crash a deleted file must not come back behind a file the
+            // replay has since made whole (its damaged tail cut).
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("sync", &dir, e))?;
+        }
         let log = WriteLog {
             dir,
             file: None,
-            gen: gens.last().copied().unwrap_or(0),
+            // The next file follows the last one kept: numbering after a
+            // deleted one would leave a gap, which the next open takes for
+            // a file lost in a machine crash (and drops what follows it).
+            gen: left
+                .last()
+                .map(|f| f.gen)
+                .or(gens.last().copied())
+                .unwrap_or(0),
             files: vec![],
         };
         Ok((log, left))
@@ -219,7 +235,15 @@ impl WriteLog {
             if s > seq || gen == self.gen {
                 break;
             }
-            let _ = fs::remove_file(self.dir.join(file_name(gen)));
+            // One that cannot be deleted stays, and so do the ones after
+            // it: deleting those would leave a gap before it.
+            match fs::remove_file(self.dir.join(file_name(gen))) {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    tracing::warn!(gen, error = %e, "cannot retire a write log file; retrying later");
+                    break;
+                }
+                _ => {}
+            }
             self.files.remove(0);
         }
     }
@@ -379,6 +403,41 @@ mod tests {
         let (_, left) = WriteLog::open(dir.path()).unwrap();
         assert_eq!(seqs(&left), [(42, 1), (43, 1)]);
         assert!(left.iter().all(|f| f.complete));
+    }
+
+    /// Found by the second review of D6's fix: the new file was numbered
+    /// after the files `open` deleted (past damage), so once the damaged
+    /// file was made whole by the replay, the next open saw a gap before
+    /// the new file and dropped the writes logged there.
+    #[test]
+    fn a_log_reopened_after_damage_numbers_on_without_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        for seq in 1..=3 {
+            log.rotate(seq).unwrap();
+            log.append(seq, 1, Some(&[seq as u8; 4096])).unwrap();
+        }
+        drop(log);
+        // The second file's record is torn: the third is deleted.
+        let p = dir.path().join(DIR).join(file_name(2));
+        let raw = fs::read(&p).unwrap();
+        fs::write(&p, &raw[..raw.len() - 10]).unwrap();
+        let (mut log, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(1, 1), (2, 0)]);
+        // The replay makes the second file whole; a new write is logged.
+        for (i, f) in left.iter().enumerate() {
+            log.rehome(f, 10 + i as u64, false).unwrap();
+            log.adopt(f.gen, 10 + i as u64);
+        }
+        log.rotate(12).unwrap();
+        log.append(7, 1, Some(&[7u8; 4096])).unwrap();
+        drop(log);
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(
+            seqs(&left),
+            [(10, 1), (11, 0), (12, 1)],
+            "the write logged after the replay is read back"
+        );
     }
 
     #[test]
