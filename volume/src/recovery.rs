@@ -373,11 +373,16 @@ fn discard_if_stale(
     // Another volume's database is a mistake to report, not a cache to drop.
     adopt(&mut db, config, &path.display().to_string())?;
     let local = db.writer_epoch()?;
-    drop(db);
     let before = held.previous.as_ref().map(|p| p.epoch);
     if local == before {
+        // Claimed at once, before anything else can fail: if this attach
+        // dies before it is done (a `recover` killed by its start timeout),
+        // the next one on this directory finds its own epoch as the
+        // lease's previous, not another machine's, and keeps the write log.
+        db.set_writer_epoch(held.doc.epoch)?;
         return Ok(());
     }
+    drop(db);
     if reclaim {
         // D4 of the 5bc5be0 review: the device's filesystem may still be
         // mounted on writes only this write log holds.

@@ -341,3 +341,26 @@ async fn writes_acknowledged_after_a_replay_survive_the_next_crash() {
     w.abandon();
     expect_all(&store, dir.path(), &[(0, 4, A), (16, 2, X)]).await;
 }
+
+/// Found by the second review of D6's fix: a restart that took the lease
+/// and died before its fence (killed during its attach) left the lease's
+/// epoch above the one the directory's database recorded, and the next
+/// restart took that for another machine's attach and dropped the write
+/// log: the writes the first daemon acknowledged were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_killed_before_its_fence_keeps_the_log_for_the_next() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    die_with_unflushed(&store, dir.path(), &[(0, A), (16, X)]).await;
+    // The restart holds the lease; its fence never lands: it is killed.
+    let gate = GateStore::new(store.clone(), "segments/", Hold::Puts);
+    let before = gate.close();
+    let through: Arc<dyn ObjectStore> = gate.clone();
+    let d: PathBuf = dir.path().to_path_buf();
+    let attach =
+        tokio::spawn(async move { Volume::open(through, "mem://test", Some(&d), opts(2)).await });
+    assert!(gate.arrived_past(before).await, "setup: no fence was placed");
+    attach.abort();
+    expect_all(&store, dir.path(), &[(0, 4, A), (16, 4, X), (48, 2, C)]).await;
+}
