@@ -118,6 +118,9 @@ impl Volume {
         // The lease first: the store is listed and debris deleted only by
         // the one writer (docs/design/0003).
         let held = lease::acquire(&store, url, opts.lease_ttl, opts.take_over).await?;
+        // Still a volume now that we hold it: `rm` deletes the config first
+        // and reads the lease after that (docs/design/0010).
+        recovery::load_config(&store, url).await?;
         // Renewed from now on, however long the rest of the attach takes.
         let keeper = lease::Keeper::start(store.clone(), held.clone(), opts.lease_ttl);
         // Only a holder from before 0009's second step acknowledges FLUSHes

@@ -228,7 +228,9 @@ pub fn rfc3339(unix: i64) -> String {
     )
 }
 
-async fn read(store: &Arc<dyn ObjectStore>) -> Result<Option<(LeaseDoc, String)>, VolumeError> {
+pub(crate) async fn read(
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Option<(LeaseDoc, String)>, VolumeError> {
     let Some(meta) = retry_read(LEASE_KEY, || store.head(LEASE_KEY)).await? else {
         return Ok(None);
     };

@@ -86,7 +86,19 @@ pub async fn remove_volume(
                 }
             };
             retry_read(CONFIG_KEY, || store.delete(CONFIG_KEY)).await?;
-            let taken = kept.lost().map(VolumeError::Fenced);
+            // Read afresh, not the keeper's last renewal: a `--force` attach
+            // that loaded the config before it went may hold it now. One
+            // that takes it after this read finds no config (an attach
+            // reads it again once it holds the lease) and fails.
+            let ours = kept.held.lock().await.doc.epoch;
+            let taken = match lease::read(store).await? {
+                // A takeover always raises the epoch (a renewal keeps it).
+                Some((doc, _)) if doc.epoch != ours => Some(VolumeError::Fenced(format!(
+                    "{} took the lease while rm ran",
+                    doc.holder
+                ))),
+                _ => kept.lost().map(VolumeError::Fenced),
+            };
             if let Some(e) = refuse_if_forked(store, url).await.err().or(taken) {
                 // A fork pinned it, or a writer took it (--force), before
                 // the config went: put it back.

@@ -202,3 +202,46 @@ async fn a_fork_pinning_during_rm_keeps_the_parent() {
     assert!(matches!(e, VolumeError::HasForks { .. }), "{e}");
     assert!(!keys(&pstore).await.is_empty());
 }
+
+/// A `--force` attach that loaded volume.json before `rm` deleted it and
+/// takes the lease right after: `rm` sees the takeover when it reads the
+/// lease afresh, puts volume.json back and stops; the attach goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_attach_during_rm_keeps_the_volume() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, url) = url_store(root.path(), "vol");
+    create_volume(&store, &url, 64 * MIB).await.unwrap();
+    let gate = GateStore::new(store.clone(), "volume.json", Hold::Deletes);
+    let through: Arc<dyn ObjectStore> = gate.clone();
+    let before = gate.close();
+    let (t, u) = (through.clone(), url.clone());
+    let rm = tokio::spawn(async move { remove_volume(&t, &u, TTL).await });
+    assert!(gate.arrived_past(before).await, "setup: rm never deleted volume.json");
+    // The forced attach takes the lease while rm's delete is on its way.
+    let taker = tokio::spawn({
+        let (s, u, d) = (store.clone(), url.clone(), root.path().join("c"));
+        async move {
+            let mut o = small_opts(2);
+            o.take_over = true;
+            Volume::open(s, &u, Some(&d), o).await
+        }
+    });
+    // It holds the lease once it reads the config again: wait for that.
+    let start = std::time::Instant::now();
+    loop {
+        let raw = store.get("lease.json").await.unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        if doc["epoch"].as_u64() > Some(1) {
+            break;
+        }
+        assert!(start.elapsed() < GATE_WAIT_MAX, "setup: the attach never took the lease");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gate.open();
+    let e = rm.await.unwrap().unwrap_err();
+    assert!(matches!(e, VolumeError::Fenced(_)), "rm must stop: {e}");
+    let vol = taker.await.unwrap().expect("the forced attach goes on");
+    write(&vol, 0, 4, 1).await;
+    vol.close().await.unwrap();
+    assert!(keys(&store).await.iter().any(|k| k == "volume.json"));
+}
