@@ -1757,9 +1757,12 @@ fn run_seed(seed: u64, steps: usize) -> Result<u64, String> {
             step: 0,
             left_out: BTreeSet::new(),
         };
-        for kind in SWARM_KINDS {
-            if sim.rng.gen_bool(0.3) {
-                sim.left_out.insert(kind);
+        // Half the seeds run every kind of action, as before swarm testing.
+        if sim.rng.gen_bool(0.5) {
+            for kind in SWARM_KINDS {
+                if sim.rng.gen_bool(0.3) {
+                    sim.left_out.insert(kind);
+                }
             }
         }
         if !sim.left_out.is_empty() {
