@@ -224,3 +224,31 @@ fn rm_removes_a_fork_then_its_parent_and_leaves_nothing() {
     // The URL is free for a new volume.
     env.create("parent", "64M");
 }
+
+/// M11 of the 5bc5be0 review through the CLI: a segment only a checkpoint
+/// references is lost; `verify` fails and names the checkpoint (it used
+/// to check the live map only and report nothing).
+#[test]
+fn verify_names_the_checkpoint_a_lost_segment_belongs_to() {
+    require("qemu-io", "qemu-utils");
+    let env = Env::new();
+    let url = env.create("vol", "64M");
+    let cache = env.path("cache");
+    let cc = cache.to_str().unwrap();
+    let d = Daemon::attach(&url, &env.sock(), &cache, &[]);
+    qemu_io(&d, &["write -P 0xaa 0 64k", "flush"]);
+    ok(&["checkpoint", &url, "before", "--cache-dir", cc]);
+    qemu_io(&d, &["write -P 0xbb 0 64k", "flush"]);
+    assert_eq!(d.detach(), 0);
+    // The first data segment (the one after the first attach's fence)
+    // holds 0xaa, which only "before" still maps.
+    let key = "segments/00000000000000000065.seg";
+    with_store(&url, move |s| async move { s.delete(key).await.unwrap() });
+    let o = spritedisk(&["verify", &url, "--cache-dir", cc]);
+    assert!(!o.status.success(), "verify must fail: {}", stdout(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!("{key}: missing, but checkpoint \"before\" references it")),
+        "{out}"
+    );
+}
