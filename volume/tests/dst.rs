@@ -55,7 +55,7 @@ const BS: u64 = 4096;
 /// Blocks the writers use: few, so writes overwrite each other often.
 const BLOCKS: usize = 10;
 /// Seeds `make test` runs (the CI budget) and steps per seed.
-const CI_SEEDS: u64 = 200;
+const CI_SEEDS: u64 = 400;
 const STEPS: usize = 300;
 
 // ---------------------------------------------------------------- the store
@@ -659,6 +659,10 @@ struct Sim {
     /// some seeds run a few behaviours long and undisturbed (a daemon
     /// restarting on its directory with nobody else attaching, say).
     left_out: BTreeSet<&'static str>,
+    /// This seed's profile is daemons dying and restarting on their
+    /// directories (write-log replays, interrupted attaches, swarm); the
+    /// others run the mix the fenced-history reverts were tuned on.
+    restarts: bool,
 }
 
 /// The kinds of action a seed may leave out (see `Sim::left_out`).
@@ -804,7 +808,11 @@ impl Sim {
         drop(g);
         // Buggify: a writer still attaching that sends data is replaying a
         // dead writer's log; crash it with that segment in flight.
-        if op.data && self.writers[op.writer].life == Life::Attaching && self.rng.gen_bool(0.2) {
+        if self.restarts
+            && op.data
+            && self.writers[op.writer].life == Life::Attaching
+            && self.rng.gen_bool(0.3)
+        {
             self.log(format!(
                 "writer {}: crash while attaching, {} in flight",
                 op.writer,
@@ -853,7 +861,8 @@ impl Sim {
         // (its fence, or a segment of its replay of a dead writer's log) is
         // where an interrupted attach shows what it left half done.
         let attaching = self.writers[op.writer].life == Life::Attaching;
-        if attaching
+        if self.restarts
+            && attaching
             && op.kind == Kind::PutIfAbsent
             && op.key.starts_with("segments/")
             && matches!(verdict, Some(Verdict::Land))
@@ -1197,7 +1206,7 @@ impl Sim {
         let store = self.store_for(w, v);
         let url = self.vols[v].url.clone();
         let mut o = opts(self.seed ^ w as u64, force);
-        if tight || self.rng.gen_bool(0.3) {
+        if tight || (self.restarts && self.rng.gen_bool(0.3)) {
             // One block per segment and room for two (the least the CLI
             // allows): every write is a segment, and writes (and a replay
             // of a dead writer's log) wait for uploads.
@@ -1233,7 +1242,11 @@ impl Sim {
     /// scheduler has it).
     fn crash_one(&mut self) {
         let live: Vec<usize> = (0..self.writers.len())
-            .filter(|&w| matches!(self.writers[w].life, Life::Live | Life::Attaching))
+            .filter(|&w| match self.writers[w].life {
+                Life::Live => true,
+                Life::Attaching => self.restarts,
+                _ => false,
+            })
             .collect();
         if live.is_empty() {
             return;
@@ -1427,7 +1440,7 @@ impl Sim {
                             .filter(|op| op.writer == w && op.data)
                             .count()
                     };
-                    if in_flight >= 1 && self.rng.gen_bool(0.3) {
+                    if self.restarts && in_flight >= 1 && self.rng.gen_bool(0.3) {
                         self.restart(w);
                     }
                 }
@@ -1756,9 +1769,11 @@ fn run_seed(seed: u64, steps: usize) -> Result<u64, String> {
             trace: Vec::new(),
             step: 0,
             left_out: BTreeSet::new(),
+            restarts: false,
         };
-        // Half the seeds run every kind of action, as before swarm testing.
-        if sim.rng.gen_bool(0.5) {
+        sim.restarts = sim.rng.gen_bool(0.3);
+        if sim.restarts {
+            sim.log("profile: daemons restart on their directories".into());
             for kind in SWARM_KINDS {
                 if sim.rng.gen_bool(0.3) {
                     sim.left_out.insert(kind);
