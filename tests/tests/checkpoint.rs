@@ -248,7 +248,9 @@ fn verify_names_the_checkpoint_a_lost_segment_belongs_to() {
     assert!(!o.status.success(), "verify must fail: {}", stdout(&o));
     let out = stdout(&o);
     assert!(
-        out.contains(&format!("{key}: missing, but checkpoint \"before\" references it")),
+        out.contains(&format!(
+            "{key}: missing, but checkpoint \"before\" references it"
+        )),
         "{out}"
     );
 }

@@ -215,8 +215,8 @@ impl Volume {
     /// review): each file `F_i` that the history does not hold (its segment
     /// is after `history_tail`) is given, in place and durably, the number
     /// `base + i` of the segment that replays it, before any of them is
-    /// sealed; then each is sealed as exactly that one segment. A file is retired only
-    /// once its segment is applied, so whenever this stops, the history
+    /// sealed; then each is sealed as exactly that one segment. A file is
+    /// retired only once its segment is applied, so whenever this stops, the history
     /// holds `F_1 … F_k` and the files left are `F_{k+1} …` (numbered after
     /// the history's tail), and the next attach replays just those. The
     /// store shows the state before the writes plus a prefix of them at

@@ -27,7 +27,19 @@
 //! - every acknowledged checkpoint is listed by every later writer, no
 //!   deleted one is, and a restore reads back the checkpoint's content;
 //! - the owner reads its own writes, and no read finds referenced data
-//!   missing from the store.
+//!   missing from the store;
+//! - a daemon restarted on a dead writer's directory, with no other attach
+//!   to the volume since that writer attached, reads every write it
+//!   acknowledged, flushed or not (the local write log's contract, issue
+//!   20).
+//!
+//! 30% of the seeds run the daemon-restart profile: a daemon killed right
+//! after an acknowledged write (its segments in flight die with it) is
+//! restarted on its directory, tight on memory, so it replays its write
+//! log; one killed again while it attaches (its replay in flight) is mostly
+//! restarted once more; and swarm testing leaves some kinds of action out
+//! of the seed. The other seeds run the mix the fenced-history reverts
+//! were tuned on.
 //!
 //! `tools/dst-prove.sh` takes each fix back (`tools/dst-reverts/`) and
 //! shows which seeds find it.

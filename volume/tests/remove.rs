@@ -216,7 +216,10 @@ async fn a_forced_attach_during_rm_keeps_the_volume() {
     let before = gate.close();
     let (t, u) = (through.clone(), url.clone());
     let rm = tokio::spawn(async move { remove_volume(&t, &u, TTL).await });
-    assert!(gate.arrived_past(before).await, "setup: rm never deleted volume.json");
+    assert!(
+        gate.arrived_past(before).await,
+        "setup: rm never deleted volume.json"
+    );
     // The forced attach takes the lease while rm's delete is on its way.
     let taker = tokio::spawn({
         let (s, u, d) = (store.clone(), url.clone(), root.path().join("c"));
@@ -234,7 +237,10 @@ async fn a_forced_attach_during_rm_keeps_the_volume() {
         if doc["epoch"].as_u64() > Some(1) {
             break;
         }
-        assert!(start.elapsed() < GATE_WAIT_MAX, "setup: the attach never took the lease");
+        assert!(
+            start.elapsed() < GATE_WAIT_MAX,
+            "setup: the attach never took the lease"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     gate.open();

@@ -360,7 +360,10 @@ async fn a_restart_killed_before_its_fence_keeps_the_log_for_the_next() {
     let d: PathBuf = dir.path().to_path_buf();
     let attach =
         tokio::spawn(async move { Volume::open(through, "mem://test", Some(&d), opts(2)).await });
-    assert!(gate.arrived_past(before).await, "setup: no fence was placed");
+    assert!(
+        gate.arrived_past(before).await,
+        "setup: no fence was placed"
+    );
     attach.abort();
     expect_all(&store, dir.path(), &[(0, 4, A), (16, 4, X), (48, 2, C)]).await;
 }
