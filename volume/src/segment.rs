@@ -323,6 +323,19 @@ pub fn encode_copies(
     (out.freeze(), refs)
 }
 
+/// Whether `b`, a whole object, is the prefix of a segment whose header is
+/// longer than it: a torn PUT (only a prefix landed), not corruption.
+pub fn shorter_than_its_header(b: &[u8]) -> bool {
+    if b.len() < HEADER_BYTES_MIN {
+        return true;
+    }
+    if &b[0..8] != MAGIC {
+        return false;
+    }
+    let version = u32_at(b, 8);
+    (1..=VERSION).contains(&version) && b.len() < header_bytes(version)
+}
+
 /// Parses the fixed header (the first [`HEADER_BYTES`] of the object, or
 /// [`HEADER_BYTES_MIN`] for versions 1–3). Its checksum is verified by
 /// [`decode_index`], which covers it.
@@ -537,6 +550,24 @@ pub fn encode_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the model test: a torn PUT that left 82 bytes of a
+    /// version-4 segment (longer than the shortest header, shorter than
+    /// its own) was taken for corruption and refused the attach.
+    #[test]
+    fn a_prefix_shorter_than_its_header_is_torn_not_corrupt() {
+        let (enc, _) = sample();
+        let b = &enc.bytes;
+        for len in [0, 40, HEADER_BYTES_MIN, 82, HEADER_BYTES - 1] {
+            assert!(shorter_than_its_header(&b[..len]), "{len} bytes");
+        }
+        assert!(!shorter_than_its_header(&b[..HEADER_BYTES]));
+        assert!(!shorter_than_its_header(b));
+        assert!(
+            !shorter_than_its_header(&[0u8; 90]),
+            "not a segment: corrupt"
+        );
+    }
 
     fn sample() -> (EncodedSegment, WriteBuffer) {
         let mut buf = WriteBuffer::default();
