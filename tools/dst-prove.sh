@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Proves the simulation's power (volume/tests/dst.rs): applies each patch in
-# tools/dst-reverts/ (one fix of issue 19 taken back) to a clean worktree of
+# tools/dst-reverts/ (one fix of issue 19 or 20 taken back) to a clean worktree of
 # HEAD, runs the simulation with the CI seed budget, and reports which seeds
 # found the bug. A revert the simulation does not find is reported, not
 # hidden: the list at the end says which. Reverts it is known not to find
