@@ -379,6 +379,17 @@ impl Model {
         out
     }
 
+    /// The checkpoints known to exist, with the contents each may hold.
+    fn existing_cps(&self) -> Vec<(String, Vec<Blocks>)> {
+        self.cps
+            .iter()
+            .filter_map(|(n, c)| match c {
+                Cp::Exists(c) => Some((n.clone(), c.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// A new writer read `seen` and listed `listed` right after its attach.
     fn observe(&mut self, w: usize, seen: Blocks, listed: BTreeSet<String>) -> Result<(), String> {
         let mut included: Option<usize> = None;
@@ -1011,15 +1022,7 @@ impl Sim {
         if ready >= VOLUMES_MAX || self.vols.len() >= 2 * VOLUMES_MAX {
             return;
         }
-        let known: Vec<(String, Vec<Blocks>)> = self.vols[v]
-            .model
-            .cps
-            .iter()
-            .filter_map(|(n, c)| match c {
-                Cp::Exists(c) => Some((n.clone(), c.clone())),
-                _ => None,
-            })
-            .collect();
+        let known = self.vols[v].model.existing_cps();
         if known.is_empty() {
             return;
         }
@@ -1687,15 +1690,7 @@ impl Sim {
         self.log(format!("writer {w}: attached, read {}", show(&seen)));
         self.vols[v].model.observe(w, seen, listed)?;
         // Each listed checkpoint restores to its content.
-        let cps: Vec<(String, Vec<Blocks>)> = self.vols[v]
-            .model
-            .cps
-            .iter()
-            .filter_map(|(n, c)| match c {
-                Cp::Exists(c) => Some((n.clone(), c.clone())),
-                _ => None,
-            })
-            .collect();
+        let cps = self.vols[v].model.existing_cps();
         for (name, contents) in cps {
             vol.restore(&name)
                 .await

@@ -24,13 +24,6 @@ async fn expect(vol: &Volume, lba: u64, n: u64, tag: u8, what: &str) {
     }
 }
 
-async fn write(vol: &Volume, lba: u64, n: u64, tag: u8) {
-    for b in lba..lba + n {
-        vol.write(b * BS, pattern(b, 1, tag), false).await.unwrap();
-    }
-    vol.flush().await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_shares_the_checkpoint_and_diverges() {
     let root = tempfile::tempdir().unwrap();
@@ -41,9 +34,9 @@ async fn a_fork_shares_the_checkpoint_and_diverges() {
     let parent = Volume::open(pstore.clone(), &purl, Some(&pdir), small_opts(1))
         .await
         .unwrap();
-    write(&parent, 0, 32, 1).await;
+    write_flushed(&parent, 0, 32, 1).await;
     parent.checkpoint(Some("base")).await.unwrap();
-    write(&parent, 0, 16, 2).await;
+    write_flushed(&parent, 0, 16, 2).await;
 
     let cdir = root.path().join("ccache");
     let r = fork_volume(
@@ -71,7 +64,7 @@ async fn a_fork_shares_the_checkpoint_and_diverges() {
         .unwrap();
     expect(&child, 0, 32, 1, "fork").await;
     // They diverge: each sees only its own writes.
-    write(&child, 8, 16, 3).await;
+    write_flushed(&child, 8, 16, 3).await;
     expect(&child, 0, 8, 1, "fork").await;
     expect(&child, 8, 16, 3, "fork").await;
     expect(&child, 24, 8, 1, "fork").await;
@@ -82,7 +75,7 @@ async fn a_fork_shares_the_checkpoint_and_diverges() {
     let e = parent.delete_checkpoint("base").await.unwrap_err();
     assert!(matches!(e, VolumeError::ForkBase { .. }), "{e}");
     assert!(e.to_string().contains(&curl), "{e}");
-    write(&parent, 0, 32, 4).await;
+    write_flushed(&parent, 0, 32, 4).await;
     let r = parent.gc(&GcOptions::default()).await.unwrap();
     assert_eq!(
         r.segments_compacted, 0,
@@ -120,7 +113,7 @@ async fn a_fork_of_a_missing_checkpoint_is_refused_and_pins_nothing() {
     let parent = Volume::open(pstore.clone(), &purl, Some(&pdir), small_opts(1))
         .await
         .unwrap();
-    write(&parent, 0, 4, 1).await;
+    write_flushed(&parent, 0, 4, 1).await;
     parent.checkpoint(Some("a")).await.unwrap();
     let e = fork_volume(
         &pstore,
@@ -238,8 +231,8 @@ async fn a_fork_made_during_a_compaction_keeps_what_it_reads() {
     let g = gated_parent().await;
     // One segment of 4 blocks, 3 of them overwritten: a compaction victim
     // whose last block only it holds, for the live map and for v1.
-    write(&g.parent, 0, 4, 1).await;
-    write(&g.parent, 0, 3, 2).await;
+    write_flushed(&g.parent, 0, 4, 1).await;
+    write_flushed(&g.parent, 0, 3, 2).await;
     g.parent.checkpoint(Some("v1")).await.unwrap();
     let p = g.parent.clone();
     let report = g
@@ -263,9 +256,9 @@ async fn a_fork_made_during_a_compaction_keeps_what_it_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_made_again_under_its_name_does_not_stand_for_a_forks_base() {
     let g = gated_parent().await;
-    write(&g.parent, 0, 4, 1).await;
+    write_flushed(&g.parent, 0, 4, 1).await;
     g.parent.checkpoint(Some("X")).await.unwrap();
-    write(&g.parent, 0, 4, 2).await; // the first segment: X's alone
+    write_flushed(&g.parent, 0, 4, 2).await; // the first segment: X's alone
     let p = g.parent.clone();
     g.fork_during(
         "deleting X",
@@ -286,14 +279,14 @@ async fn a_checkpoint_made_again_under_its_name_does_not_stand_for_a_forks_base(
 /// with a permanent error; else the first create-once PUT lands and then
 /// reports a transient error, as if its reply were lost.
 #[derive(Debug)]
-struct ReplyLostOnce {
+struct FlakyPuts {
     inner: Arc<dyn ObjectStore>,
     prefix: &'static str,
     refuse: bool,
     tripped: std::sync::atomic::AtomicBool,
 }
 
-impl ReplyLostOnce {
+impl FlakyPuts {
     fn refused(&self, key: &str) -> Result<(), StoreError> {
         if self.refuse && key.starts_with(self.prefix) {
             return Err(StoreError::InvalidKey(format!(
@@ -305,7 +298,7 @@ impl ReplyLostOnce {
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for ReplyLostOnce {
+impl ObjectStore for FlakyPuts {
     async fn get(&self, key: &str) -> Result<bytes::Bytes, StoreError> {
         self.inner.get(key).await
     }
@@ -359,7 +352,7 @@ impl ObjectStore for ReplyLostOnce {
 }
 
 fn reply_lost_once(inner: Arc<dyn ObjectStore>, prefix: &'static str) -> Arc<dyn ObjectStore> {
-    Arc::new(ReplyLostOnce {
+    Arc::new(FlakyPuts {
         inner,
         prefix,
         refuse: false,
@@ -373,20 +366,7 @@ fn reply_lost_once(inner: Arc<dyn ObjectStore>, prefix: &'static str) -> Arc<dyn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_rides_out_lost_replies_of_its_first_puts() {
     let root = tempfile::tempdir().unwrap();
-    let (pstore, purl) = url_store(root.path(), "parent");
-    let (cstore, curl) = url_store(root.path(), "child");
-    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
-    let parent = Volume::open(
-        pstore.clone(),
-        &purl,
-        Some(&root.path().join("p")),
-        small_opts(1),
-    )
-    .await
-    .unwrap();
-    write(&parent, 0, 4, 1).await;
-    parent.checkpoint(Some("base")).await.unwrap();
-    parent.close().await.unwrap();
+    let (pstore, purl, cstore, curl) = parent_with_base(root.path(), 4, None).await;
     let flaky_parent = reply_lost_once(pstore.clone(), "forks/");
     let flaky_child = reply_lost_once(cstore.clone(), "volume.json");
     fork_volume(
@@ -420,22 +400,9 @@ async fn a_fork_rides_out_lost_replies_of_its_first_puts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_failing_after_its_first_attach_keeps_its_pin() {
     let root = tempfile::tempdir().unwrap();
-    let (pstore, purl) = url_store(root.path(), "parent");
-    let (cstore, curl) = url_store(root.path(), "child");
-    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
-    let parent = Volume::open(
-        pstore.clone(),
-        &purl,
-        Some(&root.path().join("p")),
-        small_opts(1),
-    )
-    .await
-    .unwrap();
-    write(&parent, 0, 4, 1).await;
-    parent.checkpoint(Some("base")).await.unwrap();
-    parent.close().await.unwrap();
+    let (pstore, purl, cstore, curl) = parent_with_base(root.path(), 4, None).await;
     // Every PUT of the child's restore mark is refused.
-    let failing: Arc<dyn ObjectStore> = Arc::new(ReplyLostOnce {
+    let failing: Arc<dyn ObjectStore> = Arc::new(FlakyPuts {
         inner: cstore.clone(),
         prefix: "meta/restored.json",
         refuse: true,

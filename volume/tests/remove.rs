@@ -17,13 +17,6 @@ use spritedisk_volume::{create_volume, remove_volume, GcOptions, Volume, VolumeE
 const MIB: u64 = 1 << 20;
 const TTL: Duration = Duration::from_secs(30);
 
-async fn write(vol: &Volume, lba: u64, n: u64, tag: u8) {
-    for b in lba..lba + n {
-        vol.write(b * BS, pattern(b, 1, tag), false).await.unwrap();
-    }
-    vol.flush().await.unwrap();
-}
-
 async fn keys(store: &Arc<dyn ObjectStore>) -> Vec<String> {
     store
         .list("")
@@ -44,7 +37,7 @@ async fn rm_is_refused_while_attached_then_leaves_nothing() {
     let vol = Volume::open(store.clone(), &url, Some(&root.path().join("c")), o)
         .await
         .unwrap();
-    write(&vol, 0, 8, 1).await;
+    write_flushed(&vol, 0, 8, 1).await;
     vol.checkpoint(Some("v1")).await.unwrap();
 
     let e = remove_volume(&store, &url, TTL).await.unwrap_err();
@@ -97,21 +90,7 @@ async fn create_refuses_leftovers_and_rm_removes_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_keeps_its_parent_until_it_is_removed() {
     let root = tempfile::tempdir().unwrap();
-    let (pstore, purl) = url_store(root.path(), "parent");
-    let (cstore, curl) = url_store(root.path(), "child");
-    create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
-    let parent = Volume::open(
-        pstore.clone(),
-        &purl,
-        Some(&root.path().join("p")),
-        small_opts(1),
-    )
-    .await
-    .unwrap();
-    write(&parent, 0, 8, 1).await;
-    parent.checkpoint(Some("base")).await.unwrap();
-    write(&parent, 0, 8, 2).await;
-    parent.close().await.unwrap();
+    let (pstore, purl, cstore, curl) = parent_with_base(root.path(), 8, Some(2)).await;
     fork_volume(
         &pstore,
         &purl,
@@ -152,6 +131,26 @@ async fn a_fork_keeps_its_parent_until_it_is_removed() {
     assert_eq!(keys(&pstore).await, Vec::<String>::new());
 }
 
+/// Starts `rm` of the volume at `url`; returns once its deletion of
+/// volume.json waits at the gate (open it to let `rm` go on).
+async fn rm_held_at_its_delete(
+    store: &Arc<dyn ObjectStore>,
+    url: &str,
+) -> (
+    Arc<GateStore>,
+    tokio::task::JoinHandle<Result<spritedisk_volume::RemoveReport, VolumeError>>,
+) {
+    let gate = GateStore::new(store.clone(), "volume.json", Hold::Deletes);
+    let before = gate.close();
+    let (t, u): (Arc<dyn ObjectStore>, String) = (gate.clone(), url.to_string());
+    let rm = tokio::spawn(async move { remove_volume(&t, &u, TTL).await });
+    assert!(
+        gate.arrived_past(before).await,
+        "setup: rm never deleted volume.json"
+    );
+    (gate, rm)
+}
+
 /// A fork pins the parent after `rm` checked for pins and before it
 /// deleted volume.json (the fork then reads the parent): the check after
 /// the deletion sees it, and `rm` puts volume.json back and refuses.
@@ -160,15 +159,7 @@ async fn a_fork_pinning_during_rm_keeps_the_parent() {
     let root = tempfile::tempdir().unwrap();
     let (pstore, purl) = url_store(root.path(), "parent");
     create_volume(&pstore, &purl, 64 * MIB).await.unwrap();
-    let gate = GateStore::new(pstore.clone(), "volume.json", Hold::Deletes);
-    let through: Arc<dyn ObjectStore> = gate.clone();
-    let before = gate.close();
-    let (t, u) = (through.clone(), purl.clone());
-    let rm = tokio::spawn(async move { remove_volume(&t, &u, TTL).await });
-    assert!(
-        gate.arrived_past(before).await,
-        "setup: rm never deleted volume.json"
-    );
+    let (gate, rm) = rm_held_at_its_delete(&pstore, &purl).await;
     // The fork's pin lands now.
     pstore
         .put(
@@ -211,15 +202,7 @@ async fn a_forced_attach_during_rm_keeps_the_volume() {
     let root = tempfile::tempdir().unwrap();
     let (store, url) = url_store(root.path(), "vol");
     create_volume(&store, &url, 64 * MIB).await.unwrap();
-    let gate = GateStore::new(store.clone(), "volume.json", Hold::Deletes);
-    let through: Arc<dyn ObjectStore> = gate.clone();
-    let before = gate.close();
-    let (t, u) = (through.clone(), url.clone());
-    let rm = tokio::spawn(async move { remove_volume(&t, &u, TTL).await });
-    assert!(
-        gate.arrived_past(before).await,
-        "setup: rm never deleted volume.json"
-    );
+    let (gate, rm) = rm_held_at_its_delete(&store, &url).await;
     // The forced attach takes the lease while rm's delete is on its way.
     let taker = tokio::spawn({
         let (s, u, d) = (store.clone(), url.clone(), root.path().join("c"));
@@ -247,7 +230,7 @@ async fn a_forced_attach_during_rm_keeps_the_volume() {
     let e = rm.await.unwrap().unwrap_err();
     assert!(matches!(e, VolumeError::Fenced(_)), "rm must stop: {e}");
     let vol = taker.await.unwrap().expect("the forced attach goes on");
-    write(&vol, 0, 4, 1).await;
+    write_flushed(&vol, 0, 4, 1).await;
     vol.close().await.unwrap();
     assert!(keys(&store).await.iter().any(|k| k == "volume.json"));
 }

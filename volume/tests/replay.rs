@@ -205,40 +205,36 @@ async fn expect_all(store: &Arc<dyn ObjectStore>, dir: &Path, expect: &[(u64, u6
 const WRITES: [(u64, u8); 4] = [(0, A), (16, X), (32, A), (0, B)];
 const EXPECT: [(u64, u64, u8); 4] = [(0, 4, B), (16, 4, X), (32, 4, A), (48, 2, C)];
 
-/// (a) of the review: killed before any replayed segment landed. Fails on
-/// d78739d: block 0 reads write A, which write B overwrote.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_killed_before_anything_landed_is_replayed_in_order() {
+/// A daemon dies with [`WRITES`] unflushed; its restart is interrupted
+/// (see [`replay_interrupted`]); the next restart reads [`EXPECT`].
+async fn interrupted_once(budget: usize, fail: bool) {
     let store = fresh_store();
     create(&store, 64 * MIB).await;
     let dir = tempfile::tempdir().unwrap();
     die_with_unflushed(&store, dir.path(), &WRITES).await;
-    replay_interrupted(&store, dir.path(), 0, false).await;
+    replay_interrupted(&store, dir.path(), budget, fail).await;
     expect_all(&store, dir.path(), &EXPECT).await;
+}
+
+/// (a) of the review: killed before any replayed segment landed. Fails on
+/// d78739d: block 0 reads write A, which write B overwrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_killed_before_anything_landed_is_replayed_in_order() {
+    interrupted_once(0, false).await;
 }
 
 /// (b) of the review: killed after the first replayed segment landed.
 /// Fails on d78739d: the write at block 16 is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_killed_after_a_segment_landed_loses_nothing() {
-    let store = fresh_store();
-    create(&store, 64 * MIB).await;
-    let dir = tempfile::tempdir().unwrap();
-    die_with_unflushed(&store, dir.path(), &WRITES).await;
-    replay_interrupted(&store, dir.path(), 1, false).await;
-    expect_all(&store, dir.path(), &EXPECT).await;
+    interrupted_once(1, false).await;
 }
 
 /// A permanent store error stops the replay's engine: the attach fails,
 /// and the next one replays everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_stopped_by_a_store_error_is_replayed_whole_next_time() {
-    let store = fresh_store();
-    create(&store, 64 * MIB).await;
-    let dir = tempfile::tempdir().unwrap();
-    die_with_unflushed(&store, dir.path(), &WRITES).await;
-    replay_interrupted(&store, dir.path(), 1, true).await;
-    expect_all(&store, dir.path(), &EXPECT).await;
+    interrupted_once(1, true).await;
 }
 
 /// Interrupted twice: what the store holds on the way is always the

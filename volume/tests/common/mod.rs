@@ -66,6 +66,39 @@ pub async fn open(store: Arc<dyn ObjectStore>, dir: Option<&Path>, opts: EngineO
     Volume::open(store, "mem://test", dir, opts).await.unwrap()
 }
 
+/// Writes blocks `lba..lba+n` (write `tag`), one block per request, then
+/// FLUSHes.
+pub async fn write_flushed(vol: &Volume, lba: u64, n: u64, tag: u8) {
+    for b in lba..lba + n {
+        vol.write(b * BS, pattern(b, 1, tag), false).await.unwrap();
+    }
+    vol.flush().await.unwrap();
+}
+
+/// A detached parent volume (URL store `parent` under `root`, its cache
+/// directory `root/p`) whose `blocks` first blocks hold write 1, taken as
+/// checkpoint `base`, then overwritten with `then` (a write tag) if given;
+/// and the store and URL a fork of it is made at (`child`).
+pub async fn parent_with_base(
+    root: &Path,
+    blocks: u64,
+    then: Option<u8>,
+) -> (Arc<dyn ObjectStore>, String, Arc<dyn ObjectStore>, String) {
+    let (pstore, purl) = url_store(root, "parent");
+    let (cstore, curl) = url_store(root, "child");
+    create_volume(&pstore, &purl, 64 << 20).await.unwrap();
+    let parent = Volume::open(pstore.clone(), &purl, Some(&root.join("p")), small_opts(1))
+        .await
+        .unwrap();
+    write_flushed(&parent, 0, blocks, 1).await;
+    parent.checkpoint(Some("base")).await.unwrap();
+    if let Some(tag) = then {
+        write_flushed(&parent, 0, blocks, tag).await;
+    }
+    parent.close().await.unwrap();
+    (pstore, purl, cstore, curl)
+}
+
 /// `n` blocks whose every byte says where it is and which write made it.
 pub fn pattern(lba: u64, n: u64, tag: u8) -> Bytes {
     let mut v = vec![0u8; (n * BS) as usize];
