@@ -560,6 +560,9 @@ fn decode(data: &[u8]) -> Result<Blocks, String> {
 enum Life {
     Attaching,
     Live,
+    /// A `spritedisk fork` run by another process (its `v` is the child):
+    /// it only forks, while the parent's owner goes on (issue 20 D1).
+    Forking,
     /// Crashed, detached or failed to attach: no more operations.
     Gone,
 }
@@ -686,6 +689,11 @@ struct Sim {
     /// directories (write-log replays, interrupted attaches, swarm); the
     /// others run the mix the fenced-history reverts were tuned on.
     restarts: bool,
+    /// This seed's profile is GC and forks racing each other (issue 20
+    /// D1): forks made by another process while the parent's owner
+    /// compacts, collects or deletes the checkpoint being forked, GC by a
+    /// writer that was taken over, and compaction of half-dead segments.
+    forks: bool,
 }
 
 /// The kinds of action a seed may leave out (see `Sim::left_out`).
@@ -794,6 +802,15 @@ impl Sim {
             83..=84 if self.does("pause") => self.toggle(Fault::Pause),
             85..=86 if self.does("outage") => self.toggle(Fault::Outage),
             87..=88 if self.does("copy") => self.copy_dir(),
+            89..=91 if self.forks => {
+                let owned: Vec<usize> = (0..self.vols.len())
+                    .filter(|&v| self.vols[v].model.owner.is_some())
+                    .collect();
+                if !owned.is_empty() {
+                    let v = owned[self.rng.gen_range(0..owned.len())];
+                    self.fork_elsewhere(v, None);
+                }
+            }
             _ => {
                 let d = match self.rng.gen_range(0..10) {
                     0..=5 => Duration::from_millis(self.rng.gen_range(1..200)),
@@ -954,9 +971,13 @@ impl Sim {
                 }
                 self.log(format!("writer {o}: delete checkpoint {name}"));
                 let n = name.clone();
-                self.spawn(o, Op::DeleteCheckpoint { name }, async move {
+                self.spawn(o, Op::DeleteCheckpoint { name: name.clone() }, async move {
                     Outcome::Done(vol.delete_checkpoint(&n).await.map_err(|e| e.to_string()))
                 });
+                // Buggify: another process forks the checkpoint being deleted.
+                if self.forks && self.rng.gen_bool(0.5) {
+                    self.fork_elsewhere(v, Some(name));
+                }
             }
             84..=88 => {
                 let Some(name) = self.pick_cp(v) else { return };
@@ -993,16 +1014,13 @@ impl Sim {
                 );
             }
             89..=92 => {
-                self.log(format!("writer {o}: gc"));
-                self.spawn(o, Op::Gc { covered }, async move {
-                    Outcome::Done(
-                        vol.gc(&GcOptions::default())
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string()),
-                    )
-                });
+                self.gc(o, vol, covered);
+                // Buggify: a fork made by another process while GC runs.
+                if self.forks && self.rng.gen_bool(0.5) {
+                    self.fork_elsewhere(v, None);
+                }
             }
+            93..=97 if self.forks && self.rng.gen_bool(0.5) => self.fork_elsewhere(v, None),
             93..=97 => self.fork(o),
             _ => {
                 self.log(format!("writer {o}: detach"));
@@ -1035,6 +1053,79 @@ impl Sim {
         let o2 = opts(self.seed ^ (child as u64) << 8, false);
         self.log(format!("writer {o}: fork {name} as volume {child}"));
         self.spawn(o, Op::Fork { child }, async move {
+            Outcome::Done(
+                fork_volume(&parent, &purl, &name, child_store, &curl, &dir, o2)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            )
+        });
+    }
+
+    /// Owner `o` runs GC (in the forks profile, sometimes compacting every
+    /// segment not wholly referenced: with two blocks a segment, the
+    /// default threshold compacts nothing).
+    fn gc(&mut self, o: usize, vol: Volume, covered: usize) {
+        let mut gc_opts = GcOptions::default();
+        if self.forks && self.rng.gen_bool(0.5) {
+            gc_opts.compact_below_percent = 100;
+        }
+        self.log(format!(
+            "writer {o}: gc (compacting below {}%)",
+            gc_opts.compact_below_percent
+        ));
+        self.spawn(o, Op::Gc { covered }, async move {
+            Outcome::Done(
+                vol.gc(&gc_opts)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            )
+        });
+    }
+
+    /// Another process (`spritedisk fork`) forks a checkpoint of volume `v`
+    /// (`name`, else one known to exist) while the owner goes on.
+    fn fork_elsewhere(&mut self, v: usize, name: Option<String>) {
+        let ready = self.vols.iter().filter(|v| v.ready).count();
+        if ready >= VOLUMES_MAX || self.vols.len() >= 2 * VOLUMES_MAX {
+            return;
+        }
+        let (name, contents) = match name {
+            // One being deleted: what it holds is still known.
+            Some(n) => match self.vols[v].model.cps.get(&n) {
+                Some(Cp::Exists(c)) | Some(Cp::Maybe(c)) => (n, c.clone()),
+                _ => return,
+            },
+            None => {
+                let known = self.vols[v].model.existing_cps();
+                if known.is_empty() {
+                    return;
+                }
+                known[self.rng.gen_range(0..known.len())].clone()
+            }
+        };
+        let child = self.new_vol(Model::starting_among(&contents), false);
+        let dir = self.root.join(format!("fork{child}"));
+        let f = self.writers.len();
+        self.writers.push(Writer {
+            v: child,
+            vol: None,
+            dir: dir.clone(),
+            life: Life::Forking,
+            busy: false,
+            must_read: false,
+            must_see: None,
+            started_at: 0,
+        });
+        let parent = self.store_for(f, v);
+        let child_store = self.store_for(f, child);
+        let (purl, curl) = (self.vols[v].url.clone(), self.vols[child].url.clone());
+        let o2 = opts(self.seed ^ (child as u64) << 8, false);
+        self.log(format!(
+            "writer {f}: fork (another process) {name} of volume {v} as volume {child}"
+        ));
+        self.spawn(f, Op::Fork { child }, async move {
             Outcome::Done(
                 fork_volume(&parent, &purl, &name, child_store, &curl, &dir, o2)
                     .await
@@ -1088,7 +1179,10 @@ impl Sim {
         let w = stale[self.rng.gen_range(0..stale.len())];
         let vol = self.writers[w].vol.clone().unwrap();
         let covered = self.m(w).writes_of(w).len();
-        match self.rng.gen_range(0..4) {
+        // In the forks profile, a taken-over writer may also run GC.
+        let kinds = if self.forks { 5 } else { 4 };
+        match self.rng.gen_range(0..kinds) {
+            4 => self.gc(w, vol, covered),
             0 | 1 => self.write(w, vol),
             2 => {
                 self.log(format!("writer {w} (taken over): flush"));
@@ -1394,6 +1488,11 @@ impl Sim {
         self.writers[w].busy = false;
         if self.writers[w].life == Life::Gone {
             return Ok(());
+        }
+        if self.writers[w].life == Life::Forking {
+            // Its work is done: what it sends from now on is nobody's.
+            self.writers[w].life = Life::Gone;
+            self.world.gate.lock().unwrap().dead.insert(w);
         }
         let v = self.writers[w].v;
         match (op, out) {
@@ -1777,8 +1876,14 @@ fn run_seed(seed: u64, steps: usize) -> Result<u64, String> {
             step: 0,
             left_out: BTreeSet::new(),
             restarts: false,
+            forks: false,
         };
         sim.restarts = sim.rng.gen_bool(0.3);
+        // Drawn apart from the main stream, which the other seeds keep.
+        sim.forks = !sim.restarts && SmallRng::seed_from_u64(seed ^ 0xf0_4c5).gen_bool(0.35);
+        if sim.forks {
+            sim.log("profile: forks race GC".into());
+        }
         if sim.restarts {
             sim.log("profile: daemons restart on their directories".into());
             for kind in SWARM_KINDS {
