@@ -794,23 +794,20 @@ impl Sim {
         }
         let roll = self.rng.gen_range(0..100);
         match roll {
+            // The forks profile's operations are long (GC, fork): the
+            // store answers faster there.
+            0..=35 if self.forks => (0..3).for_each(|_| self.release_one()),
             0..=35 => self.release_one(),
             36..=73 => self.owner_op(),
             74..=76 if self.does("stale writer") => self.stale_writer_op(),
-            77..=80 => self.attach(),
-            81..=82 if self.does("crash") => self.crash_one(),
+            // The forks profile needs owners that last: fewer takeovers
+            // and crashes, and a volume left without one is attached.
+            77..=80 if !self.forks || roll == 77 => self.attach(true),
+            78..=80 => self.attach(false),
+            81..=82 if self.does("crash") && (!self.forks || roll == 81) => self.crash_one(),
             83..=84 if self.does("pause") => self.toggle(Fault::Pause),
             85..=86 if self.does("outage") => self.toggle(Fault::Outage),
             87..=88 if self.does("copy") => self.copy_dir(),
-            89..=91 if self.forks => {
-                let owned: Vec<usize> = (0..self.vols.len())
-                    .filter(|&v| self.vols[v].model.owner.is_some())
-                    .collect();
-                if !owned.is_empty() {
-                    let v = owned[self.rng.gen_range(0..owned.len())];
-                    self.fork_elsewhere(v, None);
-                }
-            }
             _ => {
                 let d = match self.rng.gen_range(0..10) {
                     0..=5 => Duration::from_millis(self.rng.gen_range(1..200)),
@@ -930,6 +927,20 @@ impl Sim {
         let mut roll = self.rng.gen_range(0..100);
         if std::mem::take(&mut self.writers[o].must_read) {
             roll = 60;
+        } else if self.forks {
+            // More checkpoints, deletes, GC and forks, fewer FLUSHes and
+            // restores (GC flushes).
+            roll = match roll {
+                0..=44 => roll, // write
+                45..=49 => 45,  // flush
+                50..=54 => 60,  // read
+                55..=66 => 70,  // checkpoint
+                67..=74 => 80,  // delete a checkpoint
+                75..=76 => 84,  // restore
+                77..=91 => 89,  // gc
+                92..=98 => 93,  // fork
+                _ => 99,        // detach
+            };
         }
         match roll {
             0..=44 => self.write(o, vol),
@@ -1036,8 +1047,7 @@ impl Sim {
     fn fork(&mut self, o: usize) {
         let v = self.writers[o].v;
         // Forks that failed leave a volume that is never used.
-        let ready = self.vols.iter().filter(|v| v.ready).count();
-        if ready >= VOLUMES_MAX || self.vols.len() >= 2 * VOLUMES_MAX {
+        if self.volumes_full() {
             return;
         }
         let known = self.vols[v].model.existing_cps();
@@ -1078,7 +1088,11 @@ impl Sim {
             Outcome::Done(
                 vol.gc(&gc_opts)
                     .await
-                    .map(|_| ())
+                    .map(|r| {
+                        if std::env::var_os("DBGGC").is_some() {
+                            eprintln!("GCREPORT {r:?}");
+                        }
+                    })
                     .map_err(|e| e.to_string()),
             )
         });
@@ -1087,8 +1101,7 @@ impl Sim {
     /// Another process (`spritedisk fork`) forks a checkpoint of volume `v`
     /// (`name`, else one known to exist) while the owner goes on.
     fn fork_elsewhere(&mut self, v: usize, name: Option<String>) {
-        let ready = self.vols.iter().filter(|v| v.ready).count();
-        if ready >= VOLUMES_MAX || self.vols.len() >= 2 * VOLUMES_MAX {
+        if self.volumes_full() {
             return;
         }
         let (name, contents) = match name {
@@ -1133,6 +1146,17 @@ impl Sim {
                     .map_err(|e| e.to_string()),
             )
         });
+    }
+
+    /// No room for another fork (the forks profile makes more of them).
+    fn volumes_full(&self) -> bool {
+        let max = if self.forks {
+            2 * VOLUMES_MAX
+        } else {
+            VOLUMES_MAX
+        };
+        let ready = self.vols.iter().filter(|v| v.ready).count();
+        ready >= max || self.vols.len() >= 2 * max
     }
 
     fn pick_cp(&mut self, v: usize) -> Option<String> {
@@ -1208,9 +1232,11 @@ impl Sim {
     }
 
     /// A new writer attaches to a volume no other writer is attaching to.
-    fn attach(&mut self) {
+    /// (`takeover`: also one that has a live writer, unless this seed
+    /// leaves takeovers out.)
+    fn attach(&mut self, takeover: bool) {
         // Without "attach", only a volume nobody writes gets a writer.
-        let others = self.does("attach");
+        let others = takeover && self.does("attach");
         let free: Vec<usize> = (0..self.vols.len())
             .filter(|&v| {
                 self.vols[v].ready
@@ -1565,7 +1591,7 @@ impl Sim {
                     self.vols[v].model.acknowledged(w, covered, "FLUSH")?;
                     // Buggify: the moment after an acknowledgement is where a
                     // crash shows what was not durable.
-                    if self.rng.gen_bool(0.1) {
+                    if (!self.forks || self.does("crash")) && self.rng.gen_bool(0.1) {
                         self.log(format!("writer {w}: crash"));
                         self.kill(w);
                     }
@@ -1883,6 +1909,13 @@ fn run_seed(seed: u64, steps: usize) -> Result<u64, String> {
         sim.forks = !sim.restarts && SmallRng::seed_from_u64(seed ^ 0xf0_4c5).gen_bool(0.35);
         if sim.forks {
             sim.log("profile: forks race GC".into());
+            // Swarm: half the seeds leave each disturbance out, so that
+            // owners live long enough to collect and compact.
+            for kind in SWARM_KINDS {
+                if sim.rng.gen_bool(0.5) {
+                    sim.left_out.insert(kind);
+                }
+            }
         }
         if sim.restarts {
             sim.log("profile: daemons restart on their directories".into());
@@ -1901,7 +1934,7 @@ fn run_seed(seed: u64, steps: usize) -> Result<u64, String> {
             .await
             .unwrap();
         // The first writer attaches before anything else happens.
-        sim.attach();
+        sim.attach(true);
         let res = sim.run(steps).await;
         // Error messages name pids, wall-clock times (a lease's age) and
         // volume ids: the digest leaves their hex digits out.
