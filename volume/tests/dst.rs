@@ -114,6 +114,9 @@ struct Gate {
     /// Writers whose changes under `meta/` fail (S3 throttles per prefix):
     /// segments land, the replica does not.
     meta_outage: BTreeSet<usize>,
+    /// Writers whose reads wait at the gate too (a slow network while it
+    /// attaches): between two of its reads, others' changes may land.
+    slow_reads: BTreeSet<usize>,
 }
 
 /// What the simulation can do to a writer for a while.
@@ -186,6 +189,7 @@ impl SimStore {
             } else if kind == Kind::Read
                 && !g.paused.contains(&self.writer)
                 && !g.outage.contains(&self.writer)
+                && !g.slow_reads.contains(&self.writer)
             {
                 return Ok(Verdict::Land);
             } else {
@@ -1025,11 +1029,38 @@ impl Sim {
                 );
             }
             89..=92 => {
-                self.gc(o, vol, covered);
-                // Buggify: a fork made by another process while GC runs.
-                if self.forks && self.rng.gen_bool(0.5) {
-                    self.fork_elsewhere(v, None);
+                // A copy of the owner's directory from before this GC (a
+                // disk snapshot of its machine).
+                let before = self.root.join(format!("copy{}", self.trace.len()));
+                if self.forks {
+                    copy_tree(&self.writers[o].dir, &before);
                 }
+                self.gc(o, vol, covered);
+                if self.forks {
+                    match self.rng.gen_range(0..10) {
+                        // Buggify: a fork made by another process while GC runs.
+                        0..=4 => self.fork_elsewhere(v, None),
+                        // Buggify: a takeover from the copy while GC runs: it
+                        // may read the mark before GC's and walk the chain
+                        // while GC deletes.
+                        5..=6 if self.does("attach") && !self.attaching(v) => {
+                            let d = self.writers[o].dir.clone();
+                            self.log(format!(
+                                "copy {} (as it was before writer {o}'s gc) to {}",
+                                d.strip_prefix(&self.root).unwrap().display(),
+                                before.strip_prefix(&self.root).unwrap().display()
+                            ));
+                            self.attach_with(v, true, Some(before), false);
+                            // Its reads (the mark, its walk of the chain)
+                            // interleave with the GC's changes.
+                            let b = self.writers.len() - 1;
+                            self.world.gate.lock().unwrap().slow_reads.insert(b);
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+                let _ = std::fs::remove_dir_all(before);
             }
             93..=97 if self.forks && self.rng.gen_bool(0.5) => self.fork_elsewhere(v, None),
             93..=97 => self.fork(o),
@@ -1088,11 +1119,7 @@ impl Sim {
             Outcome::Done(
                 vol.gc(&gc_opts)
                     .await
-                    .map(|r| {
-                        if std::env::var_os("DBGGC").is_some() {
-                            eprintln!("GCREPORT {r:?}");
-                        }
-                    })
+                    .map(|_| ())
                     .map_err(|e| e.to_string()),
             )
         });
