@@ -21,6 +21,13 @@ pub struct VolumeConfig {
     pub size_bytes: u64,
     pub block_size: u32,
     pub created_unix: i64,
+    /// A fork's parent: the URL whose `forks/<id>.json` pins it. Recorded
+    /// before the pin is written, so `rm` of a fork can release its pin
+    /// even when the fork failed before its metadata reached the store.
+    /// Absent in volumes that are not forks, and in forks made before it
+    /// was recorded (their replica names the parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_of: Option<String>,
 }
 
 impl VolumeConfig {
@@ -34,6 +41,7 @@ impl VolumeConfig {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0),
+            fork_of: None,
         }
     }
 

@@ -23,7 +23,7 @@ use spritedisk_store::{ObjectStore, StoreError};
 use crate::config::EngineOptions;
 use crate::engine::Volume;
 use crate::lease::now_unix;
-use crate::recovery::{create_volume, inspect_volume, META_FILE};
+use crate::recovery::{inspect_volume, META_FILE};
 use crate::retry::retry_read;
 use crate::VolumeError;
 
@@ -97,7 +97,15 @@ pub async fn fork_volume(
     opts: EngineOptions,
 ) -> Result<ForkReport, VolumeError> {
     let parent_config = crate::recovery::load_config(parent, parent_url).await?;
-    let config = create_volume(&child, child_url, parent_config.size_bytes).await?;
+    let config = crate::recovery::create_volume_as(
+        &child,
+        child_url,
+        crate::config::VolumeConfig {
+            fork_of: Some(parent_url.to_string()),
+            ..crate::config::VolumeConfig::new(parent_config.size_bytes)
+        },
+    )
+    .await?;
     // Pinned before the checkpoint is read: from now on the parent keeps it.
     let pin_key = format!("{FORKS_PREFIX}{}.json", config.id);
     let mut pin = ForkPin {

@@ -33,7 +33,15 @@ pub async fn create_volume(
     url: &str,
     size_bytes: u64,
 ) -> Result<VolumeConfig, VolumeError> {
-    let config = VolumeConfig::new(size_bytes);
+    create_volume_as(store, url, VolumeConfig::new(size_bytes)).await
+}
+
+/// Creates the volume `config` describes at `url` (a fork's names its parent).
+pub(crate) async fn create_volume_as(
+    store: &Arc<dyn ObjectStore>,
+    url: &str,
+    config: VolumeConfig,
+) -> Result<VolumeConfig, VolumeError> {
     config.validate().map_err(VolumeError::BadConfig)?;
     // Anything under the URL: a volume, or the leftovers of one (M13 of
     // the 5bc5be0 review: an old replica, lease or pin would be taken for

@@ -77,13 +77,17 @@ pub async fn remove_volume(
         let kept = lease::Keeper::start(store.clone(), held.clone(), lease_ttl);
         let refused = async {
             refuse_if_forked(store, url).await?;
-            // The parent that pins it, if it is a fork: the last origin.
-            parent = match crate::recovery::inspect_volume(store, url, None).await {
-                Ok(insp) => insp.meta.origins()?.last().map(|(_, p)| p.clone()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the volume's metadata to find whether it is a fork: if it is, delete forks/{}.json in its parent by hand", cfg.id);
-                    None
-                }
+            // The parent that pins it, if it is a fork: its config names
+            // it; a fork made before that was recorded, its last origin.
+            parent = match &cfg.fork_of {
+                Some(p) => Some(p.clone()),
+                None => match crate::recovery::inspect_volume(store, url, None).await {
+                    Ok(insp) => insp.meta.origins()?.last().map(|(_, p)| p.clone()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the volume's metadata to find whether it is a fork: if it is, delete forks/{}.json in its parent by hand", cfg.id);
+                        None
+                    }
+                },
             };
             retry_read(CONFIG_KEY, || store.delete(CONFIG_KEY)).await?;
             // Read afresh, not the keeper's last renewal: a `--force` attach

@@ -431,3 +431,45 @@ async fn a_fork_failing_after_its_first_attach_keeps_its_pin() {
     assert_eq!(r.released_pin_in.as_deref(), Some(purl.as_str()), "{r:?}");
     assert!(pstore.list("forks/").await.unwrap().is_empty());
 }
+
+/// The same, with the child's replica lost as well (its restore mark
+/// refused, then every object under `meta/` gone: a fork that died before
+/// it shipped anything): `rm` of the child cannot learn its parent from the
+/// replica. Fails on 7567daa: it warned and left the pin, so the parent's
+/// checkpoint could not be deleted. The child's `volume.json` names its
+/// parent now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_of_a_fork_without_its_replica_releases_its_pin() {
+    let root = tempfile::tempdir().unwrap();
+    let (pstore, purl, cstore, curl) = parent_with_base(root.path(), 4, None).await;
+    let failing: Arc<dyn ObjectStore> = Arc::new(FlakyPuts {
+        inner: cstore.clone(),
+        prefix: "meta/restored.json",
+        refuse: true,
+        tripped: Default::default(),
+    });
+    fork_volume(
+        &pstore,
+        &purl,
+        "base",
+        failing,
+        &curl,
+        &root.path().join("c"),
+        small_opts(2),
+    )
+    .await
+    .unwrap_err();
+    for m in cstore.list("meta/").await.unwrap() {
+        cstore.delete(&m.key).await.unwrap();
+    }
+    assert_eq!(pstore.list("forks/").await.unwrap().len(), 1, "setup");
+    let r = spritedisk_volume::remove_volume(&cstore, &curl, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(r.released_pin_in.as_deref(), Some(purl.as_str()), "{r:?}");
+    assert!(pstore.list("forks/").await.unwrap().is_empty());
+    assert!(
+        cstore.list("").await.unwrap().is_empty(),
+        "the child is gone"
+    );
+}
