@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proves the simulation's power (volume/tests/dst.rs): applies each patch in
 # tools/dst-reverts/ (one fix of issue 19 or 20 taken back) to a clean worktree of
-# HEAD, runs the simulation with the CI seed budget, and reports which seeds
+# HEAD, runs the simulation (both profiles) with the CI seed budgets, and reports which seeds
 # found the bug. A revert the simulation does not find is reported, not
 # hidden: the list at the end says which. Reverts it is known not to find
 # (and why) are kept in tools/dst-reverts/known-gaps/, which this skips
@@ -35,15 +35,17 @@ for p in "${patches[@]}"; do
         echo "   NOT FOUND within the seed budget"
         missed+=("$name")
     else
-        seeds=$(grep -o 'seeds failed: \[[0-9, ]*\]' "$log" || true)
+        seeds=$(grep -oE '(Mixed|Forks) profile: [0-9]+ of [0-9]+ seeds failed: \[[0-9, ]*\]' "$log" || true)
         if [ -z "$seeds" ]; then
             echo "   the run failed without a seed (build error?):"
             tail -20 "$log" | sed 's/^/   /'
             missed+=("$name")
             continue
         fi
-        echo "   found: $(python3 -c 'import re,sys; s=[int(x) for x in re.findall(r"\d+", sys.argv[1])]; print(f"{len(s)} seeds fail, the first: {s[:10]}")' "$seeds")"
-        grep -m1 '^seed [0-9]*:' "$log" | cut -c1-300 | sed 's/^/   first: /'
+        while IFS= read -r line; do
+            echo "   found: $(python3 -c 'import re,sys; p=sys.argv[1].split()[0]; s=[int(x) for x in re.findall(r"\d+", sys.argv[1].split("[")[1])]; print(f"{p} profile: {len(s)} seeds fail, the first: {s[:10]}")' "$line")"
+        done <<<"$seeds"
+        grep -m1 -E '^(Mixed|Forks) profile, seed [0-9]+:' "$log" | cut -c1-300 | sed 's/^/   first: /'
         found+=("$name")
     fi
 done
