@@ -1,9 +1,10 @@
-//! Deterministic simulation of the single-writer protocol (issue 19,
-//! docs/design/0009, docs/reliability.md "Simulation").
+//! Deterministic simulation of the single-writer protocol, GC and forks
+//! (issues 19 and 20, docs/design/0009, docs/reliability.md "Simulation").
 //!
 //! Real engines (`Volume`), real SQLite and write logs in temporary
-//! directories, a volume and up to two forks of it in file:// stores (in a
-//! tmpfs when there is one: a fork opens its parent by URL), all on one
+//! directories, a volume and up to two forks of it (five in the forks
+//! profile) in file:// stores (in a tmpfs when there is one: a fork opens
+//! its parent by URL), all on one
 //! current-thread tokio runtime whose clock is paused: time moves only when
 //! the simulation says so, and only when every task is idle. Every change a
 //! writer sends to a store (PUT, conditional PUT, DELETE) waits at a gate
@@ -33,13 +34,26 @@
 //!   acknowledged, flushed or not (the local write log's contract, issue
 //!   20).
 //!
-//! 30% of the seeds run the daemon-restart profile: a daemon killed right
+//! In the mixed profile, 30% of the seeds run daemon restarts: a daemon killed right
 //! after an acknowledged write (its segments in flight die with it) is
 //! restarted on its directory, tight on memory, so it replays its write
 //! log; one killed again while it attaches (its replay in flight) is mostly
 //! restarted once more; and swarm testing leaves some kinds of action out
 //! of the seed. The other seeds run the mix the fenced-history reverts
 //! were tuned on.
+//!
+//! The forks profile (its own test, `simulation_of_forks_racing_gc…`,
+//! issue 20) makes GC, compaction (often of every segment not wholly
+//! referenced), checkpoint deletions and forks race: `spritedisk fork` run
+//! by another process while the owner collects or deletes the checkpoint
+//! being forked; a client read beside GC whose segment GETs mostly wait
+//! (it may look a piece up before GC moves it and fetch it after GC deleted
+//! it); a takeover from a copy of the owner's directory taken just before
+//! its GC, whose reads wait at the gate; GC by a taken-over writer. Its
+//! owners live longer (fewer takeovers and crashes, swarm testing of the
+//! disturbances) and its store answers faster, so that GC has something
+//! to do. Every fork is read back at the end (the last writer of each
+//! volume), so a segment GC deleted under a fork is found.
 //!
 //! `tools/dst-prove.sh` takes each fix back (`tools/dst-reverts/`) and
 //! shows which seeds find it.
