@@ -140,14 +140,48 @@ pub async fn remove_volume(
     report.objects_deleted += delete_all(store, &[LEASE_KEY.to_string()]).await?;
     if let Some((parent_url, pin_key)) = parent_pin {
         let parent = spritedisk_store::open_url(&parent_url)?;
-        match retry_read(&pin_key, || parent.delete(&pin_key)).await {
-            Ok(()) | Err(StoreError::NotFound(_)) => report.released_pin_in = Some(parent_url),
+        match release_pin(&parent, &pin_key, url).await {
+            Ok(true) => report.released_pin_in = Some(parent_url),
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(parent = parent_url, key = pin_key, error = %e, "the fork is removed, but its pin in the parent could not be deleted: the parent keeps its base checkpoint until it is deleted by hand")
             }
         }
     }
     Ok(report)
+}
+
+/// Deletes the pin `key` in `parent` if it names this fork's URL. A copy
+/// of a fork at another URL has the same id, and so the same pin key: the
+/// pin is the original's, and deleting it would let the parent collect
+/// what the original reads. Returns whether it was deleted.
+async fn release_pin(
+    parent: &Arc<dyn ObjectStore>,
+    key: &str,
+    url: &str,
+) -> Result<bool, VolumeError> {
+    let raw = match retry_read(key, || parent.get(key)).await {
+        Ok(raw) => raw,
+        Err(StoreError::NotFound(_)) => {
+            tracing::info!(key, "the parent holds no pin of this fork");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let pin: crate::fork::ForkPin = serde_json::from_slice(&raw)
+        .map_err(|e| VolumeError::BadConfig(format!("fork record {key} is unreadable: {e}")))?;
+    if pin.child_url != url {
+        tracing::warn!(
+            key,
+            pinned = pin.child_url,
+            "the parent's pin with this volume's id names another URL (this volume is a copy of that fork, or was reached under another spelling): kept"
+        );
+        return Ok(false);
+    }
+    match retry_read(key, || parent.delete(key)).await {
+        Ok(()) | Err(StoreError::NotFound(_)) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn refuse_if_forked(store: &Arc<dyn ObjectStore>, url: &str) -> Result<(), VolumeError> {

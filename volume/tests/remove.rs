@@ -234,3 +234,41 @@ async fn a_forced_attach_during_rm_keeps_the_volume() {
     vol.close().await.unwrap();
     assert!(keys(&store).await.iter().any(|k| k == "volume.json"));
 }
+
+/// A copy of a fork at another URL (objects copied, as a backup or a
+/// migration would) shares the fork's id and `volume.json`. Its `rm` must
+/// not release the pin that protects the original: the parent would then
+/// let its base checkpoint go and collect segments the original reads.
+/// Fails on 52e46c7 (the pin was deleted by its key alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_of_a_copy_of_a_fork_keeps_the_originals_pin() {
+    let root = tempfile::tempdir().unwrap();
+    let (pstore, purl, cstore, curl) = parent_with_base(root.path(), 8, Some(2)).await;
+    fork_volume(
+        &pstore,
+        &purl,
+        "base",
+        cstore.clone(),
+        &curl,
+        &root.path().join("c"),
+        small_opts(2),
+    )
+    .await
+    .unwrap();
+    let (copy, copy_url) = url_store(root.path(), "copy");
+    for k in keys(&cstore).await {
+        copy.put(&k, cstore.get(&k).await.unwrap()).await.unwrap();
+    }
+    let r = remove_volume(&copy, &copy_url, TTL).await.unwrap();
+    assert_eq!(r.released_pin_in, None, "{r:?}");
+    assert_eq!(
+        pstore.list("forks/").await.unwrap().len(),
+        1,
+        "the original fork's pin is gone"
+    );
+    let e = remove_volume(&pstore, &purl, TTL).await.unwrap_err();
+    assert!(matches!(e, VolumeError::HasForks { .. }), "{e}");
+    // The original's rm releases it.
+    let r = remove_volume(&cstore, &curl, TTL).await.unwrap();
+    assert_eq!(r.released_pin_in.as_deref(), Some(purl.as_str()), "{r:?}");
+}
