@@ -1093,17 +1093,27 @@ impl Sim {
                         // may read the mark before GC's and walk the chain
                         // while GC deletes.
                         5..=6 if self.does("attach") && !self.attaching(v) => {
-                            let d = self.writers[o].dir.clone();
-                            self.log(format!(
-                                "copy {} (as it was before writer {o}'s gc) to {}",
-                                d.strip_prefix(&self.root).unwrap().display(),
-                                before.strip_prefix(&self.root).unwrap().display()
-                            ));
-                            self.attach_with(v, true, Some(before), false);
-                            // Its reads (the mark, its walk of the chain)
-                            // interleave with the GC's changes.
+                            // Mostly an older directory (its walk crosses what
+                            // this GC deletes), else the copy from just now.
+                            let spare = &mut self.vols[v].spare_dirs;
+                            let dir = if !spare.is_empty() && self.rng.gen_bool(0.7) {
+                                let _ = std::fs::remove_dir_all(&before);
+                                spare.remove(self.rng.gen_range(0..spare.len()))
+                            } else {
+                                let d = self.writers[o].dir.clone();
+                                self.log(format!(
+                                    "copy {} (as it was before writer {o}'s gc) to {}",
+                                    d.strip_prefix(&self.root).unwrap().display(),
+                                    before.strip_prefix(&self.root).unwrap().display()
+                                ));
+                                before
+                            };
+                            self.attach_with(v, true, Some(dir), false);
+                            // Its lease and the mark it reads are quick, its
+                            // walk of the chain (listing and reading segments)
+                            // slow: GC may mark and delete in between.
                             let b = self.writers.len() - 1;
-                            self.world.gate.lock().unwrap().slow_reads.insert(b);
+                            self.world.gate.lock().unwrap().slow_data_reads.insert(b);
                             return;
                         }
                         _ => {}

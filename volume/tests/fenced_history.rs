@@ -884,6 +884,68 @@ async fn d7_an_old_copy_of_the_local_directory_loses_nothing() {
     assert_none(failures);
 }
 
+/// D7's other order: the taker from the old copy read the mark before GC
+/// wrote its own, and lists the chain after GC deleted. GC deletes only
+/// while the lease is still its writer's: the taker took it before reading
+/// the mark, so this GC must delete nothing. Fails with GC's lease check
+/// taken back (`tools/dst-reverts/known-gaps/gc-deletes-without-lease-check.patch`):
+/// the taker's walk stops at the freed position, its fence takes it, and
+/// W1's flushed segments after it are deleted as debris.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d7_a_taker_from_an_old_copy_during_gc_loses_nothing() {
+    let store = fresh_store();
+    create(&store, 64 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let w1 = open(store.clone(), Some(dir.path()), opts(1, false)).await;
+    w1.write(0, pattern(0, 4, A), true).await.unwrap();
+    w1.write(256 * BS, pattern(256, 4, E), true).await.unwrap();
+    // The copy's tail is E's segment, which stays referenced.
+    let copy = copy_local_metadata(dir.path());
+    // After the copy: C's segment is garbage once D overwrites it.
+    w1.write(0, pattern(0, 4, C), true).await.unwrap();
+    w1.write(0, pattern(0, 4, D), true).await.unwrap();
+    // W2 takes over from the old copy on another machine; its listing of
+    // the chain waits (it holds the lease and read the mark by then).
+    let old = tempfile::tempdir().unwrap();
+    put_back_local_metadata(&copy, old.path());
+    let gate = GateStore::new(store.clone(), "segments/", Hold::Lists);
+    let before = gate.close_for(1);
+    let w2 = {
+        let s: Arc<dyn ObjectStore> = gate.clone();
+        let d = old.path().to_path_buf();
+        tokio::spawn(async move { Volume::open(s, "mem://test", Some(&d), opts(2, true)).await })
+    };
+    assert!(gate.arrived_past(before).await, "setup: W2 never listed");
+    let gc = w1.gc(&spritedisk_volume::GcOptions::default()).await;
+    eprintln!("W1's gc after W2 took the lease: {gc:?}");
+    gate.open();
+    let w2 = w2.await.unwrap();
+    w1.abandon();
+    let mut failures = vec![];
+    match &w2 {
+        Ok(w2) => {
+            for (lba, tag) in [(0, D), (256, E)] {
+                failures.extend(expect_at(w2, lba, 4, tag, "W2").await.err());
+            }
+        }
+        Err(e) => eprintln!("W2's attach failed: {e}"),
+    }
+    if let Ok(w2) = w2 {
+        w2.close().await.unwrap();
+    }
+    let fresh = tempfile::tempdir().unwrap();
+    let w3 = open(store.clone(), Some(fresh.path()), opts(3, true)).await;
+    for (lba, tag) in [(0, D), (256, E)] {
+        failures.extend(
+            expect_at(&w3, lba, 4, tag, "then from the store alone")
+                .await
+                .err(),
+        );
+    }
+    w3.close().await.unwrap();
+    assert_none(failures);
+}
+
 // ---------------------------------------------------------------------------
 // D4: `recover` takes back only its own attachment.
 

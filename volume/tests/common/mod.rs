@@ -128,6 +128,8 @@ pub enum Hold {
     Puts,
     /// DELETEs.
     Deletes,
+    /// LISTs (their prefix is the key).
+    Lists,
 }
 
 /// Wraps a store: while its gate is closed, the operations of one kind on
@@ -236,6 +238,7 @@ impl ObjectStore for GateStore {
         self.inner.delete(key).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.gate(Hold::Lists, prefix).await;
         self.inner.list(prefix).await
     }
     fn describe(&self) -> String {
