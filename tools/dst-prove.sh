@@ -45,7 +45,7 @@ for p in "${patches[@]}"; do
         while IFS= read -r line; do
             echo "   found: $(python3 -c 'import re,sys; p=sys.argv[1].split()[0]; s=[int(x) for x in re.findall(r"\d+", sys.argv[1].split("[")[1])]; print(f"{p} profile: {len(s)} seeds fail, the first: {s[:10]}")' "$line")"
         done <<<"$seeds"
-        grep -m1 -E '^(Mixed|Forks) profile, seed [0-9]+:' "$log" | cut -c1-300 | sed 's/^/   first: /'
+        { grep -m1 -E '(Mixed|Forks) profile, seed [0-9]+:' "$log" || true; } | cut -c1-300 | sed 's/^/   first: /'
         found+=("$name")
     fi
 done
