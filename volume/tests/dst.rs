@@ -115,7 +115,15 @@ struct PendingOp {
     key: String,
     /// A segment with data in it (not a fence or a barrier).
     data: bool,
+    /// A slow read: mostly waits while something else can go.
+    slow: bool,
     tx: oneshot::Sender<Verdict>,
+}
+
+tokio::task_local! {
+    /// Set for a client read beside GC: its segment GETs are slow, GC's
+    /// own are not (the same writer's store serves both).
+    static SLOW_CLIENT_READ: bool;
 }
 
 #[derive(Default)]
@@ -209,14 +217,17 @@ impl SimStore {
     /// Waits for the simulation's verdict on one operation; `Ok(true)`:
     /// land it and report a lost reply.
     async fn admit(&self, kind: Kind, key: &str, data: bool) -> Result<Verdict, StoreError> {
+        let slow = kind == Kind::Read
+            && (SLOW_CLIENT_READ.try_with(|s| *s).unwrap_or(false) && key.starts_with("segments/"));
         let rx = {
             let mut g = self.world.gate.lock().unwrap();
+            let slow = slow || (kind == Kind::Read && g.slow(self.writer, key));
             if g.dead.contains(&self.writer) {
                 None
             } else if kind == Kind::Read
                 && !g.paused.contains(&self.writer)
                 && !g.outage.contains(&self.writer)
-                && !g.slow(self.writer, key)
+                && !slow
             {
                 return Ok(Verdict::Land);
             } else {
@@ -229,6 +240,7 @@ impl SimStore {
                     kind,
                     key: key.to_string(),
                     data,
+                    slow,
                     tx,
                 });
                 Some(rx)
@@ -866,10 +878,7 @@ impl Sim {
             return;
         }
         // Slow reads mostly wait while something else can go.
-        let slow = |i: &usize| {
-            let op = &g.pending[*i];
-            op.kind == Kind::Read && g.slow(op.writer, &op.key)
-        };
+        let slow = |i: &usize| g.pending[*i].slow;
         if eligible.iter().any(slow) && !eligible.iter().all(slow) && self.rng.gen_bool(0.9) {
             eligible.retain(|i| !slow(i));
         }
@@ -1085,9 +1094,12 @@ impl Sim {
                         7..=11 => {
                             let expect = self.vols[v].model.owner_states();
                             self.log(format!("writer {o}: read (beside its gc, slow GETs)"));
-                            self.world.gate.lock().unwrap().slow_data_reads.insert(o);
                             let vol = self.writers[o].vol.clone().expect("live writer");
-                            self.spawn(o, Op::ReadDuringGc { expect }, read_all(vol));
+                            self.spawn(
+                                o,
+                                Op::ReadDuringGc { expect },
+                                SLOW_CLIENT_READ.scope(true, read_all(vol)),
+                            );
                         }
                         // Buggify: a takeover from the copy while GC runs: it
                         // may read the mark before GC's and walk the chain
