@@ -34,26 +34,27 @@
 //!   acknowledged, flushed or not (the local write log's contract, issue
 //!   20).
 //!
-//! In the mixed profile, 30% of the seeds run daemon restarts: a daemon killed right
-//! after an acknowledged write (its segments in flight die with it) is
-//! restarted on its directory, tight on memory, so it replays its write
-//! log; one killed again while it attaches (its replay in flight) is mostly
-//! restarted once more; and swarm testing leaves some kinds of action out
-//! of the seed. The other seeds run the mix the fenced-history reverts
-//! were tuned on.
+//! In the mixed profile, 30% of the seeds run daemon restarts: a daemon
+//! killed right after an acknowledged write (its segments in flight die
+//! with it) is restarted on its directory, tight on memory, so it replays
+//! its write log; one killed again while it attaches (its replay in
+//! flight) is mostly restarted once more; and swarm testing leaves some
+//! kinds of action out of the seed. The other seeds run the mix the
+//! fenced-history reverts were tuned on.
 //!
 //! The forks profile (its own test, `simulation_of_forks_racing_gc…`,
 //! issue 20) makes GC, compaction (often of every segment not wholly
 //! referenced), checkpoint deletions and forks race: `spritedisk fork` run
 //! by another process while the owner collects or deletes the checkpoint
 //! being forked; a client read beside GC whose segment GETs mostly wait
-//! (it may look a piece up before GC moves it and fetch it after GC deleted
-//! it); a takeover from a copy of the owner's directory taken just before
-//! its GC, whose reads wait at the gate; GC by a taken-over writer. Its
-//! owners live longer (fewer takeovers and crashes, swarm testing of the
-//! disturbances) and its store answers faster, so that GC has something
-//! to do. Every fork is read back at the end (the last writer of each
-//! volume), so a segment GC deleted under a fork is found.
+//! (it may look a piece up before GC moves it and fetch it after GC
+//! deleted it); a takeover during GC from an older copy of the owner's
+//! directory (or one taken just before the GC), whose walk of the chain is
+//! slow; GC by a taken-over writer. Its owners live longer (fewer
+//! takeovers and crashes, swarm testing of the disturbances) and its store
+//! answers faster, so that GC has something to do. Every fork is read back
+//! at the end (the last writer of each volume), so a segment GC deleted
+//! under a fork is found.
 //!
 //! `tools/dst-prove.sh` takes each fix back (`tools/dst-reverts/`) and
 //! shows which seeds find it.
@@ -141,8 +142,8 @@ struct Gate {
     /// Writers whose reads wait at the gate too (a slow network while it
     /// attaches): between two of its reads, others' changes may land.
     slow_reads: BTreeSet<usize>,
-    /// Writers whose reads of segment data wait at the gate (a client read
-    /// beside GC: its GET may come long after its lookup).
+    /// Writers whose reads of segments (listings included) are slow: a
+    /// takeover during GC whose walk of the chain comes late.
     slow_data_reads: BTreeSet<usize>,
 }
 
