@@ -170,7 +170,15 @@ async fn release_pin(
     };
     let pin: crate::fork::ForkPin = serde_json::from_slice(&raw)
         .map_err(|e| VolumeError::BadConfig(format!("fork record {key} is unreadable: {e}")))?;
-    if pin.child_url != url {
+    // The same store under another spelling (a trailing slash) is this URL.
+    let same = |a: &str, b: &str| {
+        a == b
+            || matches!(
+                (spritedisk_store::StoreUrl::parse(a), spritedisk_store::StoreUrl::parse(b)),
+                (Ok(x), Ok(y)) if x == y
+            )
+    };
+    if !same(&pin.child_url, url) {
         tracing::warn!(
             key,
             pinned = pin.child_url,

@@ -918,6 +918,10 @@ async fn d7_a_taker_from_an_old_copy_during_gc_loses_nothing() {
     assert!(gate.arrived_past(before).await, "setup: W2 never listed");
     let gc = w1.gc(&spritedisk_volume::GcOptions::default()).await;
     eprintln!("W1's gc after W2 took the lease: {gc:?}");
+    assert!(
+        matches!(gc, Err(VolumeError::Fenced(_)) | Ok(_)),
+        "setup: GC stopped for another reason: {gc:?}"
+    );
     gate.open();
     let w2 = w2.await.unwrap();
     w1.abandon();
