@@ -47,6 +47,12 @@ pub struct ForkPin {
 }
 
 impl ForkPin {
+    /// The pin stored under `key`.
+    pub(crate) fn parse(key: &str, raw: &[u8]) -> Result<ForkPin, VolumeError> {
+        serde_json::from_slice(raw)
+            .map_err(|e| VolumeError::BadConfig(format!("fork record {key} is unreadable: {e}")))
+    }
+
     /// Whether the checkpoint the child was made from is still among
     /// `checkpoints` (else everything it may read is the parent's to keep).
     pub fn base_among(&self, checkpoints: &[spritedisk_meta::CheckpointRow]) -> bool {
@@ -75,10 +81,7 @@ pub async fn fork_pins(store: &Arc<dyn ObjectStore>) -> Result<Vec<ForkPin>, Vol
             Err(StoreError::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
-        let pin: ForkPin = serde_json::from_slice(&raw).map_err(|e| {
-            VolumeError::BadConfig(format!("fork record {} is unreadable: {e}", m.key))
-        })?;
-        pins.push(pin);
+        pins.push(ForkPin::parse(&m.key, &raw)?);
     }
     Ok(pins)
 }

@@ -168,8 +168,7 @@ async fn release_pin(
         }
         Err(e) => return Err(e.into()),
     };
-    let pin: crate::fork::ForkPin = serde_json::from_slice(&raw)
-        .map_err(|e| VolumeError::BadConfig(format!("fork record {key} is unreadable: {e}")))?;
+    let pin = crate::fork::ForkPin::parse(key, &raw)?;
     // The same store under another spelling (a trailing slash) is this URL.
     let same = |a: &str, b: &str| {
         a == b

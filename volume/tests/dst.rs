@@ -139,19 +139,16 @@ struct Gate {
     /// Writers whose changes under `meta/` fail (S3 throttles per prefix):
     /// segments land, the replica does not.
     meta_outage: BTreeSet<usize>,
-    /// Writers whose reads wait at the gate too (a slow network while it
-    /// attaches): between two of its reads, others' changes may land.
-    slow_reads: BTreeSet<usize>,
-    /// Writers whose reads of segments (listings included) are slow: a
-    /// takeover during GC whose walk of the chain comes late.
-    slow_data_reads: BTreeSet<usize>,
+    /// Writers whose reads of segments (listings included) wait at the
+    /// gate like changes, and mostly after them: a takeover during GC whose
+    /// walk of the chain comes late.
+    slow_walks: BTreeSet<usize>,
 }
 
 impl Gate {
     /// Whether this read of `writer` waits at the gate like a change.
     fn slow(&self, writer: usize, key: &str) -> bool {
-        self.slow_reads.contains(&writer)
-            || (self.slow_data_reads.contains(&writer) && key.starts_with("segments/"))
+        self.slow_walks.contains(&writer) && key.starts_with("segments/")
     }
 }
 
@@ -1150,7 +1147,7 @@ impl Sim {
                             // walk of the chain (listing and reading segments)
                             // slow: GC may mark and delete in between.
                             let b = self.writers.len() - 1;
-                            self.world.gate.lock().unwrap().slow_data_reads.insert(b);
+                            self.world.gate.lock().unwrap().slow_walks.insert(b);
                             return;
                         }
                         _ => {}
@@ -1638,8 +1635,7 @@ impl Sim {
         self.writers[w].busy = self.tasks.iter().any(|t| t.writer == w);
         if !self.writers[w].busy {
             let mut g = self.world.gate.lock().unwrap();
-            g.slow_reads.remove(&w);
-            g.slow_data_reads.remove(&w);
+            g.slow_walks.remove(&w);
         }
         let op = match op {
             Op::ReadDuringGc { expect } => Op::Read { expect },

@@ -392,16 +392,12 @@ async fn a_fork_rides_out_lost_replies_of_its_first_puts() {
     child.close().await.unwrap();
 }
 
-/// L3 of the second review of 0009: a fork that fails after its first
-/// attach (here its restore mark cannot be written) may have left a child
-/// whose metadata is durable: its pin stays, so the parent keeps what the
-/// child may read, and `rm` of the child releases it. Fails on c34c84a:
-/// the pin was deleted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fork_failing_after_its_first_attach_keeps_its_pin() {
-    let root = tempfile::tempdir().unwrap();
-    let (pstore, purl, cstore, curl) = parent_with_base(root.path(), 4, None).await;
-    // Every PUT of the child's restore mark is refused.
+/// A parent with checkpoint `base`, and a fork of it that failed after its
+/// first attach: every PUT of the child's restore mark was refused.
+async fn a_fork_failing_after_its_first_attach(
+    root: &std::path::Path,
+) -> (Arc<dyn ObjectStore>, String, Arc<dyn ObjectStore>, String) {
+    let (pstore, purl, cstore, curl) = parent_with_base(root, 4, None).await;
     let failing: Arc<dyn ObjectStore> = Arc::new(FlakyPuts {
         inner: cstore.clone(),
         prefix: "meta/restored.json",
@@ -414,12 +410,24 @@ async fn a_fork_failing_after_its_first_attach_keeps_its_pin() {
         "base",
         failing,
         &curl,
-        &root.path().join("c"),
+        &root.join("c"),
         small_opts(2),
     )
     .await
     .unwrap_err();
     eprintln!("the fork failed as set up: {e}");
+    (pstore, purl, cstore, curl)
+}
+
+/// L3 of the second review of 0009: a fork that fails after its first
+/// attach (here its restore mark cannot be written) may have left a child
+/// whose metadata is durable: its pin stays, so the parent keeps what the
+/// child may read, and `rm` of the child releases it. Fails on c34c84a:
+/// the pin was deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_failing_after_its_first_attach_keeps_its_pin() {
+    let root = tempfile::tempdir().unwrap();
+    let (pstore, purl, cstore, curl) = a_fork_failing_after_its_first_attach(root.path()).await;
     assert_eq!(
         pstore.list("forks/").await.unwrap().len(),
         1,
@@ -441,24 +449,7 @@ async fn a_fork_failing_after_its_first_attach_keeps_its_pin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_of_a_fork_without_its_replica_releases_its_pin() {
     let root = tempfile::tempdir().unwrap();
-    let (pstore, purl, cstore, curl) = parent_with_base(root.path(), 4, None).await;
-    let failing: Arc<dyn ObjectStore> = Arc::new(FlakyPuts {
-        inner: cstore.clone(),
-        prefix: "meta/restored.json",
-        refuse: true,
-        tripped: Default::default(),
-    });
-    fork_volume(
-        &pstore,
-        &purl,
-        "base",
-        failing,
-        &curl,
-        &root.path().join("c"),
-        small_opts(2),
-    )
-    .await
-    .unwrap_err();
+    let (pstore, purl, cstore, curl) = a_fork_failing_after_its_first_attach(root.path()).await;
     for m in cstore.list("meta/").await.unwrap() {
         cstore.delete(&m.key).await.unwrap();
     }

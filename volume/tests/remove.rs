@@ -87,21 +87,29 @@ async fn create_refuses_leftovers_and_rm_removes_them() {
 /// A parent is not removed while a fork reads its segments; removing the
 /// fork releases its pin, and then the parent's checkpoint can go, GC
 /// collects what only it held, and the parent can be removed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fork_keeps_its_parent_until_it_is_removed() {
-    let root = tempfile::tempdir().unwrap();
-    let (pstore, purl, cstore, curl) = parent_with_base(root.path(), 8, Some(2)).await;
+/// A parent whose checkpoint `base` was overwritten, and a fork of it.
+async fn parent_and_fork(
+    root: &std::path::Path,
+) -> (Arc<dyn ObjectStore>, String, Arc<dyn ObjectStore>, String) {
+    let (pstore, purl, cstore, curl) = parent_with_base(root, 8, Some(2)).await;
     fork_volume(
         &pstore,
         &purl,
         "base",
         cstore.clone(),
         &curl,
-        &root.path().join("c"),
+        &root.join("c"),
         small_opts(2),
     )
     .await
     .unwrap();
+    (pstore, purl, cstore, curl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_keeps_its_parent_until_it_is_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let (pstore, purl, cstore, curl) = parent_and_fork(root.path()).await;
 
     let e = remove_volume(&pstore, &purl, TTL).await.unwrap_err();
     assert!(
@@ -245,18 +253,7 @@ async fn a_forced_attach_during_rm_keeps_the_volume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_of_a_copy_of_a_fork_keeps_the_originals_pin() {
     let root = tempfile::tempdir().unwrap();
-    let (pstore, purl, cstore, curl) = parent_with_base(root.path(), 8, Some(2)).await;
-    fork_volume(
-        &pstore,
-        &purl,
-        "base",
-        cstore.clone(),
-        &curl,
-        &root.path().join("c"),
-        small_opts(2),
-    )
-    .await
-    .unwrap();
+    let (pstore, purl, cstore, curl) = parent_and_fork(root.path()).await;
     let (copy, copy_url) = url_store(root.path(), "copy");
     for k in keys(&cstore).await {
         copy.put(&k, cstore.get(&k).await.unwrap()).await.unwrap();
