@@ -13,6 +13,7 @@ mod error;
 mod gc;
 pub mod ltx;
 mod map;
+mod readers;
 pub mod replica;
 mod schema;
 mod wal;
@@ -21,6 +22,7 @@ pub use checkpoint::CheckpointRow;
 pub use error::MetaError;
 pub use gc::{RowMove, RowRef, SegmentUse};
 pub use map::{Extent, MapChange, PieceRef};
+pub use readers::MapReaders;
 
 use std::path::Path;
 
@@ -312,6 +314,15 @@ impl MetaDb {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Read-only connections for map lookups beside this one (an on-disk
+    /// database only: None for one in memory).
+    pub fn readers(&self) -> Option<MapReaders> {
+        match self.conn.path() {
+            Some(p) if !p.is_empty() => Some(MapReaders::new(Path::new(p))),
+            _ => None,
+        }
     }
 
     /// The extents intersecting `[lba, lba + blocks)`, clipped to that range, by LBA.

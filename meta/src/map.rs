@@ -243,14 +243,22 @@ pub(crate) fn insert(
 
 pub(crate) fn lookup(conn: &Connection, lba: u64, blocks: u64) -> Result<Vec<Extent>, MetaError> {
     let (a, b) = (lba, lba + blocks);
+    // One statement, so one snapshot of the map even on a connection of
+    // its own (readers.rs): the extent starting before `a` (which may reach
+    // into the range) and those starting in it, as one range of the rowid.
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {EXTENT_COLS} FROM extents
+         WHERE lba >= coalesce((SELECT max(lba) FROM extents WHERE lba < ?1), ?1)
+           AND lba < ?2
+         ORDER BY lba"
+    ))?;
+    let rows = st.query_map(params![a as i64, b as i64], row_to_extent)?;
     let mut out = vec![];
-    if let Some((p, _)) = predecessor(conn, a)? {
-        if p.end() > a {
-            out.push(p);
+    for e in rows {
+        let mut e = e?;
+        if e.end() <= a {
+            continue;
         }
-    }
-    out.extend(starting_in(conn, a, b)?.into_iter().map(|(e, _)| e));
-    for e in &mut out {
         // Clip to [a, b).
         if e.lba < a {
             e.skip_blocks += a - e.lba;
@@ -260,6 +268,7 @@ pub(crate) fn lookup(conn: &Connection, lba: u64, blocks: u64) -> Result<Vec<Ext
         if e.end() > b {
             e.blocks = b - e.lba;
         }
+        out.push(e);
     }
     Ok(out)
 }

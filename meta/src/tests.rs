@@ -187,6 +187,16 @@ proptest! {
                 model[(lba + b) as usize] = piece.map(|p| (seq, p.piece_off, b));
             }
             prop_assert_eq!(&resolve(&db, N), &model);
+            // Any sub-range reads the model's blocks, clipped to it.
+            let (a, b) = (lba.saturating_sub(3), (lba + blocks + 2).min(N));
+            let mut sub = vec![None; (b - a) as usize];
+            for e in db.lookup(a, b - a).unwrap() {
+                prop_assert!(e.lba >= a && e.end() <= b, "clipped: {:?}", e);
+                for i in 0..e.blocks {
+                    sub[(e.lba + i - a) as usize] = Some((e.seg, e.piece.piece_off, e.skip_blocks + i));
+                }
+            }
+            prop_assert_eq!(&sub[..], &model[a as usize..b as usize]);
             // Live bytes per segment equal what the model still references.
             for s in db.segments().unwrap() {
                 let live = model.iter().filter(|m| m.map(|x| x.0) == Some(s.seq)).count() as u64 * 4096;
@@ -232,4 +242,67 @@ fn segments_apply_only_at_the_named_position_and_never_from_an_older_epoch() {
         db.apply_segment(&seg(1 << 40, 66, 0, (1 << 40) + 1)),
         Err(MetaError::OutOfOrder { .. })
     ));
+}
+
+/// The read path's own connections (readers.rs, docs/design/0011) see
+/// exactly the committed map: not a transaction still open on the
+/// writer's connection, and every commit that returned before the lookup.
+#[test]
+fn readers_see_every_returned_commit_and_nothing_uncommitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = MetaDb::open(&dir.path().join("meta.db")).unwrap();
+    db.init_volume(&vol()).unwrap();
+    let readers = db.readers().expect("an on-disk database has readers");
+    assert!(MetaDb::open_in_memory().unwrap().readers().is_none());
+    let apply = |db: &mut MetaDb, seq: u64, lba: u64, blocks: u64| {
+        db.apply_segment(&SegmentApply {
+            seq,
+            prev_seq: seq - 1,
+            epoch: 1,
+            next_seq: seq + 1,
+            size_bytes: blocks * 4096,
+            client_bytes_total: 0,
+            changes: &[MapChange {
+                lba,
+                blocks,
+                piece: Some(PieceRef {
+                    piece_off: seq * 1000,
+                    piece_blocks: blocks as u32,
+                    crc: 0,
+                }),
+            }],
+        })
+        .unwrap();
+    };
+    apply(&mut db, 1, 10, 10);
+    let got = readers.lookup(&[(12, 14), (18, 30)]).unwrap();
+    assert_eq!(
+        got,
+        db.lookup(12, 2)
+            .unwrap()
+            .into_iter()
+            .chain(db.lookup(18, 12).unwrap())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].lba, got[0].blocks, got[0].skip_blocks), (12, 2, 2));
+    assert_eq!((got[1].lba, got[1].blocks, got[1].skip_blocks), (18, 2, 8));
+    // An apply in flight on the writer's connection is invisible...
+    db.conn
+        .execute_batch("BEGIN IMMEDIATE; DELETE FROM extents;")
+        .unwrap();
+    assert_eq!(
+        readers.lookup(&[(0, 96)]).unwrap().len(),
+        1,
+        "an open transaction is not seen"
+    );
+    db.conn.execute_batch("ROLLBACK").unwrap();
+    // ...and a returned commit is seen by the next lookup, on a pooled connection.
+    apply(&mut db, 2, 15, 10);
+    let got = readers.lookup(&[(0, 96)]).unwrap();
+    assert_eq!(got, db.lookup(0, 96).unwrap());
+    assert_eq!(
+        got.iter().map(|e| (e.lba, e.seg)).collect::<Vec<_>>(),
+        [(10, 1), (15, 2)]
+    );
 }

@@ -211,6 +211,27 @@ impl<D: BlockIo> Conn<D> {
                 .await
                 .expect("semaphore never closed"),
         ];
+        // Served here when it needs no wait (memory, the cache): the same
+        // path as ublk's (docs/design/0011).
+        let mut data = vec![0u8; req.len as usize];
+        if let Some(r) = self.dev.read_now(req.offset, &mut data) {
+            let (errno, data) = match r {
+                Ok(()) => (0, Some(Bytes::from(data))),
+                Err(e) => {
+                    debug!(error = %e, "nbd read failed");
+                    (nbd_errno(e.errno()), None)
+                }
+            };
+            return self
+                .send(Reply {
+                    cookie: req.cookie,
+                    errno,
+                    data,
+                    _permits: permits,
+                })
+                .await;
+        }
+        drop(data);
         let dev = self.dev.clone();
         let tx = self.tx.clone();
         let mut answer = Box::pin(async move {
@@ -240,9 +261,9 @@ impl<D: BlockIo> Conn<D> {
                 })
                 .await;
         });
-        // A read served from memory or the cache completes on its first
-        // poll: answer it here rather than pay a task spawn and a wake-up on
-        // another thread (measured: a third of the warm 4 KiB read path).
+        // A read that turns out not to wait after all (its data became
+        // cached meanwhile) completes on its first poll: answer it here
+        // rather than pay a task spawn and a wake-up on another thread.
         // Only reads that must wait (a GET) get a task of their own; the
         // spawned task polls again and so registers its own waker.
         if std::future::poll_fn(|cx| std::task::Poll::Ready(answer.as_mut().poll(cx)))

@@ -156,6 +156,22 @@ pub enum Cmd {
         #[arg(long, default_value_t = 8)]
         parallel: usize,
     },
+    /// Measure the engine alone (no frontend): warm 4 KiB random reads/s by
+    /// number of concurrent readers, with lookup and lock-wait times, on a
+    /// file:// volume created under DIR; JSON out.
+    EngineBench {
+        dir: PathBuf,
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        readers: Vec<usize>,
+        /// Look the map up on the writer's connection under its lock (the
+        /// baseline: how reads ran before docs/design/0011).
+        #[arg(long)]
+        locked_lookups: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -510,6 +526,13 @@ pub async fn run(cli: Cli) -> Result<i32> {
             count,
             parallel,
         } => crate::storebench::run(&url, size, count, parallel.max(1)).await,
+        Cmd::EngineBench {
+            dir,
+            size,
+            seconds,
+            readers,
+            locked_lookups,
+        } => crate::enginebench::run(&dir, size, seconds, &readers, locked_lookups).await,
         Cmd::Verify { url, cache_dir } => {
             let dir = cache_dir_for(&url, cache_dir);
             crate::inspect::verify(&url, &dir).await.context("verify")

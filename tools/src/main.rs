@@ -6,6 +6,7 @@ mod checkpoints;
 mod cli;
 mod control;
 mod daemon;
+mod enginebench;
 mod freeze;
 mod inspect;
 mod pool;

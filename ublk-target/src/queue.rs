@@ -73,8 +73,15 @@ async fn tag_loop<D: BlockIo>(
     }
 }
 
-/// Decodes the kernel's descriptor for `tag`, runs it on the engine, and
-/// returns the ublk result: bytes done, or a negative errno.
+/// Decodes the kernel's descriptor for `tag`, runs it, and returns the
+/// ublk result: bytes done, or a negative errno.
+///
+/// A request runs on this queue thread for as long as it needs no wait
+/// (docs/design/0011): a read from memory or the cache lands straight in
+/// the tag's buffer, and a write that fits the dirty-memory bound is
+/// buffered here. Only a request that must wait (a GET, a FLUSH, a write
+/// held back) is handed to the engine's runtime, and the tag's task is
+/// woken when it is done.
 async fn handle_one<D: BlockIo>(
     q: &UblkQueue<'_>,
     tag: u16,
@@ -88,16 +95,31 @@ async fn handle_one<D: BlockIo>(
     let offset = iod.start_sector << 9;
     let len = (iod.nr_sectors as u64) << 9;
     let req = match op {
-        libublk::sys::UBLK_IO_OP_READ => IoRequest::Read {
-            offset,
-            len: len as u32,
-        },
+        libublk::sys::UBLK_IO_OP_READ => {
+            if len as usize > buf.len() {
+                return -libc::EINVAL;
+            }
+            let now = {
+                let _rt = rt.enter();
+                engine.read_now(offset, &mut buf[..len as usize])
+            };
+            match now {
+                Some(Ok(())) => return len as i32,
+                Some(Err(e)) => return failed(op, offset, len, &e),
+                None => IoRequest::Read {
+                    offset,
+                    len: len as u32,
+                },
+            }
+        }
         libublk::sys::UBLK_IO_OP_WRITE => {
             if len as usize > buf.len() {
                 return -libc::EINVAL;
             }
             IoRequest::Write {
                 offset,
+                // The one copy of a written byte before the write buffer:
+                // the tag's buffer is reused by the next request.
                 data: Bytes::copy_from_slice(&buf[..len as usize]),
                 fua,
             }
@@ -107,24 +129,43 @@ async fn handle_one<D: BlockIo>(
         libublk::sys::UBLK_IO_OP_WRITE_ZEROES => IoRequest::WriteZeroes { offset, len, fua },
         _ => return -libc::EOPNOTSUPP,
     };
-    let (tx, rx) = futures::channel::oneshot::channel();
-    let engine = engine.clone();
-    rt.spawn(async move {
-        let _ = tx.send(engine.handle_io(req).await);
-    });
-    match rx.await {
-        Ok(Ok(IoReply::Data(d))) if d.len() <= buf.len() => {
+    let e = engine.clone();
+    let mut run = Box::pin(async move { e.handle_io(req).await });
+    // One poll here, inside the runtime's context. Pending: the future
+    // goes to the runtime, whose first poll registers the waker that
+    // counts (the no-op one of this poll is replaced).
+    let first = {
+        let _rt = rt.enter();
+        let waker = futures::task::noop_waker();
+        run.as_mut().poll(&mut Context::from_waker(&waker))
+    };
+    let res = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => {
+            let (tx, rx) = futures::channel::oneshot::channel();
+            rt.spawn(async move {
+                let _ = tx.send(run.await);
+            });
+            match rx.await {
+                Ok(r) => r,
+                Err(_) => return -libc::EIO,
+            }
+        }
+    };
+    match res {
+        Ok(IoReply::Data(d)) if d.len() <= buf.len() => {
             buf[..d.len()].copy_from_slice(&d);
             d.len() as i32
         }
-        Ok(Ok(IoReply::Data(_))) => -libc::EIO,
-        Ok(Ok(IoReply::Done)) => len.min(i32::MAX as u64) as i32,
-        Ok(Err(e)) => {
-            tracing::warn!(op, offset, len, error = %e, "ublk request failed");
-            -e.errno()
-        }
-        Err(_) => -libc::EIO,
+        Ok(IoReply::Data(_)) => -libc::EIO,
+        Ok(IoReply::Done) => len.min(i32::MAX as u64) as i32,
+        Err(e) => failed(op, offset, len, &e),
     }
+}
+
+fn failed(op: u32, offset: u64, len: u64, e: &spritedisk_volume::VolumeError) -> i32 {
+    tracing::warn!(op, offset, len, error = %e, "ublk request failed");
+    -e.errno()
 }
 
 /// Submits the SQE a libublk future queued on its first poll right away.

@@ -112,6 +112,10 @@ pub struct EngineOptions {
     /// state that another writer has moved past is refused, never silently
     /// discarded: its write log holds writes the dead daemon acknowledged.
     pub reclaim: bool,
+    /// Map lookups of reads on read-only connections of their own (on-disk
+    /// metadata); false: on the writer's connection, under its lock, as
+    /// with metadata in memory (the engine benchmark's baseline).
+    pub map_readers: bool,
 }
 
 impl Default for EngineOptions {
@@ -131,6 +135,7 @@ impl Default for EngineOptions {
             lease_ttl: Duration::from_secs(30),
             take_over: false,
             reclaim: false,
+            map_readers: true,
         }
     }
 }

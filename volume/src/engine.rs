@@ -61,6 +61,9 @@ pub(crate) struct Inner {
     pub state: Mutex<State>,
     /// Lock order: `state` before `meta`, never the reverse.
     pub meta: Mutex<MetaDb>,
+    /// Read-only connections for the read path's map lookups (on-disk
+    /// metadata only; in memory, lookups take `meta`).
+    pub(crate) map_readers: Option<spritedisk_meta::MapReaders>,
     /// Woken whenever a segment is applied, the engine stops, or memory frees up.
     pub changed: Notify,
     pub upload_slots: Semaphore,
@@ -158,6 +161,7 @@ impl Volume {
             // daemon's segments.
             wlog: None,
         };
+        let map_readers = meta.readers().filter(|_| opts.map_readers);
         let inner = Arc::new(Inner {
             store,
             cache: open_cache(cache_dir, opts.cache_bytes, volume_id),
@@ -169,6 +173,7 @@ impl Volume {
             rng: Mutex::new(SmallRng::seed_from_u64(opts.seed)),
             opts,
             state: Mutex::new(state),
+            map_readers,
             meta: Mutex::new(meta),
             changed: Notify::new(),
             retry_now: Notify::new(),
@@ -642,6 +647,29 @@ impl BlockIo for Volume {
     }
     async fn handle_io(&self, req: IoRequest) -> Result<IoReply, VolumeError> {
         Volume::handle_io(self, req).await
+    }
+    fn read_now(&self, offset: u64, out: &mut [u8]) -> Option<Result<(), VolumeError>> {
+        let len = out.len() as u64;
+        if len > REQUEST_BYTES_MAX {
+            return Some(Err(VolumeError::TooLarge {
+                len,
+                max: REQUEST_BYTES_MAX,
+            }));
+        }
+        let (lba, blocks) = match self.blocks_of(offset, len) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        match self.inner.read_ready(lba, blocks, out) {
+            // Read-ahead hears of the reads served here; one that must wait
+            // is noted once, by `read`.
+            Ok(true) => {
+                self.inner.note_read(lba, blocks);
+                Some(Ok(()))
+            }
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 }
 

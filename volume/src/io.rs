@@ -52,4 +52,15 @@ pub trait BlockIo: Send + Sync + 'static {
     /// Logical block size in bytes; every offset and length is a multiple of it.
     fn block_size(&self) -> u32;
     async fn handle_io(&self, req: IoRequest) -> Result<IoReply, VolumeError>;
+
+    /// Serves a read of `out.len()` bytes at `offset` straight into `out`
+    /// if it can without waiting (from memory or the local cache): Some
+    /// with its result. None: it must wait for the store; run it through
+    /// [`BlockIo::handle_io`] instead (`out` then holds nothing to rely
+    /// on). Frontends call it first, on their own thread and inside the
+    /// engine's runtime context (`Handle::enter`), so a warm read costs no
+    /// hop to another thread and no copy (docs/design/0011).
+    fn read_now(&self, _offset: u64, _out: &mut [u8]) -> Option<Result<(), VolumeError>> {
+        None
+    }
 }

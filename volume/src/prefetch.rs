@@ -62,7 +62,7 @@ impl Inner {
     }
 
     async fn prefetch(self: Arc<Self>, from: u64, to: u64) {
-        let extents = match self.meta.lock().unwrap().lookup(from, to - from) {
+        let extents = match self.lookup(&[(from, to)]) {
             Ok(e) => e,
             Err(_) => return,
         };

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use spritedisk_meta::Extent;
@@ -23,18 +24,28 @@ const PIECE_FETCHES_INFLIGHT_MAX: usize = 16;
 const READ_RELOOKUPS_MAX: usize = 3;
 
 impl Inner {
-    pub async fn read(self: &Arc<Self>, lba: u64, blocks: u64) -> Result<Bytes, VolumeError> {
+    /// Fills `out` (blocks from `lba`) from the in-memory layers: the active
+    /// buffer, then sealed segments not yet applied (newest first). Returns
+    /// the ranges none of them holds, for the map.
+    ///
+    /// The active buffer is copied under the state lock; sealed segments
+    /// are immutable, so holding them (Arc) is enough and the lock is not
+    /// held through their copies or the map lookup. A segment applied to
+    /// the map meanwhile is harmless: the in-memory layers win over the map,
+    /// and ranges they do not cover are the same in both. A lookup begun
+    /// after this sees every apply committed before it (0011).
+    fn fill_from_memory(&self, lba: u64, blocks: u64, out: &mut [u8]) -> Vec<(u64, u64)> {
         let bs = self.block_size;
-        let mut out = vec![0u8; (blocks * bs) as usize];
-        // The active buffer is copied under the state lock; sealed segments
-        // are immutable, so holding them (Arc) is enough and the lock is not
-        // held through their copies or the SQLite lookup. A segment applied
-        // to the map meanwhile is harmless: the in-memory layers win over the
-        // map, and ranges they do not cover are the same in both.
         let (mut holes, sealed) = {
+            let t0 = Instant::now();
             let st = self.state.lock().unwrap();
-            let holes = st.active.fill(lba, lba + blocks, lba, &mut out, bs);
-            let sealed: Vec<_> = st.sealed.iter().rev().cloned().collect();
+            self.counters.read_lock_wait(t0.elapsed());
+            let holes = st.active.fill(lba, lba + blocks, lba, out, bs);
+            let sealed: Vec<_> = if holes.is_empty() {
+                vec![]
+            } else {
+                st.sealed.iter().rev().cloned().collect()
+            };
             (holes, sealed)
         };
         for seg in &sealed {
@@ -43,8 +54,45 @@ impl Inner {
             }
             holes = holes
                 .into_iter()
-                .flat_map(|(a, b)| seg.frozen.fill(a, b, lba, &mut out, bs))
+                .flat_map(|(a, b)| seg.frozen.fill(a, b, lba, out, bs))
                 .collect();
+        }
+        holes
+    }
+
+    /// Serves a read without waiting, if it can: from memory and the
+    /// cache, into `out` (exactly `blocks` blocks). Ok(false): some block
+    /// needs the store, and `out` holds nothing to rely on; the caller runs
+    /// [`Inner::read`] instead. Frontends call it on their own thread, so
+    /// that a warm read costs no hop to the engine's runtime (0011).
+    pub fn read_ready(&self, lba: u64, blocks: u64, out: &mut [u8]) -> Result<bool, VolumeError> {
+        debug_assert_eq!(out.len() as u64, blocks * self.block_size);
+        let holes = self.fill_from_memory(lba, blocks, out);
+        if holes.is_empty() {
+            return Ok(true);
+        }
+        let extents = self.lookup(&holes)?;
+        // Unmapped blocks read as zeros; `out` may hold anything there.
+        let mut cursor = 0;
+        let bs = self.block_size;
+        for (a, b) in holes {
+            let mut at = a;
+            while cursor < extents.len() && extents[cursor].lba < b {
+                let e = &extents[cursor];
+                out[((at - lba) * bs) as usize..((e.lba - lba) * bs) as usize].fill(0);
+                at = e.end();
+                cursor += 1;
+            }
+            out[((at - lba) * bs) as usize..((b - lba) * bs) as usize].fill(0);
+        }
+        Ok(self.fill_cached(lba, &extents, out, |_| {}))
+    }
+
+    pub async fn read(self: &Arc<Self>, lba: u64, blocks: u64) -> Result<Bytes, VolumeError> {
+        let mut out = vec![0u8; (blocks * self.block_size) as usize];
+        let holes = self.fill_from_memory(lba, blocks, &mut out);
+        if holes.is_empty() {
+            return Ok(Bytes::from(out));
         }
         let mut extents = self.lookup(&holes)?;
         let mut relookups = 0;
@@ -72,31 +120,40 @@ impl Inner {
         Ok(Bytes::from(out))
     }
 
-    /// The map's rows for `holes`, in order.
-    fn lookup(&self, holes: &[(u64, u64)]) -> Result<Vec<Extent>, VolumeError> {
-        let meta = self.meta.lock().unwrap();
-        let mut ex = vec![];
-        for &(a, b) in holes {
-            ex.extend(meta.lookup(a, b - a)?);
-        }
+    /// The map's rows for `holes`, in order: from a read-only connection
+    /// when the metadata is on disk (never waiting for the writer's
+    /// connection nor another reader), else under the metadata lock.
+    pub(crate) fn lookup(&self, holes: &[(u64, u64)]) -> Result<Vec<Extent>, VolumeError> {
+        let t0 = Instant::now();
+        let ex = match &self.map_readers {
+            Some(readers) => readers.lookup(holes)?,
+            None => {
+                let meta = self.meta.lock().unwrap();
+                self.counters.read_lock_wait(t0.elapsed());
+                let mut ex = vec![];
+                for &(a, b) in holes {
+                    ex.extend(meta.lookup(a, b - a)?);
+                }
+                ex
+            }
+        };
+        self.counters.read_lookup(t0.elapsed());
         Ok(ex)
     }
 
-    /// Reads `extents` (of a request starting at `lba`) into `out`: from the
-    /// cache, else by fetching their pieces.
-    async fn read_mapped(
-        self: &Arc<Self>,
+    /// Reads the cached ones of `extents` (of a request starting at `lba`)
+    /// straight into place in `out` (only their blocks); calls `missed` on
+    /// each of the others. True if every extent was cached.
+    fn fill_cached(
+        &self,
         lba: u64,
         extents: &[Extent],
         out: &mut [u8],
-    ) -> Result<(), VolumeError> {
+        mut missed: impl FnMut(&Extent),
+    ) -> bool {
         let bs = self.block_size;
-        // Cached extents are read straight into place (only their blocks);
-        // the rest need their whole piece, fetched once even when several
-        // extents cut from it are read.
-        let mut missed: Vec<Extent> = vec![];
-        let mut pieces: HashMap<(u64, u64), Extent> = HashMap::new();
-        for &e in extents {
+        let mut all = true;
+        for e in extents {
             let line_len = e.piece.piece_blocks as u64 * bs;
             let dst = &mut out[((e.lba - lba) * bs) as usize..((e.end() - lba) * bs) as usize];
             // The cache checks the line against the map's crc32c itself.
@@ -108,10 +165,30 @@ impl Inner {
                 e.skip_blocks * bs,
                 dst,
             ) {
-                pieces.entry((e.seg, e.piece.piece_off)).or_insert(e);
-                missed.push(e);
+                all = false;
+                missed(e);
             }
         }
+        all
+    }
+
+    /// Reads `extents` (of a request starting at `lba`) into `out`: from the
+    /// cache, else by fetching their pieces.
+    async fn read_mapped(
+        self: &Arc<Self>,
+        lba: u64,
+        extents: &[Extent],
+        out: &mut [u8],
+    ) -> Result<(), VolumeError> {
+        let bs = self.block_size;
+        // The rest need their whole piece, fetched once even when several
+        // extents cut from it are read.
+        let mut missed: Vec<Extent> = vec![];
+        let mut pieces: HashMap<(u64, u64), Extent> = HashMap::new();
+        self.fill_cached(lba, extents, out, |e| {
+            pieces.entry((e.seg, e.piece.piece_off)).or_insert(*e);
+            missed.push(*e);
+        });
         if pieces.is_empty() {
             return Ok(());
         }

@@ -18,6 +18,11 @@ pub(crate) struct Counters {
     pub get_bytes: AtomicU64,
     pub replica_files: AtomicU64,
     pub replica_bytes: AtomicU64,
+    /// Map lookups of the read path, and the time they took.
+    pub read_lookups: AtomicU64,
+    pub read_lookup_ns: AtomicU64,
+    /// Time the read path waited to take an engine-wide lock.
+    pub read_lock_wait_ns: AtomicU64,
     /// Bytes of sealed segments still in memory, whoever holds them.
     pub segment_bytes_alive: std::sync::Arc<AtomicU64>,
 }
@@ -26,6 +31,15 @@ impl Counters {
     pub fn add_write(&self, bytes: u64) {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.write_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub fn read_lookup(&self, took: std::time::Duration) {
+        self.read_lookups.fetch_add(1, Ordering::Relaxed);
+        self.read_lookup_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+    pub fn read_lock_wait(&self, took: std::time::Duration) {
+        self.read_lock_wait_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     }
     pub fn add_flush(&self) {
         self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -83,6 +97,14 @@ pub struct VolumeStats {
     pub session_replica_files: u64,
     pub session_replica_bytes: u64,
     /// The local read cache (zeros when there is none, or offline).
+    /// Map lookups of this session's reads, the nanoseconds they took, and
+    /// the nanoseconds reads waited for an engine-wide lock (0011).
+    #[serde(default)]
+    pub session_read_lookups: u64,
+    #[serde(default)]
+    pub session_read_lookup_ns: u64,
+    #[serde(default)]
+    pub session_read_lock_wait_ns: u64,
     pub cache: spritedisk_cache::CacheStats,
 }
 
@@ -122,6 +144,9 @@ impl Inner {
             replica_txid: self.replica_txid.load(Ordering::Relaxed),
             session_replica_files: c.replica_files.load(Ordering::Relaxed),
             session_replica_bytes: c.replica_bytes.load(Ordering::Relaxed),
+            session_read_lookups: c.read_lookups.load(Ordering::Relaxed),
+            session_read_lookup_ns: c.read_lookup_ns.load(Ordering::Relaxed),
+            session_read_lock_wait_ns: c.read_lock_wait_ns.load(Ordering::Relaxed),
             cache: self.cache.stats(),
         })
     }

@@ -272,3 +272,55 @@ async fn lines_stay_valid_across_restore_and_compaction() {
     assert_eq!(data_gets(&store), 0, "compaction's copies were cached");
     vol.close().await.unwrap();
 }
+
+/// What a frontend serves on its own thread (`read_now`, docs/design/0011):
+/// from the write buffer, the cache and unmapped blocks (zeros, whatever
+/// the buffer held), with no GET; a block that needs the store is left to
+/// the engine (None), and once fetched it is served here too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_served_without_waiting_are_the_newest_data_and_never_get() {
+    use spritedisk_volume::BlockIo;
+    let (mem, dir) = setup().await;
+    let store = counted(&mem);
+    let vol = open(store.clone(), Some(dir.path()), opts()).await;
+    // Blocks 0..4 durable; 4..8 never written; 8..12 buffered, not flushed;
+    // 2..3 overwritten in the buffer.
+    vol.write(0, pattern(0, 4, 1), true).await.unwrap();
+    vol.write(8 * BS, pattern(8, 4, 2), false).await.unwrap();
+    vol.write(2 * BS, pattern(2, 1, 3), false).await.unwrap();
+    let mut want = pattern(0, 12, 0).to_vec();
+    want[..(4 * BS) as usize].copy_from_slice(&pattern(0, 4, 1));
+    want[(2 * BS) as usize..(3 * BS) as usize].copy_from_slice(&pattern(2, 1, 3));
+    want[(4 * BS) as usize..(8 * BS) as usize].fill(0);
+    want[(8 * BS) as usize..].copy_from_slice(&pattern(8, 4, 2));
+    let mut out = vec![0xeeu8; (12 * BS) as usize];
+    let r = vol.read_now(0, &mut out);
+    assert!(matches!(r, Some(Ok(()))), "all of it is local: {r:?}");
+    assert!(out == want, "read_now returns the newest data and zeros");
+    assert_eq!(data_gets(&store), 0);
+    // Bad input is refused here, not left to the engine.
+    let r = vol.read_now(1, &mut out);
+    assert!(matches!(r, Some(Err(_))), "an unaligned read: {r:?}");
+    vol.close().await.unwrap();
+
+    // Cold: the cache is gone, so the durable blocks need the store.
+    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+    let store = counted(&mem);
+    let vol = open(store.clone(), Some(dir.path()), opts()).await;
+    let mut out = vec![0xeeu8; (12 * BS) as usize];
+    assert!(vol.read_now(0, &mut out).is_none(), "a cold block waits");
+    assert_eq!(data_gets(&store), 0, "read_now never GETs");
+    let mut zeros = vec![0xeeu8; (4 * BS) as usize];
+    assert!(matches!(vol.read_now(4 * BS, &mut zeros), Some(Ok(()))));
+    assert!(zeros.iter().all(|&b| b == 0), "unmapped blocks are zeros");
+    assert_eq!(vol.read(0, 12 * BS).await.unwrap(), want);
+    let gets = data_gets(&store);
+    assert!(gets > 0);
+    let mut out = vec![0xeeu8; (12 * BS) as usize];
+    assert!(
+        matches!(vol.read_now(0, &mut out), Some(Ok(()))),
+        "now cached"
+    );
+    assert!(out == want);
+    assert_eq!(data_gets(&store), gets);
+}

@@ -31,6 +31,7 @@ pub fn small_opts(seed: u64) -> EngineOptions {
         // Tests reopen after simulated crashes, whose leases are not released.
         take_over: true,
         reclaim: false,
+        map_readers: true,
     }
 }
 
