@@ -96,6 +96,8 @@ for lat in 0 20; do
 done
 
 python3 bench/report.py "$OUT" "$RSS_KB" "$HWM_KB" "$WRITE_TOTAL"
+# The engine alone: warm reads by concurrent readers, lookups with and without the metadata lock.
+bench/engine.sh "$OUT"
 # Metadata replica: attach-to-first-I/O by map size, LTX bytes per FLUSH.
 bench/replica.sh "$OUT"
 # A --force takeover's attach to first I/O (BIN_BEFORE: also an older binary's).
@@ -115,6 +117,7 @@ if [ "${BENCH_VM:-1}" = 1 ]; then
   # The guest writes only under the shared tree: its results land in target/ first.
   mkdir -p target; VM_OUT=$(mktemp -d "$PWD/target/bench-vm.XXXXXX")
   SPRITEDISK_VM_OUT="$VM_OUT" SPRITEDISK_SIZE=$VM_SIZE SPRITEDISK_RUNTIME=$VM_RUNTIME SPRITEDISK_BIN="$(realpath "$BIN")" \
+    SPRITEDISK_BIN_BEFORE="${BIN_BEFORE:+$(realpath "$BIN_BEFORE")}" \
     SPRITEDISK_QUICK=${BENCH_QUICK:-0} "$VM_RUNNER" --scratch 8G --timeout 1500 -- bash bench/vm-ublk.sh > "$OUT/raw/vm-console.log" 2>&1 ||
     { tail -30 "$OUT/raw/vm-console.log" >&2; echo "the VM bench failed" >&2; exit 1; }
   mv "$VM_OUT" "$OUT/raw/vm"

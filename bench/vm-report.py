@@ -26,6 +26,7 @@ def val(job, target):
 jobs = [("seqwrite-1m", "1 MiB seq write QD8"), ("randread-4k-1", "4 KiB rand read QD1"),
         ("randread-4k-32", "4 KiB rand read QD32"), ("randwrite-4k-fsync32", "4 KiB rand write QD1, FLUSH every 32"),
         ("mix-70-30", "4 KiB 70/30 read/write QD16")]
+BEFORE = os.environ.get("BIN_BEFORE_LABEL", "before")
 rows = []
 for job, label in jobs:
     if not have(job, "ublk"):  # the quick run skips some jobs
@@ -34,7 +35,12 @@ for job, label in jobs:
     lo, _ = val(job, "loop")
     u, _ = val(job, "ublk")
     warm = " (warm)" if "read" in job and "write" not in job else ""
-    rows.append(f"| {label}{warm} | {f:,.0f} {unit} | {lo:,.0f} {unit} | {u:,.0f} {unit} | {u / f:.2f}× | {u / lo:.2f}× |")
+    before = ""
+    if have(job, "ublk-before"):
+        b, _ = val(job, "ublk-before")
+        before = f" | {b:,.0f} {unit} ({b / lo:.2f}× of loop)"
+        record(out, "VM /dev/ublkb0", label + warm, u, unit, f"ublk, build {BEFORE}", b)
+    rows.append(f"| {label}{warm} | {f:,.0f} {unit} | {lo:,.0f} {unit} | {u:,.0f} {unit} | {u / f:.2f}× | {u / lo:.2f}×{before} |")
     record(out, "VM /dev/ublkb0", label + warm, u, unit, "loop device", lo)
     record(out, "VM /dev/ublkb0", label + warm, u, unit, "file on the scratch disk", f)
 for qd in (1, 32):
@@ -53,8 +59,11 @@ md = [
     "(direct I/O) over a file there, and on /dev/ublkb0 (file:// store and cache on that disk). Warm: the reads follow the "
     "write on the same attach; cold: the cache directory deleted and the volume attached again.",
     "",
-    "| job | file | loop device | /dev/ublkb0 | ublk / file | ublk / loop |",
-    "|---|---|---|---|---|---|",
+    *(["With an older build's ublk numbers from the same VM run (" + BEFORE + ") in the last column.", ""]
+      if any(have(j, "ublk-before") for j, _ in jobs) else []),
+    "| job | file | loop device | /dev/ublkb0 | ublk / file | ublk / loop | ublk, older build |"
+    if any(have(j, "ublk-before") for j, _ in jobs) else "| job | file | loop device | /dev/ublkb0 | ublk / file | ublk / loop |",
+    "|---|---|---|---|---|---|---|" if any(have(j, "ublk-before") for j, _ in jobs) else "|---|---|---|---|---|---|",
     *rows,
 ]
 open(os.path.join(out, "summary.md"), "a").write("\n".join(md) + "\n")

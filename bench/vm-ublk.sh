@@ -6,6 +6,7 @@
 # ublk run warm (after the write) and cold (cache directory deleted and the
 # volume attached again). The VM is emulated: read the ratios, not the numbers.
 # Writes fio JSON to VM_OUT (a directory of the shared tree).
+# SPRITEDISK_BIN_BEFORE: also an older build on ublk (its own volume).
 # Host side: tests/vm/rig/run-in-vm.sh --scratch 8G -- bash bench/vm-ublk.sh
 set -euo pipefail
 B=${SPRITEDISK_BIN:-$PWD/target/release/spritedisk}
@@ -40,6 +41,15 @@ $B create file://$W/store --size 100G >/dev/null
 DEV=$($B attach file://$W/store --cache-dir $W/cache --queues 2)
 suite ublk "$DEV"
 $B detach "$DEV" >/dev/null
+# An older build's ublk numbers in the same VM run (what a change bought).
+if [ -n "${SPRITEDISK_BIN_BEFORE:-}" ]; then
+  BB=$SPRITEDISK_BIN_BEFORE
+  $BB create file://$W/store-before --size 100G >/dev/null
+  DEV=$($BB attach file://$W/store-before --cache-dir $W/cache-before --queues 2)
+  suite ublk-before "$DEV"
+  $BB detach "$DEV" >/dev/null
+  rm -rf $W/store-before $W/cache-before
+fi
 QDS="1 32"; [ "${SPRITEDISK_QUICK:-0}" = 1 ] && QDS=32
 for qd in $QDS; do
   rm -rf $W/cache

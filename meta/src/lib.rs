@@ -320,7 +320,7 @@ impl MetaDb {
     /// database only: None for one in memory).
     pub fn readers(&self) -> Option<MapReaders> {
         match self.conn.path() {
-            Some(p) if !p.is_empty() => Some(MapReaders::new(Path::new(p))),
+            Some(p) if !p.is_empty() => MapReaders::new(Path::new(p)),
             _ => None,
         }
     }

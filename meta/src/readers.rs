@@ -8,6 +8,13 @@
 //! commit, which is what the engine's read path relies on (a segment leaves
 //! the in-memory layers only after its apply has committed).
 //!
+//! A connection is opened by path, so it is opened only while the path
+//! still names the writer's file (device and inode, compared before and
+//! after the open; the writer keeps its inode alive, so the number cannot
+//! be reused meanwhile). A directory another daemon rebuilt under us (a
+//! `--force` takeover on the same host) is never read as ours: the lookup
+//! says so and the engine asks the writer's connection.
+//!
 //! The pool is a vector behind a mutex held for a push or a pop, never
 //! through a query. Written by hand: r2d2 would add a reaper thread and
 //! checkout timeouts; a lookup needs neither, and a connection is opened on
@@ -29,18 +36,31 @@ const READERS_IDLE_MAX: usize = 16;
 #[derive(Debug)]
 pub struct MapReaders {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    /// Device and inode of the writer's database file.
+    file: (u64, u64),
+    pub(crate) idle: Mutex<Vec<Connection>>,
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl MapReaders {
-    pub(crate) fn new(path: &Path) -> MapReaders {
-        MapReaders {
+    /// Readers of the file at `path`, which must be the writer's own now.
+    pub(crate) fn new(path: &Path) -> Option<MapReaders> {
+        Some(MapReaders {
             path: path.to_path_buf(),
+            file: identity(path)?,
             idle: Mutex::new(vec![]),
-        }
+        })
     }
 
-    fn open(&self) -> Result<Connection, MetaError> {
+    /// A new connection, if the path still names the writer's file.
+    fn open(&self) -> Result<Option<Connection>, MetaError> {
+        if identity(&self.path) != Some(self.file) {
+            return Ok(None);
+        }
         // Read-only: such a connection never checkpoints the log, not even
         // as the last one to close, so the replicator keeps every frame
         // until it has shipped it (wal.rs).
@@ -49,18 +69,23 @@ impl MapReaders {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| MetaError::open(&self.path, e))?;
-        Ok(conn)
+        // SQLite opened the file itself in `open_with_flags`.
+        Ok((identity(&self.path) == Some(self.file)).then_some(conn))
     }
 
     /// The extents intersecting `[a, b)` for each range, clipped to it, by
     /// LBA. Each range is one statement, so one snapshot of the map; the
     /// ranges of one read are disjoint, and each sees every commit that
-    /// returned before the lookup began.
-    pub fn lookup(&self, ranges: &[(u64, u64)]) -> Result<Vec<Extent>, MetaError> {
+    /// returned before the lookup began. None: the path no longer names
+    /// the writer's file; look the ranges up on the writer's connection.
+    pub fn lookup(&self, ranges: &[(u64, u64)]) -> Result<Option<Vec<Extent>>, MetaError> {
         let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match popped {
             Some(c) => c,
-            None => self.open()?,
+            None => match self.open()? {
+                Some(c) => c,
+                None => return Ok(None),
+            },
         };
         let out = (|| {
             let mut out = vec![];
@@ -76,6 +101,6 @@ impl MapReaders {
                 idle.push(conn);
             }
         }
-        out
+        out.map(Some)
     }
 }

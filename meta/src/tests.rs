@@ -275,7 +275,7 @@ fn readers_see_every_returned_commit_and_nothing_uncommitted() {
         .unwrap();
     };
     apply(&mut db, 1, 10, 10);
-    let got = readers.lookup(&[(12, 14), (18, 30)]).unwrap();
+    let got = readers.lookup(&[(12, 14), (18, 30)]).unwrap().unwrap();
     assert_eq!(
         got,
         db.lookup(12, 2)
@@ -292,17 +292,35 @@ fn readers_see_every_returned_commit_and_nothing_uncommitted() {
         .execute_batch("BEGIN IMMEDIATE; DELETE FROM extents;")
         .unwrap();
     assert_eq!(
-        readers.lookup(&[(0, 96)]).unwrap().len(),
+        readers.lookup(&[(0, 96)]).unwrap().unwrap().len(),
         1,
         "an open transaction is not seen"
     );
     db.conn.execute_batch("ROLLBACK").unwrap();
     // ...and a returned commit is seen by the next lookup, on a pooled connection.
     apply(&mut db, 2, 15, 10);
-    let got = readers.lookup(&[(0, 96)]).unwrap();
+    let got = readers.lookup(&[(0, 96)]).unwrap().unwrap();
     assert_eq!(got, db.lookup(0, 96).unwrap());
     assert_eq!(
         got.iter().map(|e| (e.lba, e.seg)).collect::<Vec<_>>(),
         [(10, 1), (15, 2)]
     );
+    // Another database put in its place (another daemon rebuilding the
+    // directory) is never read: a new connection, opened by path (two
+    // lookups at once need two), refuses it; a pooled one holds the
+    // writer's file.
+    let other = dir.path().join("other.db");
+    let mut o = MetaDb::open(&other).unwrap();
+    o.init_volume(&vol()).unwrap();
+    drop(o);
+    std::fs::rename(&other, dir.path().join("meta.db")).unwrap();
+    assert!(MapReaders::new(&dir.path().join("missing.db")).is_none());
+    let pooled = readers.idle.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        readers.lookup(&[(0, 96)]).unwrap(),
+        None,
+        "the replaced file is refused"
+    );
+    readers.idle.lock().unwrap().push(pooled);
+    assert_eq!(readers.lookup(&[(0, 96)]).unwrap(), Some(got));
 }

@@ -59,11 +59,16 @@ pub(crate) struct Inner {
     pub block_size: u64,
     pub opts: EngineOptions,
     pub state: Mutex<State>,
+    /// Read-only connections for the read path's map lookups (on-disk
+    /// metadata only; in memory, lookups take `meta`). Declared before
+    /// `meta`, so dropped before it: the writer's connection must be the
+    /// last one to close, which folds the log into the database file as
+    /// the clean mark expects (a reader still open would keep the log, and
+    /// the next attach would fold commits the replica never had into a
+    /// file it trusts).
+    pub(crate) map_readers: Option<spritedisk_meta::MapReaders>,
     /// Lock order: `state` before `meta`, never the reverse.
     pub meta: Mutex<MetaDb>,
-    /// Read-only connections for the read path's map lookups (on-disk
-    /// metadata only; in memory, lookups take `meta`).
-    pub(crate) map_readers: Option<spritedisk_meta::MapReaders>,
     /// Woken whenever a segment is applied, the engine stops, or memory frees up.
     pub changed: Notify,
     pub upload_slots: Semaphore,
@@ -728,5 +733,52 @@ impl Inner {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer's connection closes last (the order of `Inner`'s fields),
+    /// so a commit that lands after a detach shipped the replica (a late
+    /// apply, a GC racing the detach) is folded into the file by the
+    /// writer, as before 0011, and never left in a log that the next
+    /// attach would fold behind the replica's back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writers_connection_closes_after_the_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/vol", dir.path().display());
+        let store = spritedisk_store::open_url(&url).unwrap();
+        crate::create_volume(&store, &url, 64 << 20).await.unwrap();
+        let opts = EngineOptions {
+            cache_bytes: 8 << 20,
+            ..EngineOptions::default()
+        };
+        let local = dir.path().join("local");
+        let vol = Volume::open(store, &url, Some(&local), opts).await.unwrap();
+        vol.write(0, Bytes::from(vec![7u8; 4096]), true)
+            .await
+            .unwrap();
+        vol.read(0, 4096).await.unwrap();
+        assert!(
+            vol.inner
+                .counters
+                .read_lookups
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+        vol.close().await.unwrap();
+        vol.inner.meta.lock().unwrap().set_writer_epoch(99).unwrap();
+        let wal = local.join(recovery::META_FILE.to_string() + "-wal");
+        let len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert!(len() > 0, "the late commit is in the log");
+        let weak = Arc::downgrade(&vol.inner);
+        drop(vol);
+        // Background loops hold weak references; one may be upgraded a moment.
+        while weak.strong_count() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(len(), 0, "the writer folded the log as it closed");
     }
 }

@@ -35,19 +35,27 @@ impl Inner {
     /// and ranges they do not cover are the same in both. A lookup begun
     /// after this sees every apply committed before it (0011).
     fn fill_from_memory(&self, lba: u64, blocks: u64, out: &mut [u8]) -> Vec<(u64, u64)> {
+        let t0 = Instant::now();
+        let st = self.state.lock().unwrap();
+        self.counters.read_lock_wait(t0.elapsed());
+        self.fill_from_layers(st, lba, blocks, out)
+    }
+
+    fn fill_from_layers(
+        &self,
+        st: std::sync::MutexGuard<'_, crate::engine::State>,
+        lba: u64,
+        blocks: u64,
+        out: &mut [u8],
+    ) -> Vec<(u64, u64)> {
         let bs = self.block_size;
-        let (mut holes, sealed) = {
-            let t0 = Instant::now();
-            let st = self.state.lock().unwrap();
-            self.counters.read_lock_wait(t0.elapsed());
-            let holes = st.active.fill(lba, lba + blocks, lba, out, bs);
-            let sealed: Vec<_> = if holes.is_empty() {
-                vec![]
-            } else {
-                st.sealed.iter().rev().cloned().collect()
-            };
-            (holes, sealed)
+        let mut holes = st.active.fill(lba, lba + blocks, lba, out, bs);
+        let sealed: Vec<_> = if holes.is_empty() {
+            vec![]
+        } else {
+            st.sealed.iter().rev().cloned().collect()
         };
+        drop(st);
         for seg in &sealed {
             if holes.is_empty() {
                 break;
@@ -67,11 +75,19 @@ impl Inner {
     /// that a warm read costs no hop to the engine's runtime (0011).
     pub fn read_ready(&self, lba: u64, blocks: u64, out: &mut [u8]) -> Result<bool, VolumeError> {
         debug_assert_eq!(out.len() as u64, blocks * self.block_size);
-        let holes = self.fill_from_memory(lba, blocks, out);
+        // Never waits for a lock: one held through a seal (a copy and a
+        // checksum of up to a segment) or a metadata transaction would
+        // stall every request of the frontend's queue thread.
+        let Ok(st) = self.state.try_lock() else {
+            return Ok(false);
+        };
+        let holes = self.fill_from_layers(st, lba, blocks, out);
         if holes.is_empty() {
             return Ok(true);
         }
-        let extents = self.lookup(&holes)?;
+        let Some(extents) = self.lookup_now(&holes)? else {
+            return Ok(false);
+        };
         // Unmapped blocks read as zeros; `out` may hold anything there.
         let mut cursor = 0;
         let bs = self.block_size;
@@ -124,11 +140,36 @@ impl Inner {
     /// when the metadata is on disk (never waiting for the writer's
     /// connection nor another reader), else under the metadata lock.
     pub(crate) fn lookup(&self, holes: &[(u64, u64)]) -> Result<Vec<Extent>, VolumeError> {
+        self.lookup_with(holes, true)
+            .map(|ex| ex.expect("a lookup that may wait always answers"))
+    }
+
+    /// As [`Inner::lookup`], but None rather than wait for the metadata lock.
+    fn lookup_now(&self, holes: &[(u64, u64)]) -> Result<Option<Vec<Extent>>, VolumeError> {
+        self.lookup_with(holes, false)
+    }
+
+    fn lookup_with(
+        &self,
+        holes: &[(u64, u64)],
+        wait: bool,
+    ) -> Result<Option<Vec<Extent>>, VolumeError> {
         let t0 = Instant::now();
-        let ex = match &self.map_readers {
+        let on_readers = match &self.map_readers {
             Some(readers) => readers.lookup(holes)?,
+            None => None,
+        };
+        let ex = match on_readers {
+            Some(ex) => ex,
             None => {
-                let meta = self.meta.lock().unwrap();
+                let meta = if wait {
+                    self.meta.lock().unwrap()
+                } else {
+                    match self.meta.try_lock() {
+                        Ok(m) => m,
+                        Err(_) => return Ok(None),
+                    }
+                };
                 self.counters.read_lock_wait(t0.elapsed());
                 let mut ex = vec![];
                 for &(a, b) in holes {
@@ -138,7 +179,7 @@ impl Inner {
             }
         };
         self.counters.read_lookup(t0.elapsed());
-        Ok(ex)
+        Ok(Some(ex))
     }
 
     /// Reads the cached ones of `extents` (of a request starting at `lba`)

@@ -96,7 +96,6 @@ pub struct VolumeStats {
     pub replica_txid: u64,
     pub session_replica_files: u64,
     pub session_replica_bytes: u64,
-    /// The local read cache (zeros when there is none, or offline).
     /// Map lookups of this session's reads, the nanoseconds they took, and
     /// the nanoseconds reads waited for an engine-wide lock (0011).
     #[serde(default)]
@@ -105,6 +104,7 @@ pub struct VolumeStats {
     pub session_read_lookup_ns: u64,
     #[serde(default)]
     pub session_read_lock_wait_ns: u64,
+    /// The local read cache (zeros when there is none, or offline).
     pub cache: spritedisk_cache::CacheStats,
 }
 
