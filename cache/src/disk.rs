@@ -465,6 +465,10 @@ impl ReadCache for DiskCache {
         }
     }
 
+    fn capacity_bytes(&self) -> u64 {
+        self.nslots as u64 * LINE_BYTES
+    }
+
     fn stats(&self) -> CacheStats {
         let lines = self.slots.lock().unwrap().map.len() as u64;
         let c = &self.c;
@@ -479,7 +483,7 @@ impl ReadCache for DiskCache {
             prefetch_inserts: c.prefetch_inserts.load(Ordering::Relaxed),
             prefetch_hits: c.prefetch_hits.load(Ordering::Relaxed),
             lines,
-            capacity_bytes: self.nslots as u64 * LINE_BYTES,
+            capacity_bytes: self.capacity_bytes(),
             physical_bytes: self.file.metadata().map_or(0, |m| m.blocks() * 512),
         }
     }

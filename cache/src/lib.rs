@@ -73,6 +73,10 @@ pub trait ReadCache: Send + Sync + std::fmt::Debug + 'static {
     fn enabled(&self) -> bool {
         false
     }
+    /// Bytes the cache holds at most (read-ahead stays well inside it).
+    fn capacity_bytes(&self) -> u64 {
+        0
+    }
     /// Gives back at least `bytes` of disk space by dropping cold lines, for
     /// a neighbour that needs it more (the metadata database on a full disk).
     /// Returns the bytes freed.

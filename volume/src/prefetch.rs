@@ -3,7 +3,14 @@
 //! flushed data are then fetched in the background with parallel ranged GETs
 //! (at most [`PREFETCH_INFLIGHT_MAX`] at a time, each covering adjacent
 //! pieces up to [`PREFETCH_GET_BYTES_MAX`]) into the read cache, so the
-//! reader finds them there. Only data in the map is read ahead: what is still
+//! reader finds them there. The window widens while the stream lasts: each
+//! time the reader has used a quarter of the last one, the next reaches
+//! twice as far, up to [`PREFETCH_WINDOW_MAX_BYTES`] and a quarter of the
+//! cache (so that read-ahead never evicts itself); a read elsewhere ends
+//! the stream, and the next one starts from the first window again. The
+//! memory it holds is bounded by the GETs in flight, not by the window
+//! (each lands in the cache): [`PREFETCH_INFLIGHT_MAX`] ×
+//! [`PREFETCH_GET_BYTES_MAX`] = 16 MiB. Only data in the map is read ahead: what is still
 //! in memory is fast already. A reader that asks for a piece being read ahead
 //! waits for that GET (`fetch.rs`).
 
@@ -14,8 +21,11 @@ use spritedisk_meta::PieceRef;
 
 use crate::engine::Inner;
 
-/// Read-ahead GETs in flight at once, for the whole volume.
-pub const PREFETCH_INFLIGHT_MAX: usize = 8;
+/// Read-ahead GETs in flight at once, for the whole volume: enough to
+/// cover a 20 ms store round trip at several hundred MB/s.
+pub const PREFETCH_INFLIGHT_MAX: usize = 16;
+/// The widest a sequential stream's window grows.
+pub const PREFETCH_WINDOW_MAX_BYTES: u64 = 64 << 20;
 /// One read-ahead GET covers adjacent pieces of a segment up to this size.
 pub const PREFETCH_GET_BYTES_MAX: u64 = 1 << 20;
 
@@ -25,15 +35,20 @@ pub(crate) struct ReadAhead {
     next_lba: u64,
     streak: u32,
     fetched_until: u64,
+    /// The window of the last request of this stream (0: none yet).
+    window: u64,
 }
 
 impl Inner {
     /// Called for every read: detects a sequential reader and starts read-ahead.
     pub fn note_read(self: &Arc<Self>, lba: u64, blocks: u64) {
-        let window = self.opts.prefetch_window_bytes / self.block_size;
-        if window == 0 || !self.cache.enabled() {
+        let bs = self.block_size;
+        let first = self.opts.prefetch_window_bytes / bs;
+        if first == 0 || !self.cache.enabled() {
             return;
         }
+        let widest =
+            (PREFETCH_WINDOW_MAX_BYTES.min(self.cache.capacity_bytes() / 4) / bs).max(first);
         let end = lba + blocks;
         let range = {
             let mut ra = self.readahead.lock().unwrap();
@@ -42,18 +57,28 @@ impl Inner {
             } else {
                 ra.streak = 0;
                 ra.fetched_until = 0;
+                ra.window = 0;
             }
             ra.next_lba = end;
             // The second read in a row is the sequential signal.
             if ra.streak == 0 {
                 return;
             }
-            let from = ra.fetched_until.max(end);
-            let to = (end + window).min(self.config.size_bytes / self.block_size);
-            // Wait until a quarter of the window is consumed before asking again.
-            if from >= to || (ra.fetched_until > end && ra.fetched_until - end > window * 3 / 4) {
+            // Wait until a quarter of the last window is used before asking again.
+            let ahead = ra.fetched_until.saturating_sub(end);
+            if ra.window > 0 && ahead > ra.window * 3 / 4 {
                 return;
             }
+            let window = match ra.window {
+                0 => first,
+                w => (w * 2).min(widest),
+            };
+            let from = ra.fetched_until.max(end);
+            let to = (end + window).min(self.config.size_bytes / bs);
+            if from >= to {
+                return;
+            }
+            ra.window = window;
             ra.fetched_until = to;
             (from, to)
         };

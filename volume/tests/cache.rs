@@ -324,3 +324,64 @@ async fn reads_served_without_waiting_are_the_newest_data_and_never_get() {
     assert!(out == want);
     assert_eq!(data_gets(&store), gets);
 }
+
+/// Read-ahead widens while a sequential stream lasts and starts over when
+/// it stops (docs/design/0011): each request reaches twice as far as the
+/// last, once the reader has used a quarter of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_widens_with_the_stream_and_starts_over_after_it() {
+    let (mem, dir) = setup().await;
+    let vol = open(mem.clone(), Some(dir.path()), opts()).await;
+    let piece = 64 << 10;
+    for i in 0..128u64 {
+        vol.write(i * piece, pattern(i * 16, 16, 6), false)
+            .await
+            .unwrap();
+    }
+    vol.close().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+
+    let mut o = opts();
+    o.cache_bytes = 64 * MIB;
+    o.prefetch_window_bytes = MIB; // 16 pieces
+    let vol = open(mem.clone(), Some(dir.path()), o).await;
+    let read = |i: u64| {
+        let vol = vol.clone();
+        async move {
+            assert!(
+                vol.read(i * piece, piece).await.unwrap() == pattern(i * 16, 16, 6),
+                "piece {i}"
+            );
+        }
+    };
+    let settled_at = |n: u64| {
+        let vol = vol.clone();
+        async move {
+            let inserts = || vol.stats().unwrap().cache.prefetch_inserts;
+            for _ in 0..500 {
+                if inserts() >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Nothing more arrives.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            inserts()
+        }
+    };
+    // Pieces 0, 1: a stream; the first window is 2..18.
+    read(0).await;
+    read(1).await;
+    assert_eq!(settled_at(16).await, 16);
+    // A quarter of it used (2..6): the next window is twice as wide,
+    // 6..38, of which 18..38 is new (a fixed window: 18..22).
+    for i in 2..6 {
+        read(i).await;
+    }
+    assert_eq!(settled_at(36).await, 36, "the second window is 32 pieces");
+    // A read elsewhere ends the stream; the next starts from the first
+    // window again: 92..108 (still wide, it would be 92..128).
+    read(90).await;
+    read(91).await;
+    assert_eq!(settled_at(52).await, 52, "a new stream starts narrow");
+}
