@@ -168,9 +168,10 @@ fn failed(op: u32, offset: u64, len: u64, e: &spritedisk_volume::VolumeError) ->
     -e.errno()
 }
 
-/// Submits the SQE a libublk future queued on its first poll right away.
-/// A commit usually follows a wake-up from an engine thread, not a ring
-/// completion, so nothing else would enter the ring to submit it.
+/// Submits the SQE a libublk future queued on its first poll right away,
+/// unless the queue loop is running the tasks a ring completion woke (then
+/// it submits them all at once next). A commit after a wake-up from an
+/// engine thread has nothing else to enter the ring for it.
 struct SubmitNow<F> {
     inner: Pin<Box<F>>,
     submitted: bool,
@@ -185,14 +186,23 @@ impl<F> SubmitNow<F> {
     }
 }
 
+thread_local! {
+    /// Set while the queue loop runs the tasks its ring completions woke:
+    /// the loop submits everything they queued in one `io_uring_enter`
+    /// right after, so their commits need no submit of their own.
+    static IN_RUN_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl<F: Future> Future for SubmitNow<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let res = self.inner.as_mut().poll(cx);
         if !self.submitted {
             self.submitted = true;
-            if let Err(e) = with_task_io_ring_mut(|r| r.submit()) {
-                tracing::error!(error = %e, "io_uring submit failed");
+            if !IN_RUN_OPS.get() {
+                if let Err(e) = with_task_io_ring_mut(|r| r.submit()) {
+                    tracing::error!(error = %e, "io_uring submit failed");
+                }
             }
         }
         res
@@ -238,7 +248,13 @@ async fn poll_ring<T>(
             }
         })
     };
-    let run_ops = || while exe.try_tick() {};
+    // Commits queued here are batched: the loop's next step submits them
+    // all at once (`poll_uring`, before it waits).
+    let run_ops = || {
+        IN_RUN_OPS.set(true);
+        while exe.try_tick() {}
+        IN_RUN_OPS.set(false);
+    };
     let is_done = || tasks.iter().all(|t| t.is_finished());
     let res = libublk::run_uring_tasks(poll_uring, reap, run_ops, is_done).await;
     let _ = async_ring.into_inner().map(|f| f.into_raw_fd());
