@@ -2,7 +2,7 @@
 # Runs inside the VM rig: where the daemon's CPU goes on /dev/ublkb0 under
 # two fio jobs (1 MiB sequential write QD8, then 4 KiB random read QD32,
 # warm), with `perf record -g` on the daemon; folded stacks and a text
-# report per job into VM_OUT (bench/flame.sh makes the SVGs on the host).
+# report per job into VM_OUT; bench/flame.sh runs it and makes the SVGs.
 # Host side: tests/vm/rig/run-in-vm.sh --scratch 8G -- bash bench/vm-profile.sh
 set -euo pipefail
 B=${SPRITEDISK_BIN:-$PWD/target/release/spritedisk}
