@@ -310,6 +310,12 @@ async fn reads_served_without_waiting_are_the_newest_data_and_never_get() {
     let mut out = vec![0xeeu8; (12 * BS) as usize];
     assert!(vol.read_now(0, &mut out).is_none(), "a cold block waits");
     assert_eq!(data_gets(&store), 0, "read_now never GETs");
+    let st = vol.stats().unwrap().cache;
+    assert_eq!(
+        (st.hits, st.misses),
+        (0, 0),
+        "a read left to the engine is counted there, once"
+    );
     let mut zeros = vec![0xeeu8; (4 * BS) as usize];
     assert!(matches!(vol.read_now(4 * BS, &mut zeros), Some(Ok(()))));
     assert!(zeros.iter().all(|&b| b == 0), "unmapped blocks are zeros");
