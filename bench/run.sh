@@ -116,10 +116,14 @@ if [ "${BENCH_VM:-1}" = 1 ]; then
   echo "VM: /dev/ublkb0 vs a file and a loop device (console in $OUT/raw/vm-console.log)" >&2
   # The guest writes only under the shared tree: its results land in target/ first.
   mkdir -p target; VM_OUT=$(mktemp -d "$PWD/target/bench-vm.XXXXXX")
+  # The guest sees the host's / read-only but its own /tmp and /var/tmp:
+  # an older binary from there is copied into the shared tree first.
+  if [ -n "${BIN_BEFORE:-}" ]; then cp "$BIN_BEFORE" "$VM_OUT/spritedisk-before"; BIN_BEFORE=$VM_OUT/spritedisk-before; fi
   SPRITEDISK_VM_OUT="$VM_OUT" SPRITEDISK_SIZE=$VM_SIZE SPRITEDISK_RUNTIME=$VM_RUNTIME SPRITEDISK_BIN="$(realpath "$BIN")" \
     SPRITEDISK_BIN_BEFORE="${BIN_BEFORE:+$(realpath "$BIN_BEFORE")}" \
     SPRITEDISK_QUICK=${BENCH_QUICK:-0} "$VM_RUNNER" --scratch 8G --timeout 1500 -- bash bench/vm-ublk.sh > "$OUT/raw/vm-console.log" 2>&1 ||
     { tail -30 "$OUT/raw/vm-console.log" >&2; echo "the VM bench failed" >&2; exit 1; }
+  rm -f "$VM_OUT/spritedisk-before"
   mv "$VM_OUT" "$OUT/raw/vm"
   python3 bench/vm-report.py "$OUT"
   # Attach to first I/O, cold vs from the warm pool (50 each at 100k extents).

@@ -17,6 +17,8 @@ use rand::{Rng, SeedableRng};
 use spritedisk_volume::{create_volume, EngineOptions, Volume};
 
 const BLOCK: u64 = 4096;
+/// A reader task lets the others run after this many reads.
+const READS_PER_YIELD: u64 = 16;
 
 pub async fn run(
     dir: &Path,
@@ -69,17 +71,24 @@ pub async fn run(
         let done = Arc::new(AtomicU64::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         let t0 = Instant::now();
-        // A warm read never waits, so a reader task never yields: each
-        // watches the deadline itself (a timer would not fire).
+        // A warm read never waits, so a reader task would never yield: each
+        // yields every few reads (else only as many readers as runtime
+        // threads would ever run, and the engine's own tasks would starve),
+        // and watches the deadline itself.
         let deadline = t0 + Duration::from_secs(seconds);
         for r in 0..n {
             let (vol, done) = (vol.clone(), done.clone());
             tasks.spawn(async move {
                 let mut rng = rand::rngs::SmallRng::seed_from_u64(r as u64);
+                let mut i = 0u64;
                 while Instant::now() < deadline {
                     let lba = rng.gen_range(0..blocks);
                     vol.read(lba * BLOCK, BLOCK).await?;
                     done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                    if i.is_multiple_of(READS_PER_YIELD) {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Ok::<_, spritedisk_volume::VolumeError>(())
             });
