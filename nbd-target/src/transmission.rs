@@ -99,6 +99,33 @@ where
     }
 }
 
+/// The reply to a read: its data, or an errno.
+fn read_reply(
+    req: &Request,
+    r: Result<IoReply, spritedisk_volume::VolumeError>,
+    permits: Vec<OwnedSemaphorePermit>,
+) -> Reply {
+    let (errno, data) = match r {
+        Ok(IoReply::Data(d)) if d.len() == req.len as usize => (0, Some(d)),
+        Ok(other) => {
+            // Sending the wrong byte count would desync the client.
+            warn!(?req, "engine answered a read with the wrong amount of data");
+            drop(other);
+            (EIO, None)
+        }
+        Err(e) => {
+            debug!(error = %e, "nbd read failed");
+            (nbd_errno(e.errno()), None)
+        }
+    };
+    Reply {
+        cookie: req.cookie,
+        errno,
+        data,
+        _permits: permits,
+    }
+}
+
 struct Conn<D> {
     dev: Arc<D>,
     tx: mpsc::Sender<Reply>,
@@ -215,21 +242,8 @@ impl<D: BlockIo> Conn<D> {
         // path as ublk's (docs/design/0011).
         let mut data = vec![0u8; req.len as usize];
         if let Some(r) = self.dev.read_now(req.offset, &mut data) {
-            let (errno, data) = match r {
-                Ok(()) => (0, Some(Bytes::from(data))),
-                Err(e) => {
-                    debug!(error = %e, "nbd read failed");
-                    (nbd_errno(e.errno()), None)
-                }
-            };
-            return self
-                .send(Reply {
-                    cookie: req.cookie,
-                    errno,
-                    data,
-                    _permits: permits,
-                })
-                .await;
+            let r = r.map(|()| IoReply::Data(Bytes::from(data)));
+            return self.send(read_reply(&req, r, permits)).await;
         }
         drop(data);
         let dev = self.dev.clone();
@@ -239,27 +253,8 @@ impl<D: BlockIo> Conn<D> {
                 offset: req.offset,
                 len: req.len,
             };
-            let (errno, data) = match dev.handle_io(io).await {
-                Ok(IoReply::Data(d)) if d.len() == req.len as usize => (0, Some(d)),
-                Ok(other) => {
-                    // Sending the wrong byte count would desync the client.
-                    warn!(?req, "engine answered a read with the wrong amount of data");
-                    drop(other);
-                    (EIO, None)
-                }
-                Err(e) => {
-                    debug!(error = %e, "nbd read failed");
-                    (nbd_errno(e.errno()), None)
-                }
-            };
-            let _ = tx
-                .send(Reply {
-                    cookie: req.cookie,
-                    errno,
-                    data,
-                    _permits: permits,
-                })
-                .await;
+            let r = dev.handle_io(io).await;
+            let _ = tx.send(read_reply(&req, r, permits)).await;
         });
         // A read that turns out not to wait after all (its data became
         // cached meanwhile) completes on its first poll: answer it here

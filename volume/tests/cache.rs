@@ -36,6 +36,18 @@ fn data_gets(store: &FaultStore) -> u64 {
     store.gets_in("segments")
 }
 
+/// Writes 128 pieces of 64 KiB (8 MiB, one write each), detaches and
+/// deletes the cache directory: a volume whose every read is cold.
+async fn write_pieces_and_drop_the_cache(vol: Volume, dir: &std::path::Path, tag: u8) {
+    for i in 0..128u64 {
+        vol.write(i * (64 << 10), pattern(i * 16, 16, tag), false)
+            .await
+            .unwrap();
+    }
+    vol.close().await.unwrap();
+    std::fs::remove_dir_all(dir.join("cache")).unwrap();
+}
+
 /// Writes 2 MiB (32 pieces of 64 KiB) and flushes.
 async fn write_2mib(vol: &Volume) {
     vol.write(0, pattern(0, 512, 1), true).await.unwrap();
@@ -158,13 +170,7 @@ async fn a_sequential_reader_finds_the_next_window_prefetched() {
     let (mem, dir) = setup().await;
     let vol = open(counted(&mem), Some(dir.path()), opts()).await;
     let piece = 64 << 10;
-    for i in 0..128u64 {
-        vol.write(i * piece, pattern(i * 16, 16, 4), false)
-            .await
-            .unwrap();
-    }
-    vol.close().await.unwrap();
-    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+    write_pieces_and_drop_the_cache(vol, dir.path(), 4).await;
 
     let mut o = opts();
     o.cache_bytes = 64 * MIB;
@@ -339,13 +345,7 @@ async fn read_ahead_widens_with_the_stream_and_starts_over_after_it() {
     let (mem, dir) = setup().await;
     let vol = open(mem.clone(), Some(dir.path()), opts()).await;
     let piece = 64 << 10;
-    for i in 0..128u64 {
-        vol.write(i * piece, pattern(i * 16, 16, 6), false)
-            .await
-            .unwrap();
-    }
-    vol.close().await.unwrap();
-    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+    write_pieces_and_drop_the_cache(vol, dir.path(), 6).await;
 
     let mut o = opts();
     o.cache_bytes = 64 * MIB;
