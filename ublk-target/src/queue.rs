@@ -117,11 +117,12 @@ async fn handle_one<D: BlockIo>(
                 // for): straight to the runtime, never polled here, where
                 // it could block the queue thread on that lock.
                 Ok(None) => {
+                    let e = engine.clone();
                     let req = IoRequest::Read {
                         offset,
                         len: len as u32,
                     };
-                    let res = on_runtime(engine, rt, req).await;
+                    let res = on_runtime(rt, async move { e.handle_io(req).await }).await;
                     return answer(op, offset, len, buf, res);
                 }
                 Err(_) => return -libc::EIO,
@@ -156,28 +157,22 @@ async fn handle_one<D: BlockIo>(
     }));
     let res = match first {
         Ok(Poll::Ready(r)) => Some(r),
-        Ok(Poll::Pending) => {
-            let (tx, rx) = futures::channel::oneshot::channel();
-            rt.spawn(async move {
-                let _ = tx.send(run.await);
-            });
-            rx.await.ok()
-        }
+        Ok(Poll::Pending) => on_runtime(rt, run).await,
         Err(_) => None,
     };
     answer(op, offset, len, buf, res)
 }
 
-/// Runs `req` on the engine's runtime; None if it never answered (a panic).
-async fn on_runtime<D: BlockIo>(
-    engine: &Arc<D>,
-    rt: &tokio::runtime::Handle,
-    req: IoRequest,
-) -> Option<Result<IoReply, spritedisk_volume::VolumeError>> {
+/// Runs `run` on the engine's runtime and waits here for its output; None
+/// if it never answered (a panic).
+async fn on_runtime<F>(rt: &tokio::runtime::Handle, run: F) -> Option<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
     let (tx, rx) = futures::channel::oneshot::channel();
-    let engine = engine.clone();
     rt.spawn(async move {
-        let _ = tx.send(engine.handle_io(req).await);
+        let _ = tx.send(run.await);
     });
     rx.await.ok()
 }

@@ -84,9 +84,6 @@ async fn create_refuses_leftovers_and_rm_removes_them() {
     assert!(matches!(e, VolumeError::AlreadyExists { .. }), "{e}");
 }
 
-/// A parent is not removed while a fork reads its segments; removing the
-/// fork releases its pin, and then the parent's checkpoint can go, GC
-/// collects what only it held, and the parent can be removed.
 /// A parent whose checkpoint `base` was overwritten, and a fork of it.
 async fn parent_and_fork(
     root: &std::path::Path,
@@ -106,6 +103,9 @@ async fn parent_and_fork(
     (pstore, purl, cstore, curl)
 }
 
+/// A parent is not removed while a fork reads its segments; removing the
+/// fork releases its pin, and then the parent's checkpoint can go, GC
+/// collects what only it held, and the parent can be removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_keeps_its_parent_until_it_is_removed() {
     let root = tempfile::tempdir().unwrap();
