@@ -234,10 +234,22 @@ impl DiskCache {
 }
 
 impl DiskCache {
-    fn insert_line(&self, seg: u64, offset: u64, data: Bytes, prefetched: bool) {
+    /// Writes a line into a slot and publishes it; `checks` are its crc32c
+    /// and its blocks' when the caller has them, else computed here.
+    fn insert_line(
+        &self,
+        seg: u64,
+        offset: u64,
+        data: Bytes,
+        prefetched: bool,
+        checks: Option<(u32, &[u32])>,
+    ) {
         if data.is_empty() || data.len() as u64 > LINE_BYTES {
             return;
         }
+        // Checksums of another granularity are not used.
+        let checks =
+            checks.filter(|(_, b)| b.len() as u64 == (data.len() as u64).div_ceil(CHECK_BYTES));
         let key = (seg, offset);
         let (slot, gen) = {
             let mut s = self.slots.lock().unwrap();
@@ -258,22 +270,38 @@ impl DiskCache {
             self.punch(slot);
             return;
         }
-        let blocks: Vec<u32> = data
-            .chunks(CHECK_BYTES as usize)
-            .map(crc32c::crc32c)
-            .collect();
-        // The line's own checksum in one more pass: measured in the VM rig,
-        // combining the 16 block checksums (crc32c_combine, matrix work per
-        // call) cost more than the checksums themselves (16% of the
-        // daemon's CPU under a sequential write).
-        let crc = crc32c::crc32c(&data);
+        let computed;
+        let (crc, blocks) = match checks {
+            Some((crc, blocks)) => (crc, blocks),
+            None => {
+                // The line's own checksum in one more pass: measured in the
+                // VM rig, combining the 16 block checksums (crc32c_combine,
+                // matrix work per call) cost more than the checksums
+                // themselves (16% of the daemon's CPU under a sequential
+                // write). The engine's written lines come with both.
+                computed = data
+                    .chunks(CHECK_BYTES as usize)
+                    .map(crc32c::crc32c)
+                    .collect::<Vec<u32>>();
+                (crc32c::crc32c(&data), computed.as_slice())
+            }
+        };
+        debug_assert!(
+            checks.is_none()
+                || (crc == crc32c::crc32c(&data)
+                    && data
+                        .chunks(CHECK_BYTES as usize)
+                        .zip(blocks)
+                        .all(|(b, &c)| crc32c::crc32c(b) == c)),
+            "a line offered with checksums that are not its bytes'"
+        );
         let mut s = self.slots.lock().unwrap();
         if s.gens[slot as usize] != gen || s.map.contains_key(&key) {
             s.free.push(slot);
             return;
         }
         let at = slot as usize * CHECKS_PER_LINE;
-        s.block_crcs[at..at + blocks.len()].copy_from_slice(&blocks);
+        s.block_crcs[at..at + blocks.len()].copy_from_slice(blocks);
         s.lines[slot as usize] = Some(Line {
             seg,
             off: offset,
@@ -386,11 +414,22 @@ impl ReadCache for DiskCache {
     }
 
     fn insert(&self, seg: u64, offset: u64, data: Bytes) {
-        self.insert_line(seg, offset, data, false)
+        self.insert_line(seg, offset, data, false, None)
+    }
+
+    fn insert_checked(
+        &self,
+        seg: u64,
+        offset: u64,
+        data: Bytes,
+        checks: (u32, &[u32]),
+        prefetched: bool,
+    ) {
+        self.insert_line(seg, offset, data, prefetched, Some(checks))
     }
 
     fn insert_prefetched(&self, seg: u64, offset: u64, data: Bytes) {
-        self.insert_line(seg, offset, data, true)
+        self.insert_line(seg, offset, data, true, None)
     }
 
     fn contains(&self, seg: u64, offset: u64) -> bool {

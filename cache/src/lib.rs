@@ -60,6 +60,23 @@ pub trait ReadCache: Send + Sync + std::fmt::Debug + 'static {
     }
     /// Offers bytes that were just written or fetched (and verified).
     fn insert(&self, seg: u64, offset: u64, data: Bytes);
+    /// [`ReadCache::insert`] with the checksums the caller already has: the
+    /// whole line's crc32c and each 4 KiB block's (the engine computes them
+    /// once, as the data is written or verified), so the cache need not
+    /// read the bytes again. `prefetched`: as [`ReadCache::insert_prefetched`].
+    fn insert_checked(
+        &self,
+        seg: u64,
+        offset: u64,
+        data: Bytes,
+        _checks: (u32, &[u32]),
+        prefetched: bool,
+    ) {
+        match prefetched {
+            true => self.insert_prefetched(seg, offset, data),
+            false => self.insert(seg, offset, data),
+        }
+    }
     /// Whether the line is cached (no counters touched, no data read).
     fn contains(&self, _seg: u64, _offset: u64) -> bool {
         false

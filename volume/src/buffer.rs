@@ -7,11 +7,16 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use spritedisk_meta::MapChange;
 
+use crate::blockcrc::Checked;
+
 /// A run of blocks: data, or unmapped (discarded / zeroed, reads as zeros).
 #[derive(Debug, Clone)]
 struct Run {
     blocks: u64,
     data: Option<Bytes>,
+    /// The crc32c of each block of `data`, when the writer computed them
+    /// (docs/design/0012); empty when unknown (a segment computes them).
+    crcs: Vec<u32>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -37,14 +42,29 @@ impl WriteBuffer {
 
     /// Sets `[lba, lba + blocks)` to `data` (exactly `blocks` blocks) or to unmapped.
     pub fn insert(&mut self, lba: u64, blocks: u64, data: Option<Bytes>, block_size: u64) {
-        debug_assert!(data
-            .as_ref()
-            .is_none_or(|d| d.len() as u64 == blocks * block_size));
-        self.remove_range(lba, lba + blocks, block_size);
+        self.insert_run(lba, blocks, data, vec![], block_size);
+    }
+
+    /// [`WriteBuffer::insert`] of data whose block checksums the writer
+    /// computed (the segment reuses them).
+    pub fn insert_checked(&mut self, lba: u64, blocks: u64, data: Option<Checked>, bs: u64) {
+        match data {
+            Some(c) => {
+                debug_assert_eq!(c.crcs.len() as u64, blocks);
+                self.insert_run(lba, blocks, Some(c.bytes), c.crcs, bs)
+            }
+            None => self.insert_run(lba, blocks, None, vec![], bs),
+        }
+    }
+
+    fn insert_run(&mut self, lba: u64, blocks: u64, data: Option<Bytes>, crcs: Vec<u32>, bs: u64) {
+        debug_assert!(data.as_ref().is_none_or(|d| d.len() as u64 == blocks * bs));
+        debug_assert!(crcs.is_empty() || (data.is_some() && crcs.len() as u64 == blocks));
+        self.remove_range(lba, lba + blocks, bs);
         if let Some(d) = &data {
             self.data_bytes += d.len() as u64;
         }
-        self.runs.insert(lba, Run { blocks, data });
+        self.runs.insert(lba, Run { blocks, data, crcs });
     }
 
     /// Cuts `[a, b)` out of every run, keeping the parts outside it.
@@ -71,6 +91,10 @@ impl WriteBuffer {
                         &d[((from - start) * bs) as usize..((to - start) * bs) as usize],
                     )
                 }),
+                crcs: match run.crcs.is_empty() {
+                    true => vec![],
+                    false => run.crcs[(from - start) as usize..(to - start) as usize].to_vec(),
+                },
             };
             if start < a {
                 let left = keep(start, a);
@@ -99,6 +123,7 @@ impl WriteBuffer {
                 Run {
                     blocks: c.blocks,
                     data,
+                    crcs: vec![],
                 },
             );
         }
@@ -110,6 +135,15 @@ impl WriteBuffer {
         self.runs
             .iter()
             .map(|(&l, r)| (l, r.blocks, r.data.as_ref()))
+    }
+
+    /// [`WriteBuffer::runs`] with each data run's block checksums (empty
+    /// when the writer did not compute them).
+    pub fn runs_checked(&self) -> impl Iterator<Item = (u64, u64, Option<(&Bytes, &[u32])>)> {
+        self.runs.iter().map(|(&l, r)| {
+            let data = r.data.as_ref().map(|d| (d, r.crcs.as_slice()));
+            (l, r.blocks, data)
+        })
     }
 
     /// Copies what this buffer holds of `[a, b)` into `out` (which holds
@@ -177,5 +211,27 @@ mod tests {
         assert_eq!(out[(12 * BS) as usize], 2);
         assert_eq!(out[(19 * BS) as usize], 0);
         assert_eq!(out[(6 * BS) as usize], 0xff, "gaps are left untouched");
+    }
+
+    /// Cutting a run keeps each remaining block's own checksum.
+    #[test]
+    fn cut_runs_keep_their_blocks_checksums() {
+        let data: Vec<u8> = (0..10 * BS).map(|i| (i / BS * 7 + i % 251) as u8).collect();
+        let mut b = WriteBuffer::default();
+        b.insert_checked(10, 10, Some(Checked::new(Bytes::from(data))), BS);
+        b.insert(12, 2, blocks(2, 2), BS);
+        b.insert_checked(18, 1, Some(Checked::new(blocks(3, 1).unwrap())), BS);
+        let mut seen = 0;
+        for (lba, n, d) in b.runs_checked() {
+            let (d, crcs) = d.unwrap();
+            if lba == 12 {
+                assert!(crcs.is_empty(), "inserted without checksums");
+                continue;
+            }
+            assert_eq!(crcs, crate::blockcrc::block_crcs(d), "run at {lba}");
+            assert_eq!(crcs.len() as u64, n);
+            seen += 1;
+        }
+        assert_eq!(seen, 4, "10..12, 14..18, 18, 19");
     }
 }

@@ -14,6 +14,7 @@ use spritedisk_meta::MetaDb;
 use spritedisk_store::ObjectStore;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::blockcrc::Checked;
 use crate::buffer::WriteBuffer;
 use crate::config::{EngineOptions, VolumeConfig};
 use crate::io::{BlockIo, IoReply, IoRequest};
@@ -287,8 +288,20 @@ impl Volume {
                     st.next_seq
                 );
                 for w in &f.writes {
-                    st.active
-                        .insert(w.lba, w.blocks, w.data.clone(), inner.block_size);
+                    // A version-1 file has no block checksums: the seal
+                    // computes them.
+                    let data = w.data.clone();
+                    match w.crcs.is_empty() {
+                        true => st.active.insert(w.lba, w.blocks, data, inner.block_size),
+                        false => {
+                            let data = data.map(|bytes| Checked {
+                                bytes,
+                                crcs: w.crcs.clone(),
+                            });
+                            st.active
+                                .insert_checked(w.lba, w.blocks, data, inner.block_size)
+                        }
+                    }
                 }
                 st.client_bytes_total += len;
                 inner.seal_locked(st);
@@ -370,7 +383,9 @@ impl Volume {
         }
         let (lba, blocks) = self.blocks_of(offset, len)?;
         if blocks > 0 {
-            self.admit(lba, blocks, Some(data)).await?;
+            // The one checksum pass over the written bytes, outside every
+            // lock (docs/design/0012).
+            self.admit(lba, blocks, Some(Checked::new(data))).await?;
         }
         if fua {
             self.flush().await?;
@@ -396,18 +411,18 @@ impl Volume {
     }
 
     /// Puts a change into the write buffer once memory allows (backpressure).
-    async fn admit(&self, lba: u64, blocks: u64, data: Option<Bytes>) -> Result<(), VolumeError> {
+    async fn admit(&self, lba: u64, blocks: u64, data: Option<Checked>) -> Result<(), VolumeError> {
         let inner = &self.inner;
-        let len = data.as_ref().map_or(0, |d| d.len() as u64);
+        let len = data.as_ref().map_or(0, |d| d.bytes.len() as u64);
         self.when_room(len, |st| {
             if let Some(log) = st.wlog.as_mut() {
-                if let Err(e) = log.append(lba, blocks, data.as_deref()) {
+                if let Err(e) = log.append(lba, blocks, data.as_ref()) {
                     tracing::warn!(error = %e, "write log disabled: unflushed writes will not survive a daemon crash");
                     log.abandon();
                     st.wlog = None;
                 }
             }
-            st.active.insert(lba, blocks, data, inner.block_size);
+            st.active.insert_checked(lba, blocks, data, inner.block_size);
             st.active_since.get_or_insert_with(Instant::now);
             st.client_bytes_total += len;
             inner.counters.add_write(len);
@@ -428,6 +443,7 @@ impl Volume {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + inner.opts.flush_timeout;
         let mut put = Some(put);
+        let arrived = Instant::now();
         loop {
             let notified = inner.changed.notified();
             tokio::pin!(notified);
@@ -438,9 +454,16 @@ impl Volume {
                     return Err(VolumeError::Stopped(why.clone()));
                 }
                 if st.dirty_bytes() + len <= inner.opts.dirty_bytes_max || st.dirty_bytes() == 0 {
+                    let wp = &inner.counters.write_path;
+                    let admitted = Instant::now();
+                    wp.room_wait_ns.fetch_add(
+                        (admitted - arrived).as_nanos() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     if let Some(put) = put.take() {
                         put(&mut st);
                     }
+                    crate::stats::WritePathCounters::add(&wp.admit_ns, admitted);
                     return Ok(());
                 }
                 // Full: make sure what is buffered is on its way out, then wait.

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::engine::Inner;
 use crate::retry::retry_read;
-use crate::segment::{segment_key, verify_piece};
+use crate::segment::{segment_key, verify_piece_blocks};
 use crate::VolumeError;
 
 /// Pieces being fetched; a waiter's receiver wakes when the fetcher is done
@@ -134,8 +134,9 @@ impl Inner {
                 let Some(d) = data.get(at..at + p.piece_blocks as usize * bs as usize) else {
                     return;
                 };
-                if verify_piece(d, p.crc, p.piece_off).is_ok() {
-                    cache.insert_prefetched(seg, p.piece_off, data.slice(at..at + d.len()));
+                if let Ok(blocks) = verify_piece_blocks(d, p.crc, p.piece_off) {
+                    let line = data.slice(at..at + d.len());
+                    cache.insert_checked(seg, p.piece_off, line, (p.crc, &blocks), true);
                 }
             }
         })
@@ -170,7 +171,7 @@ impl Inner {
             }
         })?;
         self.counters.add_get(len);
-        verify_piece(&data, piece.crc, piece.piece_off).map_err(|err| {
+        let blocks = verify_piece_blocks(&data, piece.crc, piece.piece_off).map_err(|err| {
             tracing::error!(key, error = %err, "segment data failed its checksum");
             VolumeError::CorruptSegment {
                 key: key.clone(),
@@ -181,11 +182,7 @@ impl Inner {
         let d = data.clone();
         // The cache write is a pwrite: keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || {
-            if prefetched {
-                cache.insert_prefetched(seg, piece.piece_off, d)
-            } else {
-                cache.insert(seg, piece.piece_off, d)
-            }
+            cache.insert_checked(seg, piece.piece_off, d, (piece.crc, &blocks), prefetched)
         })
         .await;
         Ok(data)

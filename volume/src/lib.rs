@@ -6,6 +6,7 @@
 //! sequence order). Read path: `read.rs`. Attach and crash recovery:
 //! `recovery.rs`. Offline checks: `verify.rs`.
 
+pub mod blockcrc;
 pub mod buffer;
 mod chain;
 mod checkpoint;
@@ -40,5 +41,5 @@ pub use io::{BlockIo, IoReply, IoRequest};
 pub use recovery::{create_volume, inspect_volume, Inspection, RollForward};
 pub use remove::{remove_volume, RemoveReport};
 pub use spritedisk_meta::CheckpointRow;
-pub use stats::VolumeStats;
+pub use stats::{VolumeStats, WritePathStats};
 pub use verify::{verify_volume, VerifyReport};

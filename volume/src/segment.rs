@@ -28,8 +28,12 @@
 //! overlap (they are the final state of each range in the write buffer), so
 //! their order does not matter when applied.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use spritedisk_meta::{MapChange, PieceRef};
+
+use crate::blockcrc::{block_crcs, fold, CRC_BLOCK_BYTES};
 
 pub use crate::buffer::WriteBuffer;
 
@@ -127,7 +131,14 @@ fn bad(msg: impl Into<String>) -> SegmentError {
 pub struct EncodedSegment {
     pub bytes: Bytes,
     pub changes: Vec<MapChange>,
+    /// Where its data starts, and the crc32c of each block of its data in
+    /// order (the read cache takes a piece's from here).
+    pub data_offset: u64,
+    pub block_crcs: Vec<u32>,
 }
+
+/// A piece's bytes and its blocks' checksums.
+type CheckedPiece<'a> = (&'a [u8], Cow<'a, [u32]>);
 
 /// Encodes the frozen contents of a write buffer as the segment at `link`.
 pub fn encode(
@@ -137,15 +148,22 @@ pub fn encode(
     buf: &WriteBuffer,
     block_size: u64,
 ) -> EncodedSegment {
-    let mut entries: Vec<(u64, u64, Option<&[u8]>)> = vec![];
-    for (lba, blocks, data) in buf.runs() {
+    // Each piece with its blocks' checksums: the writer's, or computed here
+    // for a run inserted without them (docs/design/0012).
+    let mut entries: Vec<(u64, u64, Option<CheckedPiece>)> = vec![];
+    for (lba, blocks, data) in buf.runs_checked() {
         match data {
-            Some(d) => {
+            Some((d, crcs)) => {
                 let mut off = 0;
                 while off < blocks {
                     let n = (blocks - off).min(PIECE_BLOCKS_MAX);
                     let s = (off * block_size) as usize;
-                    entries.push((lba + off, n, Some(&d[s..s + (n * block_size) as usize])));
+                    let piece = &d[s..s + (n * block_size) as usize];
+                    let crcs = match crcs.is_empty() {
+                        true => Cow::Owned(block_crcs(piece)),
+                        false => Cow::Borrowed(&crcs[off as usize..(off + n) as usize]),
+                    };
+                    entries.push((lba + off, n, Some((piece, crcs))));
                     off += n;
                 }
             }
@@ -168,8 +186,8 @@ pub fn encode(
     let data_offset = (HEADER_BYTES + entries.len() * ENTRY_BYTES) as u64;
     let data_len: u64 = entries
         .iter()
-        .filter_map(|e| e.2)
-        .map(|d| d.len() as u64)
+        .filter_map(|e| e.2.as_ref())
+        .map(|d| d.0.len() as u64)
         .sum();
     let mut out = BytesMut::with_capacity((data_offset + data_len) as usize);
     put_header(
@@ -187,13 +205,19 @@ pub fn encode(
         },
     );
     let mut changes = Vec::with_capacity(entries.len());
+    let mut all_crcs = Vec::with_capacity((data_len / block_size) as usize);
     let mut data_off = data_offset;
     for (lba, blocks, data) in &entries {
         out.put_u64_le(*lba);
         out.put_u32_le(*blocks as u32);
         match data {
-            Some(d) => {
-                let crc = crc32c::crc32c(d);
+            Some((d, crcs)) => {
+                debug_assert_eq!(block_size as usize, CRC_BLOCK_BYTES);
+                let crc = fold(crcs);
+                // The invariant the fold stands on, checked in debug builds
+                // (every test): the piece's checksum is its bytes'.
+                debug_assert_eq!(crc, crc32c::crc32c(d), "piece at lba {lba}");
+                all_crcs.extend_from_slice(crcs);
                 out.put_u32_le(KIND_DATA);
                 out.put_u64_le(data_off);
                 out.put_u32_le(crc);
@@ -221,7 +245,7 @@ pub fn encode(
         }
         out.put_u32_le(0);
     }
-    for d in entries.iter().filter_map(|e| e.2) {
+    for (d, _) in entries.iter().filter_map(|e| e.2.as_ref()) {
         out.put_slice(d);
     }
     let crc = crc32c::crc32c(&out[..data_offset as usize]);
@@ -229,6 +253,8 @@ pub fn encode(
     EncodedSegment {
         bytes: out.freeze(),
         changes,
+        data_offset,
+        block_crcs: all_crcs,
     }
 }
 
@@ -515,6 +541,20 @@ pub fn verify_piece(data: &[u8], crc: u32, offset: u64) -> Result<(), SegmentErr
         return Err(bad(format!("checksum mismatch in the piece at byte {offset} (stored {crc:08x}, computed {got:08x})")));
     }
     Ok(())
+}
+
+/// [`verify_piece`] for a piece of whole blocks, in the same one pass:
+/// returns its blocks' checksums (the read cache takes them as they are).
+pub fn verify_piece_blocks(data: &[u8], crc: u32, offset: u64) -> Result<Vec<u32>, SegmentError> {
+    if !data.len().is_multiple_of(CRC_BLOCK_BYTES) {
+        return verify_piece(data, crc, offset).map(|()| vec![]);
+    }
+    let blocks = block_crcs(data);
+    let got = fold(&blocks);
+    if got != crc {
+        return Err(bad(format!("checksum mismatch in the piece at byte {offset} (stored {crc:08x}, computed {got:08x})")));
+    }
+    Ok(blocks)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

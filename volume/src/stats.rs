@@ -25,6 +25,56 @@ pub(crate) struct Counters {
     pub read_lock_wait_ns: AtomicU64,
     /// Bytes of sealed segments still in memory, whoever holds them.
     pub segment_bytes_alive: std::sync::Arc<AtomicU64>,
+    /// Where written bytes spend their time (nanoseconds, summed).
+    pub write_path: WritePathCounters,
+}
+
+/// The write pipeline's stages, in nanoseconds summed over this session:
+/// what the engine benchmark reports to say where a sequential write's time
+/// goes (issue 21).
+#[derive(Debug, Default)]
+pub(crate) struct WritePathCounters {
+    /// Writes waiting for room under the dirty-memory bound (backpressure).
+    pub room_wait_ns: AtomicU64,
+    /// Admission under the state lock: the write log's append and the buffer.
+    pub admit_ns: AtomicU64,
+    /// Sealing the buffer into a segment (under the state lock).
+    pub seal_ns: AtomicU64,
+    /// Segment PUTs, from the first attempt to success.
+    pub put_ns: AtomicU64,
+    /// Offering a durable segment's pieces to the read cache.
+    pub cache_fill_ns: AtomicU64,
+    /// Applying durable segments to the map.
+    pub apply_ns: AtomicU64,
+}
+
+impl WritePathCounters {
+    pub fn add(counter: &AtomicU64, since: std::time::Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn view(&self) -> WritePathStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WritePathStats {
+            room_wait_ns: l(&self.room_wait_ns),
+            admit_ns: l(&self.admit_ns),
+            seal_ns: l(&self.seal_ns),
+            put_ns: l(&self.put_ns),
+            cache_fill_ns: l(&self.cache_fill_ns),
+            apply_ns: l(&self.apply_ns),
+        }
+    }
+}
+
+/// [`WritePathCounters`] as `stats` shows them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WritePathStats {
+    pub room_wait_ns: u64,
+    pub admit_ns: u64,
+    pub seal_ns: u64,
+    pub put_ns: u64,
+    pub cache_fill_ns: u64,
+    pub apply_ns: u64,
 }
 
 impl Counters {
@@ -104,6 +154,9 @@ pub struct VolumeStats {
     pub session_read_lookup_ns: u64,
     #[serde(default)]
     pub session_read_lock_wait_ns: u64,
+    /// This session's write pipeline, stage by stage (nanoseconds summed).
+    #[serde(default)]
+    pub session_write_path: WritePathStats,
     /// The local read cache (zeros when there is none, or offline).
     pub cache: spritedisk_cache::CacheStats,
 }
@@ -147,6 +200,7 @@ impl Inner {
             session_read_lookups: c.read_lookups.load(Ordering::Relaxed),
             session_read_lookup_ns: c.read_lookup_ns.load(Ordering::Relaxed),
             session_read_lock_wait_ns: c.read_lock_wait_ns.load(Ordering::Relaxed),
+            session_write_path: c.write_path.view(),
             cache: self.cache.stats(),
         })
     }

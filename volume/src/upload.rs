@@ -14,6 +14,7 @@ use spritedisk_store::StoreError;
 use crate::buffer::WriteBuffer;
 use crate::engine::{Inner, State};
 use crate::segment::{self, segment_key, Link};
+use crate::stats::WritePathCounters;
 
 /// A sealed segment on its way to the store.
 pub(crate) struct Sealed {
@@ -26,6 +27,10 @@ pub(crate) struct Sealed {
     pub changes: Vec<MapChange>,
     /// Pieces compaction copied into it (no map change; cached once durable).
     pub copies: Vec<PieceRef>,
+    /// Where its data starts, and each data block's crc32c in order (empty
+    /// for copies and barriers): the read cache takes them as they are.
+    pub data_offset: u64,
+    pub block_crcs: Vec<u32>,
     pub client_bytes_total: u64,
     pub durable: AtomicBool,
     /// Bytes of sealed segments alive in memory, queued or not (the volume's gauge).
@@ -50,6 +55,7 @@ impl Inner {
         if st.active.is_empty() {
             return;
         }
+        let t0 = std::time::Instant::now();
         let buffer = std::mem::take(&mut st.active);
         st.active_since = None;
         let link = self.next_link_locked(st);
@@ -61,7 +67,18 @@ impl Inner {
             self.block_size,
         );
         let frozen = WriteBuffer::from_segment(&enc.changes, &enc.bytes, self.block_size);
-        self.queue_locked(st, link, enc.bytes, frozen, enc.changes, vec![], None);
+        let checks = (enc.data_offset, enc.block_crcs);
+        self.queue_locked(
+            st,
+            link,
+            enc.bytes,
+            frozen,
+            enc.changes,
+            vec![],
+            None,
+            checks,
+        );
+        WritePathCounters::add(&self.counters.write_path.seal_ns, t0);
     }
 
     /// Seals the active buffer, then queues a segment of copies of
@@ -80,7 +97,17 @@ impl Inner {
             self.block_size,
         );
         let frozen = WriteBuffer::default();
-        self.queue_locked(&mut st, link, bytes, frozen, vec![], refs.clone(), None);
+        let checks = (0, vec![]);
+        self.queue_locked(
+            &mut st,
+            link,
+            bytes,
+            frozen,
+            vec![],
+            refs.clone(),
+            None,
+            checks,
+        );
         (link.seq, refs)
     }
 
@@ -103,7 +130,17 @@ impl Inner {
         let link = self.next_link_locked(&mut st);
         let bytes = segment::encode_empty(self.volume_id, link, st.client_bytes_total);
         let frozen = WriteBuffer::default();
-        self.queue_locked(&mut st, link, bytes, frozen, vec![], vec![], Some(gate));
+        let checks = (0, vec![]);
+        self.queue_locked(
+            &mut st,
+            link,
+            bytes,
+            frozen,
+            vec![],
+            vec![],
+            Some(gate),
+            checks,
+        );
         (link.seq, link.prev_seq)
     }
 
@@ -138,6 +175,7 @@ impl Inner {
         changes: Vec<MapChange>,
         copies: Vec<PieceRef>,
         gate: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+        (data_offset, block_crcs): (u64, Vec<u32>),
     ) {
         let sealed = Arc::new(Sealed {
             link,
@@ -145,6 +183,8 @@ impl Inner {
             bytes,
             changes,
             copies,
+            data_offset,
+            block_crcs,
             client_bytes_total: st.client_bytes_total,
             durable: AtomicBool::new(false),
             alive_bytes: self.counters.segment_bytes_alive.clone(),
@@ -195,6 +235,7 @@ impl Inner {
         };
         let key = segment_key(seg.link.seq);
         let mut backoff = self.opts.retry_backoff_min;
+        let put_started = std::time::Instant::now();
         loop {
             if self.is_stopped() {
                 return;
@@ -252,22 +293,35 @@ impl Inner {
         }
         // The next PUT need not wait for this segment's metadata work.
         drop(slot);
+        let wp = &self.counters.write_path;
+        WritePathCounters::add(&wp.put_ns, put_started);
+        let filled = std::time::Instant::now();
         // Reading back recent writes needs no GET: the pieces go to the cache
         // once they are durable (a line is never the only copy).
         let cache = self.cache.clone();
         let (s2, bs) = (seg.clone(), self.block_size as usize);
         let _ = tokio::task::spawn_blocking(move || {
-            let written = s2.changes.iter().filter_map(|c| c.piece);
-            for p in written.chain(s2.copies.iter().copied()) {
+            let seq = s2.link.seq;
+            let piece = |p: &PieceRef| {
                 let end = p.piece_off as usize + p.piece_blocks as usize * bs;
-                cache.insert(
-                    s2.link.seq,
-                    p.piece_off,
-                    s2.bytes.slice(p.piece_off as usize..end),
-                );
+                s2.bytes.slice(p.piece_off as usize..end)
+            };
+            // Written pieces with the checksums their writer computed.
+            for p in s2.changes.iter().filter_map(|c| c.piece) {
+                let first = (p.piece_off - s2.data_offset) as usize / bs;
+                match s2.block_crcs.get(first..first + p.piece_blocks as usize) {
+                    Some(crcs) => {
+                        cache.insert_checked(seq, p.piece_off, piece(&p), (p.crc, crcs), false)
+                    }
+                    None => cache.insert(seq, p.piece_off, piece(&p)),
+                }
+            }
+            for p in &s2.copies {
+                cache.insert(seq, p.piece_off, piece(p));
             }
         })
         .await;
+        WritePathCounters::add(&wp.cache_fill_ns, filled);
         self.counters.add_put(seg.bytes.len() as u64);
         seg.durable.store(true, Ordering::SeqCst);
         // Let go of the segment before queueing for the applier: while one
@@ -293,6 +347,7 @@ impl Inner {
             };
             let me = self.clone();
             let s = seg.clone();
+            let applying = std::time::Instant::now();
             let res = tokio::task::spawn_blocking(move || {
                 me.meta.lock().unwrap().apply_segment(&SegmentApply {
                     seq: s.link.seq,
@@ -305,6 +360,7 @@ impl Inner {
                 })
             })
             .await;
+            WritePathCounters::add(&self.counters.write_path.apply_ns, applying);
             match res {
                 Ok(Ok(())) => backoff = self.opts.retry_backoff_min,
                 // The local disk is full (the database shares it with the

@@ -27,8 +27,14 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use crate::blockcrc::{Checked, CRC_BLOCK_BYTES};
+
 const DIR: &str = "wlog";
-const FILE_MAGIC: &[u8; 8] = b"SPRTWLG1";
+/// Version 2 (docs/design/0012): a data record carries its blocks'
+/// crc32cs, which the segment and the read cache reuse. Files of version 1
+/// (a record's crc32c over its data), left by an older daemon, are read too.
+const FILE_MAGIC: &[u8; 8] = b"SPRTWLG2";
+const FILE_MAGIC_V1: &[u8; 8] = b"SPRTWLG1";
 /// The magic and the segment number.
 const FILE_HEADER_BYTES: u64 = 16;
 const RECORD_MAGIC: u32 = 0x5350_574c; // "SPWL"
@@ -42,6 +48,9 @@ pub(crate) struct LoggedWrite {
     pub lba: u64,
     pub blocks: u64,
     pub data: Option<Bytes>,
+    /// Each block's crc32c (verified against `data`); empty for an unmap
+    /// and for a version-1 file.
+    pub crcs: Vec<u32>,
 }
 
 /// A file an earlier daemon left: the writes of its segment `seq`.
@@ -209,23 +218,31 @@ impl WriteLog {
         Ok(())
     }
 
-    /// Appends one change to the current file.
-    pub fn append(&mut self, lba: u64, blocks: u64, data: Option<&[u8]>) -> Result<(), String> {
+    /// Appends one change to the current file: a header, then for data the
+    /// crc32c of each block (computed by the writer) and the data. The
+    /// header's crc32c covers it and the block checksums; the data is not
+    /// read again here.
+    pub fn append(&mut self, lba: u64, blocks: u64, data: Option<&Checked>) -> Result<(), String> {
         let path = self.dir.join(file_name(self.gen));
         let f = self
             .file
             .as_mut()
             .ok_or_else(|| "write log is closed".to_string())?;
-        let d = data.unwrap_or(&[]);
+        let (d, crcs): (&[u8], &[u32]) = data.map_or((&[], &[]), |c| (&c.bytes, &c.crcs));
+        debug_assert!(data.is_none() || crcs.len() as u64 == blocks);
+        let mut list = Vec::with_capacity(crcs.len() * 4);
+        for c in crcs {
+            list.extend_from_slice(&c.to_le_bytes());
+        }
         let mut h = [0u8; RECORD_HEADER_BYTES];
         h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
         h[4..8].copy_from_slice(&(data.is_some() as u32).to_le_bytes());
         h[8..16].copy_from_slice(&lba.to_le_bytes());
         h[16..24].copy_from_slice(&blocks.to_le_bytes());
         h[24..28].copy_from_slice(&(d.len() as u32).to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), d);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), &list);
         h[28..32].copy_from_slice(&crc.to_le_bytes());
-        write_all_vectored(f, &[IoSlice::new(&h), IoSlice::new(d)])
+        write_all_vectored(f, &[IoSlice::new(&h), IoSlice::new(&list), IoSlice::new(d)])
             .map_err(|e| io_err("append", &path, e))
     }
 
@@ -295,9 +312,10 @@ fn read_file(path: &Path) -> Option<(u64, Vec<LoggedWrite>, u64, bool)> {
             return None;
         }
     }
-    if raw.len() < 16 || &raw[..8] != FILE_MAGIC {
+    if raw.len() < 16 || (&raw[..8] != FILE_MAGIC && &raw[..8] != FILE_MAGIC_V1) {
         return None;
     }
+    let v1 = &raw[..8] == FILE_MAGIC_V1;
     let seq = u64::from_le_bytes(raw[8..16].try_into().ok()?);
     let mut out = vec![];
     let mut at = 16;
@@ -315,27 +333,88 @@ fn read_file(path: &Path) -> Option<(u64, Vec<LoggedWrite>, u64, bool)> {
             le32(24) as u64,
             le32(28),
         );
-        let end = at + RECORD_HEADER_BYTES + len as usize;
         let valid = magic == RECORD_MAGIC && len <= RECORD_DATA_MAX_BYTES && has_data <= 1;
-        let d = raw.get(at + RECORD_HEADER_BYTES..end).filter(|_| valid);
-        let Some(d) =
-            d.filter(|d| crc32c::crc32c_append(crc32c::crc32c(&h[..28]), d) == crc && blocks > 0)
-        else {
+        let record = match (valid && blocks > 0, v1) {
+            (false, _) => None,
+            (true, true) => read_record_v1(&raw[at..], h, len as usize, crc),
+            (true, false) => read_record(&raw[at..], h, has_data == 1, blocks, len as usize, crc),
+        };
+        let Some((data, crcs, end)) = record else {
             return Some((seq, out, at as u64, false));
         };
         out.push(LoggedWrite {
             lba,
             blocks,
-            data: (has_data == 1).then(|| Bytes::copy_from_slice(d)),
+            data: (has_data == 1).then(|| Bytes::copy_from_slice(data)),
+            crcs,
         });
-        at = end;
+        at += end;
     }
     Some((seq, out, at as u64, true))
+}
+
+/// A version-2 record at the start of `rec` whose header is `h`: its data,
+/// its blocks' checksums and its length, if the header's checksum holds and
+/// every block matches its own.
+fn read_record<'a>(
+    rec: &'a [u8],
+    h: &[u8],
+    has_data: bool,
+    blocks: u64,
+    len: usize,
+    crc: u32,
+) -> Option<(&'a [u8], Vec<u32>, usize)> {
+    let nlist = if has_data {
+        // The data is whole blocks, and the list has one checksum per block.
+        if len as u64 != blocks.checked_mul(CRC_BLOCK_BYTES as u64)? {
+            return None;
+        }
+        blocks as usize * 4
+    } else {
+        if len != 0 {
+            return None;
+        }
+        0
+    };
+    let list = rec.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + nlist)?;
+    if crc32c::crc32c_append(crc32c::crc32c(&h[..28]), list) != crc {
+        return None;
+    }
+    let start = RECORD_HEADER_BYTES + nlist;
+    let data = rec.get(start..start + len)?;
+    let crcs: Vec<u32> = list
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let intact = data
+        .chunks(CRC_BLOCK_BYTES)
+        .zip(&crcs)
+        .all(|(b, &c)| crc32c::crc32c(b) == c);
+    intact.then_some((data, crcs, start + len))
+}
+
+/// A version-1 record: the header's crc32c runs on over the data.
+fn read_record_v1<'a>(
+    rec: &'a [u8],
+    h: &[u8],
+    len: usize,
+    crc: u32,
+) -> Option<(&'a [u8], Vec<u32>, usize)> {
+    let data = rec.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len)?;
+    (crc32c::crc32c_append(crc32c::crc32c(&h[..28]), data) == crc).then_some((
+        data,
+        vec![],
+        RECORD_HEADER_BYTES + len,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn checked(v: u8) -> Checked {
+        Checked::new(Bytes::from(vec![v; 4096]))
+    }
 
     fn seqs(left: &[LeftFile]) -> Vec<(u64, usize)> {
         left.iter().map(|f| (f.seq, f.writes.len())).collect()
@@ -347,13 +426,13 @@ mod tests {
         let (mut log, left) = WriteLog::open(dir.path()).unwrap();
         assert!(left.is_empty());
         log.rotate(1).unwrap();
-        log.append(0, 1, Some(&[1u8; 4096])).unwrap();
+        log.append(0, 1, Some(&checked(1))).unwrap();
         log.append(5, 2, None).unwrap();
         log.rotate(2).unwrap();
-        log.append(9, 1, Some(&[2u8; 4096])).unwrap();
-        log.append(11, 1, Some(&[4u8; 4096])).unwrap();
+        log.append(9, 1, Some(&checked(2))).unwrap();
+        log.append(11, 1, Some(&checked(4))).unwrap();
         log.rotate(3).unwrap();
-        log.append(10, 1, Some(&[3u8; 4096])).unwrap();
+        log.append(10, 1, Some(&checked(3))).unwrap();
         drop(log);
 
         let (_, left) = WriteLog::open(dir.path()).unwrap();
@@ -363,7 +442,8 @@ mod tests {
             LoggedWrite {
                 lba: 5,
                 blocks: 2,
-                data: None
+                data: None,
+                crcs: vec![],
             }
         );
 
@@ -385,8 +465,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = WriteLog::open(dir.path()).unwrap();
         log.rotate(7).unwrap();
-        log.append(0, 1, Some(&[1u8; 4096])).unwrap();
-        log.append(1, 1, Some(&[2u8; 4096])).unwrap();
+        log.append(0, 1, Some(&checked(1))).unwrap();
+        log.append(1, 1, Some(&checked(2))).unwrap();
         drop(log);
         let p = dir.path().join(DIR).join(file_name(1));
         let mut raw = fs::read(&p).unwrap();
@@ -397,7 +477,7 @@ mod tests {
         log.rehome(&left[0], 42, false).unwrap();
         log.adopt(left[0].gen, 42);
         log.rotate(43).unwrap();
-        log.append(2, 1, Some(&[3u8; 4096])).unwrap();
+        log.append(2, 1, Some(&checked(3))).unwrap();
         drop(log);
         // The next daemon reads on past it: the cut tail is gone.
         let (_, left) = WriteLog::open(dir.path()).unwrap();
@@ -415,7 +495,7 @@ mod tests {
         let (mut log, _) = WriteLog::open(dir.path()).unwrap();
         for seq in 1..=3 {
             log.rotate(seq).unwrap();
-            log.append(seq, 1, Some(&[seq as u8; 4096])).unwrap();
+            log.append(seq, 1, Some(&checked(seq as u8))).unwrap();
         }
         drop(log);
         // The second file's record is torn: the third is deleted.
@@ -430,7 +510,7 @@ mod tests {
             log.adopt(f.gen, 10 + i as u64);
         }
         log.rotate(12).unwrap();
-        log.append(7, 1, Some(&[7u8; 4096])).unwrap();
+        log.append(7, 1, Some(&checked(7))).unwrap();
         drop(log);
         let (_, left) = WriteLog::open(dir.path()).unwrap();
         assert_eq!(
@@ -438,6 +518,64 @@ mod tests {
             [(10, 1), (11, 0), (12, 1)],
             "the write logged after the replay is read back"
         );
+    }
+
+    /// A file an older daemon left (version 1: one crc32c over a record's
+    /// data) is replayed after an upgrade; its damage is still found.
+    #[test]
+    fn a_version_1_file_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(DIR)).unwrap();
+        let mut raw = FILE_MAGIC_V1.to_vec();
+        raw.extend_from_slice(&9u64.to_le_bytes());
+        for (lba, v) in [(3u64, 5u8), (4, 6)] {
+            let data = [v; 4096];
+            let mut h = [0u8; RECORD_HEADER_BYTES];
+            h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+            h[4..8].copy_from_slice(&1u32.to_le_bytes());
+            h[8..16].copy_from_slice(&lba.to_le_bytes());
+            h[16..24].copy_from_slice(&1u64.to_le_bytes());
+            h[24..28].copy_from_slice(&4096u32.to_le_bytes());
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), &data);
+            h[28..32].copy_from_slice(&crc.to_le_bytes());
+            raw.extend_from_slice(&h);
+            raw.extend_from_slice(&data);
+        }
+        let p = dir.path().join(DIR).join(file_name(1));
+        fs::write(&p, &raw).unwrap();
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(9, 2)]);
+        assert_eq!(left[0].writes[1].data.as_deref(), Some(&[6u8; 4096][..]));
+        assert!(left[0].writes[1].crcs.is_empty());
+        let n = raw.len();
+        raw[n - 1] ^= 1;
+        fs::write(&p, &raw).unwrap();
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(9, 1)], "the damaged record is not replayed");
+    }
+
+    /// A version-2 record's data is checked block by block against the
+    /// checksums it carries; they are handed on with it.
+    #[test]
+    fn a_record_with_one_bad_block_is_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        log.rotate(1).unwrap();
+        let data: Vec<u8> = (0..3 * 4096).map(|i| (i % 253) as u8).collect();
+        let c = Checked::new(Bytes::from(data));
+        log.append(0, 3, Some(&c)).unwrap();
+        log.append(8, 3, Some(&c)).unwrap();
+        drop(log);
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(left[0].writes[1].crcs, c.crcs);
+        let p = dir.path().join(DIR).join(file_name(1));
+        let mut raw = fs::read(&p).unwrap();
+        let n = raw.len();
+        raw[n - 4096 - 7] ^= 0x40; // the second record's middle block
+        fs::write(&p, &raw).unwrap();
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(1, 1)]);
+        assert!(!left[0].complete);
     }
 
     #[test]
