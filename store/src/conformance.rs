@@ -28,6 +28,22 @@ async fn contract(s: Arc<dyn ObjectStore>, atomic_races: bool) {
         Err(StoreError::PreconditionFailed(_))
     ));
     s.put_if_absent("a/y", b("new")).await.unwrap();
+    // In parts: the object is their concatenation, created only if absent.
+    let parts = [b("head|"), b("piece one|"), b(""), b("piece two")];
+    s.put_parts_if_absent("parts/p", &parts).await.unwrap();
+    assert_eq!(
+        s.get("parts/p").await.unwrap(),
+        b("head|piece one|piece two")
+    );
+    assert!(matches!(
+        s.put_parts_if_absent("parts/p", &parts[..1]).await,
+        Err(StoreError::PreconditionFailed(_))
+    ));
+    assert_eq!(
+        s.get("parts/p").await.unwrap(),
+        b("head|piece one|piece two")
+    );
+    s.delete("parts/p").await.unwrap();
     assert!(matches!(
         s.put_if_match("a/x", b("v2"), "bogus").await,
         Err(StoreError::PreconditionFailed(_))

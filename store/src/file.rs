@@ -91,6 +91,17 @@ impl FileStore {
 
     /// Writes `data` durably to a temp file next to `path`; returns the temp path.
     fn write_temp(&self, key: &str, path: &Path, data: &[u8]) -> Result<PathBuf, StoreError> {
+        self.write_temp_parts(key, path, &[data])
+    }
+
+    /// [`FileStore::write_temp`] of the concatenation of `parts`, written
+    /// one after the other (no joining copy).
+    fn write_temp_parts(
+        &self,
+        key: &str,
+        path: &Path,
+        parts: &[&[u8]],
+    ) -> Result<PathBuf, StoreError> {
         let dir = path.parent().expect("object path has a parent");
         self.ensure_dir(dir, key)?;
         let tmp = dir.join(format!(
@@ -100,7 +111,9 @@ impl FileStore {
         ));
         let res = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(data)?;
+            for p in parts {
+                f.write_all(p)?;
+            }
             f.sync_all()
         })();
         if let Err(e) = res {
@@ -213,10 +226,16 @@ impl ObjectStore for FileStore {
     }
 
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
+        self.put_parts_if_absent(key, &[data]).await
+    }
+
+    async fn put_parts_if_absent(&self, key: &str, parts: &[Bytes]) -> Result<String, StoreError> {
         let key = key.to_string();
+        let parts = parts.to_vec();
         self.blocking(move |s| {
             let path = s.path(&key)?;
-            let tmp = s.write_temp(&key, &path, &data)?;
+            let slices: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+            let tmp = s.write_temp_parts(&key, &path, &slices)?;
             let _lock = s.lock(&key)?;
             let exists = path
                 .try_exists()

@@ -47,6 +47,23 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     async fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError>;
     /// Create only if absent (S3 If-None-Match: *), else `StoreError::PreconditionFailed`.
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<String, StoreError>;
+    /// [`ObjectStore::put_if_absent`] of the concatenation of `parts` (a
+    /// segment: its index, then its pieces, which are the write buffer's
+    /// own bytes). A store that can write them without joining them does
+    /// (a file: one write per part); by default they are joined, one copy.
+    async fn put_parts_if_absent(&self, key: &str, parts: &[Bytes]) -> Result<String, StoreError> {
+        let data = match parts {
+            [one] => one.clone(),
+            parts => {
+                let mut all = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+                for p in parts {
+                    all.extend_from_slice(p);
+                }
+                Bytes::from(all)
+            }
+        };
+        self.put_if_absent(key, data).await
+    }
     /// Replace only if the current etag is `etag` (S3 If-Match), else
     /// `StoreError::PreconditionFailed` (also when the object is gone).
     async fn put_if_match(&self, key: &str, data: Bytes, etag: &str) -> Result<String, StoreError>;

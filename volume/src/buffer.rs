@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use spritedisk_meta::MapChange;
 
 use crate::blockcrc::Checked;
 
@@ -107,27 +106,6 @@ impl WriteBuffer {
                 self.runs.insert(b, right);
             }
         }
-    }
-
-    /// The read view of a sealed segment: its runs point into the encoded
-    /// object itself, so a segment in flight is held in memory once.
-    pub fn from_segment(changes: &[MapChange], segment: &Bytes, block_size: u64) -> WriteBuffer {
-        let mut buf = WriteBuffer::default();
-        for c in changes {
-            let data = c.piece.map(|p| {
-                segment.slice(p.piece_off as usize..(p.piece_off + c.blocks * block_size) as usize)
-            });
-            buf.data_bytes += data.as_ref().map_or(0, |d| d.len() as u64);
-            buf.runs.insert(
-                c.lba,
-                Run {
-                    blocks: c.blocks,
-                    data,
-                    crcs: vec![],
-                },
-            );
-        }
-        buf
     }
 
     /// All runs in LBA order: (lba, blocks, data or None for unmapped).

@@ -137,8 +137,9 @@ pub struct EncodedSegment {
     pub block_crcs: Vec<u32>,
 }
 
-/// A piece's bytes and its blocks' checksums.
-type CheckedPiece<'a> = (&'a [u8], Cow<'a, [u32]>);
+/// A piece's bytes (a slice of its run's, never copied) and its blocks'
+/// checksums.
+type CheckedPiece<'a> = (Bytes, Cow<'a, [u32]>);
 
 /// Encodes the frozen contents of a write buffer as the segment at `link`.
 pub fn encode(
@@ -148,6 +149,103 @@ pub fn encode(
     buf: &WriteBuffer,
     block_size: u64,
 ) -> EncodedSegment {
+    let p = encode_parts(volume_id, link, client_bytes_total, buf, block_size);
+    EncodedSegment {
+        bytes: p.body.concat(),
+        changes: p.changes,
+        data_offset: p.data_offset,
+        block_crcs: p.block_crcs,
+    }
+}
+
+/// A segment object as its parts: the header and index, then each piece's
+/// bytes (slices of the write buffer's, so a seal copies no data); their
+/// concatenation is the object [`encode`] makes.
+#[derive(Debug, Clone)]
+pub struct SegmentBody {
+    parts: Vec<Bytes>,
+    /// Where each part starts in the object.
+    starts: Vec<u64>,
+    len: u64,
+}
+
+impl SegmentBody {
+    pub fn new(parts: Vec<Bytes>) -> SegmentBody {
+        let mut starts = Vec::with_capacity(parts.len());
+        let mut len = 0;
+        for p in &parts {
+            starts.push(len);
+            len += p.len() as u64;
+        }
+        SegmentBody { parts, starts, len }
+    }
+
+    /// The object's size.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// The whole object in one buffer (a copy, unless it is one part).
+    pub fn concat(&self) -> Bytes {
+        match self.parts.as_slice() {
+            [one] => one.clone(),
+            parts => {
+                let mut out = BytesMut::with_capacity(self.len as usize);
+                for p in parts {
+                    out.put_slice(p);
+                }
+                out.freeze()
+            }
+        }
+    }
+
+    /// Bytes `[off, off + len)` of the object, if they lie inside one part
+    /// (a piece always does): a slice, no copy.
+    pub fn slice(&self, off: u64, len: u64) -> Option<Bytes> {
+        let i = self.starts.partition_point(|&s| s <= off).checked_sub(1)?;
+        let at = (off - self.starts[i]) as usize;
+        let part = &self.parts[i];
+        (at + len as usize <= part.len()).then(|| part.slice(at..at + len as usize))
+    }
+
+    /// Whether `other` is exactly this object.
+    pub fn same_as(&self, other: &[u8]) -> bool {
+        other.len() as u64 == self.len
+            && self
+                .parts
+                .iter()
+                .zip(&self.starts)
+                .all(|(p, &s)| &other[s as usize..s as usize + p.len()] == &p[..])
+    }
+}
+
+/// [`encode`] without copying the data: what a seal does under the state
+/// lock is the index (and the pieces' checksums, folded from the blocks').
+pub struct EncodedParts {
+    pub body: SegmentBody,
+    pub changes: Vec<MapChange>,
+    /// Where the data starts, and the crc32c of each block of it in order.
+    pub data_offset: u64,
+    pub block_crcs: Vec<u32>,
+}
+
+/// Encodes the frozen contents of a write buffer as the segment at `link`,
+/// as parts.
+pub fn encode_parts(
+    volume_id: [u8; 16],
+    link: Link,
+    client_bytes_total: u64,
+    buf: &WriteBuffer,
+    block_size: u64,
+) -> EncodedParts {
     // Each piece with its blocks' checksums: the writer's, or computed here
     // for a run inserted without them (docs/design/0012).
     let mut entries: Vec<(u64, u64, Option<CheckedPiece>)> = vec![];
@@ -158,9 +256,9 @@ pub fn encode(
                 while off < blocks {
                     let n = (blocks - off).min(PIECE_BLOCKS_MAX);
                     let s = (off * block_size) as usize;
-                    let piece = &d[s..s + (n * block_size) as usize];
+                    let piece = d.slice(s..s + (n * block_size) as usize);
                     let crcs = match crcs.is_empty() {
-                        true => Cow::Owned(block_crcs(piece)),
+                        true => Cow::Owned(block_crcs(&piece)),
                         false => Cow::Borrowed(&crcs[off as usize..(off + n) as usize]),
                     };
                     entries.push((lba + off, n, Some((piece, crcs))));
@@ -189,7 +287,7 @@ pub fn encode(
         .filter_map(|e| e.2.as_ref())
         .map(|d| d.0.len() as u64)
         .sum();
-    let mut out = BytesMut::with_capacity((data_offset + data_len) as usize);
+    let mut out = BytesMut::with_capacity(data_offset as usize);
     put_header(
         &mut out,
         &SegmentHeader {
@@ -245,13 +343,13 @@ pub fn encode(
         }
         out.put_u32_le(0);
     }
-    for (d, _) in entries.iter().filter_map(|e| e.2.as_ref()) {
-        out.put_slice(d);
-    }
     let crc = crc32c::crc32c(&out[..data_offset as usize]);
     out[12..16].copy_from_slice(&crc.to_le_bytes());
-    EncodedSegment {
-        bytes: out.freeze(),
+    let mut parts = Vec::with_capacity(1 + entries.len());
+    parts.push(out.freeze());
+    parts.extend(entries.into_iter().filter_map(|e| e.2).map(|(d, _)| d));
+    EncodedParts {
+        body: SegmentBody::new(parts),
         changes,
         data_offset,
         block_crcs: all_crcs,
@@ -678,6 +776,46 @@ mod tests {
         let (h, changes) = decode_full(&b, 4096).unwrap();
         assert!(changes.is_empty());
         assert_eq!((h.seq, h.prev_seq, h.epoch, h.next_seq), (10, 9, 3, 74));
+    }
+
+    /// A seal's parts are the object `encode` makes, piece by piece, and
+    /// share the write buffer's bytes instead of copying them.
+    #[test]
+    fn parts_are_the_object_without_a_copy() {
+        let (enc, buf) = sample();
+        let link = Link {
+            seq: 42,
+            prev_seq: 41,
+            epoch: 7,
+            next_seq: 43,
+        };
+        let p = encode_parts([3; 16], link, 12345, &buf, 4096);
+        assert_eq!(p.body.concat(), enc.bytes);
+        assert!(p.body.same_as(&enc.bytes));
+        let mut other = enc.bytes.to_vec();
+        let n = other.len();
+        other[n - 1] ^= 1;
+        assert!(!p.body.same_as(&other));
+        assert!(!p.body.same_as(&enc.bytes[..n - 1]));
+        let data: Vec<_> = buf.runs().filter_map(|r| r.2).collect();
+        for c in p.changes.iter().filter_map(|c| c.piece) {
+            let len = c.piece_blocks as u64 * 4096;
+            let piece = p.body.slice(c.piece_off, len).expect("a piece is one part");
+            assert_eq!(
+                &piece[..],
+                &enc.bytes[c.piece_off as usize..][..len as usize]
+            );
+            let shared = data.iter().any(|d| {
+                let r = d.as_ptr_range();
+                r.contains(&piece.as_ptr())
+            });
+            assert!(
+                shared,
+                "the piece at {} is the buffer's own bytes",
+                c.piece_off
+            );
+        }
+        assert_eq!(p.body.slice(p.data_offset - 4, 8), None, "across two parts");
     }
 
     #[test]

@@ -13,16 +13,19 @@ use spritedisk_store::StoreError;
 
 use crate::buffer::WriteBuffer;
 use crate::engine::{Inner, State};
-use crate::segment::{self, segment_key, Link};
+use crate::segment::{self, segment_key, Link, SegmentBody};
 use crate::stats::WritePathCounters;
 
 /// A sealed segment on its way to the store.
 pub(crate) struct Sealed {
     /// Its position in the history.
     pub link: Link,
-    pub bytes: Bytes,
-    /// Read view of `bytes`: reads are served from it until the segment is
-    /// applied to the map.
+    /// The object, as parts: the header and index, then the pieces, which
+    /// are slices of `frozen`'s bytes (docs/design/0012: a seal copies no
+    /// data, so the segment is in memory once).
+    pub body: SegmentBody,
+    /// The write buffer it was sealed from: reads are served from it until
+    /// the segment is applied to the map.
     pub frozen: WriteBuffer,
     pub changes: Vec<MapChange>,
     /// Pieces compaction copied into it (no map change; cached once durable).
@@ -44,7 +47,7 @@ pub(crate) struct Sealed {
 impl Drop for Sealed {
     fn drop(&mut self) {
         self.alive_bytes
-            .fetch_sub(self.bytes.len() as u64, Ordering::Relaxed);
+            .fetch_sub(self.body.len(), Ordering::Relaxed);
     }
 }
 
@@ -59,20 +62,20 @@ impl Inner {
         let buffer = std::mem::take(&mut st.active);
         st.active_since = None;
         let link = self.next_link_locked(st);
-        let enc = segment::encode(
+        // The index only: the pieces stay the buffer's bytes.
+        let enc = segment::encode_parts(
             self.volume_id,
             link,
             st.client_bytes_total,
             &buffer,
             self.block_size,
         );
-        let frozen = WriteBuffer::from_segment(&enc.changes, &enc.bytes, self.block_size);
         let checks = (enc.data_offset, enc.block_crcs);
         self.queue_locked(
             st,
             link,
-            enc.bytes,
-            frozen,
+            enc.body,
+            buffer,
             enc.changes,
             vec![],
             None,
@@ -101,7 +104,7 @@ impl Inner {
         self.queue_locked(
             &mut st,
             link,
-            bytes,
+            SegmentBody::new(vec![bytes]),
             frozen,
             vec![],
             refs.clone(),
@@ -134,7 +137,7 @@ impl Inner {
         self.queue_locked(
             &mut st,
             link,
-            bytes,
+            SegmentBody::new(vec![bytes]),
             frozen,
             vec![],
             vec![],
@@ -170,7 +173,7 @@ impl Inner {
         self: &Arc<Self>,
         st: &mut State,
         link: Link,
-        bytes: Bytes,
+        body: SegmentBody,
         frozen: WriteBuffer,
         changes: Vec<MapChange>,
         copies: Vec<PieceRef>,
@@ -180,7 +183,7 @@ impl Inner {
         let sealed = Arc::new(Sealed {
             link,
             frozen,
-            bytes,
+            body,
             changes,
             copies,
             data_offset,
@@ -192,8 +195,8 @@ impl Inner {
         });
         self.counters
             .segment_bytes_alive
-            .fetch_add(sealed.bytes.len() as u64, Ordering::Relaxed);
-        st.sealed_bytes += sealed.bytes.len() as u64;
+            .fetch_add(sealed.body.len(), Ordering::Relaxed);
+        st.sealed_bytes += sealed.body.len();
         st.sealed.push_back(sealed.clone());
         tokio::spawn(self.clone().upload(sealed));
     }
@@ -244,12 +247,12 @@ impl Inner {
             let retry_now = self.retry_now.notified();
             tokio::pin!(retry_now);
             retry_now.as_mut().enable();
-            let err = match self.store.put_if_absent(&key, seg.bytes.clone()).await {
+            let err = match self.store.put_parts_if_absent(&key, seg.body.parts()).await {
                 Ok(_) => break,
                 // Our own earlier attempt may have landed with its reply lost:
                 // the object is ours if it holds exactly our bytes.
                 Err(StoreError::PreconditionFailed(_)) => match self.store.get(&key).await {
-                    Ok(existing) if existing == seg.bytes => break,
+                    Ok(existing) if seg.body.same_as(&existing) => break,
                     Ok(existing) => {
                         // A newer writer's fence (or its records) took the
                         // position: our branch of the history ends here, and
@@ -302,9 +305,11 @@ impl Inner {
         let (s2, bs) = (seg.clone(), self.block_size as usize);
         let _ = tokio::task::spawn_blocking(move || {
             let seq = s2.link.seq;
+            // A piece lies in one part of the body: a slice, no copy.
             let piece = |p: &PieceRef| {
-                let end = p.piece_off as usize + p.piece_blocks as usize * bs;
-                s2.bytes.slice(p.piece_off as usize..end)
+                s2.body
+                    .slice(p.piece_off, p.piece_blocks as u64 * bs as u64)
+                    .expect("a piece is inside one part of its segment")
             };
             // Written pieces with the checksums their writer computed.
             for p in s2.changes.iter().filter_map(|c| c.piece) {
@@ -322,7 +327,7 @@ impl Inner {
         })
         .await;
         WritePathCounters::add(&wp.cache_fill_ns, filled);
-        self.counters.add_put(seg.bytes.len() as u64);
+        self.counters.add_put(seg.body.len());
         seg.durable.store(true, Ordering::SeqCst);
         // Let go of the segment before queueing for the applier: while one
         // task applies a long run of segments, the others wait here, and a
@@ -354,7 +359,7 @@ impl Inner {
                     prev_seq: s.link.prev_seq,
                     epoch: s.link.epoch,
                     next_seq: s.link.next_seq,
-                    size_bytes: s.bytes.len() as u64,
+                    size_bytes: s.body.len(),
                     client_bytes_total: s.client_bytes_total,
                     changes: &s.changes,
                 })
@@ -408,7 +413,7 @@ impl Inner {
                     .pop_front()
                     .expect("the applied segment is at the head");
                 debug_assert_eq!(popped.link.seq, seg.link.seq);
-                st.sealed_bytes -= popped.bytes.len() as u64;
+                st.sealed_bytes -= popped.body.len();
                 st.applied_seq = seg.link.seq;
                 if let Some(log) = st.wlog.as_mut() {
                     log.retire(seg.link.seq);
