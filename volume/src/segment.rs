@@ -223,7 +223,7 @@ impl SegmentBody {
                 .parts
                 .iter()
                 .zip(&self.starts)
-                .all(|(p, &s)| &other[s as usize..s as usize + p.len()] == &p[..])
+                .all(|(p, &s)| other[s as usize..s as usize + p.len()] == p[..])
     }
 }
 
