@@ -75,9 +75,10 @@ impl Inner {
     /// that a warm read costs no hop to the engine's runtime (0011).
     pub fn read_ready(&self, lba: u64, blocks: u64, out: &mut [u8]) -> Result<bool, VolumeError> {
         debug_assert_eq!(out.len() as u64, blocks * self.block_size);
-        // Never waits for a lock: one held through a seal (a copy and a
-        // checksum of up to a segment) or a metadata transaction would
-        // stall every request of the frontend's queue thread.
+        // Never waits for a lock: one held through a seal (the index of up
+        // to a segment, 0012), a write log append or a metadata
+        // transaction would stall every request of the frontend's queue
+        // thread.
         let Ok(st) = self.state.try_lock() else {
             return Ok(false);
         };

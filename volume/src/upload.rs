@@ -305,24 +305,30 @@ impl Inner {
         let (s2, bs) = (seg.clone(), self.block_size as usize);
         let _ = tokio::task::spawn_blocking(move || {
             let seq = s2.link.seq;
-            // A piece lies in one part of the body: a slice, no copy.
+            // A piece lies in one part of the body: a slice, no copy. One
+            // that did not would only be left out of the cache.
             let piece = |p: &PieceRef| {
-                s2.body
-                    .slice(p.piece_off, p.piece_blocks as u64 * bs as u64)
-                    .expect("a piece is inside one part of its segment")
+                let s = s2
+                    .body
+                    .slice(p.piece_off, p.piece_blocks as u64 * bs as u64);
+                debug_assert!(s.is_some(), "piece at {} spans parts", p.piece_off);
+                s
             };
             // Written pieces with the checksums their writer computed.
             for p in s2.changes.iter().filter_map(|c| c.piece) {
+                let Some(bytes) = piece(&p) else { continue };
                 let first = (p.piece_off - s2.data_offset) as usize / bs;
                 match s2.block_crcs.get(first..first + p.piece_blocks as usize) {
                     Some(crcs) => {
-                        cache.insert_checked(seq, p.piece_off, piece(&p), (p.crc, crcs), false)
+                        cache.insert_checked(seq, p.piece_off, bytes, (p.crc, crcs), false)
                     }
-                    None => cache.insert(seq, p.piece_off, piece(&p)),
+                    None => cache.insert(seq, p.piece_off, bytes),
                 }
             }
             for p in &s2.copies {
-                cache.insert(seq, p.piece_off, piece(p));
+                if let Some(bytes) = piece(p) {
+                    cache.insert(seq, p.piece_off, bytes);
+                }
             }
         })
         .await;
