@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The engine alone (no frontend): warm 4 KiB random reads/s with 1, 2, 4 and
+# The engine alone (no frontend): a 1 MiB sequential write at QD8 until
+# FLUSH against a plain file in the same directory, with the time of each
+# stage of the write pipeline (docs/design/0012); warm 4 KiB random reads/s with 1, 2, 4 and
 # 8 concurrent readers, map lookups on read-only connections (docs/design/
 # 0011) against the same run with lookups on the writer's connection under
 # its lock (the path before 0011, and the one metadata in memory takes);
