@@ -15,7 +15,7 @@ mod url;
 
 pub use error::StoreError;
 pub use fault::{CrashPolicy, FaultConfig, FaultStore};
-pub use file::FileStore;
+pub use file::{write_all_parts, FileStore};
 pub use memory::MemStore;
 pub use s3::{share_client as share_s3_client, S3Store};
 pub use url::{open_url, warm_up, StoreUrl};

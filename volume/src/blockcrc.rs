@@ -80,14 +80,6 @@ impl Checked {
         let crcs = block_crcs(&bytes);
         Checked { bytes, crcs }
     }
-
-    /// Blocks `[from, to)`, with their checksums.
-    pub fn blocks(&self, from: usize, to: usize) -> (&[u8], &[u32]) {
-        (
-            &self.bytes[from * CRC_BLOCK_BYTES..to * CRC_BLOCK_BYTES],
-            &self.crcs[from..to],
-        )
-    }
 }
 
 #[cfg(test)]

@@ -131,10 +131,6 @@ fn bad(msg: impl Into<String>) -> SegmentError {
 pub struct EncodedSegment {
     pub bytes: Bytes,
     pub changes: Vec<MapChange>,
-    /// Where its data starts, and the crc32c of each block of its data in
-    /// order (the read cache takes a piece's from here).
-    pub data_offset: u64,
-    pub block_crcs: Vec<u32>,
 }
 
 /// A piece's bytes (a slice of its run's, never copied) and its blocks'
@@ -153,8 +149,6 @@ pub fn encode(
     EncodedSegment {
         bytes: p.body.concat(),
         changes: p.changes,
-        data_offset: p.data_offset,
-        block_crcs: p.block_crcs,
     }
 }
 

@@ -99,18 +99,7 @@ impl Inner {
             pieces,
             self.block_size,
         );
-        let frozen = WriteBuffer::default();
-        let checks = (0, vec![]);
-        self.queue_locked(
-            &mut st,
-            link,
-            SegmentBody::new(vec![bytes]),
-            frozen,
-            vec![],
-            refs.clone(),
-            None,
-            checks,
-        );
+        self.queue_record_locked(&mut st, link, bytes, refs.clone(), None);
         (link.seq, refs)
     }
 
@@ -132,18 +121,7 @@ impl Inner {
         self.seal_locked(&mut st);
         let link = self.next_link_locked(&mut st);
         let bytes = segment::encode_empty(self.volume_id, link, st.client_bytes_total);
-        let frozen = WriteBuffer::default();
-        let checks = (0, vec![]);
-        self.queue_locked(
-            &mut st,
-            link,
-            SegmentBody::new(vec![bytes]),
-            frozen,
-            vec![],
-            vec![],
-            Some(gate),
-            checks,
-        );
+        self.queue_record_locked(&mut st, link, bytes, vec![], Some(gate));
         (link.seq, link.prev_seq)
     }
 
@@ -166,6 +144,22 @@ impl Inner {
             epoch: self.epoch,
             next_seq: seq + 1,
         }
+    }
+
+    /// Queues a record encoded whole that changes nothing in the map: a
+    /// segment of compaction's copies, or a barrier (no written data, so
+    /// nothing for reads to find in it before it is applied).
+    fn queue_record_locked(
+        self: &Arc<Self>,
+        st: &mut State,
+        link: Link,
+        bytes: Bytes,
+        copies: Vec<PieceRef>,
+        gate: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+    ) {
+        let body = SegmentBody::new(vec![bytes]);
+        let none = WriteBuffer::default();
+        self.queue_locked(st, link, body, none, vec![], copies, gate, (0, vec![]));
     }
 
     #[allow(clippy::too_many_arguments)]

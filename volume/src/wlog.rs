@@ -22,7 +22,7 @@
 //! Written by hand: it is a few dozen lines of framing over `pwrite`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -242,7 +242,7 @@ impl WriteLog {
         h[24..28].copy_from_slice(&(d.len() as u32).to_le_bytes());
         let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), &list);
         h[28..32].copy_from_slice(&crc.to_le_bytes());
-        write_all_vectored(f, &[IoSlice::new(&h), IoSlice::new(&list), IoSlice::new(d)])
+        spritedisk_store::write_all_parts(f, &[&h, &list, d])
             .map_err(|e| io_err("append", &path, e))
     }
 
@@ -278,25 +278,6 @@ impl WriteLog {
             }
         }
     }
-}
-
-fn write_all_vectored(f: &mut File, bufs: &[IoSlice<'_>]) -> std::io::Result<()> {
-    let total: usize = bufs.iter().map(|b| b.len()).sum();
-    let n = f.write_vectored(bufs)?;
-    if n == total {
-        return Ok(());
-    }
-    // Short write: finish it piecewise.
-    let mut skip = n;
-    for b in bufs {
-        if skip >= b.len() {
-            skip -= b.len();
-            continue;
-        }
-        f.write_all(&b[skip..])?;
-        skip = 0;
-    }
-    Ok(())
 }
 
 /// Reads one log file: its segment seq, its valid records, the length they
