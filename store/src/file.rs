@@ -40,7 +40,7 @@ impl FileStore {
         f: impl FnOnce(FileStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || f(me))
+        crate::blocking::unblock(move || f(me))
             .await
             .map_err(|e| StoreError::Io {
                 op: "spawn",

@@ -5,6 +5,7 @@
 //! The trait is deliberately narrow: only what every S3-compatible server
 //! serves (get, ranged get, put, conditional put, head, delete, list).
 
+pub mod blocking;
 mod error;
 mod fault;
 mod file;

@@ -44,7 +44,7 @@ impl Volume {
         let t_flush = t0.elapsed();
         let inner = self.inner.clone();
         let name = name.map(str::to_string);
-        let row = tokio::task::spawn_blocking(move || {
+        let row = spritedisk_store::blocking::unblock(move || {
             // Under the map's lock: no segment reaches the map between
             // the claim and the version the checkpoint records.
             let mut meta = inner.meta.lock().unwrap();
@@ -121,7 +121,7 @@ impl Volume {
             let _applier = self.inner.apply_lock.lock().await;
             let inner = self.inner.clone();
             let name = name.to_string();
-            let swapped = tokio::task::spawn_blocking(move || {
+            let swapped = spritedisk_store::blocking::unblock(move || {
                 inner.meta.lock().unwrap().restore_checkpoint(&name)
             })
             .await

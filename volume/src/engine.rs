@@ -532,7 +532,7 @@ impl Volume {
             }
         }
         let cache = self.inner.cache.clone();
-        let _ = tokio::task::spawn_blocking(move || cache.persist()).await;
+        let _ = spritedisk_store::blocking::unblock(move || cache.persist()).await;
         res
     }
 

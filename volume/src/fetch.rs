@@ -128,7 +128,7 @@ impl Inner {
         };
         self.counters.add_get(data.len() as u64);
         let cache = self.cache.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let _ = spritedisk_store::blocking::unblock(move || {
             for p in mine {
                 let at = (p.piece_off - start) as usize;
                 let Some(d) = data.get(at..at + p.piece_blocks as usize * bs as usize) else {
@@ -181,7 +181,7 @@ impl Inner {
         let cache = self.cache.clone();
         let d = data.clone();
         // The cache write is a pwrite: keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || {
+        let _ = spritedisk_store::blocking::unblock(move || {
             cache.insert_checked(seg, piece.piece_off, d, (piece.crc, &blocks), prefetched)
         })
         .await;

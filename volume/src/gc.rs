@@ -222,7 +222,7 @@ impl Volume {
             .collect();
         let _applier = self.inner.apply_lock.lock().await;
         let inner = self.inner.clone();
-        let rows = tokio::task::spawn_blocking(move || {
+        let rows = spritedisk_store::blocking::unblock(move || {
             inner.meta.lock().unwrap().relocate_rows(seq, &moves)
         })
         .await

@@ -367,7 +367,7 @@ impl Inner {
     async fn build_snapshot(self: &Arc<Self>, s: &mut Shipper) -> Result<(), VolumeError> {
         let me = self.clone();
         let mut rep = s.rep.clone();
-        let (obj, rep) = tokio::task::spawn_blocking(move || {
+        let (obj, rep) = spritedisk_store::blocking::unblock(move || {
             let obj = me.meta.lock().unwrap().replica_snapshot(&mut rep, now_ms());
             obj.map(|o| (o, rep))
         })

@@ -297,7 +297,7 @@ impl Inner {
         // once they are durable (a line is never the only copy).
         let cache = self.cache.clone();
         let (s2, bs) = (seg.clone(), self.block_size as usize);
-        let _ = tokio::task::spawn_blocking(move || {
+        let _ = spritedisk_store::blocking::unblock(move || {
             let seq = s2.link.seq;
             // A piece lies in one part of the body: a slice, no copy. One
             // that did not would only be left out of the cache.
@@ -353,7 +353,7 @@ impl Inner {
             let me = self.clone();
             let s = seg.clone();
             let applying = std::time::Instant::now();
-            let res = tokio::task::spawn_blocking(move || {
+            let res = spritedisk_store::blocking::unblock(move || {
                 me.meta.lock().unwrap().apply_segment(&SegmentApply {
                     seq: s.link.seq,
                     prev_seq: s.link.prev_seq,
