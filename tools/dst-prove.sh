@@ -9,10 +9,26 @@
 #
 #   tools/dst-prove.sh [PATCH...]      (default: every patch)
 #   SPRITEDISK_DST_SEEDS=N tools/dst-prove.sh   (another seed budget)
+#   tools/dst-prove.sh --check         (only: every patch still applies;
+#                                       `make test` runs it, so a change to
+#                                       the code a revert touches must
+#                                       refresh the revert)
 set -euo pipefail
 
 repo=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
 cd "$repo"
+if [ "${1:-}" = --check ]; then
+    stale=0
+    for p in tools/dst-reverts/*.patch tools/dst-reverts/known-gaps/*.patch; do
+        if git apply --check "$p" 2>/dev/null; then
+            echo "applies: $p"
+        else
+            echo "error: $p no longer applies to this tree: refresh it (take the same fix back in today's code)"
+            stale=1
+        fi
+    done
+    exit $stale
+fi
 patches=("$@")
 if [ ${#patches[@]} -eq 0 ]; then
     patches=(tools/dst-reverts/*.patch)

@@ -4,7 +4,8 @@
 # every failure in one place and one summary line. Exits 1 if anything failed.
 #
 # Steps: build the binaries; `cargo test --workspace` (unit, property, e2e with
-# real clients, the VM rig's tests); the s3:// pass (moto on 127.0.0.1); the
+# real clients, the VM rig's tests); that every revert the simulation is proved
+# against still applies (tools/dst-prove.sh --check); the s3:// pass (moto on 127.0.0.1); the
 # fuzz smoke (nightly toolchain; reported as skipped without one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,7 @@ step() {
 step "install test dependencies" tools/install-deps.sh test
 step "build" $CARGO build --bins
 step "cargo test --workspace" $CARGO test --workspace --no-fail-fast
+step "simulation reverts apply" tools/dst-prove.sh --check
 s3_args=(); for t in $S3_TESTS; do s3_args+=(--test "$t"); done
 step "s3:// pass" env SPRITEDISK_TEST_STORE=s3 $CARGO test --workspace --no-fail-fast "${s3_args[@]}"
 if $CARGO +nightly --version >/dev/null 2>&1; then
