@@ -103,6 +103,17 @@ pub(crate) struct State {
     pub fenced_by: Option<String>,
     /// Local log of acknowledged writes not yet durable (None: no cache dir, or disabled).
     pub wlog: Option<WriteLog>,
+    /// The segment the last FLUSH round sealed: while it is not applied,
+    /// later FLUSHes gather for the next round (group commit, 0013).
+    pub flush_round: Option<u64>,
+}
+
+/// What a FLUSH waits for.
+enum Wait {
+    /// The round in flight, before sealing its own.
+    Round(u64),
+    /// Its own round (or the segment that already holds its writes).
+    Own(u64),
 }
 
 impl State {
@@ -166,6 +177,7 @@ impl Volume {
             // Installed by the replay, once the files it found are this
             // daemon's segments.
             wlog: None,
+            flush_round: None,
         };
         let map_readers = meta.readers().filter(|_| opts.map_readers);
         let inner = Arc::new(Inner {
@@ -486,26 +498,62 @@ impl Volume {
     /// Returns once every write admitted before the call is durable in the
     /// object store and applied to the map.
     pub async fn flush(&self) -> Result<(), VolumeError> {
-        let target = {
-            let mut st = self.inner.state.lock().unwrap();
-            if let Some(by) = &st.fenced_by {
-                return Err(VolumeError::Fenced(by.clone()));
+        let inner = &self.inner;
+        // One deadline for the whole FLUSH, the round it may wait out included.
+        let deadline = tokio::time::Instant::now() + inner.opts.flush_timeout;
+        let mut counted = false;
+        loop {
+            let wait = {
+                let mut st = inner.state.lock().unwrap();
+                if !counted {
+                    // Counted once it decides what it waits for (tests
+                    // order FLUSHes by it).
+                    inner.counters.add_flush();
+                    counted = true;
+                }
+                if let Some(by) = &st.fenced_by {
+                    return Err(VolumeError::Fenced(by.clone()));
+                }
+                if let Some(why) = &st.stopped {
+                    return Err(VolumeError::Stopped(why.clone()));
+                }
+                match st.flush_round {
+                    // Group commit (docs/design/0013): a FLUSH's round (its
+                    // seal, PUT and map commit) is in flight and our writes
+                    // are not in it. Wait it out, then seal everything that
+                    // gathered meanwhile as one round: the FLUSHes that
+                    // came during a round share the next. Never more than
+                    // the round in flight plus its own.
+                    Some(round) if st.applied_seq < round && !st.active.is_empty() => {
+                        Wait::Round(round)
+                    }
+                    _ => {
+                        if !st.active.is_empty() {
+                            inner.seal_locked(&mut st);
+                            st.flush_round = Some(st.prev_seq);
+                            inner.counters.add_flush_round();
+                        }
+                        // The newest segment sealed holds every write
+                        // acknowledged before us (numbers jump after a
+                        // takeover).
+                        Wait::Own(st.prev_seq)
+                    }
+                }
+            };
+            match wait {
+                Wait::Round(round) => inner.wait_applied_until(round, deadline).await?,
+                Wait::Own(target) => {
+                    inner.retry_now.notify_waiters();
+                    // Applied means on the chain, every position before it
+                    // filled by records this writer walked or wrote: every
+                    // later writer follows it. A writer that took over
+                    // claimed the next position first, so our record there
+                    // failed (412) and this wait fails as fenced. No lease
+                    // read and no clock (docs/design/0009).
+                    return inner.wait_applied_until(target, deadline).await;
+                }
             }
-            if let Some(why) = &st.stopped {
-                return Err(VolumeError::Stopped(why.clone()));
-            }
-            self.inner.seal_locked(&mut st);
-            // The newest segment sealed (numbers jump after a takeover).
-            st.prev_seq
-        };
-        self.inner.counters.add_flush();
-        self.inner.retry_now.notify_waiters();
-        // Applied means on the chain, every position before it filled by
-        // records this writer walked or wrote: every later writer follows
-        // it. A writer that took over claimed the next position first, so
-        // our record there failed (412) and this wait fails as fenced. No
-        // lease read and no clock (docs/design/0009).
-        self.inner.wait_applied(target).await
+        }
     }
 
     /// Flushes and stops the engine: later I/O fails with ESHUTDOWN. The
@@ -724,6 +772,15 @@ impl Inner {
     /// Waits until segment `target` is applied, the engine stops, or the flush deadline passes.
     pub async fn wait_applied(&self, target: u64) -> Result<(), VolumeError> {
         let deadline = tokio::time::Instant::now() + self.opts.flush_timeout;
+        self.wait_applied_until(target, deadline).await
+    }
+
+    /// [`Inner::wait_applied`] with the caller's deadline.
+    pub async fn wait_applied_until(
+        &self,
+        target: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), VolumeError> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);

@@ -12,6 +12,8 @@ pub(crate) struct Counters {
     pub writes: AtomicU64,
     pub write_bytes: AtomicU64,
     pub flushes: AtomicU64,
+    /// FLUSHes that sealed (the rest shared a round or had nothing new).
+    pub flush_rounds: AtomicU64,
     pub puts: AtomicU64,
     pub put_bytes: AtomicU64,
     pub gets: AtomicU64,
@@ -94,6 +96,9 @@ impl Counters {
     pub fn add_flush(&self) {
         self.flushes.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn add_flush_round(&self) {
+        self.flush_rounds.fetch_add(1, Ordering::Relaxed);
+    }
     pub fn add_put(&self, bytes: u64) {
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.put_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -140,6 +145,10 @@ pub struct VolumeStats {
     pub session_gets: u64,
     pub session_get_bytes: u64,
     pub session_flushes: u64,
+    /// FLUSH rounds (one seal, PUT and map commit each): concurrent
+    /// FLUSHes share one (group commit), so fewer rounds than FLUSHes.
+    #[serde(default)]
+    pub session_flush_rounds: u64,
     /// Lease epoch of this writer (0 offline).
     pub lease_epoch: u64,
     /// Newest TXID durable in the metadata replica, and what this session shipped.
@@ -193,6 +202,7 @@ impl Inner {
             session_gets: c.gets.load(Ordering::Relaxed),
             session_get_bytes: c.get_bytes.load(Ordering::Relaxed),
             session_flushes: c.flushes.load(Ordering::Relaxed),
+            session_flush_rounds: c.flush_rounds.load(Ordering::Relaxed),
             lease_epoch: self.epoch,
             replica_txid: self.replica_txid.load(Ordering::Relaxed),
             session_replica_files: c.replica_files.load(Ordering::Relaxed),

@@ -1,0 +1,125 @@
+//! Group commit (issue 22, docs/design/0013): FLUSHes that arrive while a
+//! FLUSH's round (its seal, PUT and map commit) is in flight share the next
+//! round, and none returns before the round that holds its writes is
+//! applied.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use spritedisk_store::ObjectStore;
+use spritedisk_volume::EngineOptions;
+
+const WRITERS: u64 = 16;
+
+/// Room for every writer's block in one segment: only FLUSHes seal.
+fn roomy(seed: u64) -> EngineOptions {
+    let mut o = small_opts(seed);
+    o.segment_bytes = 4 * WRITERS * BS;
+    o.dirty_bytes_max = 16 * WRITERS * BS;
+    o
+}
+
+/// Sixteen writers each write a block and FLUSH while the first FLUSH's
+/// PUT is held. They share one round: two segments in all, not sixteen.
+/// Each FLUSH returns only once its own block's segment is in the store,
+/// and the store alone reads every block back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_during_a_round_share_the_next_one() {
+    let inner = fresh_store();
+    create(&inner, 64 << 20).await;
+    let gate = GateStore::new(inner.clone(), "segments/", Hold::Puts);
+    let store: Arc<dyn ObjectStore> = gate.clone();
+    let vol = open(store, None, roomy(1)).await;
+    let before = segment_seqs(&inner).await.len();
+
+    // Round 1: the first writer's block; its PUT waits at the gate.
+    let arrived = gate.close();
+    vol.write(0, pattern(0, 1, 1), false).await.unwrap();
+    let first = tokio::spawn({
+        let vol = vol.clone();
+        async move { vol.flush().await }
+    });
+    assert!(gate.arrived_past(arrived).await, "round 1's PUT never came");
+
+    // The others write and FLUSH while round 1 is in flight, one after
+    // the other: each FLUSH has started (and decided what it waits for)
+    // before the next writer writes. Each records how many segments the
+    // store held when its FLUSH returned.
+    let mut later = vec![];
+    for w in 1..WRITERS {
+        vol.write(w * BS, pattern(w, 1, 1), false).await.unwrap();
+        let (v, inner) = (vol.clone(), inner.clone());
+        later.push(tokio::spawn(async move {
+            v.flush().await?;
+            Ok::<_, spritedisk_volume::VolumeError>(segment_seqs(&inner).await.len())
+        }));
+        flushes_reach(&vol, w + 1).await;
+    }
+    assert!(
+        !first.is_finished() && later.iter().all(|f| !f.is_finished()),
+        "a FLUSH returned while nothing could land"
+    );
+
+    gate.open();
+    first.await.unwrap().unwrap();
+    for (i, f) in later.into_iter().enumerate() {
+        let held = f.await.unwrap().unwrap();
+        assert!(
+            held >= before + 2,
+            "writer {}'s FLUSH returned when the store held {} new segment(s): its block is only in the second",
+            i + 1,
+            held - before
+        );
+    }
+    let new = segment_seqs(&inner).await.len() - before;
+    assert_eq!(
+        new, 2,
+        "{WRITERS} FLUSHes made {new} segments: the ones that came during round 1 should share round 2"
+    );
+    let stats = vol.stats().unwrap();
+    assert_eq!(stats.session_flush_rounds, 2, "{stats:?}");
+
+    // The store alone holds every block.
+    vol.abandon();
+    let again = open(inner.clone(), None, roomy(2)).await;
+    for w in 0..WRITERS {
+        assert!(
+            again.read(w * BS, BS).await.unwrap() == pattern(w, 1, 1),
+            "block {w} lost"
+        );
+    }
+}
+
+/// Waits until `n` FLUSHes have started (counted on entry, under the
+/// engine's lock, once each decided what it waits for).
+async fn flushes_reach(vol: &spritedisk_volume::Volume, n: u64) {
+    let deadline = tokio::time::Instant::now() + GATE_WAIT_MAX;
+    while vol.stats().unwrap().session_flushes < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "FLUSH {n} never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// A FLUSH with nothing in flight seals at once: a lone writer's FLUSHes
+/// each make their own round (group commit costs a QD1 writer nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_flush_seals_at_once() {
+    let inner = fresh_store();
+    create(&inner, 64 << 20).await;
+    let vol = open(inner.clone(), None, roomy(3)).await;
+    let before = segment_seqs(&inner).await.len();
+    for w in 0..5 {
+        vol.write(w * BS, pattern(w, 1, 2), false).await.unwrap();
+        vol.flush().await.unwrap();
+        assert_eq!(segment_seqs(&inner).await.len(), before + w as usize + 1);
+    }
+    // A FLUSH with nothing new to seal makes no round.
+    vol.flush().await.unwrap();
+    let stats = vol.stats().unwrap();
+    assert_eq!((stats.session_flushes, stats.session_flush_rounds), (6, 5));
+}
