@@ -48,6 +48,12 @@ for p, label in (("50.000000", "p50"), ("99.000000", "p99")):
     rows.append(f"| flush-4k {label} | {r:,.2f} ms | {n:,.2f} ms | {r / n:.2f}× | |")
     summary[f"flush-4k-{label}"] = {"raw_ms": r, "nbd_ms": n}
     record(out, HOST, f"FLUSH latency {label} (4 KiB write + FLUSH, QD1)", n, "ms", "fsync of the raw file", r, lower_better=True)
+# Group commit: 16 writers each writing 4 KiB then FLUSHing (commits/s).
+r, n = metric(load("flush-4k-16", "raw"), "iops")[0], metric(load("flush-4k-16", "nbd"), "iops")[0]
+rp50, np50 = sync_pct(load("flush-4k-16", "raw"), "50.000000"), sync_pct(load("flush-4k-16", "nbd"), "50.000000")
+rows.append(f"| flush-4k-16 (16 writers, write + FLUSH each) | {r:,.0f} IOPS, p50 {rp50:,.2f} ms | {n:,.0f} IOPS, p50 {np50:,.2f} ms | {n / r:.2f}× | |")
+summary["flush-4k-16"] = {"raw": r, "nbd": n, "ratio": n / r, "raw_p50_ms": rp50, "nbd_p50_ms": np50}
+record(out, HOST, "4 KiB write + FLUSH, 16 writers (group commit)", n, "IOPS", "raw file, fsync per write", r, goal_min=0.3)
 for qd in (1, 32):
     r, n = metric(load(f"randread-4k-qd{qd}", "raw"), "iops")[0], metric(load(f"randread-4k-qd{qd}-cold", "nbd"), "iops")[0]
     rows.append(f"| randread-4k-qd{qd}, cold cache | {r:,.0f} IOPS | {n:,.0f} IOPS | {n / r:.2f}× | |")

@@ -47,6 +47,7 @@ for t in raw nbd; do
   run randwrite-4k-fsync32 $t randwrite-4k-fsync32
   run mix-70-30 $t mix-70-30
   run flush-4k $t flush-4k
+  run flush-4k-16 $t flush-4k-16
 done
 stop_daemon
 # Cold random reads: the same volume, its cache deleted, against the raw

@@ -501,30 +501,43 @@ impl Volume {
         let inner = &self.inner;
         // One deadline for the whole FLUSH, the round it may wait out included.
         let deadline = tokio::time::Instant::now() + inner.opts.flush_timeout;
-        let mut counted = false;
+        // The number the next seal takes, when this FLUSH began: every seal
+        // takes the whole buffer (barriers and compaction's copies seal it
+        // first), so once a segment numbered `start` exists it holds every
+        // write acknowledged before this FLUSH, or a later one does not.
+        let mut start = None;
         loop {
             let wait = {
                 let mut st = inner.state.lock().unwrap();
-                if !counted {
-                    // Counted once it decides what it waits for (tests
-                    // order FLUSHes by it).
-                    inner.counters.add_flush();
-                    counted = true;
-                }
                 if let Some(by) = &st.fenced_by {
                     return Err(VolumeError::Fenced(by.clone()));
                 }
                 if let Some(why) = &st.stopped {
                     return Err(VolumeError::Stopped(why.clone()));
                 }
-                match st.flush_round {
+                let sealed_since = match start {
+                    None => {
+                        start = Some(st.next_seq);
+                        // Counted once it decides what it waits for
+                        // (tests order FLUSHes by it).
+                        inner.counters.add_flush();
+                        None
+                    }
+                    Some(s) => (st.next_seq > s).then_some(s),
+                };
+                match (sealed_since, st.flush_round) {
+                    // Sealed since it began (by another FLUSH, the
+                    // writeback, a barrier): that segment is its own, not
+                    // whatever gathered in the buffer after it (so it never
+                    // waits for more than the round in flight plus one).
+                    (Some(s), _) => Wait::Own(s),
                     // Group commit (docs/design/0013): a FLUSH's round (its
                     // seal, PUT and map commit) is in flight and our writes
                     // are not in it. Wait it out, then seal everything that
                     // gathered meanwhile as one round: the FLUSHes that
                     // came during a round share the next. Never more than
                     // the round in flight plus its own.
-                    Some(round) if st.applied_seq < round && !st.active.is_empty() => {
+                    (None, Some(round)) if st.applied_seq < round && !st.active.is_empty() => {
                         Wait::Round(round)
                     }
                     _ => {
@@ -540,10 +553,11 @@ impl Volume {
                     }
                 }
             };
+            // A PUT in backoff is retried now: a FLUSH waits on it.
+            inner.retry_now.notify_waiters();
             match wait {
                 Wait::Round(round) => inner.wait_applied_until(round, deadline).await?,
                 Wait::Own(target) => {
-                    inner.retry_now.notify_waiters();
                     // Applied means on the chain, every position before it
                     // filled by records this writer walked or wrote: every
                     // later writer follows it. A writer that took over

@@ -121,11 +121,13 @@ struct PendingOp {
     /// A slow read: mostly waits while something else can go.
     slow: bool,
     /// A change: the store operation itself, which the simulation performs
-    /// when it lets the change land (`Sim::decide`), while every task is
-    /// idle. Were the writer's task to perform it, it would run on tokio's
-    /// blocking pool beside whatever else that step woke (another writer's
-    /// listing, a restarted daemon's walk), and which came first would be
-    /// the host's scheduling, not the seed's.
+    /// when it lets the change land (`decide`), while every task is idle.
+    /// (When the writer's task performed it after the verdict, it ran on
+    /// tokio's blocking pool beside whatever else that step woke, another
+    /// writer's listing or a restarted daemon's walk, and which came first
+    /// was the host's scheduling, not the seed's. It also means a change
+    /// the simulation lands really lands, even if its writer was killed in
+    /// the same step.)
     exec: Option<StoreOp>,
     tx: oneshot::Sender<(Verdict, Option<Landed>)>,
 }
@@ -2017,12 +2019,11 @@ impl Sim {
     }
 }
 
-/// An object key without the random volume id a fork's pin is named by,
-/// so that the order of operations and the trace do not depend on it.
 /// Sends the verdict on `op`; a change that lands is performed here and
 /// now, to its end, while every task is idle (`PendingOp::exec`). Blocking
 /// this thread (the runtime's only one) keeps every task from running
-/// meanwhile; the file store's own work runs on tokio's blocking pool.
+/// meanwhile; the file store's own work runs inline on it too
+/// (`spritedisk_store::blocking`).
 fn decide(op: PendingOp, verdict: Verdict) {
     let landed = match (verdict, op.exec) {
         (Verdict::Fail, _) | (_, None) => None,
@@ -2031,6 +2032,8 @@ fn decide(op: PendingOp, verdict: Verdict) {
     let _ = op.tx.send((verdict, landed));
 }
 
+/// An object key without the random volume id a fork's pin is named by,
+/// so that the order of operations and the trace do not depend on it.
 fn stable_key(key: &str) -> &str {
     if key.starts_with("forks/") {
         "forks/<child id>.json"

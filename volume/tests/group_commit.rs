@@ -62,8 +62,16 @@ async fn flushes_during_a_round_share_the_next_one() {
         "a FLUSH returned while nothing could land"
     );
 
-    gate.open();
+    // Round 1 lands; round 2 (everyone else's blocks) is sealed and held.
+    let arrived = gate.close();
+    gate.let_through(1);
     first.await.unwrap().unwrap();
+    assert!(gate.arrived_past(arrived).await, "round 2's PUT never came");
+    assert!(
+        later.iter().all(|f| !f.is_finished()),
+        "a FLUSH returned while the round holding its block was held"
+    );
+    gate.open();
     for (i, f) in later.into_iter().enumerate() {
         let held = f.await.unwrap().unwrap();
         assert!(
@@ -88,6 +96,78 @@ async fn flushes_during_a_round_share_the_next_one() {
         assert!(
             again.read(w * BS, BS).await.unwrap() == pattern(w, 1, 1),
             "block {w} lost"
+        );
+    }
+}
+
+/// A FLUSH waits for the first segment sealed after it began, whoever
+/// sealed it, not for whatever gathered in the buffer after that: here a
+/// write that fills the buffer seals writer A's block (not a FLUSH round)
+/// while A waits for round 1; C writes after it. A returns once that
+/// segment is applied, while C's round is still held (found by review:
+/// A waited for a round holding only C's block, and with writes arriving
+/// all the time, for as many rounds as came, up to its deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_waits_for_the_first_seal_after_it_not_later_rounds() {
+    let inner = fresh_store();
+    create(&inner, 64 << 20).await;
+    let gate = GateStore::new(inner.clone(), "segments/", Hold::Puts);
+    let store: Arc<dyn ObjectStore> = gate.clone();
+    let o = roomy(4);
+    let fill = o.segment_bytes / BS;
+    let vol = open(store, None, o).await;
+
+    let arrived = gate.close();
+    vol.write(0, pattern(0, 1, 3), false).await.unwrap();
+    let first = tokio::spawn({
+        let vol = vol.clone();
+        async move { vol.flush().await }
+    });
+    assert!(gate.arrived_past(arrived).await, "round 1's PUT never came");
+    // A writes and FLUSHes during round 1.
+    vol.write(BS, pattern(1, 1, 3), false).await.unwrap();
+    let a = tokio::spawn({
+        let vol = vol.clone();
+        async move { vol.flush().await }
+    });
+    flushes_reach(&vol, 2).await;
+    // A write that fills the buffer seals it (A's block with it).
+    let arrived = gate.close();
+    vol.write(100 * BS, pattern(100, fill, 3), false)
+        .await
+        .unwrap();
+    assert!(
+        gate.arrived_past(arrived).await,
+        "the full buffer was not sealed"
+    );
+    // C writes and FLUSHes: its block is in no segment yet.
+    vol.write(2 * BS, pattern(2, 1, 3), false).await.unwrap();
+    let c = tokio::spawn({
+        let vol = vol.clone();
+        async move { vol.flush().await }
+    });
+    flushes_reach(&vol, 3).await;
+
+    // Round 1 and the full buffer's segment land; C's round is held.
+    gate.let_through(2);
+    first.await.unwrap().unwrap();
+    tokio::time::timeout(GATE_WAIT_MAX, a)
+        .await
+        .expect("A's FLUSH waited for a round after the segment holding its block")
+        .unwrap()
+        .unwrap();
+    assert!(
+        !c.is_finished(),
+        "C's FLUSH returned before its round landed"
+    );
+    gate.open();
+    c.await.unwrap().unwrap();
+    vol.abandon();
+    let again = open(inner.clone(), None, roomy(5)).await;
+    for (lba, n) in [(0, 1), (1, 1), (2, 1), (100, fill)] {
+        assert!(
+            again.read(lba * BS, n * BS).await.unwrap() == pattern(lba, n, 3),
+            "block {lba} lost"
         );
     }
 }

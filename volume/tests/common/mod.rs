@@ -145,6 +145,9 @@ pub struct GateStore {
     /// How many more operations a closed gate holds (the rest pass).
     holds_left: std::sync::atomic::AtomicUsize,
     arrived: tokio::sync::watch::Sender<usize>,
+    /// Operations a closed gate lets through, one each, oldest waiter not
+    /// guaranteed first ([`GateStore::let_through`]).
+    permits: tokio::sync::watch::Sender<usize>,
 }
 
 /// How long a test waits for an event its setup makes happen at once.
@@ -159,7 +162,14 @@ impl GateStore {
             open: tokio::sync::watch::channel(true).0,
             holds_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
             arrived: tokio::sync::watch::channel(0).0,
+            permits: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Lets `n` operations held at the closed gate (or arriving later)
+    /// through; the gate stays closed for the rest.
+    pub fn let_through(&self, n: usize) {
+        self.permits.send_modify(|p| *p += n);
     }
 
     /// Closes the gate; returns how many operations reached it so far.
@@ -203,7 +213,29 @@ impl GateStore {
             self.arrived.send_modify(|n| *n += 1);
             if held() {
                 let mut open = self.open.subscribe();
-                let _ = open.wait_for(|o| *o).await;
+                let mut permits = self.permits.subscribe();
+                loop {
+                    if *open.borrow_and_update() {
+                        break;
+                    }
+                    // Seen before the take: a permit given after it wakes
+                    // the select below.
+                    permits.borrow_and_update();
+                    let took = self.permits.send_if_modified(|p| match *p {
+                        0 => false,
+                        _ => {
+                            *p -= 1;
+                            true
+                        }
+                    });
+                    if took {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = open.changed() => {}
+                        _ = permits.changed() => {}
+                    }
+                }
             }
         }
     }
