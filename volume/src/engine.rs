@@ -509,48 +509,29 @@ impl Volume {
         loop {
             let wait = {
                 let mut st = inner.state.lock().unwrap();
-                if let Some(by) = &st.fenced_by {
-                    return Err(VolumeError::Fenced(by.clone()));
-                }
-                if let Some(why) = &st.stopped {
-                    return Err(VolumeError::Stopped(why.clone()));
-                }
-                let sealed_since = match start {
-                    None => {
-                        start = Some(st.next_seq);
-                        // Counted once it decides what it waits for
-                        // (tests order FLUSHes by it).
-                        inner.counters.add_flush();
-                        None
-                    }
-                    Some(s) => (st.next_seq > s).then_some(s),
-                };
-                match (sealed_since, st.flush_round) {
+                let sealed_since = start.filter(|&s| st.next_seq > s);
+                if let Some(s) = sealed_since {
                     // Sealed since it began (by another FLUSH, the
                     // writeback, a barrier): that segment is its own, not
                     // whatever gathered in the buffer after it (so it never
                     // waits for more than the round in flight plus one).
-                    (Some(s), _) => Wait::Own(s),
-                    // Group commit (docs/design/0013): a FLUSH's round (its
-                    // seal, PUT and map commit) is in flight and our writes
-                    // are not in it. Wait it out, then seal everything that
-                    // gathered meanwhile as one round: the FLUSHes that
-                    // came during a round share the next. Never more than
-                    // the round in flight plus its own.
-                    (None, Some(round)) if st.applied_seq < round && !st.active.is_empty() => {
-                        Wait::Round(round)
+                    // Before the checks below: if it is applied, the FLUSH
+                    // succeeded even if the engine stopped since.
+                    Wait::Own(s)
+                } else {
+                    if let Some(by) = &st.fenced_by {
+                        return Err(VolumeError::Fenced(by.clone()));
                     }
-                    _ => {
-                        if !st.active.is_empty() {
-                            inner.seal_locked(&mut st);
-                            st.flush_round = Some(st.prev_seq);
-                            inner.counters.add_flush_round();
-                        }
-                        // The newest segment sealed holds every write
-                        // acknowledged before us (numbers jump after a
-                        // takeover).
-                        Wait::Own(st.prev_seq)
+                    if let Some(why) = &st.stopped {
+                        return Err(VolumeError::Stopped(why.clone()));
                     }
+                    if start.is_none() {
+                        start = Some(st.next_seq);
+                        // Counted once it decides what it waits for
+                        // (tests order FLUSHes by it).
+                        inner.counters.add_flush();
+                    }
+                    Self::flush_step(inner, &mut st)
                 }
             };
             // A PUT in backoff is retried now: a FLUSH waits on it.
@@ -566,6 +547,28 @@ impl Volume {
                     // read and no clock (docs/design/0009).
                     return inner.wait_applied_until(target, deadline).await;
                 }
+            }
+        }
+    }
+
+    /// A FLUSH's step once nothing was sealed since it began (0013): wait
+    /// out the round in flight, or seal the buffer as a new round.
+    fn flush_step(inner: &Arc<Inner>, st: &mut State) -> Wait {
+        match st.flush_round {
+            // Group commit: a FLUSH's round (its seal, PUT and map commit)
+            // is in flight and our writes are not in it. Wait it out, then
+            // seal everything that gathered meanwhile as one round: the
+            // FLUSHes that came during a round share the next.
+            Some(round) if st.applied_seq < round && !st.active.is_empty() => Wait::Round(round),
+            _ => {
+                if !st.active.is_empty() {
+                    inner.seal_locked(st);
+                    st.flush_round = Some(st.prev_seq);
+                    inner.counters.add_flush_round();
+                }
+                // The newest segment sealed holds every write acknowledged
+                // before us (numbers jump after a takeover).
+                Wait::Own(st.prev_seq)
             }
         }
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use spritedisk_store::ObjectStore;
+use spritedisk_volume::segment::parse_segment_key;
 use spritedisk_volume::EngineOptions;
 
 const WRITERS: u64 = 16;
@@ -53,7 +54,8 @@ async fn flushes_during_a_round_share_the_next_one() {
         let (v, inner) = (vol.clone(), inner.clone());
         later.push(tokio::spawn(async move {
             v.flush().await?;
-            Ok::<_, spritedisk_volume::VolumeError>(segment_seqs(&inner).await.len())
+            let applied = v.stats().unwrap().applied_seq;
+            Ok::<_, spritedisk_volume::VolumeError>((segment_seqs(&inner).await.len(), applied))
         }));
         flushes_reach(&vol, w + 1).await;
     }
@@ -67,16 +69,17 @@ async fn flushes_during_a_round_share_the_next_one() {
     gate.let_through(1);
     first.await.unwrap().unwrap();
     assert!(gate.arrived_past(arrived).await, "round 2's PUT never came");
+    let round2 = parse_segment_key(&gate.last_arrival().unwrap()).unwrap();
     assert!(
         later.iter().all(|f| !f.is_finished()),
         "a FLUSH returned while the round holding its block was held"
     );
     gate.open();
     for (i, f) in later.into_iter().enumerate() {
-        let held = f.await.unwrap().unwrap();
+        let (held, applied) = f.await.unwrap().unwrap();
         assert!(
-            held >= before + 2,
-            "writer {}'s FLUSH returned when the store held {} new segment(s): its block is only in the second",
+            held >= before + 2 && applied >= round2,
+            "writer {}'s FLUSH returned when the store held {} new segment(s) and {applied} was applied: its block is only in the second, {round2}",
             i + 1,
             held - before
         );
@@ -124,11 +127,15 @@ async fn a_flush_waits_for_the_first_seal_after_it_not_later_rounds() {
         async move { vol.flush().await }
     });
     assert!(gate.arrived_past(arrived).await, "round 1's PUT never came");
+    let round1 = gate.last_arrival().unwrap();
     // A writes and FLUSHes during round 1.
     vol.write(BS, pattern(1, 1, 3), false).await.unwrap();
     let a = tokio::spawn({
         let vol = vol.clone();
-        async move { vol.flush().await }
+        async move {
+            let res = vol.flush().await;
+            (res, vol.stats().unwrap().applied_seq)
+        }
     });
     flushes_reach(&vol, 2).await;
     // A write that fills the buffer seals it (A's block with it).
@@ -140,6 +147,7 @@ async fn a_flush_waits_for_the_first_seal_after_it_not_later_rounds() {
         gate.arrived_past(arrived).await,
         "the full buffer was not sealed"
     );
+    let full = gate.last_arrival().unwrap();
     // C writes and FLUSHes: its block is in no segment yet.
     vol.write(2 * BS, pattern(2, 1, 3), false).await.unwrap();
     let c = tokio::spawn({
@@ -148,14 +156,27 @@ async fn a_flush_waits_for_the_first_seal_after_it_not_later_rounds() {
     });
     flushes_reach(&vol, 3).await;
 
-    // Round 1 and the full buffer's segment land; C's round is held.
-    gate.let_through(2);
+    // Round 1 lands; A's block is in the next segment, still held.
+    gate.let_key_through(&round1);
     first.await.unwrap().unwrap();
-    tokio::time::timeout(GATE_WAIT_MAX, a)
+    // C's round (sealed once round 1 is applied) reaches the gate.
+    assert!(gate.arrived_past(arrived + 1).await, "C's round never came");
+    assert!(
+        !a.is_finished(),
+        "A's FLUSH returned before its block's segment landed"
+    );
+    // The full buffer's segment lands: A returns, C's round is still held.
+    gate.let_key_through(&full);
+    let (res, applied) = tokio::time::timeout(GATE_WAIT_MAX, a)
         .await
         .expect("A's FLUSH waited for a round after the segment holding its block")
-        .unwrap()
         .unwrap();
+    res.unwrap();
+    let full_seq = parse_segment_key(&full).unwrap();
+    assert!(
+        applied >= full_seq,
+        "A's FLUSH returned with only {applied} applied, its block is in {full_seq}"
+    );
     assert!(
         !c.is_finished(),
         "C's FLUSH returned before its round landed"

@@ -148,6 +148,10 @@ pub struct GateStore {
     /// Operations a closed gate lets through, one each, oldest waiter not
     /// guaranteed first ([`GateStore::let_through`]).
     permits: tokio::sync::watch::Sender<usize>,
+    /// Keys a closed gate lets through ([`GateStore::let_key_through`]).
+    keys: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The keys of the operations that reached the gate, in order.
+    arrivals: std::sync::Mutex<Vec<String>>,
 }
 
 /// How long a test waits for an event its setup makes happen at once.
@@ -163,7 +167,22 @@ impl GateStore {
             holds_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
             arrived: tokio::sync::watch::channel(0).0,
             permits: tokio::sync::watch::channel(0).0,
+            keys: Default::default(),
+            arrivals: Default::default(),
         })
+    }
+
+    /// The key of the last operation that reached the gate.
+    pub fn last_arrival(&self) -> Option<String> {
+        self.arrivals.lock().unwrap().last().cloned()
+    }
+
+    /// Lets the operations on `key` held at the closed gate (or arriving
+    /// later) through.
+    pub fn let_key_through(&self, key: &str) {
+        self.keys.lock().unwrap().insert(key.to_string());
+        // Wakes the held operations to look.
+        self.permits.send_modify(|_| {});
     }
 
     /// Lets `n` operations held at the closed gate (or arriving later)
@@ -210,6 +229,7 @@ impl GateStore {
                     .is_ok()
         };
         if hold == self.hold && key.starts_with(self.prefix) {
+            self.arrivals.lock().unwrap().push(key.to_string());
             self.arrived.send_modify(|n| *n += 1);
             if held() {
                 let mut open = self.open.subscribe();
@@ -221,6 +241,9 @@ impl GateStore {
                     // Seen before the take: a permit given after it wakes
                     // the select below.
                     permits.borrow_and_update();
+                    if self.keys.lock().unwrap().contains(key) {
+                        break;
+                    }
                     let took = self.permits.send_if_modified(|p| match *p {
                         0 => false,
                         _ => {
