@@ -503,8 +503,8 @@ impl Volume {
         let deadline = tokio::time::Instant::now() + inner.opts.flush_timeout;
         // The number the next seal takes, when this FLUSH began: every seal
         // takes the whole buffer (barriers and compaction's copies seal it
-        // first), so once a segment numbered `start` exists it holds every
-        // write acknowledged before this FLUSH, or a later one does not.
+        // first), so once a segment numbered `start` exists, it or one
+        // before it holds every write acknowledged before this FLUSH.
         let mut start = None;
         loop {
             let wait = {
