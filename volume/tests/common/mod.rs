@@ -229,9 +229,16 @@ impl GateStore {
                     .is_ok()
         };
         if hold == self.hold && key.starts_with(self.prefix) {
+            // Whether it is held is decided before it counts as arrived: a
+            // test that saw it arrive then lets others run (a GC, a second
+            // FLUSH), and one of theirs must not take its place at the
+            // gate (a GC in `gc.rs` hung about once in a hundred runs that
+            // way, holding the gate's only place while the test waited for
+            // it to finish).
+            let held = held();
             self.arrivals.lock().unwrap().push(key.to_string());
             self.arrived.send_modify(|n| *n += 1);
-            if held() {
+            if held {
                 let mut open = self.open.subscribe();
                 let mut permits = self.permits.subscribe();
                 loop {
