@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::*;
 use spritedisk_store::ObjectStore;
 use spritedisk_volume::segment::parse_segment_key;
-use spritedisk_volume::EngineOptions;
+use spritedisk_volume::{EngineOptions, Volume};
 
 const WRITERS: u64 = 16;
 
@@ -28,21 +28,10 @@ fn roomy(seed: u64) -> EngineOptions {
 /// and the store alone reads every block back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushes_during_a_round_share_the_next_one() {
-    let inner = fresh_store();
-    create(&inner, 64 << 20).await;
-    let gate = GateStore::new(inner.clone(), "segments/", Hold::Puts);
-    let store: Arc<dyn ObjectStore> = gate.clone();
-    let vol = open(store, None, roomy(1)).await;
+    let (inner, gate, vol) = gated_volume(roomy(1)).await;
     let before = segment_seqs(&inner).await.len();
-
     // Round 1: the first writer's block; its PUT waits at the gate.
-    let arrived = gate.close();
-    vol.write(0, pattern(0, 1, 1), false).await.unwrap();
-    let first = tokio::spawn({
-        let vol = vol.clone();
-        async move { vol.flush().await }
-    });
-    assert!(gate.arrived_past(arrived).await, "round 1's PUT never came");
+    let first = round_one_held(&gate, &vol, 1).await;
 
     // The others write and FLUSH while round 1 is in flight, one after
     // the other: each FLUSH has started (and decided what it waits for)
@@ -112,21 +101,10 @@ async fn flushes_during_a_round_share_the_next_one() {
 /// all the time, for as many rounds as came, up to its deadline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_waits_for_the_first_seal_after_it_not_later_rounds() {
-    let inner = fresh_store();
-    create(&inner, 64 << 20).await;
-    let gate = GateStore::new(inner.clone(), "segments/", Hold::Puts);
-    let store: Arc<dyn ObjectStore> = gate.clone();
     let o = roomy(4);
     let fill = o.segment_bytes / BS;
-    let vol = open(store, None, o).await;
-
-    let arrived = gate.close();
-    vol.write(0, pattern(0, 1, 3), false).await.unwrap();
-    let first = tokio::spawn({
-        let vol = vol.clone();
-        async move { vol.flush().await }
-    });
-    assert!(gate.arrived_past(arrived).await, "round 1's PUT never came");
+    let (inner, gate, vol) = gated_volume(o).await;
+    let first = round_one_held(&gate, &vol, 3).await;
     let round1 = gate.last_arrival().unwrap();
     // A writes and FLUSHes during round 1.
     vol.write(BS, pattern(1, 1, 3), false).await.unwrap();
@@ -193,9 +171,36 @@ async fn a_flush_waits_for_the_first_seal_after_it_not_later_rounds() {
     }
 }
 
+/// A fresh volume whose segment PUTs pass a gate; the store behind it.
+async fn gated_volume(o: EngineOptions) -> (Arc<dyn ObjectStore>, Arc<GateStore>, Volume) {
+    let inner = fresh_store();
+    create(&inner, 64 << 20).await;
+    let gate = GateStore::new(inner.clone(), "segments/", Hold::Puts);
+    let store: Arc<dyn ObjectStore> = gate.clone();
+    let vol = open(store, None, o).await;
+    (inner, gate, vol)
+}
+
+/// Closes the gate, writes block 0 (write `tag`) and starts a FLUSH: round
+/// 1, whose PUT waits at the gate when this returns.
+async fn round_one_held(
+    gate: &GateStore,
+    vol: &Volume,
+    tag: u8,
+) -> tokio::task::JoinHandle<Result<(), spritedisk_volume::VolumeError>> {
+    let arrived = gate.close();
+    vol.write(0, pattern(0, 1, tag), false).await.unwrap();
+    let first = tokio::spawn({
+        let vol = vol.clone();
+        async move { vol.flush().await }
+    });
+    assert!(gate.arrived_past(arrived).await, "round 1's PUT never came");
+    first
+}
+
 /// Waits until `n` FLUSHes have started (counted on entry, under the
 /// engine's lock, once each decided what it waits for).
-async fn flushes_reach(vol: &spritedisk_volume::Volume, n: u64) {
+async fn flushes_reach(vol: &Volume, n: u64) {
     let deadline = tokio::time::Instant::now() + GATE_WAIT_MAX;
     while vol.stats().unwrap().session_flushes < n {
         assert!(
