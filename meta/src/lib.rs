@@ -192,6 +192,15 @@ impl MetaDb {
             .map(|e| e as u64))
     }
 
+    /// Every commit from now on is synced before it returns
+    /// (`synchronous=FULL`): a power cut takes none back. What the local
+    /// durability mode needs (docs/design/0014), whose write journal is
+    /// trusted only while this database says whose it is.
+    pub fn commit_fully(&self) -> Result<(), MetaError> {
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(())
+    }
+
     pub fn set_writer_epoch(&mut self, epoch: u64) -> Result<(), MetaError> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM writer", [])?;

@@ -178,7 +178,7 @@ const WRITEV_PARTS_MAX: usize = 256;
 /// Writes `parts` one after the other, [`WRITEV_PARTS_MAX`] per `writev`
 /// (a short write is finished part by part). By hand: std's
 /// `write_all_vectored` is not stable. The engine's write log uses it too.
-pub fn write_all_parts(f: &mut File, parts: &[&[u8]]) -> std::io::Result<()> {
+pub fn write_all_parts<W: Write>(f: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
     for group in parts.chunks(WRITEV_PARTS_MAX) {
         let slices: Vec<std::io::IoSlice> =
             group.iter().map(|p| std::io::IoSlice::new(p)).collect();

@@ -275,6 +275,15 @@ pub struct AttachArgs {
     /// Buffered writes older than this many seconds are uploaded without a FLUSH.
     #[arg(long, default_value_t = 5.0)]
     pub writeback_delay: f64,
+    /// What a FLUSH waits for. `store`: the writes are in the object store
+    /// (they survive losing the machine). `local`: they are in the local
+    /// write journal, fdatasynced, and uploaded within --writeback-delay
+    /// (they survive a daemon crash and a power cut, not losing the
+    /// machine: at most --dirty-max of flushed writes). Checkpoints and
+    /// detach upload everything in both. Needs the cache directory on a
+    /// disk that honours fdatasync.
+    #[arg(long, default_value = "store", value_parser = parse_durability, value_name = "store|local")]
+    pub durability: spritedisk_volume::Durability,
     /// Take the volume over from a daemon that still holds it (another
     /// machine, a hung process): that daemon is fenced, its next flush fails.
     #[arg(long)]
@@ -353,6 +362,7 @@ impl AttachArgs {
             // any attach would (a holder certainly gone from this kernel),
             // never from a writer that attached since (D4 of the review).
             reclaim: self.recover_dev.is_some(),
+            durability: self.durability,
             ..EngineOptions::default()
         })
     }
@@ -537,5 +547,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let dir = cache_dir_for(&url, cache_dir);
             crate::inspect::verify(&url, &dir).await.context("verify")
         }
+    }
+}
+
+fn parse_durability(s: &str) -> Result<spritedisk_volume::Durability, String> {
+    match s {
+        "store" => Ok(spritedisk_volume::Durability::Store),
+        "local" => Ok(spritedisk_volume::Durability::Local),
+        other => Err(format!(
+            "{other:?} is not a durability: `store` (a FLUSH waits for the object store) or `local` (for the local journal's fdatasync)"
+        )),
     }
 }

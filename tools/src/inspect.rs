@@ -138,6 +138,17 @@ pub async fn stats(url: &str, cache_dir: &Path, json: bool) -> Result<i32> {
             l.upload_backlog_segments
         );
         println!(
+            "durability     {}: {} not in the store yet{}; {} FLUSHes, {} journal syncs",
+            l.durability,
+            human(l.dirty_bytes),
+            match l.oldest_unreplicated_ms {
+                0 => String::new(),
+                ms => format!(", the oldest written {:.1} s ago", ms as f64 / 1000.0),
+            },
+            l.session_flushes,
+            l.session_journal_syncs
+        );
+        println!(
             "cache          {:.1}% hits ({} hits, {} misses), {} served from cache, {} from the store",
             ratio * 100.0,
             c.hits,

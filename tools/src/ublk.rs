@@ -77,6 +77,7 @@ fn start_daemon(args: &AttachArgs) -> Result<i32> {
     cmd.args(["--cache-size", &args.cache_size.to_string()]);
     cmd.args(["--prefetch-window", &args.prefetch_window.to_string()]);
     cmd.args(["--lease-ttl", &args.lease_ttl.to_string()]);
+    cmd.args(["--durability", args.durability.as_str()]);
     if args.force {
         cmd.arg("--force");
     }

@@ -40,7 +40,7 @@ impl Volume {
         if let Some(d) = &deadline {
             d.check(t0)?;
         }
-        self.flush().await?;
+        self.flush_to_store().await?;
         let t_flush = t0.elapsed();
         let inner = self.inner.clone();
         let name = name.map(str::to_string);
@@ -103,7 +103,7 @@ impl Volume {
     pub async fn restore(&self, name: &str) -> Result<CheckpointRow, VolumeError> {
         self.require_replica()?;
         let t0 = std::time::Instant::now();
-        self.flush().await?;
+        self.flush_to_store().await?;
         let t_flush = t0.elapsed();
         // The barrier first, and every segment before it applied: segments
         // sealed from here on are behind the barrier and are applied on top

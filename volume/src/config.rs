@@ -71,6 +71,30 @@ impl VolumeConfig {
     }
 }
 
+/// What a FLUSH (or a FUA write) waits for before it returns
+/// (docs/design/0014).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The writes are in a segment in the object store, applied to the
+    /// map: they survive the loss of the machine.
+    #[default]
+    Store,
+    /// The writes are in the local write journal, `fdatasync`ed; segments
+    /// are uploaded afterwards. They survive a daemon crash and a power
+    /// cut with the disk intact, not the loss of the machine.
+    Local,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Store => "store",
+            Durability::Local => "local",
+        }
+    }
+}
+
 /// Bounds and timings of the engine. Every queue and retry has a named bound.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -116,6 +140,8 @@ pub struct EngineOptions {
     /// metadata); false: on the writer's connection, under its lock, as
     /// with metadata in memory (the engine benchmark's baseline).
     pub map_readers: bool,
+    /// What a FLUSH waits for (needs a cache directory for `Local`).
+    pub durability: Durability,
 }
 
 impl Default for EngineOptions {
@@ -136,6 +162,7 @@ impl Default for EngineOptions {
             take_over: false,
             reclaim: false,
             map_readers: true,
+            durability: Durability::Store,
         }
     }
 }

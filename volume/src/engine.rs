@@ -16,14 +16,14 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::blockcrc::Checked;
 use crate::buffer::WriteBuffer;
-use crate::config::{EngineOptions, VolumeConfig};
+use crate::config::{Durability, EngineOptions, VolumeConfig};
 use crate::io::{BlockIo, IoReply, IoRequest};
 use crate::lease;
 use crate::recovery;
 use crate::reserve::MetaReserve;
 use crate::stats::{Counters, VolumeStats};
 use crate::upload::Sealed;
-use crate::wlog::{LeftFile, WriteLog};
+use crate::wlog::{LeftFile, SyncPlan, WriteLog};
 use crate::VolumeError;
 
 /// Largest single request: bounds the memory one request can pin.
@@ -133,6 +133,11 @@ impl Volume {
         opts: EngineOptions,
     ) -> Result<Volume, VolumeError> {
         let t0 = Instant::now();
+        if opts.durability == Durability::Local && cache_dir.is_none() {
+            return Err(VolumeError::BadConfig(
+                "--durability local needs a cache directory: the write journal that FLUSH syncs lives there".into(),
+            ));
+        }
         let config = recovery::load_config(&store, url).await?;
         let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
         // The lease first: the store is listed and debris deleted only by
@@ -147,12 +152,22 @@ impl Volume {
         // in a grace without the chain's protection (0007).
         lease::wait_out_previous(&held).await;
         let lease_ms = t0.elapsed().as_millis() as u64;
-        let (meta, rolled) =
+        let (mut meta, rolled) =
             recovery::recover(&store, url, &config, cache_dir, &keeper.held, opts.reclaim).await?;
         if let Some(by) = keeper.lost() {
             return Err(VolumeError::Fenced(by));
         }
         let epoch = keeper.held.lock().await.doc.epoch;
+        if opts.durability == Durability::Local {
+            // The journal is replayed only while this database says it is
+            // ours: its epoch must survive a power cut, and so must every
+            // commit (a database set back behind the store's required
+            // position would be rebuilt and its journal dropped). Committed
+            // again under FULL, which syncs every earlier commit with it
+            // (docs/design/0014).
+            meta.commit_fully()?;
+            meta.set_writer_epoch(epoch)?;
+        }
         let meta_ms = t0.elapsed().as_millis() as u64 - lease_ms;
         let origins = crate::fork::Origins::open(&meta)?;
         let (wlog, left) = match cache_dir {
@@ -316,6 +331,7 @@ impl Volume {
                     }
                 }
                 st.client_bytes_total += len;
+                st.active_since.get_or_insert_with(Instant::now);
                 inner.seal_locked(st);
             })
             .await?;
@@ -427,12 +443,8 @@ impl Volume {
         let inner = &self.inner;
         let len = data.as_ref().map_or(0, |d| d.bytes.len() as u64);
         self.when_room(len, |st| {
-            if let Some(log) = st.wlog.as_mut() {
-                if let Err(e) = log.append(lba, blocks, data.as_ref()) {
-                    tracing::warn!(error = %e, "write log disabled: unflushed writes will not survive a daemon crash");
-                    log.abandon();
-                    st.wlog = None;
-                }
+            if let Some(Err(e)) = st.wlog.as_mut().map(|log| log.append(lba, blocks, data.as_ref())) {
+                inner.write_log_failed(st, &e);
             }
             st.active.insert_checked(lba, blocks, data, inner.block_size);
             st.active_since.get_or_insert_with(Instant::now);
@@ -495,9 +507,77 @@ impl Volume {
         }
     }
 
-    /// Returns once every write admitted before the call is durable in the
-    /// object store and applied to the map.
+    /// A client's FLUSH: returns once every write admitted before the call
+    /// is durable as the volume's durability says (docs/design/0014): in
+    /// the object store and applied to the map, or in the local journal.
     pub async fn flush(&self) -> Result<(), VolumeError> {
+        match self.inner.opts.durability {
+            Durability::Store => self.flush_to_store().await,
+            Durability::Local => self.flush_local().await,
+        }
+    }
+
+    /// A FLUSH in local mode: returns once a sync round of the write
+    /// journal covers every record appended before it began. Rounds are
+    /// shared: one runs at a time, and the FLUSHes that come meanwhile wait
+    /// for it and then, if it did not cover them, start the next one for
+    /// all (a FLUSH waits for at most the round in flight plus its own).
+    /// A journal that failed sends the FLUSH to the store.
+    async fn flush_local(&self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.opts.flush_timeout;
+        // The journal's append count when this FLUSH began: every write
+        // acknowledged before it was appended before it was acknowledged.
+        let mut want = None;
+        loop {
+            let notified = inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let plan = {
+                let mut st = inner.state.lock().unwrap();
+                if let Some(by) = &st.fenced_by {
+                    return Err(VolumeError::Fenced(by.clone()));
+                }
+                if let Some(why) = &st.stopped {
+                    return Err(VolumeError::Stopped(why.clone()));
+                }
+                match st.wlog.as_mut().filter(|log| log.trusted()) {
+                    // No journal to trust (it failed): the store it is.
+                    None => None,
+                    Some(log) => {
+                        let want = *want.get_or_insert_with(|| {
+                            inner.counters.add_flush();
+                            log.appends()
+                        });
+                        if log.synced() >= want {
+                            return Ok(());
+                        }
+                        Some(log.begin_sync())
+                    }
+                }
+            };
+            let Some(plan) = plan else {
+                return self.flush_to_store().await;
+            };
+            if let Some(plan) = plan {
+                inner.counters.add_journal_sync();
+                // Its own task: a FLUSH dropped mid-round cannot leave the
+                // round in flight forever.
+                tokio::spawn(sync_journal(inner.clone(), plan));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(VolumeError::FlushTimeout {
+                    timeout_ms: inner.opts.flush_timeout.as_millis() as u64,
+                    last_error: "the local write journal's fdatasync has not returned".into(),
+                });
+            }
+        }
+    }
+
+    /// Returns once every write admitted before the call is durable in the
+    /// object store and applied to the map, whatever the durability mode:
+    /// what a store-mode FLUSH, a checkpoint, GC and a detach wait for.
+    pub async fn flush_to_store(&self) -> Result<(), VolumeError> {
         let inner = &self.inner;
         // One deadline for the whole FLUSH, the round it may wait out included.
         let deadline = tokio::time::Instant::now() + inner.opts.flush_timeout;
@@ -576,7 +656,9 @@ impl Volume {
     /// Flushes and stops the engine: later I/O fails with ESHUTDOWN. The
     /// read cache is saved for a warm restart.
     pub async fn close(&self) -> Result<(), VolumeError> {
-        let mut res = self.flush().await;
+        // Everything into the store, in either durability mode: the next
+        // attach may be on another machine.
+        let mut res = self.flush_to_store().await;
         if res.is_ok() {
             // A clean detach leaves a replica that needs no roll-forward.
             res = self.inner.ship_meta().await;
@@ -629,6 +711,19 @@ impl Volume {
                 .map(|_| IoReply::Done),
         }
     }
+}
+
+/// Runs one sync round of the write journal and reports it back.
+async fn sync_journal(inner: Arc<Inner>, plan: SyncPlan) {
+    let plan = Arc::new(plan);
+    let run = plan.clone();
+    let res = spritedisk_store::blocking::unblock(move || run.run())
+        .await
+        .unwrap_or_else(|e| Err(format!("write log sync: {e}")));
+    if let Some(log) = inner.state.lock().unwrap().wlog.as_mut() {
+        log.end_sync(&plan, res);
+    }
+    inner.changed.notify_waiters();
 }
 
 /// Tries at reading the lease before GC deletes, on transient errors.
@@ -780,6 +875,29 @@ impl Inner {
             .get_or_insert_with(|| why.to_string());
         self.lease.stop();
         self.changed.notify_waiters();
+    }
+
+    /// The write log failed to take a record or start a file (e.g. a full
+    /// cache disk). In store mode it is deleted: a replay must not skip the
+    /// lost record, and nothing in it was flushed. In local mode it holds
+    /// flushed writes not yet uploaded, so it is kept (frozen: no more
+    /// records) and FLUSHes wait for the store from now on (0014).
+    pub(crate) fn write_log_failed(&self, st: &mut State, e: &str) {
+        match self.opts.durability {
+            Durability::Store => {
+                tracing::warn!(error = %e, "write log disabled: unflushed writes will not survive a daemon crash");
+                if let Some(log) = st.wlog.as_mut() {
+                    log.abandon();
+                }
+                st.wlog = None;
+            }
+            Durability::Local => {
+                tracing::error!(error = %e, "write journal failed: FLUSHes wait for the object store from now on; its files are kept (they hold flushed writes not yet uploaded)");
+                if let Some(log) = st.wlog.as_mut() {
+                    log.freeze();
+                }
+            }
+        }
     }
 
     pub fn is_stopped(&self) -> bool {

@@ -107,7 +107,7 @@ impl Volume {
     /// anything; safe to interrupt at any point and run again.
     pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport, VolumeError> {
         self.require_replica()?;
-        self.flush().await?;
+        self.flush_to_store().await?;
         let mut report = GcReport {
             dry_run: opts.dry_run,
             ..Default::default()

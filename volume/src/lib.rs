@@ -33,7 +33,9 @@ mod wlog;
 
 pub use chain::{EPOCH_SEQ_RANGE, WINDOW as CHAIN_WINDOW};
 pub use checkpoint::Deadline;
-pub use config::{EngineOptions, VolumeConfig, BLOCK_SIZE, CONFIG_KEY, DEFAULT_SIZE_BYTES};
+pub use config::{
+    Durability, EngineOptions, VolumeConfig, BLOCK_SIZE, CONFIG_KEY, DEFAULT_SIZE_BYTES,
+};
 pub use engine::{reset_cache_dir, Volume, REQUEST_BYTES_MAX};
 pub use error::{libc_errno, VolumeError};
 pub use gc::{GcOptions, GcReport};

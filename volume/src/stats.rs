@@ -14,6 +14,9 @@ pub(crate) struct Counters {
     pub flushes: AtomicU64,
     /// FLUSHes that sealed (the rest shared a round or had nothing new).
     pub flush_rounds: AtomicU64,
+    /// Sync rounds of the write journal (local durability: one per group
+    /// of FLUSHes).
+    pub journal_syncs: AtomicU64,
     pub puts: AtomicU64,
     pub put_bytes: AtomicU64,
     pub gets: AtomicU64,
@@ -99,6 +102,9 @@ impl Counters {
     pub fn add_flush_round(&self) {
         self.flush_rounds.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn add_journal_sync(&self) {
+        self.journal_syncs.fetch_add(1, Ordering::Relaxed);
+    }
     pub fn add_put(&self, bytes: u64) {
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.put_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -133,8 +139,16 @@ pub struct VolumeStats {
     pub segment_bytes_put: u64,
     /// Map rows kept only for checkpoints.
     pub dead_extents: u64,
-    /// Data in memory not yet durable (write buffer + segments uploading).
+    /// What FLUSH waits for: "store" or "local" (docs/design/0014).
+    #[serde(default)]
+    pub durability: String,
+    /// Data not yet in the object store (write buffer + segments
+    /// uploading), held in memory; with local durability, flushed writes
+    /// among it are in the local journal only.
     pub dirty_bytes: u64,
+    /// Age of the oldest write not yet in the object store (0: none).
+    #[serde(default)]
+    pub oldest_unreplicated_ms: u64,
     /// Segments sealed but not yet durable and applied.
     pub upload_backlog_segments: u64,
     /// Memory held by sealed segments (queued or not): bounded by the dirty limit.
@@ -149,6 +163,11 @@ pub struct VolumeStats {
     /// FLUSHes share one (group commit), so fewer rounds than FLUSHes.
     #[serde(default)]
     pub session_flush_rounds: u64,
+    /// Sync rounds of the local write journal (local durability): each
+    /// `fdatasync`s every journal file with new records, for every FLUSH
+    /// waiting then.
+    #[serde(default)]
+    pub session_journal_syncs: u64,
     /// Lease epoch of this writer (0 offline).
     pub lease_epoch: u64,
     /// Newest TXID durable in the metadata replica, and what this session shipped.
@@ -172,12 +191,19 @@ pub struct VolumeStats {
 
 impl Inner {
     pub fn stats(&self) -> Result<VolumeStats, VolumeError> {
-        let (dirty, backlog, client) = {
+        let (dirty, backlog, client, oldest) = {
             let st = self.state.lock().unwrap();
+            let oldest = st
+                .sealed
+                .iter()
+                .find_map(|s| s.first_write)
+                .or(st.active_since)
+                .map_or(0, |t| t.elapsed().as_millis() as u64);
             (
                 st.dirty_bytes(),
                 st.sealed.len() as u64,
                 st.client_bytes_total,
+                oldest,
             )
         };
         let m = self.meta.lock().unwrap().stats()?;
@@ -194,7 +220,9 @@ impl Inner {
             applied_seq: m.applied_seq,
             segment_bytes_put: m.segment_bytes_put,
             dead_extents: m.dead_extents,
+            durability: self.opts.durability.as_str().to_string(),
             dirty_bytes: dirty,
+            oldest_unreplicated_ms: oldest,
             upload_backlog_segments: backlog,
             segment_memory_bytes: c.segment_bytes_alive.load(Ordering::Relaxed),
             session_puts: c.puts.load(Ordering::Relaxed),
@@ -203,6 +231,7 @@ impl Inner {
             session_get_bytes: c.get_bytes.load(Ordering::Relaxed),
             session_flushes: c.flushes.load(Ordering::Relaxed),
             session_flush_rounds: c.flush_rounds.load(Ordering::Relaxed),
+            session_journal_syncs: c.journal_syncs.load(Ordering::Relaxed),
             lease_epoch: self.epoch,
             replica_txid: self.replica_txid.load(Ordering::Relaxed),
             session_replica_files: c.replica_files.load(Ordering::Relaxed),

@@ -35,6 +35,8 @@ pub(crate) struct Sealed {
     pub data_offset: u64,
     pub block_crcs: Vec<u32>,
     pub client_bytes_total: u64,
+    /// When the oldest write in it was admitted (None: no client writes).
+    pub first_write: Option<std::time::Instant>,
     pub durable: AtomicBool,
     /// Bytes of sealed segments alive in memory, queued or not (the volume's gauge).
     pub alive_bytes: Arc<AtomicU64>,
@@ -60,7 +62,7 @@ impl Inner {
         }
         let t0 = std::time::Instant::now();
         let buffer = std::mem::take(&mut st.active);
-        st.active_since = None;
+        let first_write = st.active_since.take();
         let link = self.next_link_locked(st);
         // The index only: the pieces stay the buffer's bytes.
         let enc = segment::encode_parts(
@@ -80,6 +82,7 @@ impl Inner {
             vec![],
             None,
             checks,
+            first_write,
         );
         WritePathCounters::add(&self.counters.write_path.seal_ns, t0);
     }
@@ -131,12 +134,8 @@ impl Inner {
         let seq = st.next_seq;
         let prev_seq = std::mem::replace(&mut st.prev_seq, seq);
         st.next_seq += 1;
-        if let Some(log) = st.wlog.as_mut() {
-            if let Err(e) = log.rotate(st.next_seq) {
-                tracing::warn!(error = %e, "write log disabled: unflushed writes will not survive a daemon crash");
-                log.abandon();
-                st.wlog = None;
-            }
+        if let Some(Err(e)) = st.wlog.as_mut().map(|log| log.rotate(st.next_seq)) {
+            self.write_log_failed(st, &e);
         }
         Link {
             seq,
@@ -159,7 +158,17 @@ impl Inner {
     ) {
         let body = SegmentBody::new(vec![bytes]);
         let none = WriteBuffer::default();
-        self.queue_locked(st, link, body, none, vec![], copies, gate, (0, vec![]));
+        self.queue_locked(
+            st,
+            link,
+            body,
+            none,
+            vec![],
+            copies,
+            gate,
+            (0, vec![]),
+            None,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -173,6 +182,7 @@ impl Inner {
         copies: Vec<PieceRef>,
         gate: Option<tokio::sync::watch::Receiver<Option<bool>>>,
         (data_offset, block_crcs): (u64, Vec<u32>),
+        first_write: Option<std::time::Instant>,
     ) {
         let sealed = Arc::new(Sealed {
             link,
@@ -183,6 +193,7 @@ impl Inner {
             data_offset,
             block_crcs,
             client_bytes_total: st.client_bytes_total,
+            first_write,
             durable: AtomicBool::new(false),
             alive_bytes: self.counters.segment_bytes_alive.clone(),
             gate,

@@ -24,6 +24,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -68,10 +69,62 @@ pub(crate) struct LeftFile {
 #[derive(Debug)]
 pub(crate) struct WriteLog {
     dir: PathBuf,
-    file: Option<File>,
+    /// The current file; None before the first rotate, and once frozen.
+    file: Option<Arc<File>>,
     gen: u64,
-    /// Open files: (gen, segment seq), oldest first.
-    files: Vec<(u64, u64)>,
+    /// Open files, oldest first.
+    files: Vec<LogFile>,
+    /// Records (and file headers) appended, all files together; what a
+    /// sync round covers is a count of them (docs/design/0014).
+    appends: u64,
+    /// Appends known durable: every file holding one is `fdatasync`ed.
+    synced: u64,
+    /// Files created, and how many of those creations the directory's last
+    /// sync covers.
+    created: u64,
+    dir_synced: u64,
+    /// A sync round is running ([`WriteLog::begin_sync`]).
+    sync_in_flight: bool,
+    /// No longer appended to: an append, a creation or a sync failed
+    /// (local mode keeps the files, which hold flushed writes).
+    frozen: bool,
+}
+
+#[derive(Debug)]
+struct LogFile {
+    gen: u64,
+    seq: u64,
+    /// For syncs: None for a file synced when it was taken in (rehomed).
+    handle: Option<Arc<File>>,
+    /// The log's append count at this file's last append.
+    last_append: u64,
+}
+
+/// What one sync round makes durable: run off the state lock
+/// ([`SyncPlan::run`]), then reported back ([`WriteLog::end_sync`]).
+#[derive(Debug)]
+pub(crate) struct SyncPlan {
+    /// The append count it covers.
+    upto: u64,
+    files: Vec<Arc<File>>,
+    /// The directory, if a file was created since its last sync, and the
+    /// creation count that sync covers.
+    dir: Option<(PathBuf, u64)>,
+}
+
+impl SyncPlan {
+    /// `fdatasync`s each file, then the directory (blocking).
+    pub fn run(&self) -> Result<(), String> {
+        for f in &self.files {
+            f.sync_data().map_err(|e| format!("write log fdatasync: {e}"))?;
+        }
+        if let Some((dir, _)) = &self.dir {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("sync", dir, e))?;
+        }
+        Ok(())
+    }
 }
 
 fn file_name(gen: u64) -> String {
@@ -157,6 +210,12 @@ impl WriteLog {
                 .or(gens.last().copied())
                 .unwrap_or(0),
             files: vec![],
+            appends: 0,
+            synced: 0,
+            created: 0,
+            dir_synced: 0,
+            sync_in_flight: false,
+            frozen: false,
         };
         Ok((log, left))
     }
@@ -196,12 +255,20 @@ impl WriteLog {
 
     /// Takes a rehomed file into this daemon's log (before its current file).
     pub fn adopt(&mut self, gen: u64, seq: u64) {
-        debug_assert!(self.file.is_none() && self.files.last().is_none_or(|&(g, _)| g < gen));
-        self.files.push((gen, seq));
+        debug_assert!(self.file.is_none() && self.files.last().is_none_or(|f| f.gen < gen));
+        self.files.push(LogFile {
+            gen,
+            seq,
+            handle: None,
+            last_append: 0,
+        });
     }
 
-    /// Starts the file for segment `seq`.
+    /// Starts the file for segment `seq` (nothing once frozen).
     pub fn rotate(&mut self, seq: u64) -> Result<(), String> {
+        if self.frozen {
+            return Ok(());
+        }
         self.gen += 1;
         let path = self.dir.join(file_name(self.gen));
         let mut f = OpenOptions::new()
@@ -213,8 +280,18 @@ impl WriteLog {
         header.extend_from_slice(&seq.to_le_bytes());
         f.write_all(&header)
             .map_err(|e| io_err("write", &path, e))?;
-        self.file = Some(f);
-        self.files.push((self.gen, seq));
+        let f = Arc::new(f);
+        self.file = Some(f.clone());
+        // The header is an append: a file left without one after a power
+        // cut would end the log there, before later files' records.
+        self.appends += 1;
+        self.created += 1;
+        self.files.push(LogFile {
+            gen: self.gen,
+            seq,
+            handle: Some(f),
+            last_append: self.appends,
+        });
         Ok(())
     }
 
@@ -224,9 +301,9 @@ impl WriteLog {
     /// read again here.
     pub fn append(&mut self, lba: u64, blocks: u64, data: Option<&Checked>) -> Result<(), String> {
         let path = self.dir.join(file_name(self.gen));
-        let f = self
+        let mut f: &File = self
             .file
-            .as_mut()
+            .as_deref()
             .ok_or_else(|| "write log is closed".to_string())?;
         let (d, crcs): (&[u8], &[u32]) = data.map_or((&[], &[]), |c| (&c.bytes, &c.crcs));
         debug_assert!(data.is_none() || crcs.len() as u64 == blocks);
@@ -242,14 +319,83 @@ impl WriteLog {
         h[24..28].copy_from_slice(&(d.len() as u32).to_le_bytes());
         let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), &list);
         h[28..32].copy_from_slice(&crc.to_le_bytes());
-        spritedisk_store::write_all_parts(f, &[&h, &list, d])
-            .map_err(|e| io_err("append", &path, e))
+        spritedisk_store::write_all_parts(&mut f, &[&h, &list, d])
+            .map_err(|e| io_err("append", &path, e))?;
+        self.appends += 1;
+        if let Some(cur) = self.files.last_mut() {
+            cur.last_append = self.appends;
+        }
+        Ok(())
+    }
+
+    /// The count of appends so far: a FLUSH in local mode waits until
+    /// [`WriteLog::synced`] reaches what it was when the FLUSH began.
+    pub fn appends(&self) -> u64 {
+        self.appends
+    }
+
+    pub fn synced(&self) -> u64 {
+        self.synced
+    }
+
+    /// Whether its syncs can be trusted to hold what it was given.
+    pub fn trusted(&self) -> bool {
+        !self.frozen
+    }
+
+    /// Starts a sync round of everything appended so far, unless one is
+    /// running (the caller waits for it instead).
+    pub fn begin_sync(&mut self) -> Option<SyncPlan> {
+        if self.sync_in_flight {
+            return None;
+        }
+        self.sync_in_flight = true;
+        let synced = self.synced;
+        Some(SyncPlan {
+            upto: self.appends,
+            files: self
+                .files
+                .iter()
+                .filter(|f| f.last_append > synced)
+                .filter_map(|f| f.handle.clone())
+                .collect(),
+            dir: (self.created > self.dir_synced).then(|| (self.dir.clone(), self.created)),
+        })
+    }
+
+    /// Ends the round `plan` began: on success its appends are durable; a
+    /// failed sync freezes the log (after a failed `fdatasync` the page
+    /// cache may have dropped records, so nothing since the last good
+    /// round is known durable).
+    pub fn end_sync(&mut self, plan: &SyncPlan, res: Result<(), String>) {
+        self.sync_in_flight = false;
+        match res {
+            Ok(()) => {
+                self.synced = self.synced.max(plan.upto);
+                if let Some((_, created)) = plan.dir {
+                    self.dir_synced = self.dir_synced.max(created);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "write log sync failed: FLUSHes wait for the object store from now on");
+                self.freeze();
+            }
+        }
+    }
+
+    /// Stops appending, keeping the files: they hold a prefix of the
+    /// writes (flushed ones, in local mode), retired as their segments are
+    /// applied, and replayed after a crash like any others.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+        self.file = None;
     }
 
     /// Deletes the files of segments up to `seq`, now durable in the store.
     pub fn retire(&mut self, seq: u64) {
-        while let Some(&(gen, s)) = self.files.first() {
-            if s > seq || gen == self.gen {
+        while let Some(&LogFile { gen, seq: s, .. }) = self.files.first() {
+            // The current file takes writes still (a frozen log has none).
+            if s > seq || (gen == self.gen && !self.frozen) {
                 break;
             }
             // One that cannot be deleted stays, and so do the ones after
