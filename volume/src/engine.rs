@@ -443,10 +443,15 @@ impl Volume {
         let inner = &self.inner;
         let len = data.as_ref().map_or(0, |d| d.bytes.len() as u64);
         self.when_room(len, |st| {
-            if let Some(Err(e)) = st.wlog.as_mut().map(|log| log.append(lba, blocks, data.as_ref())) {
+            if let Some(Err(e)) = st
+                .wlog
+                .as_mut()
+                .map(|log| log.append(lba, blocks, data.as_ref()))
+            {
                 inner.write_log_failed(st, &e);
             }
-            st.active.insert_checked(lba, blocks, data, inner.block_size);
+            st.active
+                .insert_checked(lba, blocks, data, inner.block_size);
             st.active_since.get_or_insert_with(Instant::now);
             st.client_bytes_total += len;
             inner.counters.add_write(len);

@@ -27,6 +27,8 @@ mod reserve;
 mod retry;
 pub mod segment;
 mod stats;
+#[cfg(feature = "test-support")]
+pub mod testing;
 mod upload;
 mod verify;
 mod wlog;

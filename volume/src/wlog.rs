@@ -106,7 +106,7 @@ struct LogFile {
 pub(crate) struct SyncPlan {
     /// The append count it covers.
     upto: u64,
-    files: Vec<Arc<File>>,
+    files: Vec<(PathBuf, Arc<File>)>,
     /// The directory, if a file was created since its last sync, and the
     /// creation count that sync covers.
     dir: Option<(PathBuf, u64)>,
@@ -115,13 +115,13 @@ pub(crate) struct SyncPlan {
 impl SyncPlan {
     /// `fdatasync`s each file, then the directory (blocking).
     pub fn run(&self) -> Result<(), String> {
-        for f in &self.files {
-            f.sync_data().map_err(|e| format!("write log fdatasync: {e}"))?;
+        for (path, f) in &self.files {
+            #[cfg(feature = "test-support")]
+            crate::testing::syncing_file(path, f);
+            f.sync_data().map_err(|e| io_err("fdatasync", path, e))?;
         }
         if let Some((dir, _)) = &self.dir {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err("sync", dir, e))?;
+            sync_dir(dir)?;
         }
         Ok(())
     }
@@ -133,6 +133,15 @@ fn file_name(gen: u64) -> String {
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
     format!("write log {what} {}: {e}", path.display())
+}
+
+/// Makes the names in `dir` durable (file creations and deletions).
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    #[cfg(feature = "test-support")]
+    crate::testing::syncing_dir(dir);
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("sync", dir, e))
 }
 
 /// Deletes the write log in `cache_dir`: its writes belong to a history
@@ -194,9 +203,13 @@ impl WriteLog {
             // Gone for good before anything is replayed: after a machine
             // crash a deleted file must not come back behind a file the
             // replay has since made whole (its damaged tail cut).
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err("sync", &dir, e))?;
+            sync_dir(&dir)?;
+        }
+        // The journal's own directory entry, made durable once per attach
+        // (a power cut must not take the directory, with every synced file
+        // in it).
+        if gens.is_empty() {
+            sync_dir(cache_dir)?;
         }
         let log = WriteLog {
             dir,
@@ -250,6 +263,8 @@ impl WriteLog {
         }
         std::os::unix::fs::FileExt::write_all_at(&f, &seq.to_le_bytes(), FILE_MAGIC.len() as u64)
             .map_err(|e| io_err("write", &path, e))?;
+        #[cfg(feature = "test-support")]
+        crate::testing::syncing_file(&path, &f);
         f.sync_data().map_err(|e| io_err("sync", &path, e))
     }
 
@@ -357,7 +372,7 @@ impl WriteLog {
                 .files
                 .iter()
                 .filter(|f| f.last_append > synced)
-                .filter_map(|f| f.handle.clone())
+                .filter_map(|f| Some((self.dir.join(file_name(f.gen)), f.handle.clone()?)))
                 .collect(),
             dir: (self.created > self.dir_synced).then(|| (self.dir.clone(), self.created)),
         })

@@ -744,6 +744,7 @@ fn opts(seed: u64, take_over: bool) -> EngineOptions {
         take_over,
         reclaim: false,
         map_readers: true,
+        durability: spritedisk_volume::Durability::Store,
     }
 }
 

@@ -1,0 +1,391 @@
+//! `--durability local` (issue 22, docs/design/0014): a FLUSH returns at
+//! the local write journal's fdatasync, before any upload. One test per
+//! line of the contract: a daemon killed, a power cut with the disk kept,
+//! the machine lost, another machine taking over (and the old directory
+//! attached again after it), checkpoint and detach uploading everything,
+//! a failing journal sending FLUSHes to the store, and concurrent FLUSHes
+//! sharing one sync.
+//!
+//! Segment PUTs wait at a gate the test holds closed: a FLUSH that
+//! returned did not wait for the store, and what is "not uploaded" is
+//! exactly what the gate held. The power cut is `testing::power_cut`: the
+//! journal cut back to what its syncs covered, from the file system's view
+//! at each sync.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use spritedisk_store::ObjectStore;
+use spritedisk_volume::{testing, Durability, EngineOptions, Volume};
+
+const FLUSHED: u8 = 1;
+const UNFLUSHED: u8 = 2;
+const NEWER: u8 = 3;
+
+/// Local durability; only a full buffer (4 blocks) or a FLUSH-less
+/// barrier seals, so a few flushed blocks stay in the journal alone.
+fn local(seed: u64) -> EngineOptions {
+    EngineOptions {
+        durability: Durability::Local,
+        dirty_bytes_max: 64 * BS,
+        ..small_opts(seed)
+    }
+}
+
+/// A volume attached in local mode on `dir` through a gate on segment
+/// PUTs (open while it attaches: its fence passes).
+async fn gated(inner: &Arc<dyn ObjectStore>, dir: &Path, seed: u64) -> (Arc<GateStore>, Volume) {
+    let gate = GateStore::new(inner.clone(), "segments/", Hold::Puts);
+    let store: Arc<dyn ObjectStore> = gate.clone();
+    let vol = Volume::open(store, "mem://test", Some(dir), local(seed))
+        .await
+        .unwrap();
+    (gate, vol)
+}
+
+/// Writes blocks `lba..lba+n` (write `tag`), one request each.
+async fn write(vol: &Volume, lba: u64, n: u64, tag: u8) {
+    for b in lba..lba + n {
+        vol.write(b * BS, pattern(b, 1, tag), false).await.unwrap();
+    }
+}
+
+/// What blocks `lba..lba+n` hold: the write tag of every block, 0 for
+/// zeros, 255 for anything else.
+async fn tags(vol: &Volume, lba: u64, n: u64) -> Vec<u8> {
+    let mut out = vec![];
+    for b in lba..lba + n {
+        let got = vol.read(b * BS, BS).await.unwrap();
+        out.push(if got.iter().all(|&x| x == 0) {
+            0
+        } else {
+            [FLUSHED, UNFLUSHED, NEWER]
+                .into_iter()
+                .find(|&t| got == pattern(b, 1, t))
+                .unwrap_or(255)
+        });
+    }
+    out
+}
+
+/// A store with a volume, a directory for "this machine", and one for
+/// "another machine".
+async fn setup() -> (Arc<dyn ObjectStore>, tempfile::TempDir) {
+    let inner = fresh_store();
+    create(&inner, 64 << 20).await;
+    (inner, tempfile::tempdir().unwrap())
+}
+
+/// Three blocks written and FLUSHed with the gate closed: the FLUSH returns
+/// with nothing uploaded (a store-mode FLUSH would wait at the gate until
+/// its deadline and fail), and `stats` says what is not in the store yet.
+async fn flushed_not_uploaded(inner: &Arc<dyn ObjectStore>, gate: &GateStore, vol: &Volume) {
+    let before = segment_seqs(inner).await;
+    gate.close();
+    write(vol, 0, 3, FLUSHED).await;
+    vol.flush().await.unwrap();
+    assert_eq!(
+        segment_seqs(inner).await,
+        before,
+        "a segment landed through a closed gate"
+    );
+    let s = vol.stats().unwrap();
+    assert_eq!(s.durability, "local");
+    assert!(s.session_journal_syncs >= 1, "no journal sync: {s:?}");
+    assert!(
+        s.dirty_bytes >= 3 * BS,
+        "stats say {} bytes are not in the store; 3 blocks are not",
+        s.dirty_bytes
+    );
+}
+
+/// kill -9 of the daemon, restarted on its directory: every flushed write
+/// is back, and so is every acknowledged one (the journal outlives the
+/// process, 0002).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemon_restarted_loses_no_flushed_write() {
+    let (inner, dir) = setup().await;
+    let here = dir.path().join("here");
+    let (gate, vol) = gated(&inner, &here, 1).await;
+    flushed_not_uploaded(&inner, &gate, &vol).await;
+    write(&vol, 3, 1, UNFLUSHED).await;
+    vol.abandon();
+    drop(vol);
+
+    let vol = open(inner.clone(), Some(&here), local(2)).await;
+    assert_eq!(
+        tags(&vol, 0, 4).await,
+        [FLUSHED, FLUSHED, FLUSHED, UNFLUSHED]
+    );
+    vol.close().await.unwrap();
+}
+
+/// A power cut with the machine's disk intact: the journal keeps what its
+/// syncs covered, so every flushed write is back, and the unflushed one
+/// after them is gone (the cut is real: it took something).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_with_the_disk_kept_loses_no_flushed_write() {
+    let (inner, dir) = setup().await;
+    let here = dir.path().join("here");
+    let (gate, vol) = gated(&inner, &here, 1).await;
+    flushed_not_uploaded(&inner, &gate, &vol).await;
+    write(&vol, 3, 1, UNFLUSHED).await;
+    vol.abandon();
+    drop(vol);
+    let (_, cut) = testing::power_cut(&here);
+    assert!(cut > 0, "setup: the power cut took no unsynced bytes");
+
+    let vol = open(inner.clone(), Some(&here), local(2)).await;
+    assert_eq!(
+        tags(&vol, 0, 4).await,
+        [FLUSHED, FLUSHED, FLUSHED, 0],
+        "after the power cut"
+    );
+    vol.close().await.unwrap();
+}
+
+/// Several FLUSHes, each followed by a power cut and a restart, with
+/// segments sealed (and held) in between: every flushed write survives
+/// every cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_writes_survive_repeated_power_cuts() {
+    let (inner, dir) = setup().await;
+    let here = dir.path().join("here");
+    let mut expect = vec![0u8; 24];
+    for round in 0..4u64 {
+        let (gate, vol) = gated(&inner, &here, round).await;
+        gate.close();
+        // Six blocks a round: one full segment (held at the gate) and two
+        // blocks in the buffer, then one unflushed block.
+        let at = round * 6;
+        write(&vol, at, 5, FLUSHED).await;
+        vol.flush().await.unwrap();
+        write(&vol, at + 5, 1, UNFLUSHED).await;
+        for b in at..at + 5 {
+            expect[b as usize] = FLUSHED;
+        }
+        vol.abandon();
+        drop(vol);
+        testing::power_cut(&here);
+        let vol = open(inner.clone(), Some(&here), local(10 + round)).await;
+        let got = tags(&vol, 0, 24).await;
+        for (b, (&g, &e)) in got.iter().zip(&expect).enumerate() {
+            assert!(
+                e == 0 || g == e,
+                "round {round}: block {b} holds write {g}, flushed as {e}"
+            );
+        }
+        vol.abandon();
+        drop(vol);
+        testing::power_cut(&here);
+    }
+}
+
+/// The machine is lost: another one attaches from the store alone. The
+/// flushed writes not uploaded are gone, and the disk is a prefix of the
+/// history: the uploaded writes before them are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_machine_leaves_a_prefix_of_its_history() {
+    let (inner, dir) = setup().await;
+    let (gate, vol) = gated(&inner, &dir.path().join("here"), 1).await;
+    // Uploaded: a full segment of NEWER at 8..12, flushed, gate open.
+    write(&vol, 8, 4, NEWER).await;
+    vol.flush_to_store().await.unwrap();
+    flushed_not_uploaded(&inner, &gate, &vol).await;
+    vol.abandon();
+    drop(vol);
+
+    let elsewhere = open(inner.clone(), Some(&dir.path().join("there")), local(2)).await;
+    assert_eq!(
+        tags(&elsewhere, 0, 3).await,
+        [0, 0, 0],
+        "flushed writes that were never uploaded cannot be on another machine"
+    );
+    assert_eq!(tags(&elsewhere, 8, 4).await, [NEWER; 4]);
+    elsewhere.close().await.unwrap();
+}
+
+/// Another machine takes the volume over while this one holds flushed
+/// writes only in its journal; then this one's daemon, restarted on its
+/// directory, must not replay them into the new history (they would mix
+/// with the other machine's writes). And the old writer, still alive, lands
+/// nothing once fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_never_sees_a_mixture_and_the_old_journal_is_not_replayed() {
+    let (inner, dir) = setup().await;
+    let here = dir.path().join("here");
+    let (gate, old) = gated(&inner, &here, 1).await;
+    flushed_not_uploaded(&inner, &gate, &old).await;
+
+    let there = dir.path().join("there");
+    let new = open(inner.clone(), Some(&there), local(2)).await;
+    assert_eq!(tags(&new, 0, 3).await, [0, 0, 0]);
+    write(&new, 1, 1, NEWER).await;
+    new.close().await.unwrap();
+
+    // The old writer's held segment (if any) and its next FLUSH: fenced.
+    gate.open();
+    // (The write itself may already fail: the old writer may have seen
+    // its lease taken.)
+    let _ = old.write(2 * BS, pattern(2, 1, UNFLUSHED), false).await;
+    let sealed = old.flush_to_store().await;
+    assert!(
+        sealed.is_err(),
+        "the fenced writer's data landed: {sealed:?}"
+    );
+    old.abandon();
+    drop(old);
+
+    // Its daemon restarted on its directory: the journal is dropped.
+    let again = open(inner.clone(), Some(&here), local(3)).await;
+    assert_eq!(
+        tags(&again, 0, 3).await,
+        [0, NEWER, 0],
+        "the old machine's journal was replayed over the new history"
+    );
+    again.close().await.unwrap();
+}
+
+/// A checkpoint and a detach upload everything first, in local mode too:
+/// another machine reads what was written before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_and_detach_upload_everything() {
+    let (inner, dir) = setup().await;
+    let vol = open(inner.clone(), Some(&dir.path().join("here")), local(1)).await;
+    write(&vol, 0, 2, FLUSHED).await;
+    vol.flush().await.unwrap();
+    vol.checkpoint(Some("c1")).await.unwrap();
+    assert_eq!(
+        vol.stats().unwrap().dirty_bytes,
+        0,
+        "checkpoint left data behind"
+    );
+    write(&vol, 2, 1, NEWER).await;
+    vol.close().await.unwrap();
+
+    let elsewhere = open(inner.clone(), Some(&dir.path().join("there")), local(2)).await;
+    assert_eq!(tags(&elsewhere, 0, 3).await, [FLUSHED, FLUSHED, NEWER]);
+    elsewhere.close().await.unwrap();
+}
+
+/// The journal fails (the next file cannot be created: its name is
+/// taken): the files it has are kept, since they hold flushed writes not
+/// yet uploaded (store mode deletes them), and FLUSHes wait for the store
+/// from then on. Killed then, the daemon's restart replays them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_journal_keeps_its_files_and_sends_flushes_to_the_store() {
+    let (inner, dir) = setup().await;
+    let here = dir.path().join("here");
+    let (gate, vol) = gated(&inner, &here, 1).await;
+    let arrived = gate.close();
+    write(&vol, 0, 1, FLUSHED).await;
+    vol.flush().await.unwrap();
+    // The journal's next file name, taken.
+    let last = std::fs::read_dir(here.join("wlog"))
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".log")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    std::fs::write(
+        here.join("wlog").join(format!("{:020}.log", last + 1)),
+        b"x",
+    )
+    .unwrap();
+    // A full buffer (blocks 0-3) seals, and the journal cannot start the
+    // next file.
+    write(&vol, 1, 4, NEWER).await;
+    write(&vol, 5, 1, NEWER).await;
+    let flush = tokio::spawn({
+        let vol = vol.clone();
+        async move { vol.flush().await }
+    });
+    assert!(
+        gate.arrived_past(arrived).await,
+        "the FLUSH sent nothing to the store"
+    );
+    assert!(
+        !flush.is_finished(),
+        "a FLUSH returned with the journal failed and every segment held"
+    );
+    vol.abandon();
+    assert!(flush.await.unwrap().is_err());
+    drop(vol);
+
+    // Blocks 0-3 were in the journal when it failed (block 3 filled the
+    // buffer, whose seal found the next name taken); blocks 4 and 5 came
+    // after, unlogged and never flushed: as safe as in store mode.
+    let vol = open(inner.clone(), Some(&here), local(2)).await;
+    assert_eq!(
+        tags(&vol, 0, 4).await,
+        [FLUSHED, NEWER, NEWER, NEWER],
+        "the failed journal's files were not kept"
+    );
+    vol.close().await.unwrap();
+}
+
+/// Local mode needs the journal's directory: refused without one, before
+/// anything is written to the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_durability_without_a_cache_directory_is_refused() {
+    let (inner, _dir) = setup().await;
+    let before = inner.list("").await.unwrap().len();
+    let err = Volume::open(inner.clone(), "mem://test", None, local(1))
+        .await
+        .err()
+        .expect("attached in local mode without a cache directory");
+    assert!(err.to_string().contains("cache directory"), "{err}");
+    assert_eq!(inner.list("").await.unwrap().len(), before);
+}
+
+/// Sixteen FLUSHes that come while none has synced share one sync round
+/// (group commit): a single-threaded runtime, the journal's sync inline, so
+/// every FLUSH has asked before the round runs.
+#[test]
+fn concurrent_flushes_share_one_journal_sync() {
+    let _inline = spritedisk_store::blocking::run_inline_on_this_thread();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (inner, dir) = setup().await;
+        let vol = open(inner.clone(), Some(&dir.path().join("here")), local(1)).await;
+        let before = vol.stats().unwrap();
+        let mut flushes = vec![];
+        for w in 0..16u64 {
+            vol.write(w * BS, pattern(w, 1, FLUSHED), false)
+                .await
+                .unwrap();
+            let v = vol.clone();
+            flushes.push(tokio::spawn(async move { v.flush().await }));
+        }
+        for f in flushes {
+            f.await.unwrap().unwrap();
+        }
+        let after = vol.stats().unwrap();
+        let syncs = after.session_journal_syncs - before.session_journal_syncs;
+        let n = after.session_flushes - before.session_flushes;
+        assert_eq!(n, 16);
+        assert_eq!(
+            syncs, 1,
+            "{n} concurrent FLUSHes made {syncs} journal syncs"
+        );
+        // And each was durable: a power cut keeps all sixteen.
+        vol.abandon();
+        drop(vol);
+        testing::power_cut(&dir.path().join("here"));
+        let vol = open(inner.clone(), Some(&dir.path().join("here")), local(2)).await;
+        assert_eq!(tags(&vol, 0, 16).await, [FLUSHED; 16]);
+        vol.close().await.unwrap();
+    });
+}
