@@ -184,6 +184,38 @@ async fn flushed_writes_survive_repeated_power_cuts() {
     }
 }
 
+/// A power cut while a checkpoint's barrier is held: the barrier left an
+/// empty journal file (its header only) before the file of the writes
+/// flushed after it. The header is synced with them: a file cut to
+/// nothing ends the journal, and would take the later file's flushed
+/// writes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_behind_a_held_checkpoint_keeps_the_writes_flushed_after_it() {
+    let (inner, dir) = setup().await;
+    let here = dir.path().join("here");
+    let (gate, vol) = gated(&inner, &here, 1).await;
+    let arrived = gate.close();
+    write(&vol, 0, 1, FLUSHED).await;
+    let ckpt = tokio::spawn({
+        let vol = vol.clone();
+        async move { vol.checkpoint(Some("c1")).await }
+    });
+    // The checkpoint's upload of block 0 lands; its barrier is held.
+    assert!(gate.arrived_past(arrived).await, "no upload came");
+    gate.let_through(1);
+    assert!(gate.arrived_past(arrived + 1).await, "no barrier came");
+    write(&vol, 1, 1, NEWER).await;
+    vol.flush().await.unwrap();
+    vol.abandon();
+    let _ = ckpt.await;
+    drop(vol);
+    testing::power_cut(&here);
+
+    let vol = open(inner.clone(), Some(&here), local(2)).await;
+    assert_eq!(tags(&vol, 0, 2).await, [FLUSHED, NEWER]);
+    vol.close().await.unwrap();
+}
+
 /// The machine is lost: another one attaches from the store alone. The
 /// flushed writes not uploaded are gone, and the disk is a prefix of the
 /// history: the uploaded writes before them are all there.
