@@ -167,6 +167,12 @@ impl Env {
     /// Copies the store of volume `name` and attaches the copy with an empty
     /// cache directory: the volume as another machine sees it.
     pub fn attach_copy_elsewhere(&self, name: &str) -> Daemon {
+        self.attach_copy_elsewhere_with(name, &[])
+    }
+
+    /// [`Env::attach_copy_elsewhere`] with more `attach` arguments (e.g.
+    /// `--force` for a copy whose lease a killed daemon still holds).
+    pub fn attach_copy_elsewhere_with(&self, name: &str, extra: &[&str]) -> Daemon {
         let copy = format!("{name}-copy");
         if self.s3_root.is_some() {
             copy_objects(&self.url(name), &self.url(&copy));
@@ -184,7 +190,7 @@ impl Env {
             &self.url(&copy),
             &self.sock(),
             &self.path("cache-elsewhere"),
-            &[],
+            extra,
         )
     }
 

@@ -279,6 +279,90 @@ async fn a_replay_killed_halfway_is_resumed_in_order() {
     assert!(wrong.is_empty(), "after the replay: {}", wrong.join("; "));
 }
 
+/// `--durability local` (docs/design/0014), black-box over NBD: a FLUSH
+/// returns with nothing uploaded, and `stats` says what is not in the
+/// store. The daemon is then killed (-9). A copy of the store taken then
+/// (the machine lost: another one attaches with --force) reads the disk
+/// from before the flushed writes, never part of them; the daemon
+/// restarted on its own directory reads them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_durability_survives_kill_9_and_a_lost_machine_leaves_a_prefix() {
+    const K64: usize = 65536;
+    let env = Env::new();
+    let url = env.create("vol", "64M");
+    let cache = env.path("cache");
+    // Uploaded first: 0x11 at 0.
+    let d = Daemon::attach(&url, &env.sock(), &cache, &[]);
+    let mut c = NbdClient::connect_unix(&d.sock, "").await.unwrap();
+    c.write(0, &[0x11; K64], false).await.unwrap();
+    c.flush().await.unwrap();
+    c.disconnect().await;
+    assert_eq!(d.detach(), 0);
+
+    let d = Daemon::attach(
+        &url,
+        &env.sock(),
+        &cache,
+        &["--durability", "local", "--writeback-delay", "3600"],
+    );
+    let before = segments_in(&url);
+    let mut c = NbdClient::connect_unix(&d.sock, "").await.unwrap();
+    c.write(0, &[0x22; K64], false).await.unwrap();
+    c.write(K64 as u64, &[0x33; K64], false).await.unwrap();
+    c.flush().await.unwrap();
+    assert_eq!(
+        segments_in(&url),
+        before,
+        "a local-mode FLUSH waited for an upload"
+    );
+    let mut live = serde_json::Value::Null;
+    for _ in 0..50 {
+        let o = spritedisk(&[
+            "stats",
+            &url,
+            "--json",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if v["live"]["session_flushes"].as_u64().unwrap_or(0) >= 1 {
+            live = v["live"].clone();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(live["durability"], "local", "live stats: {live}");
+    assert!(
+        live["dirty_bytes"].as_u64().unwrap() >= 2 * K64 as u64,
+        "stats do not show the flushed writes as not in the store: {live}"
+    );
+    d.kill();
+
+    let other = env.attach_copy_elsewhere_with("vol", &["--force"]);
+    let mut c = NbdClient::connect_unix(&other.sock, "").await.unwrap();
+    let first = c.read(0, K64 as u32).await.unwrap();
+    let second = c.read(K64 as u64, K64 as u32).await.unwrap();
+    c.disconnect().await;
+    assert_eq!(other.detach(), 0);
+    assert!(
+        first == vec![0x11; K64] && second == vec![0; K64],
+        "another machine read {:#04x} at 0 and {:#04x} at 64K: not the disk before the lost writes",
+        first[0],
+        second[0]
+    );
+
+    let d = Daemon::attach(&url, &env.sock(), &cache, &[]);
+    let mut c = NbdClient::connect_unix(&d.sock, "").await.unwrap();
+    assert_eq!(c.read(0, K64 as u32).await.unwrap(), vec![0x22; K64]);
+    assert_eq!(
+        c.read(K64 as u64, K64 as u32).await.unwrap(),
+        vec![0x33; K64]
+    );
+    c.disconnect().await;
+    assert_eq!(d.detach(), 0);
+}
+
 #[test]
 fn sigkill_of_the_daemon_loses_no_acknowledged_write() {
     require("qemu-io", "qemu-utils");
