@@ -54,6 +54,17 @@ rp50, np50 = sync_pct(load("flush-4k-16", "raw"), "50.000000"), sync_pct(load("f
 rows.append(f"| flush-4k-16 (16 writers, write + FLUSH each) | {r:,.0f} IOPS, p50 {rp50:,.2f} ms | {n:,.0f} IOPS, p50 {np50:,.2f} ms | {n / r:.2f}× | |")
 summary["flush-4k-16"] = {"raw": r, "nbd": n, "ratio": n / r, "raw_p50_ms": rp50, "nbd_p50_ms": np50}
 record(out, HOST, "4 KiB write + FLUSH, 16 writers (group commit)", n, "IOPS", "raw file, fsync per write", r, goal_min=0.3)
+# --durability local: the same two jobs, a FLUSH at the journal's fdatasync (0014).
+r, n = metric(load("flush-4k", "raw"), "iops")[0], metric(load("flush-4k-local", "nbd"), "iops")[0]
+rp50, np50 = sync_pct(load("flush-4k", "raw"), "50.000000"), sync_pct(load("flush-4k-local", "nbd"), "50.000000")
+rows.append(f"| flush-4k, --durability local | {r:,.0f} IOPS, p50 {rp50:,.2f} ms | {n:,.0f} IOPS, p50 {np50:,.2f} ms | {n / r:.2f}× | |")
+summary["flush-4k-local"] = {"raw": r, "nbd": n, "ratio": n / r, "raw_p50_ms": rp50, "nbd_p50_ms": np50}
+record(out, HOST, "4 KiB write + FLUSH QD1, --durability local", n, "IOPS", "raw file, fsync per write", r, goal_min=0.5)
+r, n = metric(load("flush-4k-16", "raw"), "iops")[0], metric(load("flush-4k-16-local", "nbd"), "iops")[0]
+rp50, np50 = sync_pct(load("flush-4k-16", "raw"), "50.000000"), sync_pct(load("flush-4k-16-local", "nbd"), "50.000000")
+rows.append(f"| flush-4k-16, --durability local | {r:,.0f} IOPS, p50 {rp50:,.2f} ms | {n:,.0f} IOPS, p50 {np50:,.2f} ms | {n / r:.2f}× | |")
+summary["flush-4k-16-local"] = {"raw": r, "nbd": n, "ratio": n / r, "raw_p50_ms": rp50, "nbd_p50_ms": np50}
+record(out, HOST, "4 KiB write + FLUSH, 16 writers, --durability local", n, "IOPS", "raw file, fsync per write", r)
 for qd in (1, 32):
     r, n = metric(load(f"randread-4k-qd{qd}", "raw"), "iops")[0], metric(load(f"randread-4k-qd{qd}-cold", "nbd"), "iops")[0]
     rows.append(f"| randread-4k-qd{qd}, cold cache | {r:,.0f} IOPS | {n:,.0f} IOPS | {n / r:.2f}× | |")

@@ -50,6 +50,12 @@ for t in raw nbd; do
   run flush-4k-16 $t flush-4k-16
 done
 stop_daemon
+# --durability local (docs/design/0014): the same FLUSH jobs, a FLUSH
+# returning at the write journal's fdatasync.
+start_daemon --durability local
+run flush-4k-local nbd flush-4k
+run flush-4k-16-local nbd flush-4k-16
+stop_daemon
 # Cold random reads: the same volume, its cache deleted, against the raw
 # file's numbers above (O_DIRECT: it is never cached either).
 for qd in 1 32; do

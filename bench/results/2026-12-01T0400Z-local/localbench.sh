@@ -1,0 +1,26 @@
+#!/bin/bash
+# localbench.sh OUT: flush-4k (QD1) and flush-4k-16 on the raw file (fsync per
+# write) and on NBD with --durability store and local, twice, alternating.
+set -euo pipefail
+cd /work/main
+OUT=$1; mkdir -p $OUT
+export SIZE=${SIZE:-256M} RUNTIME=${RUNTIME:-15}
+BIN=${BIN:-target/release/spritedisk}
+WORK=$(mktemp -d /var/tmp/localbench.XXXXXX)
+trap '[ -n "${PID:-}" ] && kill -TERM "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+. bench/lib.sh
+truncate -s "$SIZE" "$WORK/raw.img"
+for rep in 1 2; do
+  for job in flush-4k flush-4k-16; do
+    fio --ioengine=libaio --direct=1 --filename=$WORK/raw.img --output-format=json --output=$OUT/$job-raw-$rep.json bench/jobs/$job.fio >/dev/null
+    for mode in store local; do
+      rm -rf $WORK/vol $WORK/cache
+      "$BIN" create "file://$WORK/vol" --size 100G >/dev/null
+      attach "file://$WORK/vol" "$WORK/cache" --durability $mode
+      fio --ioengine=nbd "--uri=nbd+unix:///?socket=$WORK/nbd.sock" --output-format=json --output=$OUT/$job-$mode-$rep.json bench/jobs/$job.fio >/dev/null
+      "$BIN" stats "file://$WORK/vol" --cache-dir "$WORK/cache" --json > $OUT/$job-$mode-$rep.stats.json || true
+      detach
+      echo "$job $mode rep $rep done" >&2
+    done
+  done
+done
