@@ -8,6 +8,11 @@
 //!   completed FLUSH is there;
 //! - either way the disk equals the history at one point — never a mixture.
 //!
+//! Half the daemons run with `--durability local` (docs/design/0014): their
+//! FLUSH returns at the journal's fdatasync, so from the store alone only
+//! the prefix rule holds (flushed writes not uploaded yet are lost with
+//! the machine); with local state, every acknowledged write is there.
+//!
 //! CI runs `CRASH_ITERATIONS` (default 6); `make crash-test` runs 1000 and
 //! prints the counts. A failure prints the seed (`CRASH_SEED` replays it).
 
@@ -142,6 +147,11 @@ struct Counts {
     flushes_acked: u64,
     /// Acknowledged writes after the last FLUSH that a store-alone attach lost (allowed).
     unflushed_lost: u64,
+    /// Iterations whose writer ran with `--durability local`.
+    local_durability: u64,
+    /// Acknowledged, flushed writes of a local-durability writer that a
+    /// store-alone attach lost (allowed: not uploaded yet).
+    flushed_not_uploaded_lost: u64,
 }
 
 #[test]
@@ -177,7 +187,12 @@ fn crash_loop() {
     let mut next_gen = 0;
     let mut counts = Counts::default();
     for i in 0..iterations {
-        let d = Daemon::attach(&url, &sock, &cache, &faults);
+        let local = rng.gen_bool(0.5);
+        let mut args = faults.to_vec();
+        if local {
+            args.extend(["--durability", "local"]);
+        }
+        let d = Daemon::attach(&url, &sock, &cache, &args);
         let run_ms = rng.gen_range(20..400);
         let seen = rt.block_on(writer(
             &sock,
@@ -203,16 +218,22 @@ fn crash_loop() {
             .collect::<Result<_, _>>()
             .unwrap_or_else(|e| panic!("seed {seed}, iteration {i}: {e}"));
         // The writes the disk may reflect: at least every acknowledged one
-        // (local state) or every flushed one (store alone); at most every
-        // one sent (the last may have landed without its reply).
-        let floor = if keep_local { seen.acked } else { seen.flushed };
+        // (local state) or every flushed one (store alone; with local
+        // durability, any prefix); at most every one sent (the last may
+        // have landed without its reply).
+        let floor = match (keep_local, local) {
+            (true, _) => seen.acked,
+            (false, false) => seen.flushed,
+            (false, true) => 0,
+        };
         let p = (floor..=seen.writes.len())
             .find(|&p| state_after(&base, &seen, p) == gens)
             .unwrap_or_else(|| {
                 panic!(
-                    "seed {seed}, iteration {i} ({}): the disk is not the history after {floor}..={} writes \
+                    "seed {seed}, iteration {i} ({}, durability {}): the disk is not the history after {floor}..={} writes \
                      ({} acknowledged, {} before the last flush)",
                     if keep_local { "local state" } else { "store alone" },
+                    if local { "local" } else { "store" },
                     seen.writes.len(),
                     seen.acked,
                     seen.flushed
@@ -223,8 +244,10 @@ fn crash_loop() {
             counts.with_local_state += 1;
         } else {
             counts.from_store_alone += 1;
-            counts.unflushed_lost += seen.acked.saturating_sub(p) as u64;
+            counts.unflushed_lost += seen.acked.saturating_sub(p.max(seen.flushed)) as u64;
+            counts.flushed_not_uploaded_lost += seen.flushed.saturating_sub(p) as u64;
         }
+        counts.local_durability += local as u64;
         counts.writes_acked += seen.acked as u64;
         counts.flushes_acked += seen.flushes;
         base = gens;

@@ -21,6 +21,10 @@ pub struct Entry {
     /// unbind the volume (the device goes back to the pool) instead of ending it.
     #[serde(default)]
     pub pool_slot: Option<u64>,
+    /// What its FLUSH waits for: `recover` restarts the daemon the same way
+    /// (a local-mode journal holds flushed writes not yet uploaded).
+    #[serde(default)]
+    pub durability: spritedisk_volume::Durability,
 }
 
 pub fn dir() -> PathBuf {

@@ -186,6 +186,7 @@ async fn serve(args: AttachArgs) -> Result<i32> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         pool_slot: None,
+        durability: args.durability,
     })?;
     tracing::info!(url, device, dev_id, "device live");
     let _publisher = crate::inspect::publish_stats(volume.clone(), cache_dir.clone());
@@ -329,6 +330,7 @@ pub fn recover(device: &str) -> Result<i32> {
         queue_depth: e.queue_depth,
         recover_dev: Some(e.dev_id),
         cache_dir: Some(e.cache_dir.clone()),
+        durability: e.durability,
         ..crate::cli::AttachArgs::defaults(&e.url)
     };
     start_daemon(&args)

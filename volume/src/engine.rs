@@ -142,7 +142,7 @@ impl Volume {
         let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
         // The lease first: the store is listed and debris deleted only by
         // the one writer (docs/design/0003).
-        let held = lease::acquire(&store, url, opts.lease_ttl, opts.take_over).await?;
+        let held = lease::acquire(&store, url, opts.lease_ttl, opts.take_over, cache_dir).await?;
         // Still a volume now that we hold it: `rm` deletes the config first
         // and reads the lease after that (docs/design/0010).
         recovery::load_config(&store, url).await?;
@@ -883,25 +883,22 @@ impl Inner {
     }
 
     /// The write log failed to take a record or start a file (e.g. a full
-    /// cache disk). In store mode it is deleted: a replay must not skip the
-    /// lost record, and nothing in it was flushed. In local mode it holds
-    /// flushed writes not yet uploaded, so it is kept (frozen: no more
-    /// records) and FLUSHes wait for the store from now on (0014).
+    /// cache disk): it is frozen (no more records) and its files are kept.
+    /// They hold a prefix of the writes, retired as their segments are
+    /// applied; in local mode (or inherited from a local-mode daemon, e.g.
+    /// by `recover`) they hold flushed writes not yet uploaded, so deleting
+    /// them would lose those. FLUSHes wait for the store from now on (0014).
     pub(crate) fn write_log_failed(&self, st: &mut State, e: &str) {
         match self.opts.durability {
             Durability::Store => {
                 tracing::warn!(error = %e, "write log disabled: unflushed writes will not survive a daemon crash");
-                if let Some(log) = st.wlog.as_mut() {
-                    log.abandon();
-                }
-                st.wlog = None;
             }
             Durability::Local => {
                 tracing::error!(error = %e, "write journal failed: FLUSHes wait for the object store from now on; its files are kept (they hold flushed writes not yet uploaded)");
-                if let Some(log) = st.wlog.as_mut() {
-                    log.freeze();
-                }
             }
+        }
+        if let Some(log) = st.wlog.as_mut() {
+            log.freeze();
         }
     }
 

@@ -2,6 +2,7 @@
 //! PUTs, whose epoch fences a writer that lost it. The protocol and why it
 //! is enough: docs/design/0003-single-writer-lease-and-fencing.md.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -186,6 +187,9 @@ pub struct Held {
     /// The previous holder did not release the lease and may be alive: it
     /// may still acknowledge a FLUSH within its grace (`wait_out_previous`).
     pub previous_may_ack: bool,
+    /// The previous lease was one the cache directory given to `acquire`
+    /// held (`custody.rs`): its write journal continues the history.
+    pub previous_ours: bool,
     /// Our epoch was raised above the history's (`raise_epoch`): the lease
     /// object had been deleted or rolled back, so nothing says whether its
     /// real previous holder is still writing.
@@ -262,15 +266,19 @@ pub async fn current(store: &Arc<dyn ObjectStore>) -> Result<Option<LeaseDoc>, V
 }
 
 /// Takes the lease: refused while another holder renews it, unless `force`.
+/// With `custody` (the cache directory), a lease taken from one that
+/// directory held is first recorded there as its own (`custody.rs`).
 pub async fn acquire(
     store: &Arc<dyn ObjectStore>,
     url: &str,
     ttl: Duration,
     force: bool,
+    custody: Option<&Path>,
 ) -> Result<Held, VolumeError> {
     let me = Holder::this_process();
     let mut backoff = Duration::from_millis(50);
     let mut previous: Option<LeaseDoc> = None;
+    let mut previous_ours = false;
     // The lease (its etag) we watched for one TTL of our own clock.
     let mut watched: Option<String> = None;
     for _ in 0..ACQUIRE_ATTEMPTS_MAX {
@@ -294,6 +302,7 @@ pub async fn acquire(
                     etag,
                     previous,
                     previous_may_ack,
+                    previous_ours,
                     raised: false,
                 });
             }
@@ -345,6 +354,26 @@ pub async fn acquire(
                     doc.ack_grace_ms = doc.ack_grace_ms.max(old.ack_grace_ms);
                 }
                 previous = Some(old.clone());
+                previous_ours = match custody {
+                    Some(dir) => {
+                        let dir = dir.to_path_buf();
+                        let (epoch, id) = (old.epoch, old.holder.attach_id.clone());
+                        let next = (doc.epoch, me.attach_id.clone());
+                        spritedisk_store::blocking::unblock(move || {
+                            if !crate::custody::holds(&dir, epoch, &id) {
+                                return Ok(false);
+                            }
+                            // Ours before the lease write: whatever happens
+                            // to this attach after it, the next one on this
+                            // directory knows the lease it finds.
+                            crate::custody::record(&dir, next.0, &next.1).map(|()| true)
+                        })
+                        .await
+                        .map_err(|e| VolumeError::BadConfig(format!("lease custody: {e}")))?
+                        .map_err(VolumeError::BadConfig)?
+                    }
+                    None => false,
+                };
                 store
                     .put_if_match(LEASE_KEY, doc.bytes(), &etag)
                     .await
@@ -354,11 +383,13 @@ pub async fn acquire(
         match res {
             Ok((etag, previous)) => {
                 let previous_may_ack = may_still_ack(previous.as_ref(), &me);
+                let previous_ours = previous.is_some() && previous_ours;
                 return Ok(Held {
                     doc,
                     etag,
                     previous,
                     previous_may_ack,
+                    previous_ours,
                     raised: false,
                 });
             }

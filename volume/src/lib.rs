@@ -11,6 +11,7 @@ pub mod buffer;
 mod chain;
 mod checkpoint;
 mod config;
+mod custody;
 mod engine;
 mod error;
 mod fetch;

@@ -164,15 +164,19 @@ pub(crate) async fn recover(
                     },
                 };
                 if let Some(why) = corrupt {
-                    // The store has everything flushed: the replica and the
-                    // segments. The write log goes too: without the database
-                    // nothing says whose history it continues.
+                    // The store has the replica and the segments. The write
+                    // log stays only if the lease we took was this
+                    // directory's (its custody says whose history it
+                    // continues; the database cannot any more).
                     tracing::warn!(
                         path = %path.display(),
                         why,
-                        "the local metadata database is corrupt: moved aside (.corrupt) and restored from the store; unflushed writes in the local write log are dropped with it"
+                        journal_kept = held.previous_ours,
+                        "the local metadata database is corrupt: moved aside (.corrupt) and restored from the store"
                     );
-                    crate::wlog::discard(dir);
+                    if !held.previous_ours {
+                        crate::wlog::discard(dir);
+                    }
                     let _ = std::fs::rename(&path, path.with_extension("db.corrupt"));
                     for suffix in ["-wal", "-shm"] {
                         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -202,10 +206,18 @@ pub(crate) async fn recover(
                         required,
                         "the local metadata is older than the store (a stale copy of the cache directory?): rebuilding it from the replica; its unflushed write log is dropped"
                     );
-                    remove_db(&path);
+                    // The journal first: a database gone with the journal
+                    // still there would let the next attach replay it.
                     crate::wlog::discard(dir);
+                    remove_db(&path);
                     clean_at = None;
                 }
+            }
+            if !path.exists() && !held.previous_ours {
+                // No database, and no custody of the lease we took: nothing
+                // proves a write journal here continues this history (a
+                // discard interrupted, a database deleted by hand).
+                crate::wlog::discard(dir);
             }
             let meta = if path.exists() {
                 in_sync_with = clean_at.map(|m| m.txid);
@@ -310,6 +322,19 @@ pub(crate) async fn recover(
     }
     rolled.debris.clear();
     meta.set_writer_epoch(held.doc.epoch)?;
+    if let Some(dir) = cache_dir {
+        // This directory's from now on, durably, before any write is
+        // acknowledged (taken from anyone else, it was not recorded yet).
+        let (dir, epoch, id) = (
+            dir.to_path_buf(),
+            held.doc.epoch,
+            held.doc.holder.attach_id.clone(),
+        );
+        spritedisk_store::blocking::unblock(move || crate::custody::record(&dir, epoch, &id))
+            .await
+            .map_err(|e| VolumeError::BadConfig(format!("lease custody: {e}")))?
+            .map_err(VolumeError::BadConfig)?;
+    }
     if rolled.applied > 1 {
         tracing::info!(
             applied = rolled.applied,
@@ -382,7 +407,10 @@ fn discard_if_stale(
     adopt(&mut db, config, &path.display().to_string())?;
     let local = db.writer_epoch()?;
     let before = held.previous.as_ref().map(|p| p.epoch);
-    if local == before {
+    // The lease we took was this directory's: by its custody (recorded
+    // before the lease write, so an attach that died after it still
+    // counts), or by the epoch its database recorded.
+    if held.previous_ours || local == before {
         // Claimed at once, before anything else can fail: if this attach
         // dies before it is done (a `recover` killed by its start timeout),
         // the next one on this directory finds its own epoch as the
@@ -405,8 +433,10 @@ fn discard_if_stale(
         volume_epoch = before,
         "the local metadata is from an older writer of this volume: discarding it and its unflushed write log, restoring from the store"
     );
-    remove_db(path);
+    // The journal first: a database gone with the journal still there
+    // would let the next attach replay it.
     crate::wlog::discard(dir);
+    remove_db(path);
     Ok(())
 }
 

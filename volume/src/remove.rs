@@ -73,7 +73,7 @@ pub async fn remove_volume(
     if let Some(raw) = &config {
         let mut parent = None;
         let cfg = crate::recovery::load_config(store, url).await?;
-        let held = lease::acquire(store, url, lease_ttl, false).await?;
+        let held = lease::acquire(store, url, lease_ttl, false, None).await?;
         let kept = lease::Keeper::start(store.clone(), held.clone(), lease_ttl);
         let refused = async {
             refuse_if_forked(store, url).await?;

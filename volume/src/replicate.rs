@@ -126,16 +126,24 @@ pub async fn restore_from_replica(
     Ok(Some(last))
 }
 
-/// Writes a database image as the file at `path` (no stale log). Not
-/// fsynced: it is a cache of the store, and a torn copy after a power loss
-/// fails its integrity check at the next attach and is restored again.
+/// Writes a database image as the file at `path` (no stale log), synced
+/// with its directory entry: a copy torn by a power loss would be taken
+/// for a corrupt database at the next attach, which restores it again but
+/// cannot prove the write journal beside it is this directory's without
+/// its lease custody (docs/design/0014). Once per restore.
 fn install_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     let tmp = path.with_extension("restore");
-    std::fs::write(&tmp, image)?;
-    std::fs::rename(&tmp, path)
+    let mut f = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut f, image)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The replica TXID of the last restore: a map rebuilt from an older state

@@ -145,9 +145,22 @@ fn sync_dir(dir: &Path) -> Result<(), String> {
 }
 
 /// Deletes the write log in `cache_dir`: its writes belong to a history
-/// another writer has moved past (never flushed, so they may be dropped).
+/// another writer has moved past (or one nothing proves it continues).
+/// Atomically: renamed aside and the rename synced first, so a kill or a
+/// power cut in the middle never leaves some of its files to replay.
 pub(crate) fn discard(cache_dir: &Path) {
-    let _ = fs::remove_dir_all(cache_dir.join(DIR));
+    let dir = cache_dir.join(DIR);
+    if !dir.exists() {
+        return;
+    }
+    let aside = cache_dir.join(format!("{DIR}.discarded"));
+    let _ = fs::remove_dir_all(&aside);
+    if fs::rename(&dir, &aside).is_ok() {
+        let _ = File::open(cache_dir).and_then(|d| d.sync_all());
+        let _ = fs::remove_dir_all(&aside);
+    } else {
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
 
 impl WriteLog {
@@ -158,6 +171,8 @@ impl WriteLog {
     /// are retired. No file is current until [`WriteLog::rotate`].
     pub fn open(cache_dir: &Path) -> Result<(WriteLog, Vec<LeftFile>), String> {
         let dir = cache_dir.join(DIR);
+        // What an interrupted `discard` set aside.
+        let _ = fs::remove_dir_all(cache_dir.join(format!("{DIR}.discarded")));
         fs::create_dir_all(&dir).map_err(|e| io_err("mkdir", &dir, e))?;
         let mut gens: Vec<u64> = fs::read_dir(&dir)
             .map_err(|e| io_err("list", &dir, e))?
@@ -315,6 +330,10 @@ impl WriteLog {
     /// header's crc32c covers it and the block checksums; the data is not
     /// read again here.
     pub fn append(&mut self, lba: u64, blocks: u64, data: Option<&Checked>) -> Result<(), String> {
+        if self.frozen {
+            // Nothing more is logged (and FLUSHes know not to trust it).
+            return Ok(());
+        }
         let path = self.dir.join(file_name(self.gen));
         let mut f: &File = self
             .file
@@ -423,20 +442,6 @@ impl WriteLog {
                 _ => {}
             }
             self.files.remove(0);
-        }
-    }
-
-    /// Gives up on the log after a failed append (e.g. a full cache disk):
-    /// deletes every file, so a later replay cannot skip the lost record and
-    /// replay what followed it. Unflushed writes are then as safe as without
-    /// a log: lost if the daemon dies before its next FLUSH.
-    pub fn abandon(&mut self) {
-        self.file = None;
-        self.files.clear();
-        for e in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            if e.file_name().to_str().is_some_and(|n| n.ends_with(".log")) {
-                let _ = fs::remove_file(e.path());
-            }
         }
     }
 }

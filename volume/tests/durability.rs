@@ -281,6 +281,140 @@ async fn a_takeover_never_sees_a_mixture_and_the_old_journal_is_not_replayed() {
     again.close().await.unwrap();
 }
 
+/// The volume config is read again once the lease is taken; this store
+/// fails that second read for good (a flaky store at boot, say), so the
+/// attach dies after its lease write and before anything else.
+#[derive(Debug)]
+struct FailsSecondConfigRead {
+    inner: Arc<dyn ObjectStore>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FailsSecondConfigRead {
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, spritedisk_store::StoreError> {
+        if key == spritedisk_volume::CONFIG_KEY
+            && self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
+        {
+            return Err(spritedisk_store::StoreError::InvalidKey(format!(
+                "{key} (injected)"
+            )));
+        }
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, spritedisk_store::StoreError> {
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+    ) -> Result<String, spritedisk_store::StoreError> {
+        self.inner.put(key, data).await
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+    ) -> Result<String, spritedisk_store::StoreError> {
+        self.inner.put_if_absent(key, data).await
+    }
+    async fn put_if_match(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        etag: &str,
+    ) -> Result<String, spritedisk_store::StoreError> {
+        self.inner.put_if_match(key, data, etag).await
+    }
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<spritedisk_store::ObjectMeta>, spritedisk_store::StoreError> {
+        self.inner.head(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), spritedisk_store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<spritedisk_store::ObjectMeta>, spritedisk_store::StoreError> {
+        self.inner.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// Found by the review of 0014: the restart of a killed daemon dies after
+/// its lease write and before it read its directory (here its second read
+/// of the volume config fails). The next restart finds a lease this
+/// directory's database never heard of; it must still know it for its own
+/// (the lease custody, recorded before the lease write), or it drops the
+/// journal with the flushed writes in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_dies_after_its_lease_write_keeps_the_journal() {
+    let (inner, dir) = setup().await;
+    let here = dir.path().join("here");
+    let (gate, vol) = gated(&inner, &here, 1).await;
+    flushed_not_uploaded(&inner, &gate, &vol).await;
+    vol.abandon();
+    drop(vol);
+
+    let flaky: Arc<dyn ObjectStore> = Arc::new(FailsSecondConfigRead {
+        inner: inner.clone(),
+        reads: Default::default(),
+    });
+    let err = Volume::open(flaky, "mem://test", Some(&here), local(2))
+        .await
+        .err()
+        .expect("setup: the attach survived its failing config read");
+    assert!(err.to_string().contains("injected"), "{err}");
+
+    let vol = open(inner.clone(), Some(&here), local(3)).await;
+    assert_eq!(
+        tags(&vol, 0, 3).await,
+        [FLUSHED; 3],
+        "the journal was dropped after a restart died holding the lease"
+    );
+    vol.close().await.unwrap();
+}
+
+/// Found by the review of 0014: a directory whose database is gone (a
+/// discard interrupted between its two deletions, or a user) while its
+/// journal is left, after another machine took the volume over and wrote.
+/// Nothing proves the journal continues this history: it is not replayed
+/// (it would mix the old machine's writes into the new one's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_without_its_database_is_not_replayed_after_a_takeover() {
+    let (inner, dir) = setup().await;
+    let here = dir.path().join("here");
+    let (gate, old) = gated(&inner, &here, 1).await;
+    flushed_not_uploaded(&inner, &gate, &old).await;
+    old.abandon();
+    drop(old);
+    let new = open(inner.clone(), Some(&dir.path().join("there")), local(2)).await;
+    write(&new, 1, 1, NEWER).await;
+    new.close().await.unwrap();
+
+    for f in ["meta.db", "meta.db-wal", "meta.db-shm"] {
+        let _ = std::fs::remove_file(here.join(f));
+    }
+    let again = open(inner.clone(), Some(&here), local(3)).await;
+    assert_eq!(
+        tags(&again, 0, 3).await,
+        [0, NEWER, 0],
+        "a journal nothing vouches for was replayed over another machine's writes"
+    );
+    again.close().await.unwrap();
+}
+
 /// A checkpoint and a detach upload everything first, in local mode too:
 /// another machine reads what was written before them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -386,6 +386,7 @@ impl Standby {
                 queue_depth: self.uopts.depth,
                 since_unix: records::now_unix_ms() / 1000,
                 pool_slot: Some(self.rec.slot),
+                durability: args.durability,
             })?;
             Ok(Bound {
                 _control: crate::control::serve(volume.clone(), &self.cache_dir)?,
