@@ -722,6 +722,16 @@ impl Volume {
 async fn sync_journal(inner: Arc<Inner>, plan: SyncPlan) {
     let plan = Arc::new(plan);
     let run = plan.clone();
+    if inner.is_stopped() {
+        // Nobody waits any more (a stopped engine fails its FLUSHes), and
+        // a dead process syncs nothing: the simulation's power cut relies
+        // on it.
+        if let Some(log) = inner.state.lock().unwrap().wlog.as_mut() {
+            log.cancel_sync();
+        }
+        inner.changed.notify_waiters();
+        return;
+    }
     let res = spritedisk_store::blocking::unblock(move || run.run())
         .await
         .unwrap_or_else(|e| Err(format!("write log sync: {e}")));

@@ -397,6 +397,11 @@ impl WriteLog {
         })
     }
 
+    /// Ends a round that never ran (its engine stopped first).
+    pub fn cancel_sync(&mut self) {
+        self.sync_in_flight = false;
+    }
+
     /// Ends the round `plan` began: on success its appends are durable; a
     /// failed sync freezes the log (after a failed `fdatasync` the page
     /// cache may have dropped records, so nothing since the last good

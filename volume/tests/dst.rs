@@ -454,15 +454,26 @@ impl Model {
 
     /// The states the owner's volume may have now.
     fn owner_states(&self) -> Vec<Blocks> {
+        let n = self.owner.map_or(0, |o| self.writes_of(o).len());
+        self.owner_states_from(n)
+    }
+
+    /// The states the owner's volume may hold after losing any of its
+    /// writes past its first `floor` (a power cut keeps what its local
+    /// journal synced: every write a local FLUSH covered, maybe more).
+    fn owner_states_from(&self, floor: usize) -> Vec<Blocks> {
         let writes = self.owner.map_or(&[][..], |o| self.writes_of(o));
         let mut out: Vec<Blocks> = Vec::new();
         for c in self.cands.iter().filter(|c| !c.replayed) {
-            let mut s = c.state;
-            for &(b, t) in &writes[c.start.min(writes.len())..] {
-                s[b] = t;
-            }
-            if !out.contains(&s) {
-                out.push(s);
+            let start = c.start.min(writes.len());
+            for p in floor.clamp(start, writes.len())..=writes.len() {
+                let mut s = c.state;
+                for &(b, t) in &writes[start..p] {
+                    s[b] = t;
+                }
+                if !out.contains(&s) {
+                    out.push(s);
+                }
             }
         }
         out
@@ -673,6 +684,9 @@ struct Writer {
     /// Its volume's attach count when it started attaching (its own
     /// included).
     started_at: usize,
+    /// Local durability: the writes its last acknowledged FLUSH covered
+    /// (in its journal, synced: a power cut keeps them).
+    flushed: usize,
 }
 
 enum Op {
@@ -789,6 +803,12 @@ struct Sim {
     /// compacts, collects or deletes the checkpoint being forked, GC by a
     /// writer that was taken over, and compaction of half-dead segments.
     forks: bool,
+    /// Writers attach with `--durability local` (docs/design/0014): a
+    /// FLUSH returns at the journal's sync, so it promises nothing to
+    /// another machine (only checkpoints, restores, GC and detaches do),
+    /// and a daemon may die by a power cut, restarted with what its
+    /// journal synced.
+    local: bool,
 }
 
 /// The kinds of action a seed may leave out (see `Sim::left_out`).
@@ -961,7 +981,7 @@ impl Sim {
             // Mostly restarted at once (systemd's restart of a `recover`
             // its start timeout killed), else left for a later attach.
             if self.rng.gen_bool(0.7) {
-                self.restart(op.writer);
+                self.restart(op.writer, false);
             } else {
                 self.kill(op.writer);
             }
@@ -1301,6 +1321,7 @@ impl Sim {
             must_read: false,
             must_see: None,
             started_at: 0,
+            flushed: 0,
         });
         let parent = self.store_for(f, v);
         let child_store = self.store_for(f, child);
@@ -1443,7 +1464,10 @@ impl Sim {
     /// The writer's daemon dies with acknowledged writes that may be only
     /// in its write log, and restarts on the same machine (its directory):
     /// `recover` after a kill -9, the common way a replay happens.
-    fn restart(&mut self, w: usize) {
+    /// With `power_cut`, the machine loses power instead: the journal
+    /// keeps only what its syncs covered (`testing::power_cut`), and the
+    /// restart must read at least every write a FLUSH acknowledged.
+    fn restart(&mut self, w: usize, power_cut: bool) {
         // Its segments in flight die with it (kill -9 of a daemon): what
         // they carry is only in its write log now.
         let lost = {
@@ -1453,7 +1477,8 @@ impl Sim {
             before - g.pending.len()
         };
         self.log(format!(
-            "writer {w}: killed with {lost} segments in flight, restarted on its directory"
+            "writer {w}: {} with {lost} segments in flight, restarted on its directory",
+            if power_cut { "power cut" } else { "killed" }
         ));
         let v = self.writers[w].v;
         // What the restart must read: all the dead owner acknowledged (or
@@ -1464,13 +1489,27 @@ impl Sim {
         let alone = self.vols[v].attach_starts == self.writers[w].started_at;
         let must_see = match self.writers[w].life {
             _ if !alone => None,
+            Life::Live if self.vols[v].model.owner == Some(w) && power_cut => Some((
+                self.vols[v]
+                    .model
+                    .owner_states_from(self.writers[w].flushed),
+                w,
+            )),
             Life::Live if self.vols[v].model.owner == Some(w) => {
                 Some((self.vols[v].model.owner_states(), w))
             }
-            Life::Attaching => self.writers[w].must_see.clone().map(|(s, _, d)| (s, d)),
+            Life::Attaching if !power_cut => {
+                self.writers[w].must_see.clone().map(|(s, _, d)| (s, d))
+            }
             _ => None,
         };
         self.kill(w);
+        if power_cut {
+            let (files, bytes) = spritedisk_volume::testing::power_cut(&self.writers[w].dir);
+            self.log(format!(
+                "writer {w}: the power cut took {files} journal files and {bytes} bytes"
+            ));
+        }
         if self.attaching(v) {
             return;
         }
@@ -1508,10 +1547,14 @@ impl Sim {
             must_read: false,
             must_see: None,
             started_at,
+            flushed: 0,
         });
         let store = self.store_for(w, v);
         let url = self.vols[v].url.clone();
         let mut o = opts(self.seed ^ w as u64, force);
+        if self.local {
+            o.durability = spritedisk_volume::Durability::Local;
+        }
         if tight || (self.restarts && self.rng.gen_bool(0.3)) {
             // One block per segment and room for two (the least the CLI
             // allows): every write is a segment, and writes (and a replay
@@ -1761,7 +1804,21 @@ impl Sim {
                             .count()
                     };
                     if self.restarts && in_flight >= 1 && self.rng.gen_bool(0.3) {
-                        self.restart(w);
+                        self.restart(w, false);
+                    }
+                }
+            }
+            (Op::Flush { covered }, Outcome::Done(r)) if self.local => {
+                self.log(format!("writer {w}: flush (local): {r:?}"));
+                if r.is_ok() {
+                    // In the journal only: nothing another machine must see.
+                    self.writers[w].flushed = self.writers[w].flushed.max(covered);
+                    let owner = self.vols[v].model.owner == Some(w);
+                    if self.restarts && owner && self.rng.gen_bool(0.15) {
+                        self.restart(w, true);
+                    } else if self.rng.gen_bool(0.05) {
+                        self.log(format!("writer {w}: crash"));
+                        self.kill(w);
                     }
                 }
             }
@@ -1978,6 +2035,7 @@ impl Sim {
             must_read: false,
             must_see: None,
             started_at: 0,
+            flushed: 0,
         });
         self.log(format!("writer {w}: attach --force to volume {v} (final)"));
         let store = self.vols[v].store.clone();
@@ -2111,10 +2169,19 @@ fn run_seed(seed: u64, steps: usize, profile: Profile) -> Result<u64, String> {
             left_out: BTreeSet::new(),
             restarts: false,
             forks: false,
+            local: false,
         };
         match profile {
-            Profile::Mixed => sim.restarts = sim.rng.gen_bool(0.3),
+            Profile::Mixed => {
+                sim.restarts = sim.rng.gen_bool(0.3);
+                // From the seed's bits, not its generator: the other seeds
+                // run as they did before local mode.
+                sim.local = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 62 == 0;
+            }
             Profile::Forks => sim.forks = true,
+        }
+        if sim.local {
+            sim.log("profile: local durability (a FLUSH at the journal's sync; power cuts)".into());
         }
         if sim.forks {
             sim.log("profile: forks race GC".into());
