@@ -6,20 +6,42 @@
 # fsynced has its checksum — then copy files and fsync each, listing it only
 # after the fsync returned, until the host kills this guest's QEMU.
 # The store and the list live on the host (a read-write 9p share, cache=none).
+#
+# SPRITEDISK_VM_CRASH_LOCAL=1: the power cut of --durability local
+# (docs/design/0014). The cache directory is on a virtio disk that outlives
+# the guest (/dev/vda, ext4; what the host's image file holds is what the
+# disk kept), the daemon uploads nothing by itself (no writeback, large
+# segments), so the fsynced files are only in its journal when the guest
+# dies; the next guest attaches on the same directory and replays it.
 set -euo pipefail
 B=${SPRITEDISK_BIN:-$PWD/target/debug/spritedisk}
 S=${SPRITEDISK_VM_CRASH_DIR:?}
 CYCLE=${SPRITEDISK_VM_CRASH_CYCLE:?}
 URL=file://$S/store
 C=/tmp/cache M=/tmp/mnt
+LOCAL=${SPRITEDISK_VM_CRASH_LOCAL:-0}
+ARGS=()
+if [ "$LOCAL" = 1 ]; then
+  P=/tmp/persist; mkdir -p $P
+  blkid /dev/vda >/dev/null 2>&1 || mkfs.ext4 -q -F /dev/vda
+  mount /dev/vda $P
+  C=$P/cache
+  ARGS=(--durability local --writeback-delay 3600 --segment-size 64M --dirty-max 256M)
+fi
 export SPRITEDISK_LOG=info
-mkdir -p $M
+mkdir -p $M $C
 fail() { echo "FAIL: $*"; tail -30 $C/daemon.log 2>/dev/null || true; exit 1; }
 echo "== crash cycle $CYCLE"
 fresh=0
 if [ ! -e "$S/store/volume.json" ]; then $B create "$URL" --size 4G; fresh=1; fi
+LOG_BEFORE=$(stat -c %s $C/daemon.log 2>/dev/null || echo 0)
 # The previous guest died holding the lease: take it over.
-DEV=$($B attach "$URL" --cache-dir $C --force) || fail "attach"
+DEV=$($B attach "$URL" --cache-dir $C --force "${ARGS[@]}") || fail "attach"
+if [ "$LOCAL" = 1 ] && [ $fresh = 0 ]; then
+  # The flushed writes were only in the journal: this attach replayed it.
+  tail -c +$((LOG_BEFORE + 1)) $C/daemon.log | grep -q "replayed the acknowledged writes" \
+    || fail "the restart replayed no journal: the test did not cut power under a local-durability daemon"
+fi
 if [ $fresh = 1 ]; then
   mkfs.ext4 -q -F "$DEV"
 else

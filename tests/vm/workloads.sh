@@ -6,6 +6,8 @@
 #     pgbench runs; more pgbench; stop, unmount, restore, mount, start: it
 #     recovers, pg_amcheck is clean, the pgbench invariants hold and the
 #     history table holds the transactions committed before the freeze.
+#     Also pgbench with 16 clients (group commit: TPS grows with clients),
+#     and on a volume attached with --durability local (docs/design/0014).
 #  2. A build: the SQLite amalgamation and a program using it, built on the
 #     volume; checkpoint --freeze; make clean; restore; the outputs are back.
 # Prints "RESULT name value" lines for the benchmark notes (ratios only:
@@ -29,10 +31,11 @@ pg_start() { # datadir
     -o "-k /tmp -c listen_addresses='' -c shared_buffers=64MB" start >/dev/null || fail "postgres did not start"
 }
 pg_stop() { "${PG[@]}" $PGBIN/pg_ctl -D "$1" -w -t 300 stop -m fast >/dev/null || fail "postgres did not stop"; }
-# pgbench -T SECS, its per-transaction log in /tmp/pgb.*; prints the TPS.
-pgbench_run() { # secs
+# pgbench -T SECS with CLIENTS (default 4), its per-transaction log in
+# /tmp/pgb.*; prints the TPS.
+pgbench_run() { # secs [clients]
   rm -f /tmp/pgb.*
-  $PGBIN/pgbench -n -h /tmp -U postgres -c 4 -T "$1" -l --log-prefix=/tmp/pgb postgres > /tmp/pgbench.out 2>&1 \
+  $PGBIN/pgbench -n -h /tmp -U postgres -c "${2:-4}" -T "$1" -l --log-prefix=/tmp/pgb postgres > /tmp/pgbench.out 2>&1 \
     || { cat /tmp/pgbench.out; fail "pgbench"; }
   sed -n 's/^tps = \([0-9.]*\).*/\1/p' /tmp/pgbench.out | head -n 1
 }
@@ -73,6 +76,8 @@ pg_setup $M/pg
 TPS_UBLK=$(pgbench_run $PGBENCH_SECS)
 echo "RESULT pgbench_tps_ublk $TPS_UBLK"
 [ "$(invariants)" = t ] || fail "the pgbench balances do not match the history before any checkpoint: $(sums)"
+TPS_UBLK16=$(pgbench_run $PGBENCH_SECS 16)
+echo "RESULT pgbench_tps_ublk_16_clients $TPS_UBLK16"
 
 step "1c. checkpoint --freeze while pgbench runs"
 rm -f /tmp/pgb.*
@@ -113,6 +118,21 @@ echo "history after restore: $N rows of this run (committed before the freeze: $
 [ "$N" -ge "$ACKED_BEFORE" ] || fail "transactions committed before the freeze are missing ($N < $ACKED_BEFORE)"
 [ "$N" -le "$STARTED_BEFORE_THAW" ] || fail "the checkpoint holds transactions begun after the thaw ($N > $STARTED_BEFORE_THAW)"
 [ "$H" -lt "$H_END" ] || fail "the restore did not go back in time ($H rows, $H_END before)"
+pg_stop $M/pg/data
+umount $M
+$B detach "$DEV" >/dev/null
+
+step "1e. PostgreSQL on /dev/ublkb0 attached with --durability local"
+$B create file://$W/store/pgl --size 8G >/dev/null
+DEV=$($B attach file://$W/store/pgl --cache-dir $W/cache-pgl --durability local) || fail "attach --durability local"
+mkfs.ext4 -q -F "$DEV"
+mount "$DEV" $M
+pg_setup $M/pg
+TPS_LOCAL=$(pgbench_run $PGBENCH_SECS)
+echo "RESULT pgbench_tps_ublk_local $TPS_LOCAL"
+[ "$(invariants)" = t ] || fail "the pgbench balances do not match the history (local durability): $(sums)"
+SYNCS=$($B stats file://$W/store/pgl --cache-dir $W/cache-pgl --json | sed -n 's/.*"session_journal_syncs": *\([0-9]*\).*/\1/p')
+[ "${SYNCS:-0}" -gt 0 ] || fail "no journal syncs: the volume is not in local durability"
 pg_stop $M/pg/data
 umount $M
 $B detach "$DEV" >/dev/null
