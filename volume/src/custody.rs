@@ -58,11 +58,42 @@ pub(crate) fn record(dir: &Path, epoch: u64, attach_id: &str) -> Result<(), Stri
     c.leases.push((epoch, attach_id.to_string()));
     let drop = c.leases.len().saturating_sub(KEPT_MAX);
     c.leases.drain(..drop);
+    write(dir, &c)
+}
+
+/// Records the lease `next` that an attach is about to write over the
+/// lease `vouch`, which this directory holds. Entries past `vouch`'s epoch
+/// go: the lease still reads `vouch`, so none of them was ever written (an
+/// intent whose write failed), and a run of failed attaches must not push
+/// `vouch` out of the list (found by the second review of 0014).
+pub(crate) fn record_intent(
+    dir: &Path,
+    vouch: (u64, &str),
+    next: (u64, &str),
+) -> Result<(), String> {
+    let mut c = read(dir);
+    c.leases.retain(|(e, _)| *e <= vouch.0);
+    c.leases.push((next.0, next.1.to_string()));
+    while c.leases.len() > KEPT_MAX {
+        // The oldest that is not the one vouching.
+        let i = c
+            .leases
+            .iter()
+            .position(|(e, a)| !(*e == vouch.0 && a == vouch.1))
+            .unwrap_or(0);
+        c.leases.remove(i);
+    }
+    write(dir, &c)
+}
+
+fn write(dir: &Path, c: &Custody) -> Result<(), String> {
     let err =
         |what: &str, e: std::io::Error| format!("lease custody {what} in {}: {e}", dir.display());
-    let tmp = dir.join(format!("{FILE}.tmp"));
+    // Its own temporary name: two attaches on one directory (a mistake
+    // the lease turns away) must not interleave one file.
+    let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
     let mut f = File::create(&tmp).map_err(|e| err("create", e))?;
-    f.write_all(&serde_json::to_vec(&c).map_err(|e| format!("lease custody: {e}"))?)
+    f.write_all(&serde_json::to_vec(c).map_err(|e| format!("lease custody: {e}"))?)
         .map_err(|e| err("write", e))?;
     f.sync_all().map_err(|e| err("sync", e))?;
     std::fs::rename(&tmp, dir.join(FILE)).map_err(|e| err("rename", e))?;
@@ -88,5 +119,24 @@ mod tests {
             !holds(dir.path(), 10, "a9"),
             "another attach's lease at that epoch"
         );
+    }
+
+    /// A lease taken from the directory's own, then many attaches that each
+    /// recorded the next lease and failed to write it: the lease they all
+    /// read stays vouched for.
+    #[test]
+    fn failed_intents_never_push_out_the_lease_they_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        record(dir.path(), 5, "a").unwrap();
+        record_intent(dir.path(), (5, "a"), (6, "b")).unwrap();
+        for i in 0..3 * KEPT_MAX {
+            record_intent(dir.path(), (6, "b"), (7, &format!("c{i}"))).unwrap();
+        }
+        assert!(
+            holds(dir.path(), 6, "b"),
+            "the lease the failed attaches read"
+        );
+        assert!(holds(dir.path(), 7, &format!("c{}", 3 * KEPT_MAX - 1)));
+        assert!(!holds(dir.path(), 7, "c0"), "a failed intent is kept");
     }
 }

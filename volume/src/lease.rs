@@ -306,10 +306,15 @@ pub async fn acquire(
                     raised: false,
                 });
             }
-            None => store
-                .put_if_absent(LEASE_KEY, doc.bytes())
-                .await
-                .map(|etag| (etag, None)),
+            None => {
+                // Nothing before us (an earlier look may have seen a lease).
+                previous = None;
+                previous_ours = false;
+                store
+                    .put_if_absent(LEASE_KEY, doc.bytes())
+                    .await
+                    .map(|etag| (etag, None))
+            }
             Some((old, etag)) => {
                 let leased = || VolumeError::Leased {
                     url: url.to_string(),
@@ -361,16 +366,26 @@ pub async fn acquire(
                         let next = (doc.epoch, me.attach_id.clone());
                         spritedisk_store::blocking::unblock(move || {
                             if !crate::custody::holds(&dir, epoch, &id) {
-                                return Ok(false);
+                                return false;
                             }
                             // Ours before the lease write: whatever happens
                             // to this attach after it, the next one on this
-                            // directory knows the lease it finds.
-                            crate::custody::record(&dir, next.0, &next.1).map(|()| true)
+                            // directory knows the lease it finds. A failure
+                            // (a full disk) is not this attach's: it still
+                            // continues the journal; only a next attach
+                            // after a crash in the window may drop it.
+                            let recorded = crate::custody::record_intent(
+                                &dir,
+                                (epoch, &id),
+                                (next.0, &next.1),
+                            );
+                            if let Err(e) = recorded {
+                                tracing::warn!(error = %e, "could not record the lease this attach takes as the cache directory's");
+                            }
+                            true
                         })
                         .await
-                        .map_err(|e| VolumeError::BadConfig(format!("lease custody: {e}")))?
-                        .map_err(VolumeError::BadConfig)?
+                        .unwrap_or(false)
                     }
                     None => false,
                 };

@@ -175,7 +175,12 @@ pub(crate) async fn recover(
                         "the local metadata database is corrupt: moved aside (.corrupt) and restored from the store"
                     );
                     if !held.previous_ours {
-                        crate::wlog::discard(dir);
+                        refuse_to_drop_on_reclaim(
+                            dir,
+                            reclaim,
+                            "its metadata database is corrupt",
+                        )?;
+                        crate::wlog::discard(dir).map_err(VolumeError::WriteLog)?;
                     }
                     let _ = std::fs::rename(&path, path.with_extension("db.corrupt"));
                     for suffix in ["-wal", "-shm"] {
@@ -208,7 +213,7 @@ pub(crate) async fn recover(
                     );
                     // The journal first: a database gone with the journal
                     // still there would let the next attach replay it.
-                    crate::wlog::discard(dir);
+                    crate::wlog::discard(dir).map_err(VolumeError::WriteLog)?;
                     remove_db(&path);
                     clean_at = None;
                 }
@@ -217,7 +222,8 @@ pub(crate) async fn recover(
                 // No database, and no custody of the lease we took: nothing
                 // proves a write journal here continues this history (a
                 // discard interrupted, a database deleted by hand).
-                crate::wlog::discard(dir);
+                refuse_to_drop_on_reclaim(dir, reclaim, "it has no metadata database")?;
+                crate::wlog::discard(dir).map_err(VolumeError::WriteLog)?;
             }
             let meta = if path.exists() {
                 in_sync_with = clean_at.map(|m| m.txid);
@@ -270,6 +276,11 @@ pub(crate) async fn recover(
             history_epoch,
             "the lease's epoch is not above the volume's history (lease.json deleted or restored from a backup?): raising it"
         );
+        if let Some(dir) = cache_dir {
+            // The raised lease is this directory's before it is written,
+            // as any lease it takes on (custody.rs; second review of 0014).
+            record_custody(dir, history_epoch + 1, &held.doc.holder.attach_id).await;
+        }
         let mut current = lease.lock().await;
         crate::lease::raise_epoch(store, &mut current, history_epoch + 1).await?;
         held = current.clone();
@@ -325,15 +336,7 @@ pub(crate) async fn recover(
     if let Some(dir) = cache_dir {
         // This directory's from now on, durably, before any write is
         // acknowledged (taken from anyone else, it was not recorded yet).
-        let (dir, epoch, id) = (
-            dir.to_path_buf(),
-            held.doc.epoch,
-            held.doc.holder.attach_id.clone(),
-        );
-        spritedisk_store::blocking::unblock(move || crate::custody::record(&dir, epoch, &id))
-            .await
-            .map_err(|e| VolumeError::BadConfig(format!("lease custody: {e}")))?
-            .map_err(VolumeError::BadConfig)?;
+        record_custody(dir, held.doc.epoch, &held.doc.holder.attach_id).await;
     }
     if rolled.applied > 1 {
         tracing::info!(
@@ -344,6 +347,19 @@ pub(crate) async fn recover(
     }
     rolled.replica_txid = in_sync_with;
     Ok((meta, rolled))
+}
+
+/// Records the lease `epoch` of attach `attach_id` as the directory's
+/// (custody.rs). A failure (a full disk) is logged, not fatal: the
+/// database's epoch still vouches for the journal, as before the custody.
+async fn record_custody(dir: &Path, epoch: u64, attach_id: &str) {
+    let (dir, id) = (dir.to_path_buf(), attach_id.to_string());
+    let res = spritedisk_store::blocking::unblock(move || crate::custody::record(&dir, epoch, &id))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "could not record this attach's lease as the cache directory's");
+    }
 }
 
 /// Restores the local database at `path` from the volume's replica (an
@@ -435,8 +451,21 @@ fn discard_if_stale(
     );
     // The journal first: a database gone with the journal still there
     // would let the next attach replay it.
-    crate::wlog::discard(dir);
+    crate::wlog::discard(dir).map_err(VolumeError::WriteLog)?;
     remove_db(path);
+    Ok(())
+}
+
+/// `recover` (reclaim) never drops a write log with records in it: the
+/// device's filesystem may be mounted on writes only it holds (D4 of the
+/// 5bc5be0 review). Found by the second review of 0014.
+fn refuse_to_drop_on_reclaim(dir: &Path, reclaim: bool, why: &str) -> Result<(), VolumeError> {
+    if reclaim && crate::wlog::has_records(dir) {
+        return Err(VolumeError::NotRecoverable(format!(
+            "the cache directory {} holds a write log, but {why} and nothing proves the log continues this volume's history (its lease custody does not name the lease this attach took over); unmount and detach the device, then attach the volume again (the log's writes are lost)",
+            dir.display()
+        )));
+    }
     Ok(())
 }
 

@@ -147,20 +147,39 @@ fn sync_dir(dir: &Path) -> Result<(), String> {
 /// Deletes the write log in `cache_dir`: its writes belong to a history
 /// another writer has moved past (or one nothing proves it continues).
 /// Atomically: renamed aside and the rename synced first, so a kill or a
-/// power cut in the middle never leaves some of its files to replay.
-pub(crate) fn discard(cache_dir: &Path) {
+/// power cut in the middle never leaves some of its files to replay. An
+/// error (it could not be set aside) fails the attach: a log half deleted
+/// may no longer be a prefix.
+pub(crate) fn discard(cache_dir: &Path) -> Result<(), String> {
     let dir = cache_dir.join(DIR);
     if !dir.exists() {
-        return;
+        return Ok(());
     }
     let aside = cache_dir.join(format!("{DIR}.discarded"));
-    let _ = fs::remove_dir_all(&aside);
-    if fs::rename(&dir, &aside).is_ok() {
-        let _ = File::open(cache_dir).and_then(|d| d.sync_all());
-        let _ = fs::remove_dir_all(&aside);
-    } else {
-        let _ = fs::remove_dir_all(&dir);
+    match fs::remove_dir_all(&aside) {
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(io_err("delete", &aside, e)),
+        _ => {}
     }
+    fs::rename(&dir, &aside).map_err(|e| io_err("set aside", &dir, e))?;
+    sync_dir(cache_dir)?;
+    if let Err(e) = fs::remove_dir_all(&aside) {
+        // Set aside, it is never read: the next discard or open deletes it.
+        tracing::warn!(path = %aside.display(), error = %e, "could not delete a discarded write log");
+    }
+    Ok(())
+}
+
+/// Whether the write log in `cache_dir` holds any record (a file longer
+/// than its header).
+pub(crate) fn has_records(cache_dir: &Path) -> bool {
+    fs::read_dir(cache_dir.join(DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && m.len() > FILE_HEADER_BYTES)
+        })
 }
 
 impl WriteLog {

@@ -281,25 +281,52 @@ async fn a_takeover_never_sees_a_mixture_and_the_old_journal_is_not_replayed() {
     again.close().await.unwrap();
 }
 
-/// The volume config is read again once the lease is taken; this store
-/// fails that second read for good (a flaky store at boot, say), so the
-/// attach dies after its lease write and before anything else.
-#[derive(Debug)]
-struct FailsSecondConfigRead {
+/// A store that fails, for good, the operations `fail` picks: (operation,
+/// key, how many operations on that key came before).
+struct Faulty {
     inner: Arc<dyn ObjectStore>,
-    reads: std::sync::atomic::AtomicUsize,
+    seen: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    fail: Box<dyn Fn(&str, &str, usize) -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Faulty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Faulty")
+    }
+}
+
+impl Faulty {
+    fn new(
+        inner: &Arc<dyn ObjectStore>,
+        fail: impl Fn(&str, &str, usize) -> bool + Send + Sync + 'static,
+    ) -> Arc<dyn ObjectStore> {
+        Arc::new(Faulty {
+            inner: inner.clone(),
+            seen: Default::default(),
+            fail: Box::new(fail),
+        })
+    }
+
+    fn check(&self, op: &str, key: &str) -> Result<(), spritedisk_store::StoreError> {
+        let n = {
+            let mut seen = self.seen.lock().unwrap();
+            let n = seen.entry(format!("{op} {key}")).or_default();
+            *n += 1;
+            *n - 1
+        };
+        match (self.fail)(op, key, n) {
+            true => Err(spritedisk_store::StoreError::InvalidKey(format!(
+                "{op} {key} (injected)"
+            ))),
+            false => Ok(()),
+        }
+    }
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for FailsSecondConfigRead {
+impl ObjectStore for Faulty {
     async fn get(&self, key: &str) -> Result<bytes::Bytes, spritedisk_store::StoreError> {
-        if key == spritedisk_volume::CONFIG_KEY
-            && self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
-        {
-            return Err(spritedisk_store::StoreError::InvalidKey(format!(
-                "{key} (injected)"
-            )));
-        }
+        self.check("get", key)?;
         self.inner.get(key).await
     }
     async fn get_range(
@@ -315,6 +342,7 @@ impl ObjectStore for FailsSecondConfigRead {
         key: &str,
         data: bytes::Bytes,
     ) -> Result<String, spritedisk_store::StoreError> {
+        self.check("put", key)?;
         self.inner.put(key, data).await
     }
     async fn put_if_absent(
@@ -322,6 +350,7 @@ impl ObjectStore for FailsSecondConfigRead {
         key: &str,
         data: bytes::Bytes,
     ) -> Result<String, spritedisk_store::StoreError> {
+        self.check("put_if_absent", key)?;
         self.inner.put_if_absent(key, data).await
     }
     async fn put_if_match(
@@ -330,6 +359,7 @@ impl ObjectStore for FailsSecondConfigRead {
         data: bytes::Bytes,
         etag: &str,
     ) -> Result<String, spritedisk_store::StoreError> {
+        self.check("put_if_match", key)?;
         self.inner.put_if_match(key, data, etag).await
     }
     async fn head(
@@ -367,9 +397,10 @@ async fn a_restart_that_dies_after_its_lease_write_keeps_the_journal() {
     vol.abandon();
     drop(vol);
 
-    let flaky: Arc<dyn ObjectStore> = Arc::new(FailsSecondConfigRead {
-        inner: inner.clone(),
-        reads: Default::default(),
+    // The volume config is read again once the lease is taken: that
+    // second read fails (a flaky store at boot, say).
+    let flaky = Faulty::new(&inner, |op, key, n| {
+        op == "get" && key == spritedisk_volume::CONFIG_KEY && n == 1
     });
     let err = Volume::open(flaky, "mem://test", Some(&here), local(2))
         .await
@@ -384,6 +415,86 @@ async fn a_restart_that_dies_after_its_lease_write_keeps_the_journal() {
         "the journal was dropped after a restart died holding the lease"
     );
     vol.close().await.unwrap();
+}
+
+/// Found by the second review of 0014: lease.json rolled back (restored
+/// from a backup) to a lease this directory held. The restart takes the
+/// next lease from it (recorded as the directory's), finds the history's
+/// epoch above it and raises its lease; it dies before anything else (its
+/// fence fails). The next restart finds the raised lease: the directory
+/// must know it as its own, or the journal goes, flushed writes and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_raises_its_lease_and_dies_keeps_the_journal() {
+    let (inner, dir) = setup().await;
+    let here = dir.path().join("here");
+    let first = open(inner.clone(), Some(&here), local(1)).await;
+    first.close().await.unwrap();
+    let old_lease = inner
+        .get(spritedisk_volume::lease::LEASE_KEY)
+        .await
+        .unwrap();
+    let (gate, vol) = gated(&inner, &here, 2).await;
+    flushed_not_uploaded(&inner, &gate, &vol).await;
+    vol.abandon();
+    drop(vol);
+
+    inner
+        .put(spritedisk_volume::lease::LEASE_KEY, old_lease)
+        .await
+        .unwrap();
+    // Its fence (the first record it writes) fails for good.
+    let fences = Faulty::new(&inner, |op, key, _| {
+        op == "put_if_absent" && key.starts_with("segments/")
+    });
+    let err = Volume::open(fences, "mem://test", Some(&here), local(3))
+        .await
+        .err()
+        .expect("setup: the attach survived its failing fence");
+    assert!(err.to_string().contains("injected"), "{err}");
+
+    let vol = open(inner.clone(), Some(&here), local(4)).await;
+    assert_eq!(
+        tags(&vol, 0, 3).await,
+        [FLUSHED; 3],
+        "the journal was dropped after a restart raised its lease and died"
+    );
+    vol.close().await.unwrap();
+}
+
+/// Found by the second review of 0014: `recover` on a directory whose
+/// database is gone and whose lease custody is unreadable: nothing proves
+/// its write log continues the history, but the device's filesystem may be
+/// mounted on the writes it holds, so the log is not dropped silently: the
+/// recovery is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_refuses_to_drop_a_log_nothing_vouches_for() {
+    let (inner, dir) = setup().await;
+    let here = dir.path().join("here");
+    let vol = open(inner.clone(), Some(&here), local(1)).await;
+    write(&vol, 0, 1, UNFLUSHED).await;
+    vol.abandon();
+    drop(vol);
+    for f in [
+        "meta.db",
+        "meta.db-wal",
+        "meta.db-shm",
+        "lease-custody.json",
+    ] {
+        let _ = std::fs::remove_file(here.join(f));
+    }
+    let o = EngineOptions {
+        reclaim: true,
+        ..local(2)
+    };
+    let err = Volume::open(inner.clone(), "mem://test", Some(&here), o)
+        .await
+        .err()
+        .expect("recover dropped a write log silently");
+    assert!(err.to_string().contains("write log"), "{err}");
+    assert!(
+        std::fs::read_dir(here.join("wlog")).unwrap().count() > 0,
+        "the refused recovery deleted the log"
+    );
 }
 
 /// Raised by the review of 0014: a directory whose database is gone (a
