@@ -732,9 +732,13 @@ async fn sync_journal(inner: Arc<Inner>, plan: SyncPlan) {
         inner.changed.notify_waiters();
         return;
     }
-    let res = spritedisk_store::blocking::unblock(move || run.run())
-        .await
-        .unwrap_or_else(|e| Err(format!("write log sync: {e}")));
+    let res = spritedisk_store::blocking::unblock(move || {
+        let t0 = Instant::now();
+        run.run().map(|()| t0.elapsed())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("write log sync: {e}")))
+    .map(|took| inner.counters.add_journal_sync_time(took));
     if let Some(log) = inner.state.lock().unwrap().wlog.as_mut() {
         log.end_sync(&plan, res);
     }

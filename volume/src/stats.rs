@@ -17,6 +17,8 @@ pub(crate) struct Counters {
     /// Sync rounds of the write journal (local durability: one per group
     /// of FLUSHes).
     pub journal_syncs: AtomicU64,
+    /// Time their `fdatasync`s took (nanoseconds, summed).
+    pub journal_sync_ns: AtomicU64,
     pub puts: AtomicU64,
     pub put_bytes: AtomicU64,
     pub gets: AtomicU64,
@@ -105,6 +107,10 @@ impl Counters {
     pub fn add_journal_sync(&self) {
         self.journal_syncs.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn add_journal_sync_time(&self, took: std::time::Duration) {
+        self.journal_sync_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
     pub fn add_put(&self, bytes: u64) {
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.put_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -168,6 +174,9 @@ pub struct VolumeStats {
     /// waiting then.
     #[serde(default)]
     pub session_journal_syncs: u64,
+    /// Time those rounds spent in `fdatasync` (nanoseconds, summed).
+    #[serde(default)]
+    pub session_journal_sync_ns: u64,
     /// Lease epoch of this writer (0 offline).
     pub lease_epoch: u64,
     /// Newest TXID durable in the metadata replica, and what this session shipped.
@@ -232,6 +241,7 @@ impl Inner {
             session_flushes: c.flushes.load(Ordering::Relaxed),
             session_flush_rounds: c.flush_rounds.load(Ordering::Relaxed),
             session_journal_syncs: c.journal_syncs.load(Ordering::Relaxed),
+            session_journal_sync_ns: c.journal_sync_ns.load(Ordering::Relaxed),
             lease_epoch: self.epoch,
             replica_txid: self.replica_txid.load(Ordering::Relaxed),
             session_replica_files: c.replica_files.load(Ordering::Relaxed),
