@@ -281,12 +281,15 @@ async fn a_takeover_never_sees_a_mixture_and_the_old_journal_is_not_replayed() {
     again.close().await.unwrap();
 }
 
-/// A store that fails, for good, the operations `fail` picks: (operation,
-/// key, how many operations on that key came before).
+/// Which operations a [`Faulty`] store fails: (operation, key, how many
+/// operations on that key came before).
+type FailWhen = dyn Fn(&str, &str, usize) -> bool + Send + Sync;
+
+/// A store that fails, for good, the operations its `fail` picks.
 struct Faulty {
     inner: Arc<dyn ObjectStore>,
     seen: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
-    fail: Box<dyn Fn(&str, &str, usize) -> bool + Send + Sync>,
+    fail: Box<FailWhen>,
 }
 
 impl std::fmt::Debug for Faulty {
@@ -296,7 +299,7 @@ impl std::fmt::Debug for Faulty {
 }
 
 impl Faulty {
-    fn new(
+    fn wrap(
         inner: &Arc<dyn ObjectStore>,
         fail: impl Fn(&str, &str, usize) -> bool + Send + Sync + 'static,
     ) -> Arc<dyn ObjectStore> {
@@ -399,7 +402,7 @@ async fn a_restart_that_dies_after_its_lease_write_keeps_the_journal() {
 
     // The volume config is read again once the lease is taken: that
     // second read fails (a flaky store at boot, say).
-    let flaky = Faulty::new(&inner, |op, key, n| {
+    let flaky = Faulty::wrap(&inner, |op, key, n| {
         op == "get" && key == spritedisk_volume::CONFIG_KEY && n == 1
     });
     let err = Volume::open(flaky, "mem://test", Some(&here), local(2))
@@ -443,7 +446,7 @@ async fn a_restart_that_raises_its_lease_and_dies_keeps_the_journal() {
         .await
         .unwrap();
     // Its fence (the first record it writes) fails for good.
-    let fences = Faulty::new(&inner, |op, key, _| {
+    let fences = Faulty::wrap(&inner, |op, key, _| {
         op == "put_if_absent" && key.starts_with("segments/")
     });
     let err = Volume::open(fences, "mem://test", Some(&here), local(3))
