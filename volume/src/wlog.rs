@@ -34,8 +34,19 @@ const DIR: &str = "wlog";
 /// Version 2 (docs/design/0012): a data record carries its blocks'
 /// crc32cs, which the segment and the read cache reuse. Files of version 1
 /// (a record's crc32c over its data), left by an older daemon, are read too.
-const FILE_MAGIC: &[u8; 8] = b"SPRTWLG2";
+/// Version 3 (docs/design/0014): version 2's records, and a file left for
+/// the next one ends with an end record. Without it a file is complete
+/// only as far as a later file may depend on it: a power cut can keep a
+/// file cut back to an earlier length (the file system's writeback stored
+/// it, size and all, at a record boundary) while the next file survives;
+/// read on, the log would skip the lost records (not a prefix). Files of
+/// version 2 (no end records; complete when they end at a record
+/// boundary) and 1 are read too.
+const FILE_MAGIC: &[u8; 8] = b"SPRTWLG3";
+const FILE_MAGIC_V2: &[u8; 8] = b"SPRTWLG2";
 const FILE_MAGIC_V1: &[u8; 8] = b"SPRTWLG1";
+/// `has_data` of an end record (0: an unmap, 1: data).
+const RECORD_END: u32 = 2;
 /// The magic and the segment number.
 const FILE_HEADER_BYTES: u64 = 16;
 const RECORD_MAGIC: u32 = 0x5350_574c; // "SPWL"
@@ -62,8 +73,13 @@ pub(crate) struct LeftFile {
     pub writes: Vec<LoggedWrite>,
     /// Bytes up to the end of the last valid record.
     valid_len: u64,
-    /// False: a torn or corrupt record ends it (nothing after it is read).
+    /// False: a torn or corrupt record ends it, or (version 3) it has no
+    /// end record: nothing after it is read.
     complete: bool,
+    /// Its format version (1, 2 or 3).
+    version: u8,
+    /// It ends with an end record (version 3).
+    ended: bool,
 }
 
 #[derive(Debug)]
@@ -125,6 +141,16 @@ impl SyncPlan {
         }
         Ok(())
     }
+}
+
+/// The end record a file gets when the next one starts (version 3).
+fn end_record() -> [u8; RECORD_HEADER_BYTES] {
+    let mut h = [0u8; RECORD_HEADER_BYTES];
+    h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&RECORD_END.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 fn file_name(gen: u64) -> String {
@@ -212,12 +238,14 @@ impl WriteLog {
             }
             expected = Some(g + 1);
             match read_file(&dir.join(file_name(g))) {
-                Some((seq, writes, valid_len, complete)) => left.push(LeftFile {
+                Some(r) => left.push(LeftFile {
                     gen: g,
-                    seq,
-                    writes,
-                    valid_len,
-                    complete,
+                    seq: r.seq,
+                    writes: r.writes,
+                    valid_len: r.valid_len,
+                    complete: r.complete,
+                    version: r.version,
+                    ended: r.ended,
                 }),
                 None => {
                     // No valid header: nothing of it, nor after it.
@@ -283,19 +311,27 @@ impl WriteLog {
     /// after it keeps its new number (the files kept would not be a
     /// prefix).
     pub fn rehome(&mut self, file: &LeftFile, seq: u64, empty: bool) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
         let path = self.dir.join(file_name(file.gen));
         let f = OpenOptions::new()
             .write(true)
             .open(&path)
             .map_err(|e| io_err("open", &path, e))?;
-        if empty {
-            f.set_len(FILE_HEADER_BYTES)
-                .map_err(|e| io_err("truncate", &path, e))?;
-        } else if !file.complete {
-            f.set_len(file.valid_len)
-                .map_err(|e| io_err("truncate", &path, e))?;
+        let end = match empty {
+            true => FILE_HEADER_BYTES,
+            false => file.valid_len,
+        };
+        if empty || !file.complete {
+            f.set_len(end).map_err(|e| io_err("truncate", &path, e))?;
         }
-        std::os::unix::fs::FileExt::write_all_at(&f, &seq.to_le_bytes(), FILE_MAGIC.len() as u64)
+        if file.version >= 2 && !file.ended {
+            // Closed for good: files follow it. Made version 3 (its
+            // records are version 2's) with its end record.
+            f.write_all_at(FILE_MAGIC, 0)
+                .and_then(|()| f.write_all_at(&end_record(), end))
+                .map_err(|e| io_err("write", &path, e))?;
+        }
+        f.write_all_at(&seq.to_le_bytes(), FILE_MAGIC.len() as u64)
             .map_err(|e| io_err("write", &path, e))?;
         #[cfg(feature = "test-support")]
         crate::testing::syncing_file(&path, &f);
@@ -317,6 +353,17 @@ impl WriteLog {
     pub fn rotate(&mut self, seq: u64) -> Result<(), String> {
         if self.frozen {
             return Ok(());
+        }
+        if let Some(cur) = self.file.take() {
+            // The current file ends here: its end record (version 3).
+            let path = self.dir.join(file_name(self.gen));
+            let mut w: &File = &cur;
+            w.write_all(&end_record())
+                .map_err(|e| io_err("append", &path, e))?;
+            self.appends += 1;
+            if let Some(last) = self.files.last_mut() {
+                last.last_append = self.appends;
+            }
         }
         self.gen += 1;
         let path = self.dir.join(file_name(self.gen));
@@ -374,6 +421,8 @@ impl WriteLog {
         h[28..32].copy_from_slice(&crc.to_le_bytes());
         spritedisk_store::write_all_parts(&mut f, &[&h, &list, d])
             .map_err(|e| io_err("append", &path, e))?;
+        #[cfg(feature = "test-support")]
+        crate::testing::appended(&path, f);
         self.appends += 1;
         if let Some(cur) = self.files.last_mut() {
             cur.last_append = self.appends;
@@ -470,10 +519,23 @@ impl WriteLog {
     }
 }
 
+/// What [`read_file`] found in one log file.
+struct FileRead {
+    seq: u64,
+    writes: Vec<LoggedWrite>,
+    /// Bytes up to the end of the last valid record (its end record included).
+    valid_len: u64,
+    /// Whether a file after it may be read: it ends with its end record
+    /// (version 3), or at a record boundary (versions 1 and 2).
+    complete: bool,
+    version: u8,
+    ended: bool,
+}
+
 /// Reads one log file: its segment seq, its valid records, the length they
-/// end at, and whether the file ended cleanly (false: a torn or corrupt
-/// record; replay must stop there). None: no valid header.
-fn read_file(path: &Path) -> Option<(u64, Vec<LoggedWrite>, u64, bool)> {
+/// end at, and whether a later file may be read after it. None: no valid
+/// header.
+fn read_file(path: &Path) -> Option<FileRead> {
     let mut raw = vec![];
     match File::open(path).and_then(|mut f| f.read_to_end(&mut raw)) {
         Ok(_) => {}
@@ -483,16 +545,28 @@ fn read_file(path: &Path) -> Option<(u64, Vec<LoggedWrite>, u64, bool)> {
             return None;
         }
     }
-    if raw.len() < 16 || (&raw[..8] != FILE_MAGIC && &raw[..8] != FILE_MAGIC_V1) {
+    if raw.len() < 16 {
         return None;
     }
-    let v1 = &raw[..8] == FILE_MAGIC_V1;
+    let version = match &raw[..8] {
+        m if m == FILE_MAGIC => 3,
+        m if m == FILE_MAGIC_V2 => 2,
+        m if m == FILE_MAGIC_V1 => 1,
+        _ => return None,
+    };
     let seq = u64::from_le_bytes(raw[8..16].try_into().ok()?);
-    let mut out = vec![];
+    let mut out = FileRead {
+        seq,
+        writes: vec![],
+        valid_len: 16,
+        complete: false,
+        version,
+        ended: false,
+    };
     let mut at = 16;
     while at < raw.len() {
         let Some(h) = raw.get(at..at + RECORD_HEADER_BYTES) else {
-            return Some((seq, out, at as u64, false));
+            return Some(out);
         };
         let le32 = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let le64 = |i: usize| u64::from(le32(i)) | u64::from(le32(i + 4)) << 32;
@@ -504,24 +578,35 @@ fn read_file(path: &Path) -> Option<(u64, Vec<LoggedWrite>, u64, bool)> {
             le32(24) as u64,
             le32(28),
         );
+        if version == 3 && h == end_record() {
+            out.valid_len = (at + RECORD_HEADER_BYTES) as u64;
+            out.complete = true;
+            out.ended = true;
+            return Some(out);
+        }
         let valid = magic == RECORD_MAGIC && len <= RECORD_DATA_MAX_BYTES && has_data <= 1;
-        let record = match (valid && blocks > 0, v1) {
+        let record = match (valid && blocks > 0, version) {
             (false, _) => None,
-            (true, true) => read_record_v1(&raw[at..], h, len as usize, crc),
-            (true, false) => read_record(&raw[at..], h, has_data == 1, blocks, len as usize, crc),
+            (true, 1) => read_record_v1(&raw[at..], h, len as usize, crc),
+            (true, _) => read_record(&raw[at..], h, has_data == 1, blocks, len as usize, crc),
         };
         let Some((data, crcs, end)) = record else {
-            return Some((seq, out, at as u64, false));
+            return Some(out);
         };
-        out.push(LoggedWrite {
+        out.writes.push(LoggedWrite {
             lba,
             blocks,
             data: (has_data == 1).then(|| Bytes::copy_from_slice(data)),
             crcs,
         });
         at += end;
+        out.valid_len = at as u64;
     }
-    Some((seq, out, at as u64, true))
+    // At a record boundary: complete for versions 1 and 2; a version-3
+    // file without its end record was the last one written (or was cut
+    // back by a power cut), and nothing after it is read.
+    out.complete = version < 3;
+    Some(out)
 }
 
 /// A version-2 record at the start of `rec` whose header is `h`: its data,
@@ -618,12 +703,13 @@ mod tests {
             }
         );
 
-        // Damage the middle file's last record: its first record is read,
-        // and the third file is deleted, never to be replayed.
+        // Damage the middle file's last record (before its end record): its
+        // first record is read, and the third file is deleted, never to be
+        // replayed.
         let p = dir.path().join(DIR).join(file_name(2));
         let mut raw = fs::read(&p).unwrap();
         let n = raw.len();
-        raw[n - 5] ^= 1;
+        raw[n - RECORD_HEADER_BYTES - 5] ^= 1;
         fs::write(&p, raw).unwrap();
         let (_, left) = WriteLog::open(dir.path()).unwrap();
         assert_eq!(seqs(&left), [(1, 2), (2, 1)]);
@@ -650,10 +736,11 @@ mod tests {
         log.rotate(43).unwrap();
         log.append(2, 1, Some(&checked(3))).unwrap();
         drop(log);
-        // The next daemon reads on past it: the cut tail is gone.
+        // The next daemon reads on past it: the cut tail is gone, and it
+        // ends with its end record.
         let (_, left) = WriteLog::open(dir.path()).unwrap();
         assert_eq!(seqs(&left), [(42, 1), (43, 1)]);
-        assert!(left.iter().all(|f| f.complete));
+        assert!(left[0].complete && left[0].ended);
     }
 
     /// Found by the second review of D6's fix: the new file was numbered
@@ -669,10 +756,11 @@ mod tests {
             log.append(seq, 1, Some(&checked(seq as u8))).unwrap();
         }
         drop(log);
-        // The second file's record is torn: the third is deleted.
+        // The second file's record is torn (and its end record gone): the
+        // third is deleted.
         let p = dir.path().join(DIR).join(file_name(2));
         let raw = fs::read(&p).unwrap();
-        fs::write(&p, &raw[..raw.len() - 10]).unwrap();
+        fs::write(&p, &raw[..raw.len() - RECORD_HEADER_BYTES - 10]).unwrap();
         let (mut log, left) = WriteLog::open(dir.path()).unwrap();
         assert_eq!(seqs(&left), [(1, 1), (2, 0)]);
         // The replay makes the second file whole; a new write is logged.
@@ -747,6 +835,61 @@ mod tests {
         let (_, left) = WriteLog::open(dir.path()).unwrap();
         assert_eq!(seqs(&left), [(1, 1)]);
         assert!(!left[0].complete);
+    }
+
+    /// A power cut can keep a file cut back to an earlier length, at a
+    /// record boundary (its writeback stored it so), while the next file
+    /// survives whole. Found by the seeded power cut of 0014: read on, the
+    /// log skipped the lost records and replayed the later ones (not a
+    /// prefix). A file without its end record ends the log.
+    #[test]
+    fn a_file_cut_back_to_a_record_boundary_ends_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        log.rotate(1).unwrap();
+        log.append(0, 1, Some(&checked(1))).unwrap();
+        let p = dir.path().join(DIR).join(file_name(1));
+        let first_record_ends = fs::metadata(&p).unwrap().len();
+        log.append(1, 1, Some(&checked(2))).unwrap();
+        log.rotate(2).unwrap();
+        log.append(2, 1, Some(&checked(3))).unwrap();
+        drop(log);
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(first_record_ends).unwrap();
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(
+            seqs(&left),
+            [(1, 1)],
+            "the second file was read past the first one's lost record"
+        );
+        assert!(!dir.path().join(DIR).join(file_name(2)).exists());
+    }
+
+    /// A version-2 file an older daemon left (no end record) is complete
+    /// at a record boundary, as before; made this daemon's, it becomes
+    /// version 3 with its end record, and the files after it are read.
+    #[test]
+    fn a_version_2_file_is_read_back_and_rehomed_as_version_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        log.rotate(5).unwrap();
+        log.append(0, 1, Some(&checked(1))).unwrap();
+        drop(log);
+        let p = dir.path().join(DIR).join(file_name(1));
+        let mut raw = fs::read(&p).unwrap();
+        raw[..8].copy_from_slice(FILE_MAGIC_V2);
+        fs::write(&p, &raw).unwrap();
+        let (mut log, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(5, 1)]);
+        assert!(left[0].complete && left[0].version == 2 && !left[0].ended);
+        log.rehome(&left[0], 9, false).unwrap();
+        log.adopt(left[0].gen, 9);
+        log.rotate(10).unwrap();
+        log.append(1, 1, Some(&checked(2))).unwrap();
+        drop(log);
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(9, 1), (10, 1)]);
+        assert!(left[0].version == 3 && left[0].ended);
     }
 
     #[test]

@@ -1505,7 +1505,9 @@ impl Sim {
         };
         self.kill(w);
         if power_cut {
-            let (files, bytes) = spritedisk_volume::testing::power_cut(&self.writers[w].dir);
+            let seed = self.rng.gen();
+            let (files, bytes) =
+                spritedisk_volume::testing::power_cut_seeded(&self.writers[w].dir, seed);
             self.log(format!(
                 "writer {w}: the power cut took {files} journal files and {bytes} bytes"
             ));
@@ -1804,7 +1806,10 @@ impl Sim {
                             .count()
                     };
                     if self.restarts && in_flight >= 1 && self.rng.gen_bool(0.3) {
-                        self.restart(w, false);
+                        // In local durability, half of them by a power cut:
+                        // writes past the last FLUSH, unsynced, some kept.
+                        let cut = self.local && self.rng.gen_bool(0.5);
+                        self.restart(w, cut);
                     }
                 }
             }
