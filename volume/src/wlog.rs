@@ -302,7 +302,8 @@ impl WriteLog {
 
     /// Makes a file an earlier daemon left the log of segment `seq` of this
     /// daemon, in place (its header's number; a damaged tail, or with
-    /// `empty` every record, is cut off): its writes are replayed as
+    /// `empty` every record, is cut off: by an end record in version 3,
+    /// by truncation before): its writes are replayed as
     /// exactly that segment, and the file is retired once it is applied,
     /// like one this daemon wrote. Written in place rather than logged
     /// again, so an interrupted replay never leaves two copies of a write
@@ -317,25 +318,42 @@ impl WriteLog {
             .write(true)
             .open(&path)
             .map_err(|e| io_err("open", &path, e))?;
+        let sync = |f: &File| {
+            #[cfg(feature = "test-support")]
+            crate::testing::syncing_file(&path, f);
+            f.sync_data().map_err(|e| io_err("sync", &path, e))
+        };
         let end = match empty {
             true => FILE_HEADER_BYTES,
             false => file.valid_len,
         };
-        if empty || !file.complete {
-            f.set_len(end).map_err(|e| io_err("truncate", &path, e))?;
+        // 1. What is not replayed goes, durably, before the file takes its
+        // new number (torn by a power cut between the two, it must never
+        // read as the new segment with records it was to lose).
+        match file.version {
+            // An end record where its records are to end (after every
+            // record kept, or right after the header): whatever follows
+            // it is never read. Not a truncation: a power cut could keep a
+            // shorter length without the record (found by the third
+            // review of 0014), and an emptied file that lost its end record
+            // would end the log before the files after it.
+            3 if empty || !file.ended => {
+                f.write_all_at(&end_record(), end)
+                    .map_err(|e| io_err("write", &path, e))?;
+                sync(&f)?;
+            }
+            3 => {}
+            // Versions 1 and 2 as before: complete where they end.
+            _ if empty || !file.complete => {
+                f.set_len(end).map_err(|e| io_err("truncate", &path, e))?;
+                sync(&f)?;
+            }
+            _ => {}
         }
-        if file.version >= 2 && !file.ended {
-            // Closed for good: files follow it. Made version 3 (its
-            // records are version 2's) with its end record.
-            f.write_all_at(FILE_MAGIC, 0)
-                .and_then(|()| f.write_all_at(&end_record(), end))
-                .map_err(|e| io_err("write", &path, e))?;
-        }
+        // 2. Its new number.
         f.write_all_at(&seq.to_le_bytes(), FILE_MAGIC.len() as u64)
             .map_err(|e| io_err("write", &path, e))?;
-        #[cfg(feature = "test-support")]
-        crate::testing::syncing_file(&path, &f);
-        f.sync_data().map_err(|e| io_err("sync", &path, e))
+        sync(&f)
     }
 
     /// Takes a rehomed file into this daemon's log (before its current file).
@@ -360,6 +378,8 @@ impl WriteLog {
             let mut w: &File = &cur;
             w.write_all(&end_record())
                 .map_err(|e| io_err("append", &path, e))?;
+            #[cfg(feature = "test-support")]
+            crate::testing::appended(&path, &cur);
             self.appends += 1;
             if let Some(last) = self.files.last_mut() {
                 last.last_append = self.appends;
@@ -376,6 +396,8 @@ impl WriteLog {
         header.extend_from_slice(&seq.to_le_bytes());
         f.write_all(&header)
             .map_err(|e| io_err("write", &path, e))?;
+        #[cfg(feature = "test-support")]
+        crate::testing::appended(&path, &f);
         let f = Arc::new(f);
         self.file = Some(f.clone());
         // The header is an append: a file left without one after a power
@@ -866,10 +888,11 @@ mod tests {
     }
 
     /// A version-2 file an older daemon left (no end record) is complete
-    /// at a record boundary, as before; made this daemon's, it becomes
-    /// version 3 with its end record, and the files after it are read.
+    /// at a record boundary, as before; made this daemon's, it stays
+    /// version 2 (rewriting it could be torn by a power cut into a version-3
+    /// file without its end record), and the files after it are read.
     #[test]
-    fn a_version_2_file_is_read_back_and_rehomed_as_version_3() {
+    fn a_version_2_file_is_read_back_and_rehomed_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = WriteLog::open(dir.path()).unwrap();
         log.rotate(5).unwrap();
@@ -889,7 +912,36 @@ mod tests {
         drop(log);
         let (_, left) = WriteLog::open(dir.path()).unwrap();
         assert_eq!(seqs(&left), [(9, 1), (10, 1)]);
-        assert!(left[0].version == 3 && left[0].ended);
+        assert!(left[0].version == 2 && left[0].complete);
+    }
+
+    /// Found by the third review of 0014: a file a barrier left empty
+    /// between two files with records is kept by the replay and emptied;
+    /// cut back to its header it lost its end record, and the next open
+    /// ended the log there, deleting the files after it (flushed writes).
+    #[test]
+    fn an_emptied_file_keeps_the_files_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        log.rotate(1).unwrap();
+        log.append(0, 1, Some(&checked(1))).unwrap();
+        log.rotate(2).unwrap();
+        log.rotate(3).unwrap();
+        log.append(1, 1, Some(&checked(2))).unwrap();
+        drop(log);
+        let (mut log, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(seqs(&left), [(1, 1), (2, 0), (3, 1)]);
+        log.rehome(&left[0], 9, false).unwrap();
+        log.rehome(&left[1], 9, true).unwrap();
+        log.rehome(&left[2], 10, false).unwrap();
+        drop(log);
+        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        assert_eq!(
+            seqs(&left),
+            [(9, 1), (9, 0), (10, 1)],
+            "the files after the emptied one were not read"
+        );
+        assert!(left[1].complete);
     }
 
     #[test]
