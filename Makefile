@@ -32,7 +32,7 @@ fuzz-smoke:
 # Named test targets over the whole workspace: the same build as `make test`
 # (selecting packages would rebuild dependencies with other features).
 # tools/test.sh runs the same list in `make test`.
-S3_TESTS = engine cache lease model checkpoint fork gc nbd_clients replica single_writer s3 crash_loop replay remove gc_races
+S3_TESTS = engine cache lease model checkpoint fork gc nbd_clients replica single_writer s3 crash_loop replay remove gc_races durability group_commit
 test-s3: test-deps
 	$(CARGO) build --bins
 	SPRITEDISK_TEST_STORE=s3 $(CARGO) test --workspace --no-fail-fast $(addprefix --test ,$(S3_TESTS))

@@ -10,7 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
-S3_TESTS=${S3_TESTS:-engine cache lease model checkpoint fork gc nbd_clients replica single_writer s3 crash_loop replay remove gc_races} # as in the Makefile
+S3_TESTS=${S3_TESTS:-engine cache lease model checkpoint fork gc nbd_clients replica single_writer s3 crash_loop replay remove gc_races durability group_commit} # as in the Makefile
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/spritedisk-test.XXXXXX")
 t_start=$SECONDS
 failures=()   # "step: what failed"
