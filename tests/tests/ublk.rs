@@ -210,6 +210,12 @@ fn run_vm_script(script: &str, started: &str, envs: &[(&str, &str)]) -> String {
     console
 }
 
+/// The last `n` lines of a guest's console, for failure messages.
+fn last_lines(console: &str, n: usize) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// One guest life of the ext4 crash cycle: boots the VM on
 /// tests/vm/crash.sh, and once it says it is writing, kills QEMU (SIGKILL
 /// to its process group: a power cut) after `kill_after`. Returns the
@@ -318,15 +324,7 @@ fn ext4_survives_guest_kills_in_the_vm() {
         progress(&format!("ext4 crash cycle {cycle} of {cycles}: booting"));
         // The rig boots again a guest that died before the script started.
         let (console, code) = guest_life(&runner, &dir, cycle, kill_after, None);
-        let tail: String = console
-            .lines()
-            .rev()
-            .take(60)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let tail = last_lines(&console, 60);
         assert!(
             !console.contains("FAIL:"),
             "cycle {cycle} (seed {seed}):\n{tail}"
@@ -380,15 +378,7 @@ fn local_durability_survives_a_guest_power_cut_in_the_vm() {
         let kill_after = (!last).then(|| Duration::from_secs(8));
         progress(&format!("local durability power cut: guest life {cycle}"));
         let (console, code) = guest_life(&runner, &dir, cycle, kill_after, Some(&disk));
-        let tail: String = console
-            .lines()
-            .rev()
-            .take(60)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let tail = last_lines(&console, 60);
         assert!(!console.contains("FAIL:"), "guest life {cycle}:\n{tail}");
         if last {
             assert_eq!(

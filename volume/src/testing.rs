@@ -57,15 +57,19 @@ pub(crate) fn appended(path: &Path, file: &File) {
 
 /// Called just before directory `dir` is `fsync`ed.
 pub(crate) fn syncing_dir(dir: &Path) {
-    let names: BTreeSet<OsString> = std::fs::read_dir(dir)
+    let names = names_in(dir);
+    with(|i| {
+        i.dirs.insert(dir.to_path_buf(), names);
+    });
+}
+
+fn names_in(dir: &Path) -> BTreeSet<OsString> {
+    std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name())
-        .collect();
-    with(|i| {
-        i.dirs.insert(dir.to_path_buf(), names);
-    });
+        .collect()
 }
 
 /// Leaves the write journal of `cache_dir` as a power cut would, once its
@@ -148,17 +152,7 @@ fn cut(cache_dir: &Path, seed: Option<u64>) -> (usize, u64) {
             i.files.insert(path.clone(), keep);
             i.ends.remove(&path);
         }
-        syncing_dir_locked(i, &dir);
+        i.dirs.insert(dir.clone(), names_in(&dir));
     });
     (deleted, cut)
-}
-
-fn syncing_dir_locked(i: &mut Image, dir: &Path) {
-    let names = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    i.dirs.insert(dir.to_path_buf(), names);
 }

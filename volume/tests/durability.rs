@@ -102,6 +102,42 @@ async fn flushed_not_uploaded(inner: &Arc<dyn ObjectStore>, gate: &GateStore, vo
     );
 }
 
+/// A daemon on `here` that dies (its engine stopped, its held uploads
+/// never landing) after [`flushed_not_uploaded`]: blocks 0-2 are only in
+/// its journal.
+async fn die_with_flushed_only_in_the_journal(
+    inner: &Arc<dyn ObjectStore>,
+    here: &Path,
+    seed: u64,
+) {
+    let (gate, vol) = gated(inner, here, seed).await;
+    flushed_not_uploaded(inner, &gate, &vol).await;
+    vol.abandon();
+}
+
+/// An attach on `here` through `dying`, which fails it with an injected
+/// error; then the next attach must still read blocks 0-2 (write FLUSHED)
+/// from the journal (`after`: what happened, for the message).
+async fn the_next_attach_reads_the_journal(
+    inner: &Arc<dyn ObjectStore>,
+    here: &Path,
+    dying: Arc<dyn ObjectStore>,
+    after: &str,
+) {
+    let err = Volume::open(dying, "mem://test", Some(here), local(3))
+        .await
+        .err()
+        .expect("setup: the attach survived its injected failure");
+    assert!(err.to_string().contains("injected"), "{err}");
+    let vol = open(inner.clone(), Some(here), local(4)).await;
+    assert_eq!(
+        tags(&vol, 0, 3).await,
+        [FLUSHED; 3],
+        "the journal was dropped after {after}"
+    );
+    vol.close().await.unwrap();
+}
+
 /// kill -9 of the daemon, restarted on its directory: every flushed write
 /// is back, and so is every acknowledged one (the journal outlives the
 /// process, 0002).
@@ -427,29 +463,15 @@ impl ObjectStore for Faulty {
 async fn a_restart_that_dies_after_its_lease_write_keeps_the_journal() {
     let (inner, dir) = setup().await;
     let here = dir.path().join("here");
-    let (gate, vol) = gated(&inner, &here, 1).await;
-    flushed_not_uploaded(&inner, &gate, &vol).await;
-    vol.abandon();
-    drop(vol);
+    die_with_flushed_only_in_the_journal(&inner, &here, 1).await;
 
     // The volume config is read again once the lease is taken: that
     // second read fails (a flaky store at boot, say).
     let flaky = Faulty::wrap(&inner, |op, key, n| {
         op == "get" && key == spritedisk_volume::CONFIG_KEY && n == 1
     });
-    let err = Volume::open(flaky, "mem://test", Some(&here), local(2))
-        .await
-        .err()
-        .expect("setup: the attach survived its failing config read");
-    assert!(err.to_string().contains("injected"), "{err}");
-
-    let vol = open(inner.clone(), Some(&here), local(3)).await;
-    assert_eq!(
-        tags(&vol, 0, 3).await,
-        [FLUSHED; 3],
-        "the journal was dropped after a restart died holding the lease"
-    );
-    vol.close().await.unwrap();
+    the_next_attach_reads_the_journal(&inner, &here, flaky, "a restart died holding the lease")
+        .await;
 }
 
 /// Found by the second review of 0014: lease.json rolled back (restored
@@ -468,10 +490,7 @@ async fn a_restart_that_raises_its_lease_and_dies_keeps_the_journal() {
         .get(spritedisk_volume::lease::LEASE_KEY)
         .await
         .unwrap();
-    let (gate, vol) = gated(&inner, &here, 2).await;
-    flushed_not_uploaded(&inner, &gate, &vol).await;
-    vol.abandon();
-    drop(vol);
+    die_with_flushed_only_in_the_journal(&inner, &here, 2).await;
 
     inner
         .put(spritedisk_volume::lease::LEASE_KEY, old_lease)
@@ -481,19 +500,8 @@ async fn a_restart_that_raises_its_lease_and_dies_keeps_the_journal() {
     let fences = Faulty::wrap(&inner, |op, key, _| {
         op == "put_if_absent" && key.starts_with("segments/")
     });
-    let err = Volume::open(fences, "mem://test", Some(&here), local(3))
-        .await
-        .err()
-        .expect("setup: the attach survived its failing fence");
-    assert!(err.to_string().contains("injected"), "{err}");
-
-    let vol = open(inner.clone(), Some(&here), local(4)).await;
-    assert_eq!(
-        tags(&vol, 0, 3).await,
-        [FLUSHED; 3],
-        "the journal was dropped after a restart raised its lease and died"
-    );
-    vol.close().await.unwrap();
+    the_next_attach_reads_the_journal(&inner, &here, fences, "a restart raised its lease and died")
+        .await;
 }
 
 /// Found by the second review of 0014: `recover` on a directory whose
