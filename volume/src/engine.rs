@@ -172,7 +172,8 @@ impl Volume {
         let origins = crate::fork::Origins::open(&meta)?;
         let (wlog, left) = match cache_dir {
             Some(dir) => {
-                let (log, left) = WriteLog::open(dir).map_err(VolumeError::WriteLog)?;
+                let recycle = opts.durability == Durability::Local;
+                let (log, left) = WriteLog::open(dir, recycle).map_err(VolumeError::WriteLog)?;
                 (Some(log), left)
             }
             None => (None, vec![]),

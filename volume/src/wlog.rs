@@ -42,17 +42,30 @@ const DIR: &str = "wlog";
 /// read on, the log would skip the lost records (not a prefix). Files of
 /// version 2 (no end records; complete when they end at a record
 /// boundary) and 1 are read too.
-const FILE_MAGIC: &[u8; 8] = b"SPRTWLG3";
+/// Version 4 (docs/design/0015): version 3 in files that are recycled.
+/// The header adds the file's own generation and a random salt, and every
+/// record (its end record too) carries the salt: bytes a file held in an
+/// earlier life, past its new records, never read as its own.
+const FILE_MAGIC: &[u8; 8] = b"SPRTWLG4";
+const FILE_MAGIC_V3: &[u8; 8] = b"SPRTWLG3";
 const FILE_MAGIC_V2: &[u8; 8] = b"SPRTWLG2";
 const FILE_MAGIC_V1: &[u8; 8] = b"SPRTWLG1";
 /// `has_data` of an end record (0: an unmap, 1: data).
 const RECORD_END: u32 = 2;
-/// The magic and the segment number.
-const FILE_HEADER_BYTES: u64 = 16;
+/// The magic and the segment number (versions 1 to 3).
+const FILE_HEADER_BYTES_V3: u64 = 16;
+/// The magic, the segment number, the generation and the salt.
+const FILE_HEADER_BYTES: u64 = 32;
 const RECORD_MAGIC: u32 = 0x5350_574c; // "SPWL"
-const RECORD_HEADER_BYTES: usize = 32;
+/// Versions 1 to 3: magic, kind, lba, blocks, length, crc32c.
+const RECORD_HEADER_BYTES_V3: usize = 32;
+/// Version 4: magic, kind, lba, blocks, length, salt, crc32c.
+const RECORD_HEADER_BYTES: usize = 40;
 /// Bound on one record's data when reading a log back (the engine's request bound).
 const RECORD_DATA_MAX_BYTES: u64 = crate::REQUEST_BYTES_MAX;
+/// Applied files kept for reuse in local mode (docs/design/0015); more
+/// are deleted. Two: one being taken while the next retires.
+const SPARE_FILES_MAX: usize = 2;
 
 /// One logged change, in blocks; `data` None for an unmap.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,10 +89,12 @@ pub(crate) struct LeftFile {
     /// False: a torn or corrupt record ends it, or (version 3) it has no
     /// end record: nothing after it is read.
     complete: bool,
-    /// Its format version (1, 2 or 3).
+    /// Its format version (1 to 4).
     version: u8,
-    /// It ends with an end record (version 3).
+    /// It ends with an end record (versions 3 and 4).
     ended: bool,
+    /// Its records' salt (version 4).
+    salt: u64,
 }
 
 #[derive(Debug)]
@@ -95,8 +110,8 @@ pub(crate) struct WriteLog {
     appends: u64,
     /// Appends known durable: every file holding one is `fdatasync`ed.
     synced: u64,
-    /// Files created, and how many of those creations the directory's last
-    /// sync covers.
+    /// Name changes (files created, spares named or taken), and how many
+    /// of them the directory's last sync covers.
     created: u64,
     dir_synced: u64,
     /// A sync round is running ([`WriteLog::begin_sync`]).
@@ -104,6 +119,24 @@ pub(crate) struct WriteLog {
     /// No longer appended to: an append, a creation or a sync failed
     /// (local mode keeps the files, which hold flushed writes).
     frozen: bool,
+    /// Applied files are kept as spares and reused (local mode,
+    /// docs/design/0015); else deleted.
+    recycle: bool,
+    /// The current file's salt.
+    salt: u64,
+    /// Spare files, oldest first.
+    spares: std::collections::VecDeque<Spare>,
+}
+
+/// An applied file kept for reuse: `GEN.spare`.
+#[derive(Debug)]
+struct Spare {
+    gen: u64,
+    /// The name change count (`created`) its rename is: it is taken only
+    /// once a directory sync covers it (`dir_synced`), so its old name
+    /// cannot come back, holding the new file's bytes, after a power cut
+    /// (docs/design/0015, 3).
+    named_at: u64,
 }
 
 #[derive(Debug)]
@@ -143,9 +176,16 @@ impl SyncPlan {
     }
 }
 
-/// The end record a file gets when the next one starts (version 3).
-fn end_record() -> [u8; RECORD_HEADER_BYTES] {
-    let mut h = [0u8; RECORD_HEADER_BYTES];
+/// The end record a file gets when the next one starts (version 4: it
+/// carries the file's salt, so a stale one from the file's earlier life
+/// never ends it).
+fn end_record(salt: u64) -> [u8; RECORD_HEADER_BYTES] {
+    record_header(RECORD_END, 0, 0, 0, salt, &[])
+}
+
+/// A version-3 end record.
+fn end_record_v3() -> [u8; RECORD_HEADER_BYTES_V3] {
+    let mut h = [0u8; RECORD_HEADER_BYTES_V3];
     h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
     h[4..8].copy_from_slice(&RECORD_END.to_le_bytes());
     let crc = crc32c::crc32c(&h[..28]);
@@ -153,8 +193,62 @@ fn end_record() -> [u8; RECORD_HEADER_BYTES] {
     h
 }
 
+/// A version-4 record header; its crc32c covers it and `list` (the
+/// blocks' checksums).
+fn record_header(
+    kind: u32,
+    lba: u64,
+    blocks: u64,
+    len: u32,
+    salt: u64,
+    list: &[u8],
+) -> [u8; RECORD_HEADER_BYTES] {
+    let mut h = [0u8; RECORD_HEADER_BYTES];
+    h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&kind.to_le_bytes());
+    h[8..16].copy_from_slice(&lba.to_le_bytes());
+    h[16..24].copy_from_slice(&blocks.to_le_bytes());
+    h[24..28].copy_from_slice(&len.to_le_bytes());
+    h[28..36].copy_from_slice(&salt.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..36]), list);
+    h[36..40].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// A version-4 file header.
+fn file_header(seq: u64, gen: u64, salt: u64) -> [u8; FILE_HEADER_BYTES as usize] {
+    let mut h = [0u8; FILE_HEADER_BYTES as usize];
+    h[0..8].copy_from_slice(FILE_MAGIC);
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..24].copy_from_slice(&gen.to_le_bytes());
+    h[24..32].copy_from_slice(&salt.to_le_bytes());
+    h
+}
+
 fn file_name(gen: u64) -> String {
     format!("{gen:020}.log")
+}
+
+fn spare_name(gen: u64) -> String {
+    format!("{gen:020}.spare")
+}
+
+/// The generations of the files in `dir` named `GEN.{ext}`, in order.
+fn gens_in(dir: &Path, ext: &str) -> Result<Vec<u64>, String> {
+    let mut gens: Vec<u64> = fs::read_dir(dir)
+        .map_err(|e| io_err("list", dir, e))?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(ext)?
+                .strip_suffix('.')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    gens.sort_unstable();
+    Ok(gens)
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
@@ -195,17 +289,15 @@ pub(crate) fn discard(cache_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the write log in `cache_dir` holds any record (a file longer
-/// than its header).
+/// Whether the write log in `cache_dir` holds any record. Read, not
+/// judged by length: a recycled file is long before it holds a record of
+/// its own (docs/design/0015).
 pub(crate) fn has_records(cache_dir: &Path) -> bool {
-    fs::read_dir(cache_dir.join(DIR))
+    let dir = cache_dir.join(DIR);
+    gens_in(&dir, "log")
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| {
-            e.metadata()
-                .is_ok_and(|m| m.is_file() && m.len() > FILE_HEADER_BYTES)
-        })
+        .any(|g| read_file(&dir.join(file_name(g)), g).is_some_and(|r| !r.writes.is_empty()))
 }
 
 impl WriteLog {
@@ -214,17 +306,16 @@ impl WriteLog {
     /// past a gap or a damaged record are deleted: they can never be
     /// replayed, and must not become replayable once the files before them
     /// are retired. No file is current until [`WriteLog::rotate`].
-    pub fn open(cache_dir: &Path) -> Result<(WriteLog, Vec<LeftFile>), String> {
+    ///
+    /// `recycle`: applied files are kept and reused (local mode,
+    /// docs/design/0015); without it, spares left by a local-mode daemon
+    /// are deleted.
+    pub fn open(cache_dir: &Path, recycle: bool) -> Result<(WriteLog, Vec<LeftFile>), String> {
         let dir = cache_dir.join(DIR);
         // What an interrupted `discard` set aside.
         let _ = fs::remove_dir_all(cache_dir.join(format!("{DIR}.discarded")));
         fs::create_dir_all(&dir).map_err(|e| io_err("mkdir", &dir, e))?;
-        let mut gens: Vec<u64> = fs::read_dir(&dir)
-            .map_err(|e| io_err("list", &dir, e))?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
-            .collect();
-        gens.sort_unstable();
+        let gens = gens_in(&dir, "log")?;
         let mut left = vec![];
         let mut expected = gens.first().copied();
         let mut unreadable = 0;
@@ -237,7 +328,7 @@ impl WriteLog {
                 continue;
             }
             expected = Some(g + 1);
-            match read_file(&dir.join(file_name(g))) {
+            match read_file(&dir.join(file_name(g)), g) {
                 Some(r) => left.push(LeftFile {
                     gen: g,
                     seq: r.seq,
@@ -246,6 +337,7 @@ impl WriteLog {
                     complete: r.complete,
                     version: r.version,
                     ended: r.ended,
+                    salt: r.salt,
                 }),
                 None => {
                     // No valid header: nothing of it, nor after it.
@@ -273,24 +365,52 @@ impl WriteLog {
         if gens.is_empty() {
             sync_dir(cache_dir)?;
         }
+        // The next file follows the last one kept: numbering after a
+        // deleted one would leave a gap, which the next open takes for a
+        // file lost in a machine crash (and drops what follows it). With
+        // no file left, it follows the spares: a generation is never used
+        // twice, so a reused file's old header never passes for its new
+        // one (docs/design/0015, 4).
+        let spare_gens = gens_in(&dir, "spare")?;
+        let gen = left
+            .last()
+            .map(|f| f.gen)
+            .or(gens.last().copied())
+            .or(spare_gens.last().copied())
+            .unwrap_or(0);
+        // Spares always come before the files kept (only applied files
+        // become spares, oldest first); one that does not is deleted.
+        let kept_spares: Vec<u64> = spare_gens
+            .iter()
+            .copied()
+            .filter(|&g| recycle && g < gens.first().map_or(gen + 1, |&f| f))
+            .rev()
+            .take(SPARE_FILES_MAX)
+            .collect();
+        for &g in spare_gens.iter().filter(|g| !kept_spares.contains(g)) {
+            let _ = fs::remove_file(dir.join(spare_name(g)));
+        }
         let log = WriteLog {
             dir,
             file: None,
-            // The next file follows the last one kept: numbering after a
-            // deleted one would leave a gap, which the next open takes for
-            // a file lost in a machine crash (and drops what follows it).
-            gen: left
-                .last()
-                .map(|f| f.gen)
-                .or(gens.last().copied())
-                .unwrap_or(0),
+            gen,
             files: vec![],
             appends: 0,
             synced: 0,
-            created: 0,
+            // The spares' names are made durable by the first round's
+            // directory sync before any of them is taken (a kill -9 keeps
+            // names the disk may not have).
+            created: !kept_spares.is_empty() as u64,
             dir_synced: 0,
             sync_in_flight: false,
             frozen: false,
+            recycle,
+            salt: 0,
+            spares: kept_spares
+                .into_iter()
+                .rev()
+                .map(|gen| Spare { gen, named_at: 1 })
+                .collect(),
         };
         Ok((log, left))
     }
@@ -323,9 +443,10 @@ impl WriteLog {
             crate::testing::syncing_file(&path, f);
             f.sync_data().map_err(|e| io_err("sync", &path, e))
         };
-        let end = match empty {
-            true => FILE_HEADER_BYTES,
-            false => file.valid_len,
+        let end = match (empty, file.version) {
+            (true, 4) => FILE_HEADER_BYTES,
+            (true, _) => FILE_HEADER_BYTES_V3,
+            (false, _) => file.valid_len,
         };
         // 1. What is not replayed goes, durably, before the file takes its
         // new number (torn by a power cut between the two, it must never
@@ -337,12 +458,17 @@ impl WriteLog {
             // shorter length without the record (found by the third
             // review of 0014), and an emptied file that lost its end record
             // would end the log before the files after it.
-            3 if empty || !file.ended => {
-                f.write_all_at(&end_record(), end)
+            4 if empty || !file.ended => {
+                f.write_all_at(&end_record(file.salt), end)
                     .map_err(|e| io_err("write", &path, e))?;
                 sync(&f)?;
             }
-            3 => {}
+            3 if empty || !file.ended => {
+                f.write_all_at(&end_record_v3(), end)
+                    .map_err(|e| io_err("write", &path, e))?;
+                sync(&f)?;
+            }
+            3 | 4 => {}
             // Versions 1 and 2 as before: complete where they end.
             _ if empty || !file.complete => {
                 f.set_len(end).map_err(|e| io_err("truncate", &path, e))?;
@@ -350,7 +476,7 @@ impl WriteLog {
             }
             _ => {}
         }
-        // 2. Its new number.
+        // 2. Its new number (the same place in every version).
         f.write_all_at(&seq.to_le_bytes(), FILE_MAGIC.len() as u64)
             .map_err(|e| io_err("write", &path, e))?;
         sync(&f)
@@ -367,17 +493,21 @@ impl WriteLog {
         });
     }
 
-    /// Starts the file for segment `seq` (nothing once frozen).
+    /// Starts the file for segment `seq` (nothing once frozen): a spare
+    /// whose name is durable, renamed and rewritten from its start, or a
+    /// new file.
     pub fn rotate(&mut self, seq: u64) -> Result<(), String> {
         if self.frozen {
             return Ok(());
         }
         if let Some(cur) = self.file.take() {
-            // The current file ends here: its end record (version 3).
+            // The current file ends here: its end record.
             let path = self.dir.join(file_name(self.gen));
+            let rec = end_record(self.salt);
+            #[cfg(feature = "test-support")]
+            crate::testing::writing(&path, &cur, rec.len());
             let mut w: &File = &cur;
-            w.write_all(&end_record())
-                .map_err(|e| io_err("append", &path, e))?;
+            w.write_all(&rec).map_err(|e| io_err("append", &path, e))?;
             #[cfg(feature = "test-support")]
             crate::testing::appended(&path, &cur);
             self.appends += 1;
@@ -386,15 +516,20 @@ impl WriteLog {
             }
         }
         self.gen += 1;
+        self.salt = rand::random();
         let path = self.dir.join(file_name(self.gen));
-        let mut f = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err("create", &path, e))?;
-        let mut header = FILE_MAGIC.to_vec();
-        header.extend_from_slice(&seq.to_le_bytes());
-        f.write_all(&header)
+        let f = match self.take_spare(&path)? {
+            Some(f) => f,
+            None => OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err("create", &path, e))?,
+        };
+        let header = file_header(seq, self.gen, self.salt);
+        #[cfg(feature = "test-support")]
+        crate::testing::writing(&path, &f, header.len());
+        (&f).write_all(&header)
             .map_err(|e| io_err("write", &path, e))?;
         #[cfg(feature = "test-support")]
         crate::testing::appended(&path, &f);
@@ -411,6 +546,29 @@ impl WriteLog {
             last_append: self.appends,
         });
         Ok(())
+    }
+
+    /// The oldest spare whose name a directory sync covers, renamed `path`
+    /// and opened at its start (not truncated: the file keeps its length,
+    /// and an `fdatasync` after an overwrite has no size to record).
+    fn take_spare(&mut self, path: &Path) -> Result<Option<File>, String> {
+        let Some(spare) = self
+            .spares
+            .front()
+            .filter(|s| s.named_at <= self.dir_synced)
+        else {
+            return Ok(None);
+        };
+        let from = self.dir.join(spare_name(spare.gen));
+        self.spares.pop_front();
+        fs::rename(&from, path).map_err(|e| io_err("reuse", &from, e))?;
+        #[cfg(feature = "test-support")]
+        crate::testing::renamed(&from, path);
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map(Some)
+            .map_err(|e| io_err("open", path, e))
     }
 
     /// Appends one change to the current file: a header, then for data the
@@ -433,14 +591,10 @@ impl WriteLog {
         for c in crcs {
             list.extend_from_slice(&c.to_le_bytes());
         }
-        let mut h = [0u8; RECORD_HEADER_BYTES];
-        h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
-        h[4..8].copy_from_slice(&(data.is_some() as u32).to_le_bytes());
-        h[8..16].copy_from_slice(&lba.to_le_bytes());
-        h[16..24].copy_from_slice(&blocks.to_le_bytes());
-        h[24..28].copy_from_slice(&(d.len() as u32).to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), &list);
-        h[28..32].copy_from_slice(&crc.to_le_bytes());
+        let kind = data.is_some() as u32;
+        let h = record_header(kind, lba, blocks, d.len() as u32, self.salt, &list);
+        #[cfg(feature = "test-support")]
+        crate::testing::writing(&path, f, h.len() + list.len() + d.len());
         spritedisk_store::write_all_parts(&mut f, &[&h, &list, d])
             .map_err(|e| io_err("append", &path, e))?;
         #[cfg(feature = "test-support")]
@@ -529,12 +683,30 @@ impl WriteLog {
             }
             // One that cannot be deleted stays, and so do the ones after
             // it: deleting those would leave a gap before it.
-            match fs::remove_file(self.dir.join(file_name(gen))) {
+            let path = self.dir.join(file_name(gen));
+            let kept = self.recycle && self.spares.len() < SPARE_FILES_MAX;
+            let res = match kept {
+                // Its rename is a name change the next round's directory
+                // sync covers; it is reused only after that.
+                true => fs::rename(&path, self.dir.join(spare_name(gen))),
+                false => fs::remove_file(&path),
+            };
+            match res {
                 Err(e) if e.kind() != ErrorKind::NotFound => {
                     tracing::warn!(gen, error = %e, "cannot retire a write log file; retrying later");
                     break;
                 }
-                _ => {}
+                Err(_) => {}
+                Ok(()) if kept => {
+                    #[cfg(feature = "test-support")]
+                    crate::testing::renamed(&path, &self.dir.join(spare_name(gen)));
+                    self.created += 1;
+                    self.spares.push_back(Spare {
+                        gen,
+                        named_at: self.created,
+                    });
+                }
+                Ok(()) => {}
             }
             self.files.remove(0);
         }
@@ -548,16 +720,18 @@ struct FileRead {
     /// Bytes up to the end of the last valid record (its end record included).
     valid_len: u64,
     /// Whether a file after it may be read: it ends with its end record
-    /// (version 3), or at a record boundary (versions 1 and 2).
+    /// (versions 3 and 4), or at a record boundary (versions 1 and 2).
     complete: bool,
     version: u8,
     ended: bool,
+    salt: u64,
 }
 
-/// Reads one log file: its segment seq, its valid records, the length they
-/// end at, and whether a later file may be read after it. None: no valid
-/// header.
-fn read_file(path: &Path) -> Option<FileRead> {
+/// Reads log file `gen`: its segment seq, its valid records, the length
+/// they end at, and whether a later file may be read after it. None: no
+/// valid header (in version 4, one that names another generation: the
+/// file's header from an earlier life, docs/design/0015).
+fn read_file(path: &Path, gen: u64) -> Option<FileRead> {
     let mut raw = vec![];
     match File::open(path).and_then(|mut f| f.read_to_end(&mut raw)) {
         Ok(_) => {}
@@ -567,46 +741,60 @@ fn read_file(path: &Path) -> Option<FileRead> {
             return None;
         }
     }
-    if raw.len() < 16 {
-        return None;
-    }
-    let version = match &raw[..8] {
-        m if m == FILE_MAGIC => 3,
-        m if m == FILE_MAGIC_V2 => 2,
-        m if m == FILE_MAGIC_V1 => 1,
+    let le64 = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    let (version, header_len) = match raw.get(..8)? {
+        m if m == FILE_MAGIC => (4, FILE_HEADER_BYTES),
+        m if m == FILE_MAGIC_V3 => (3, FILE_HEADER_BYTES_V3),
+        m if m == FILE_MAGIC_V2 => (2, FILE_HEADER_BYTES_V3),
+        m if m == FILE_MAGIC_V1 => (1, FILE_HEADER_BYTES_V3),
         _ => return None,
     };
-    let seq = u64::from_le_bytes(raw[8..16].try_into().ok()?);
+    let header = raw.get(..header_len as usize)?;
+    let seq = le64(header, 8);
+    let salt = match version {
+        4 if le64(header, 16) != gen => return None,
+        4 => le64(header, 24),
+        _ => 0,
+    };
+    let hlen = match version {
+        4 => RECORD_HEADER_BYTES,
+        _ => RECORD_HEADER_BYTES_V3,
+    };
     let mut out = FileRead {
         seq,
         writes: vec![],
-        valid_len: 16,
+        valid_len: header_len,
         complete: false,
         version,
         ended: false,
+        salt,
     };
-    let mut at = 16;
+    let mut at = header_len as usize;
     while at < raw.len() {
-        let Some(h) = raw.get(at..at + RECORD_HEADER_BYTES) else {
+        let Some(h) = raw.get(at..at + hlen) else {
             return Some(out);
         };
         let le32 = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-        let le64 = |i: usize| u64::from(le32(i)) | u64::from(le32(i + 4)) << 32;
-        let (magic, has_data, lba, blocks, len, crc) = (
-            le32(0),
-            le32(4),
-            le64(8),
-            le64(16),
-            le32(24) as u64,
-            le32(28),
-        );
-        if version == 3 && h == end_record() {
-            out.valid_len = (at + RECORD_HEADER_BYTES) as u64;
+        let (magic, has_data, lba, blocks, len) =
+            (le32(0), le32(4), le64(h, 8), le64(h, 16), le32(24) as u64);
+        // Version 4: the salt, then the checksum.
+        let (salted, crc) = match version {
+            4 => (le64(h, 28) == salt, le32(36)),
+            _ => (true, le32(28)),
+        };
+        let ended = match version {
+            4 => h == end_record(salt),
+            3 => h == end_record_v3(),
+            _ => false,
+        };
+        if ended {
+            out.valid_len = (at + hlen) as u64;
             out.complete = true;
             out.ended = true;
             return Some(out);
         }
-        let valid = magic == RECORD_MAGIC && len <= RECORD_DATA_MAX_BYTES && has_data <= 1;
+        let valid =
+            salted && magic == RECORD_MAGIC && len <= RECORD_DATA_MAX_BYTES && has_data <= 1;
         let record = match (valid && blocks > 0, version) {
             (false, _) => None,
             (true, 1) => read_record_v1(&raw[at..], h, len as usize, crc),
@@ -624,16 +812,17 @@ fn read_file(path: &Path) -> Option<FileRead> {
         at += end;
         out.valid_len = at as u64;
     }
-    // At a record boundary: complete for versions 1 and 2; a version-3
-    // file without its end record was the last one written (or was cut
-    // back by a power cut), and nothing after it is read.
+    // At a record boundary: complete for versions 1 and 2; a later
+    // version's file without its end record was the last one written (or
+    // was cut back by a power cut), and nothing after it is read.
     out.complete = version < 3;
     Some(out)
 }
 
-/// A version-2 record at the start of `rec` whose header is `h`: its data,
-/// its blocks' checksums and its length, if the header's checksum holds and
-/// every block matches its own.
+/// A record (version 2 or later) at the start of `rec` whose header is
+/// `h`: its data, its blocks' checksums and its length, if the header's
+/// checksum (its last 4 bytes, over the rest and the list) holds and every
+/// block matches its own.
 fn read_record<'a>(
     rec: &'a [u8],
     h: &[u8],
@@ -642,6 +831,7 @@ fn read_record<'a>(
     len: usize,
     crc: u32,
 ) -> Option<(&'a [u8], Vec<u32>, usize)> {
+    let hlen = h.len();
     let nlist = if has_data {
         // The data is whole blocks, and the list has one checksum per block.
         if len as u64 != blocks.checked_mul(CRC_BLOCK_BYTES as u64)? {
@@ -654,11 +844,11 @@ fn read_record<'a>(
         }
         0
     };
-    let list = rec.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + nlist)?;
-    if crc32c::crc32c_append(crc32c::crc32c(&h[..28]), list) != crc {
+    let list = rec.get(hlen..hlen + nlist)?;
+    if crc32c::crc32c_append(crc32c::crc32c(&h[..hlen - 4]), list) != crc {
         return None;
     }
-    let start = RECORD_HEADER_BYTES + nlist;
+    let start = hlen + nlist;
     let data = rec.get(start..start + len)?;
     let crcs: Vec<u32> = list
         .chunks_exact(4)
@@ -678,11 +868,11 @@ fn read_record_v1<'a>(
     len: usize,
     crc: u32,
 ) -> Option<(&'a [u8], Vec<u32>, usize)> {
-    let data = rec.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len)?;
+    let data = rec.get(RECORD_HEADER_BYTES_V3..RECORD_HEADER_BYTES_V3 + len)?;
     (crc32c::crc32c_append(crc32c::crc32c(&h[..28]), data) == crc).then_some((
         data,
         vec![],
-        RECORD_HEADER_BYTES + len,
+        RECORD_HEADER_BYTES_V3 + len,
     ))
 }
 
@@ -701,7 +891,7 @@ mod tests {
     #[test]
     fn reads_back_a_prefix_and_deletes_what_follows_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, left) = WriteLog::open(dir.path()).unwrap();
+        let (mut log, left) = WriteLog::open(dir.path(), false).unwrap();
         assert!(left.is_empty());
         log.rotate(1).unwrap();
         log.append(0, 1, Some(&checked(1))).unwrap();
@@ -713,7 +903,7 @@ mod tests {
         log.append(10, 1, Some(&checked(3))).unwrap();
         drop(log);
 
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(1, 2), (2, 2), (3, 1)]);
         assert_eq!(
             left[0].writes[1],
@@ -733,7 +923,7 @@ mod tests {
         let n = raw.len();
         raw[n - RECORD_HEADER_BYTES - 5] ^= 1;
         fs::write(&p, raw).unwrap();
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(1, 2), (2, 1)]);
         assert!(!left[1].complete);
         assert!(!dir.path().join(DIR).join(file_name(3)).exists());
@@ -742,7 +932,7 @@ mod tests {
     #[test]
     fn a_rehomed_file_reads_back_as_its_new_segment_without_its_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        let (mut log, _) = WriteLog::open(dir.path(), false).unwrap();
         log.rotate(7).unwrap();
         log.append(0, 1, Some(&checked(1))).unwrap();
         log.append(1, 1, Some(&checked(2))).unwrap();
@@ -751,7 +941,7 @@ mod tests {
         let mut raw = fs::read(&p).unwrap();
         raw.truncate(raw.len() - 100); // a torn last record
         fs::write(&p, raw).unwrap();
-        let (mut log, left) = WriteLog::open(dir.path()).unwrap();
+        let (mut log, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(7, 1)]);
         log.rehome(&left[0], 42, false).unwrap();
         log.adopt(left[0].gen, 42);
@@ -760,7 +950,7 @@ mod tests {
         drop(log);
         // The next daemon reads on past it: the cut tail is gone, and it
         // ends with its end record.
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(42, 1), (43, 1)]);
         assert!(left[0].complete && left[0].ended);
     }
@@ -772,7 +962,7 @@ mod tests {
     #[test]
     fn a_log_reopened_after_damage_numbers_on_without_a_gap() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        let (mut log, _) = WriteLog::open(dir.path(), false).unwrap();
         for seq in 1..=3 {
             log.rotate(seq).unwrap();
             log.append(seq, 1, Some(&checked(seq as u8))).unwrap();
@@ -783,7 +973,7 @@ mod tests {
         let p = dir.path().join(DIR).join(file_name(2));
         let raw = fs::read(&p).unwrap();
         fs::write(&p, &raw[..raw.len() - RECORD_HEADER_BYTES - 10]).unwrap();
-        let (mut log, left) = WriteLog::open(dir.path()).unwrap();
+        let (mut log, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(1, 1), (2, 0)]);
         // The replay makes the second file whole; a new write is logged.
         for (i, f) in left.iter().enumerate() {
@@ -793,7 +983,7 @@ mod tests {
         log.rotate(12).unwrap();
         log.append(7, 1, Some(&checked(7))).unwrap();
         drop(log);
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(
             seqs(&left),
             [(10, 1), (11, 0), (12, 1)],
@@ -811,7 +1001,7 @@ mod tests {
         raw.extend_from_slice(&9u64.to_le_bytes());
         for (lba, v) in [(3u64, 5u8), (4, 6)] {
             let data = [v; 4096];
-            let mut h = [0u8; RECORD_HEADER_BYTES];
+            let mut h = [0u8; RECORD_HEADER_BYTES_V3];
             h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
             h[4..8].copy_from_slice(&1u32.to_le_bytes());
             h[8..16].copy_from_slice(&lba.to_le_bytes());
@@ -824,14 +1014,14 @@ mod tests {
         }
         let p = dir.path().join(DIR).join(file_name(1));
         fs::write(&p, &raw).unwrap();
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(9, 2)]);
         assert_eq!(left[0].writes[1].data.as_deref(), Some(&[6u8; 4096][..]));
         assert!(left[0].writes[1].crcs.is_empty());
         let n = raw.len();
         raw[n - 1] ^= 1;
         fs::write(&p, &raw).unwrap();
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(9, 1)], "the damaged record is not replayed");
     }
 
@@ -840,21 +1030,21 @@ mod tests {
     #[test]
     fn a_record_with_one_bad_block_is_not_replayed() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        let (mut log, _) = WriteLog::open(dir.path(), false).unwrap();
         log.rotate(1).unwrap();
         let data: Vec<u8> = (0..3 * 4096).map(|i| (i % 253) as u8).collect();
         let c = Checked::new(Bytes::from(data));
         log.append(0, 3, Some(&c)).unwrap();
         log.append(8, 3, Some(&c)).unwrap();
         drop(log);
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(left[0].writes[1].crcs, c.crcs);
         let p = dir.path().join(DIR).join(file_name(1));
         let mut raw = fs::read(&p).unwrap();
         let n = raw.len();
         raw[n - 4096 - 7] ^= 0x40; // the second record's middle block
         fs::write(&p, &raw).unwrap();
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(1, 1)]);
         assert!(!left[0].complete);
     }
@@ -867,7 +1057,7 @@ mod tests {
     #[test]
     fn a_file_cut_back_to_a_record_boundary_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        let (mut log, _) = WriteLog::open(dir.path(), false).unwrap();
         log.rotate(1).unwrap();
         log.append(0, 1, Some(&checked(1))).unwrap();
         let p = dir.path().join(DIR).join(file_name(1));
@@ -878,7 +1068,7 @@ mod tests {
         drop(log);
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         f.set_len(first_record_ends).unwrap();
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(
             seqs(&left),
             [(1, 1)],
@@ -894,15 +1084,9 @@ mod tests {
     #[test]
     fn a_version_2_file_is_read_back_and_rehomed_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
-        log.rotate(5).unwrap();
-        log.append(0, 1, Some(&checked(1))).unwrap();
-        drop(log);
-        let p = dir.path().join(DIR).join(file_name(1));
-        let mut raw = fs::read(&p).unwrap();
-        raw[..8].copy_from_slice(FILE_MAGIC_V2);
-        fs::write(&p, &raw).unwrap();
-        let (mut log, left) = WriteLog::open(dir.path()).unwrap();
+        fs::create_dir_all(dir.path().join(DIR)).unwrap();
+        legacy_file(dir.path(), 1, FILE_MAGIC_V2, 5, &[(0, 1)], false);
+        let (mut log, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(5, 1)]);
         assert!(left[0].complete && left[0].version == 2 && !left[0].ended);
         log.rehome(&left[0], 9, false).unwrap();
@@ -910,9 +1094,70 @@ mod tests {
         log.rotate(10).unwrap();
         log.append(1, 1, Some(&checked(2))).unwrap();
         drop(log);
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(9, 1), (10, 1)]);
         assert!(left[0].version == 2 && left[0].complete);
+        assert_eq!(left[1].version, 4);
+    }
+
+    /// A version-3 file (an end record without a salt) is read, ends the
+    /// log without its end record, and is cut by an end record of its own
+    /// version when rehomed.
+    #[test]
+    fn a_version_3_file_is_read_back_and_rehomed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(DIR)).unwrap();
+        legacy_file(dir.path(), 1, FILE_MAGIC_V3, 5, &[(0, 1), (1, 2)], true);
+        legacy_file(dir.path(), 2, FILE_MAGIC_V3, 6, &[(2, 3)], false);
+        legacy_file(dir.path(), 3, FILE_MAGIC_V3, 7, &[(3, 4)], false);
+        let (mut log, left) = WriteLog::open(dir.path(), false).unwrap();
+        assert_eq!(
+            seqs(&left),
+            [(5, 2), (6, 1)],
+            "a file without its end record ends the log"
+        );
+        assert!(left[0].ended && left[0].version == 3 && !left[1].complete);
+        assert!(!dir.path().join(DIR).join(file_name(3)).exists());
+        log.rehome(&left[0], 9, false).unwrap();
+        log.rehome(&left[1], 10, true).unwrap();
+        drop(log);
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
+        assert_eq!(seqs(&left), [(9, 2), (10, 0)]);
+        assert!(left[1].ended && left[1].complete);
+    }
+
+    /// A file as a daemon of `magic`'s version (1 to 3: 16-byte header,
+    /// 32-byte records) wrote it: a data record of one 4 KiB block of `v`
+    /// at each `(lba, v)`, and an end record if `ended` (version 3).
+    fn legacy_file(
+        cache: &Path,
+        gen: u64,
+        magic: &[u8; 8],
+        seq: u64,
+        writes: &[(u64, u8)],
+        ended: bool,
+    ) {
+        let mut raw = magic.to_vec();
+        raw.extend_from_slice(&seq.to_le_bytes());
+        for &(lba, v) in writes {
+            let data = [v; 4096];
+            let list = crc32c::crc32c(&data).to_le_bytes();
+            let mut h = [0u8; RECORD_HEADER_BYTES_V3];
+            h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+            h[4..8].copy_from_slice(&1u32.to_le_bytes());
+            h[8..16].copy_from_slice(&lba.to_le_bytes());
+            h[16..24].copy_from_slice(&1u64.to_le_bytes());
+            h[24..28].copy_from_slice(&4096u32.to_le_bytes());
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), &list);
+            h[28..32].copy_from_slice(&crc.to_le_bytes());
+            raw.extend_from_slice(&h);
+            raw.extend_from_slice(&list);
+            raw.extend_from_slice(&data);
+        }
+        if ended {
+            raw.extend_from_slice(&end_record_v3());
+        }
+        fs::write(cache.join(DIR).join(file_name(gen)), &raw).unwrap();
     }
 
     /// Found by the third review of 0014: a file a barrier left empty
@@ -922,20 +1167,20 @@ mod tests {
     #[test]
     fn an_emptied_file_keeps_the_files_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        let (mut log, _) = WriteLog::open(dir.path(), false).unwrap();
         log.rotate(1).unwrap();
         log.append(0, 1, Some(&checked(1))).unwrap();
         log.rotate(2).unwrap();
         log.rotate(3).unwrap();
         log.append(1, 1, Some(&checked(2))).unwrap();
         drop(log);
-        let (mut log, left) = WriteLog::open(dir.path()).unwrap();
+        let (mut log, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(seqs(&left), [(1, 1), (2, 0), (3, 1)]);
         log.rehome(&left[0], 9, false).unwrap();
         log.rehome(&left[1], 9, true).unwrap();
         log.rehome(&left[2], 10, false).unwrap();
         drop(log);
-        let (_, left) = WriteLog::open(dir.path()).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), false).unwrap();
         assert_eq!(
             seqs(&left),
             [(9, 1), (9, 0), (10, 1)],
@@ -944,10 +1189,184 @@ mod tests {
         assert!(left[1].complete);
     }
 
+    /// One sync round, as a local FLUSH runs it.
+    fn sync(log: &mut WriteLog) {
+        let plan = log.begin_sync().unwrap();
+        let res = plan.run();
+        log.end_sync(&plan, res);
+    }
+
+    fn path(cache: &Path, gen: u64) -> PathBuf {
+        cache.join(DIR).join(file_name(gen))
+    }
+
+    /// A log in local mode whose files 1 and 2 are applied and spares:
+    /// file 1 with `n` one-block records of 0xAA, file 2 empty; file 3
+    /// current. Returns it with file 1's bytes as a spare.
+    fn with_spares(cache: &Path, n: u64) -> (WriteLog, Vec<u8>) {
+        let (mut log, _) = WriteLog::open(cache, true).unwrap();
+        log.rotate(1).unwrap();
+        for lba in 0..n {
+            log.append(lba, 1, Some(&checked(0xAA))).unwrap();
+        }
+        log.rotate(2).unwrap();
+        log.rotate(3).unwrap();
+        log.retire(2);
+        let spare = fs::read(cache.join(DIR).join(spare_name(1))).unwrap();
+        sync(&mut log);
+        (log, spare)
+    }
+
+    /// docs/design/0015, 1: a recycled file keeps its earlier life's bytes
+    /// past its new records. Read back, it holds its new records only.
+    #[test]
+    fn a_recycled_file_never_reads_its_earlier_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, old) = with_spares(dir.path(), 4);
+        log.rotate(4).unwrap();
+        assert!(
+            !dir.path().join(DIR).join(spare_name(1)).exists(),
+            "file 4 is the spare"
+        );
+        assert_eq!(
+            fs::metadata(path(dir.path(), 4)).unwrap().len(),
+            old.len() as u64
+        );
+        log.append(7, 1, Some(&checked(1))).unwrap();
+        drop(log);
+        let (_, left) = WriteLog::open(dir.path(), true).unwrap();
+        assert_eq!(
+            seqs(&left),
+            [(3, 0), (4, 1)],
+            "read its earlier life's records"
+        );
+        assert_eq!(left[1].writes[0].lba, 7);
+    }
+
+    /// docs/design/0015, 1: a power cut keeps a recycled file's new
+    /// records but one, and its end record, as they were in its earlier
+    /// life (those pages were not written back), while the next file
+    /// survives. The old record is not read, nor the old end record taken
+    /// for its end: nothing after the lost record is read.
+    #[test]
+    fn a_recycled_file_cut_by_a_power_cut_ends_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, old) = with_spares(dir.path(), 4);
+        log.rotate(4).unwrap();
+        for lba in 0..4 {
+            log.append(10 + lba, 1, Some(&checked(0xBB))).unwrap();
+        }
+        log.rotate(5).unwrap();
+        log.append(20, 1, Some(&checked(0xCC))).unwrap();
+        drop(log);
+        let p = path(dir.path(), 4);
+        let mut raw = fs::read(&p).unwrap();
+        let record = RECORD_HEADER_BYTES + 4 + 4096;
+        let fourth = FILE_HEADER_BYTES as usize + 3 * record;
+        let end = fourth + record + RECORD_HEADER_BYTES;
+        raw[fourth..end].copy_from_slice(&old[fourth..end]);
+        fs::write(&p, &raw).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), true).unwrap();
+        assert_eq!(
+            seqs(&left),
+            [(3, 0), (4, 3)],
+            "the earlier life's record or end record was read"
+        );
+        assert!(!path(dir.path(), 5).exists());
+    }
+
+    /// docs/design/0015, 2: the new name durable, the new header not: the
+    /// file's header names its earlier generation, and it is not read.
+    #[test]
+    fn a_recycled_file_with_its_old_header_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, old) = with_spares(dir.path(), 2);
+        log.rotate(4).unwrap();
+        drop(log);
+        let p = path(dir.path(), 4);
+        let mut raw = fs::read(&p).unwrap();
+        raw[..FILE_HEADER_BYTES as usize].copy_from_slice(&old[..FILE_HEADER_BYTES as usize]);
+        fs::write(&p, &raw).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), true).unwrap();
+        assert_eq!(seqs(&left), [(3, 0)], "read as the applied segment 1");
+    }
+
+    /// docs/design/0015, 3: a spare is taken only once a directory sync
+    /// covers its rename.
+    #[test]
+    fn a_spare_is_taken_only_once_its_name_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = WriteLog::open(dir.path(), true).unwrap();
+        log.rotate(1).unwrap();
+        log.append(0, 1, Some(&checked(1))).unwrap();
+        log.rotate(2).unwrap();
+        log.retire(1);
+        let spare = dir.path().join(DIR).join(spare_name(1));
+        assert!(spare.exists());
+        log.rotate(3).unwrap();
+        assert!(
+            spare.exists(),
+            "taken before a directory sync covered its name"
+        );
+        sync(&mut log);
+        log.rotate(4).unwrap();
+        assert!(!spare.exists());
+        assert!(fs::metadata(path(dir.path(), 4)).unwrap().len() > FILE_HEADER_BYTES);
+    }
+
+    /// docs/design/0015, 4: with every file retired, the next file is
+    /// numbered after the spares, never as one of them.
+    #[test]
+    fn numbering_follows_the_spares_when_no_file_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = with_spares(dir.path(), 1);
+        log.rotate(4).unwrap();
+        drop(log);
+        for g in [3, 4] {
+            fs::remove_file(path(dir.path(), g)).unwrap();
+        }
+        let (mut log, left) = WriteLog::open(dir.path(), true).unwrap();
+        assert!(left.is_empty());
+        log.rotate(9).unwrap();
+        assert!(path(dir.path(), 3).exists(), "numbered from 0 again");
+    }
+
+    /// docs/design/0015, 7: a recycled file is long before it holds a
+    /// record of its own.
+    #[test]
+    fn has_records_reads_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = with_spares(dir.path(), 3);
+        log.rotate(4).unwrap();
+        for g in [3] {
+            fs::remove_file(path(dir.path(), g)).unwrap();
+        }
+        assert!(!has_records(dir.path()), "a spare's old records counted");
+        log.append(1, 1, Some(&checked(1))).unwrap();
+        assert!(has_records(dir.path()));
+    }
+
+    /// Store mode deletes applied files, and the spares a local-mode
+    /// daemon left.
+    #[test]
+    fn store_mode_keeps_no_spares() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = with_spares(dir.path(), 1);
+        drop(log);
+        assert!(dir.path().join(DIR).join(spare_name(1)).exists());
+        let (mut log, _) = WriteLog::open(dir.path(), false).unwrap();
+        assert!(!dir.path().join(DIR).join(spare_name(1)).exists());
+        log.rotate(4).unwrap();
+        log.rotate(5).unwrap();
+        log.retire(4);
+        let names = fs::read_dir(dir.path().join(DIR)).unwrap().count();
+        assert_eq!(names, 2, "files 3 and 5 only");
+    }
+
     #[test]
     fn retire_deletes_applied_files_only() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = WriteLog::open(dir.path()).unwrap();
+        let (mut log, _) = WriteLog::open(dir.path(), false).unwrap();
         log.rotate(1).unwrap();
         log.rotate(2).unwrap();
         log.rotate(3).unwrap();
