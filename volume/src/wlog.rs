@@ -1275,6 +1275,44 @@ mod tests {
         assert!(!path(dir.path(), 5).exists());
     }
 
+    /// docs/design/0015, 1: the earlier life's end record sits where a new
+    /// record, lost in a power cut, began. Taken for the file's end, it
+    /// would let the next file be read past the lost record (not a prefix).
+    #[test]
+    fn a_stale_end_record_does_not_end_a_recycled_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, old) = with_spares(dir.path(), 3);
+        log.rotate(4).unwrap();
+        for lba in 0..4 {
+            log.append(10 + lba, 1, Some(&checked(0xBB))).unwrap();
+        }
+        log.rotate(5).unwrap();
+        log.append(20, 1, Some(&checked(0xCC))).unwrap();
+        drop(log);
+        let p = path(dir.path(), 4);
+        let mut raw = fs::read(&p).unwrap();
+        let record = RECORD_HEADER_BYTES + 4 + 4096;
+        let fourth = FILE_HEADER_BYTES as usize + 3 * record;
+        let end = fourth + RECORD_HEADER_BYTES;
+        assert_eq!(
+            old[fourth..end],
+            end_record(0)[..28]
+                .iter()
+                .chain(&old[fourth + 28..end])
+                .copied()
+                .collect::<Vec<u8>>()[..]
+        );
+        raw[fourth..end].copy_from_slice(&old[fourth..end]);
+        fs::write(&p, &raw).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), true).unwrap();
+        assert_eq!(
+            seqs(&left),
+            [(3, 0), (4, 3)],
+            "the earlier life's end record ended the file"
+        );
+        assert!(!path(dir.path(), 5).exists());
+    }
+
     /// docs/design/0015, 2: the new name durable, the new header not: the
     /// file's header names its earlier generation, and it is not read.
     #[test]
