@@ -84,7 +84,10 @@ pub(crate) fn writing(path: &Path, file: &File, len: usize) {
                 let start = page * PAGE;
                 let n = file_len.saturating_sub(start).min(PAGE) as usize;
                 let mut old = vec![0; n];
-                let _ = file.read_exact_at(&mut old, start);
+                // Opened again: the journal's own handle is write-only.
+                File::open(path)
+                    .and_then(|r| r.read_exact_at(&mut old, start))
+                    .expect("reading a journal page back");
                 old
             });
         }
