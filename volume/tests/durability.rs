@@ -288,11 +288,11 @@ async fn after_any_power_cut_the_disk_is_a_prefix_holding_every_flushed_write() 
 }
 
 /// The same through recycled journal files (docs/design/0015): blocks
-/// 0..12 were written (OLD) and uploaded twice, through files that are
-/// then reused, still holding those records past their new ones. After
-/// any power cut the flushed writes are back, then a prefix of the
-/// unflushed ones, then OLD: no record of a file's earlier life is
-/// replayed.
+/// 0..12 were written (NEWER) and uploaded through journal files that
+/// are then reused, still holding those records past their new ones; then
+/// overwritten (OLD, one request) and uploaded. After any power cut the
+/// flushed writes are back, then a prefix of the unflushed ones, then OLD:
+/// no record of a file's earlier life (NEWER) is replayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_any_power_cut_a_recycled_journal_replays_no_earlier_life() {
     let spares = |here: &Path| -> Vec<std::ffi::OsString> {
@@ -303,18 +303,20 @@ async fn after_any_power_cut_a_recycled_journal_replays_no_earlier_life() {
             .filter(|n| n.to_string_lossy().ends_with(".spare"))
             .collect()
     };
+    let old: Vec<u8> = (0..12).flat_map(|b| pattern(b, 1, OLD)).collect();
     for seed in 0..100u64 {
         let (inner, dir) = setup().await;
         let here = dir.path().join("here");
         let (gate, vol) = gated(&inner, &here, seed).await;
-        for _ in 0..2 {
-            for seg in 0..3 {
-                write(&vol, seg * 4, 4, OLD).await;
-                vol.flush_to_store().await.unwrap();
-                // A round: the spares' names are durable, and they are taken.
-                vol.flush().await.unwrap();
-            }
+        for seg in 0..3 {
+            write(&vol, seg * 4, 4, NEWER).await;
+            vol.flush_to_store().await.unwrap();
+            // A round: the spares' names are durable, and they are taken.
+            vol.flush().await.unwrap();
         }
+        vol.write(0, old.clone().into(), false).await.unwrap();
+        vol.flush_to_store().await.unwrap();
+        vol.flush().await.unwrap();
         let before = spares(&here);
         assert!(!before.is_empty(), "setup: no spare journal file");
         // Nothing uploaded from here on: no file retires while the power
