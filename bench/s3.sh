@@ -75,6 +75,11 @@ PY
       --output-format=json --output="$OUT/raw/s3-$server-seqwrite.json" >/dev/null
   fio --name=f --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=1 --size=1G --offset=2G --fsync=1 \
       --time_based --runtime=$FLUSH_SECS --output-format=json --output="$OUT/raw/s3-$server-flush.json" >/dev/null
+  # Group commit (issue 22): 16 connections, each a 4 KiB write and a FLUSH
+  # at QD1; their FLUSHes share rounds (docs/design/0013).
+  fio --name=f16 --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=1 --numjobs=16 --group_reporting \
+      --size=64M --offset=3G --fsync=1 --time_based --runtime=$FLUSH_SECS \
+      --output-format=json --output="$OUT/raw/s3-$server-flush16.json" >/dev/null
   stop_daemon
   start_daemon "$vol" "$WORK/cold-$server"
   fio --name=r --ioengine=nbd --uri="$URI" --rw=read --bs=1m --iodepth=1 --size="$SIZE" \
@@ -109,10 +114,11 @@ PY
   wr=$(fiojson "$OUT/raw/s3-$server-seqwrite.json" "j['write']['bw_bytes']/1e6")
   rd=$(fiojson "$OUT/raw/s3-$server-coldread.json" "j['read']['bw_bytes']/1e6")
   fl=$(fiojson "$OUT/raw/s3-$server-flush.json" "'%d %d' % (j['sync']['lat_ns']['percentile']['50.000000']/1e3, j['sync']['lat_ns']['percentile']['99.000000']/1e3)")
-  ROWS+=("$(python3 - "$server" "$put" "$get" "$wr" "$rd" $small $fl <<'PY'
+  fl16=$(fiojson "$OUT/raw/s3-$server-flush16.json" "'%d %d' % (j['sync']['lat_ns']['percentile']['50.000000']/1e3, j['write']['iops'])")
+  ROWS+=("$(python3 - "$server" "$put" "$get" "$wr" "$rd" $small $fl $fl16 <<'PY'
 import sys
-s, put, get, wr, rd, sp50, sp99, fp50, fp99 = sys.argv[1], *map(float, sys.argv[2:])
-print(f"| {s} | {put:,.0f} / {get:,.0f} MB/s | {wr:,.0f} MB/s ({wr/put:.2f}× PUT) | {rd:,.0f} MB/s ({rd/get:.2f}× GET) | {fp50/1e3:.1f} / {fp99/1e3:.1f} ms | {sp50/1e3:.1f} / {sp99/1e3:.1f} ms | {fp50/sp50:.1f}× |")
+s, put, get, wr, rd, sp50, sp99, fp50, fp99, f16p50, f16iops = sys.argv[1], *map(float, sys.argv[2:])
+print(f"| {s} | {put:,.0f} / {get:,.0f} MB/s | {wr:,.0f} MB/s ({wr/put:.2f}× PUT) | {rd:,.0f} MB/s ({rd/get:.2f}× GET) | {fp50/1e3:.1f} / {fp99/1e3:.1f} ms | {sp50/1e3:.1f} / {sp99/1e3:.1f} ms | {fp50/sp50:.1f}× | {f16p50/1e3:.1f} ms ({f16p50/sp50:.1f}× PUT), {f16iops:,.0f} commits/s |")
 PY
 )")
   G="s3: $profile"; [ $profile = region ] && G="s3: moto + ${REGION_FIRST_BYTE_MS} ms, ${REGION_STREAM_MBPS} MB/s per stream"
@@ -122,6 +128,8 @@ PY
   read -r sp50 sp99 <<<"$small"; read -r fp50 fp99 <<<"$fl"
   "${R[@]}" --measure "FLUSH p50 (4 KiB)" --value "$fp50" --unit µs --baseline "one small PUT" --baseline-value "$sp50" --lower-better
   "${R[@]}" --measure "FLUSH p99 (4 KiB)" --value "$fp99" --unit µs --baseline "one small PUT" --baseline-value "$sp99" --lower-better
+  read -r f16p50 _ <<<"$fl16"
+  "${R[@]}" --measure "FLUSH p50, 16 flushers (4 KiB)" --value "$f16p50" --unit µs --baseline "one small PUT" --baseline-value "$sp50" --lower-better
   "${R[@]}" --measure "seq write until durable" --value "$wr" --unit MB/s --baseline "s3backer" --baseline-value "$s3b_wr"
   "${R[@]}" --measure "cold seq read QD1" --value "$rd" --unit MB/s --baseline "s3backer" --baseline-value "$s3b_rd"
   kill "${PIDS[@]}" 2>/dev/null || true
@@ -134,10 +142,10 @@ done
   echo
   echo "## s3:// (servers on 127.0.0.1; region = moto behind s3-region-proxy: ${REGION_FIRST_BYTE_MS} ms to the first byte of each answer, ${REGION_STREAM_MBPS} MB/s per connection)"
   echo
-  echo "Raw store: 8 MiB objects, 8 in flight (\`spritedisk store-bench\`); spritedisk: NBD, $SIZE written with 1 MiB writes QD8, then read cold (empty cache directory) with 1 MiB reads QD1 and read-ahead; FLUSH: 4 KiB random writes with an fsync after each vs one raw PUT of a 4 KiB segment."
+  echo "Raw store: 8 MiB objects, 8 in flight (\`spritedisk store-bench\`); spritedisk: NBD, $SIZE written with 1 MiB writes QD8, then read cold (empty cache directory) with 1 MiB reads QD1 and read-ahead; FLUSH: 4 KiB random writes with an fsync after each vs one raw PUT of a 4 KiB segment; 16 flushers: the same on 16 connections at once (group commit, issue 22)."
   echo
-  echo "| server | raw PUT / GET | spritedisk seq write | spritedisk cold seq read | FLUSH p50 / p99 | raw small PUT p50 / p99 | FLUSH / PUT p50 |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| server | raw PUT / GET | spritedisk seq write | spritedisk cold seq read | FLUSH p50 / p99 | raw small PUT p50 / p99 | FLUSH / PUT p50 | 16 flushers: FLUSH p50, commits/s |"
+  echo "|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
   echo
   echo "The peer on the same servers: s3backer (FUSE, 1 MiB blocks), $SIZE written with 1 MiB writes until durable (the write, fsync and the unmount that uploads its dirty blocks: its fsync alone does not reach the store), then read cold after a remount. Compare with the spritedisk columns above."
