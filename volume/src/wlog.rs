@@ -147,6 +147,11 @@ struct LogFile {
     handle: Option<Arc<File>>,
     /// The log's append count at this file's last append.
     last_append: u64,
+    /// Written by this daemon (version 4): it may become a spare. A file
+    /// taken in from an earlier daemon may be of an older version, whose
+    /// header names no generation (docs/design/0015, 2, would not hold;
+    /// found by the review of 0015).
+    recyclable: bool,
 }
 
 /// What one sync round makes durable: run off the state lock
@@ -292,12 +297,18 @@ pub(crate) fn discard(cache_dir: &Path) -> Result<(), String> {
 /// Whether the write log in `cache_dir` holds any record. Read, not
 /// judged by length: a recycled file is long before it holds a record of
 /// its own (docs/design/0015).
+/// A file it cannot read counts as holding records (the caller refuses to
+/// drop it).
 pub(crate) fn has_records(cache_dir: &Path) -> bool {
     let dir = cache_dir.join(DIR);
-    gens_in(&dir, "log")
-        .unwrap_or_default()
-        .into_iter()
-        .any(|g| read_file(&dir.join(file_name(g)), g).is_some_and(|r| !r.writes.is_empty()))
+    let Ok(gens) = gens_in(&dir, "log") else {
+        return dir.exists();
+    };
+    gens.into_iter()
+        .any(|g| match fs::read(dir.join(file_name(g))) {
+            Ok(raw) => parse_file(&raw, g).is_some_and(|r| !r.writes.is_empty()),
+            Err(e) => e.kind() != ErrorKind::NotFound,
+        })
 }
 
 impl WriteLog {
@@ -379,11 +390,22 @@ impl WriteLog {
             .or(spare_gens.last().copied())
             .unwrap_or(0);
         // Spares always come before the files kept (only applied files
-        // become spares, oldest first); one that does not is deleted.
+        // become spares, oldest first); one that does not is deleted. So is
+        // one whose header names another generation than its own: it was
+        // taken, written and renamed back by a power cut, and its header
+        // may name a generation this log hands out again, which would let
+        // that life's records pass for the new one's (found by the review
+        // of 0015).
+        let own_header = |g: u64| {
+            let mut h = [0u8; FILE_HEADER_BYTES as usize];
+            File::open(dir.join(spare_name(g)))
+                .and_then(|mut f| f.read_exact(&mut h))
+                .is_ok_and(|()| &h[..8] == FILE_MAGIC && h[16..24] == g.to_le_bytes())
+        };
         let kept_spares: Vec<u64> = spare_gens
             .iter()
             .copied()
-            .filter(|&g| recycle && g < gens.first().map_or(gen + 1, |&f| f))
+            .filter(|&g| recycle && g < gens.first().map_or(gen + 1, |&f| f) && own_header(g))
             .rev()
             .take(SPARE_FILES_MAX)
             .collect();
@@ -490,6 +512,7 @@ impl WriteLog {
             seq,
             handle: None,
             last_append: 0,
+            recyclable: false,
         });
     }
 
@@ -544,6 +567,7 @@ impl WriteLog {
             seq,
             handle: Some(f),
             last_append: self.appends,
+            recyclable: true,
         });
         Ok(())
     }
@@ -676,7 +700,13 @@ impl WriteLog {
 
     /// Deletes the files of segments up to `seq`, now durable in the store.
     pub fn retire(&mut self, seq: u64) {
-        while let Some(&LogFile { gen, seq: s, .. }) = self.files.first() {
+        while let Some(&LogFile {
+            gen,
+            seq: s,
+            recyclable,
+            ..
+        }) = self.files.first()
+        {
             // The current file takes writes still (a frozen log has none).
             if s > seq || (gen == self.gen && !self.frozen) {
                 break;
@@ -684,7 +714,7 @@ impl WriteLog {
             // One that cannot be deleted stays, and so do the ones after
             // it: deleting those would leave a gap before it.
             let path = self.dir.join(file_name(gen));
-            let kept = self.recycle && self.spares.len() < SPARE_FILES_MAX;
+            let kept = self.recycle && recyclable && self.spares.len() < SPARE_FILES_MAX;
             let res = match kept {
                 // Its rename is a name change the next round's directory
                 // sync covers; it is reused only after that.
@@ -734,13 +764,17 @@ struct FileRead {
 fn read_file(path: &Path, gen: u64) -> Option<FileRead> {
     let mut raw = vec![];
     match File::open(path).and_then(|mut f| f.read_to_end(&mut raw)) {
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return None,
+        Ok(_) => parse_file(&raw, gen),
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "unreadable write log");
-            return None;
+            None
         }
     }
+}
+
+/// [`read_file`] on the file's bytes.
+fn parse_file(raw: &[u8], gen: u64) -> Option<FileRead> {
     let le64 = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
     let (version, header_len) = match raw.get(..8)? {
         m if m == FILE_MAGIC => (4, FILE_HEADER_BYTES),
@@ -1364,6 +1398,44 @@ mod tests {
         assert!(left.is_empty());
         log.rotate(9).unwrap();
         assert!(path(dir.path(), 3).exists(), "numbered from 0 again");
+    }
+
+    /// Found by the review of 0015: a file of an older version, replayed
+    /// and applied, is deleted, never a spare (its header names no
+    /// generation to check).
+    #[test]
+    fn a_file_of_an_older_version_is_never_recycled() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(DIR)).unwrap();
+        legacy_file(dir.path(), 1, FILE_MAGIC_V3, 5, &[(0, 1)], true);
+        let (mut log, left) = WriteLog::open(dir.path(), true).unwrap();
+        log.rehome(&left[0], 9, false).unwrap();
+        log.adopt(1, 9);
+        log.rotate(10).unwrap();
+        log.retire(9);
+        assert!(!path(dir.path(), 1).exists());
+        assert!(
+            !dir.path().join(DIR).join(spare_name(1)).exists(),
+            "a version-3 file became a spare"
+        );
+    }
+
+    /// Found by the review of 0015: a spare taken and written, whose
+    /// rename a power cut undid, holds a header naming the generation it
+    /// was taken as, which the log may hand out again. It is deleted.
+    #[test]
+    fn a_spare_whose_header_names_another_generation_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = with_spares(dir.path(), 2);
+        log.rotate(4).unwrap();
+        log.append(0, 1, Some(&checked(7))).unwrap();
+        drop(log);
+        let spare1 = dir.path().join(DIR).join(spare_name(1));
+        fs::rename(path(dir.path(), 4), &spare1).unwrap();
+        let (_, left) = WriteLog::open(dir.path(), true).unwrap();
+        assert_eq!(seqs(&left), [(3, 0)]);
+        assert!(!spare1.exists(), "a spare holding a later life was kept");
+        assert!(dir.path().join(DIR).join(spare_name(2)).exists());
     }
 
     /// docs/design/0015, 7: a recycled file is long before it holds a

@@ -319,6 +319,18 @@ async fn after_any_power_cut_a_recycled_journal_replays_no_earlier_life() {
         vol.flush().await.unwrap();
         let before = spares(&here);
         assert!(!before.is_empty(), "setup: no spare journal file");
+        // The FLUSHED records go into a recycled file: the current one is
+        // longer than a header already.
+        let current = std::fs::read_dir(here.join("wlog"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .max_by_key(|e| e.file_name())
+            .unwrap();
+        assert!(
+            current.metadata().unwrap().len() > 4096,
+            "setup: the current journal file is not a recycled one"
+        );
         // Nothing uploaded from here on: no file retires while the power
         // cut looks at the journal.
         gate.close();
