@@ -103,9 +103,8 @@ pub(crate) struct State {
     pub fenced_by: Option<String>,
     /// Local log of acknowledged writes not yet durable (None: no cache dir, or disabled).
     pub wlog: Option<WriteLog>,
-    /// The segment the last FLUSH round sealed: while it is not applied,
-    /// later FLUSHes gather for the next round (group commit, 0013).
-    pub flush_round: Option<u64>,
+    /// Group commit's rounds (0013, 0016).
+    pub rounds: crate::rounds::Rounds,
 }
 
 /// What a FLUSH waits for.
@@ -114,6 +113,8 @@ enum Wait {
     Round(u64),
     /// Its own round (or the segment that already holds its writes).
     Own(u64),
+    /// Until then, for the FLUSHes the last round released (0016).
+    Gather(tokio::time::Instant),
 }
 
 impl State {
@@ -193,7 +194,7 @@ impl Volume {
             // Installed by the replay, once the files it found are this
             // daemon's segments.
             wlog: None,
-            flush_round: None,
+            rounds: Default::default(),
         };
         let map_readers = meta.readers().filter(|_| opts.map_readers);
         let inner = Arc::new(Inner {
@@ -593,6 +594,11 @@ impl Volume {
         // before it holds every write acknowledged before this FLUSH.
         let mut start = None;
         loop {
+            // Registered before the state is read: a FLUSH that gathers is
+            // woken by the one that seals.
+            let sealed = inner.changed.notified();
+            tokio::pin!(sealed);
+            sealed.as_mut().enable();
             let wait = {
                 let mut st = inner.state.lock().unwrap();
                 let sealed_since = start.filter(|&s| st.next_seq > s);
@@ -616,6 +622,7 @@ impl Volume {
                         // Counted once it decides what it waits for
                         // (tests order FLUSHes by it).
                         inner.counters.add_flush();
+                        st.rounds.begin();
                     }
                     Self::flush_step(inner, &mut st)
                 }
@@ -624,6 +631,9 @@ impl Volume {
             inner.retry_now.notify_waiters();
             match wait {
                 Wait::Round(round) => inner.wait_applied_until(round, deadline).await?,
+                Wait::Gather(until) => {
+                    let _ = tokio::time::timeout_at(until.min(deadline), sealed).await;
+                }
                 Wait::Own(target) => {
                     // Applied means on the chain, every position before it
                     // filled by records this writer walked or wrote: every
@@ -638,9 +648,10 @@ impl Volume {
     }
 
     /// A FLUSH's step once nothing was sealed since it began (0013): wait
-    /// out the round in flight, or seal the buffer as a new round.
+    /// out the round in flight, or seal the buffer as a new round, once the
+    /// FLUSHes the last round released are back or a bound passed (0016).
     fn flush_step(inner: &Arc<Inner>, st: &mut State) -> Wait {
-        match st.flush_round {
+        match st.rounds.in_flight {
             // Group commit: a FLUSH's round (its seal, PUT and map commit)
             // is in flight and our writes are not in it. Wait it out, then
             // seal everything that gathered meanwhile as one round: the
@@ -648,8 +659,14 @@ impl Volume {
             Some(round) if st.applied_seq < round && !st.active.is_empty() => Wait::Round(round),
             _ => {
                 if !st.active.is_empty() {
+                    let now = tokio::time::Instant::now();
+                    if let crate::rounds::Next::Gather(until) = st.rounds.next(now) {
+                        return Wait::Gather(until);
+                    }
                     inner.seal_locked(st);
-                    st.flush_round = Some(st.prev_seq);
+                    if st.rounds.sealed(st.prev_seq, now) {
+                        inner.changed.notify_waiters();
+                    }
                     inner.counters.add_flush_round();
                 }
                 // The newest segment sealed holds every write acknowledged

@@ -26,6 +26,7 @@ mod remove;
 pub mod replicate;
 mod reserve;
 mod retry;
+mod rounds;
 pub mod segment;
 mod stats;
 #[cfg(feature = "test-support")]

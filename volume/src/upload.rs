@@ -426,6 +426,7 @@ impl Inner {
                 debug_assert_eq!(popped.link.seq, seg.link.seq);
                 st.sealed_bytes -= popped.body.len();
                 st.applied_seq = seg.link.seq;
+                st.rounds.applied(seg.link.seq, tokio::time::Instant::now());
                 if let Some(log) = st.wlog.as_mut() {
                     log.retire(seg.link.seq);
                 }

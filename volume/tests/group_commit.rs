@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use spritedisk_store::ObjectStore;
+use spritedisk_store::{ObjectMeta, ObjectStore, StoreError};
 use spritedisk_volume::segment::parse_segment_key;
 use spritedisk_volume::{EngineOptions, Volume};
 
@@ -228,4 +228,101 @@ async fn a_lone_flush_seals_at_once() {
     vol.flush().await.unwrap();
     let stats = vol.stats().unwrap();
     assert_eq!((stats.session_flushes, stats.session_flush_rounds), (6, 5));
+}
+
+/// A store whose PUTs take 20 ms (of the test's clock), as from a region.
+#[derive(Debug)]
+struct SlowPuts(Arc<dyn ObjectStore>);
+
+const PUT_TAKES: std::time::Duration = std::time::Duration::from_millis(20);
+
+#[async_trait::async_trait]
+impl ObjectStore for SlowPuts {
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, StoreError> {
+        self.0.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, StoreError> {
+        self.0.get_range(key, offset, len).await
+    }
+    async fn put(&self, key: &str, data: bytes::Bytes) -> Result<String, StoreError> {
+        tokio::time::sleep(PUT_TAKES).await;
+        self.0.put(key, data).await
+    }
+    async fn put_if_absent(&self, key: &str, data: bytes::Bytes) -> Result<String, StoreError> {
+        tokio::time::sleep(PUT_TAKES).await;
+        self.0.put_if_absent(key, data).await
+    }
+    async fn put_if_match(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        etag: &str,
+    ) -> Result<String, StoreError> {
+        tokio::time::sleep(PUT_TAKES).await;
+        self.0.put_if_match(key, data, etag).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.0.head(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.0.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.0.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+/// docs/design/0016: sixteen clients that FLUSH together are released
+/// together when their round is applied, and the first one back waits for
+/// the others (a bounded moment) rather than sealing alone and making the
+/// other fifteen wait out its round and then their own. After the first
+/// exchange, one round per exchange; without gathering, two. On a paused
+/// clock (the simulation's), so the bound never runs out while the
+/// clients are on their way back. Every block reads back from the store.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn flushers_released_together_share_the_next_round() {
+    const EXCHANGES: u64 = 6;
+    let inner = fresh_store();
+    create(&inner, 64 << 20).await;
+    let slow: Arc<dyn ObjectStore> = Arc::new(SlowPuts(inner.clone()));
+    let vol = open(slow, None, roomy(4)).await;
+    let clients: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let vol = vol.clone();
+            tokio::spawn(async move {
+                for x in 1..=EXCHANGES {
+                    vol.write(w * BS, pattern(w, 1, x as u8), false).await?;
+                    vol.flush().await?;
+                }
+                Ok::<_, spritedisk_volume::VolumeError>(())
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap().unwrap();
+    }
+    let stats = vol.stats().unwrap();
+    assert_eq!(stats.session_flushes, WRITERS * EXCHANGES);
+    assert!(
+        stats.session_flush_rounds <= EXCHANGES + 2,
+        "{} FLUSHes in {EXCHANGES} exchanges of {WRITERS} clients made {} rounds (two per exchange: the first one back sealed alone)",
+        stats.session_flushes,
+        stats.session_flush_rounds
+    );
+    vol.abandon();
+    let again = open(inner.clone(), None, roomy(5)).await;
+    for w in 0..WRITERS {
+        assert!(
+            again.read(w * BS, BS).await.unwrap() == pattern(w, 1, EXCHANGES as u8),
+            "block {w} lost"
+        );
+    }
 }
