@@ -593,6 +593,8 @@ impl Volume {
         // first), so once a segment numbered `start` exists, it or one
         // before it holds every write acknowledged before this FLUSH.
         let mut start = None;
+        // Counted in the rounds once it has writes to wait for (0016).
+        let mut counted = false;
         loop {
             // Registered before the state is read: a FLUSH that gathers is
             // woken by the one that seals.
@@ -622,9 +624,8 @@ impl Volume {
                         // Counted once it decides what it waits for
                         // (tests order FLUSHes by it).
                         inner.counters.add_flush();
-                        st.rounds.begin();
                     }
-                    Self::flush_step(inner, &mut st)
+                    Self::flush_step(inner, &mut st, &mut counted)
                 }
             };
             // A PUT in backoff is retried now: a FLUSH waits on it.
@@ -650,7 +651,13 @@ impl Volume {
     /// A FLUSH's step once nothing was sealed since it began (0013): wait
     /// out the round in flight, or seal the buffer as a new round, once the
     /// FLUSHes the last round released are back or a bound passed (0016).
-    fn flush_step(inner: &Arc<Inner>, st: &mut State) -> Wait {
+    fn flush_step(inner: &Arc<Inner>, st: &mut State, counted: &mut bool) -> Wait {
+        // A FLUSH that finds its writes sealed already (by the writeback,
+        // say) waits for no round and is not counted as one a round
+        // carried: a lone client's next FLUSH would gather for it.
+        if !st.active.is_empty() && !std::mem::replace(counted, true) {
+            st.rounds.begin();
+        }
         match st.rounds.in_flight {
             // Group commit: a FLUSH's round (its seal, PUT and map commit)
             // is in flight and our writes are not in it. Wait it out, then

@@ -326,3 +326,32 @@ async fn flushers_released_together_share_the_next_round() {
         );
     }
 }
+
+/// docs/design/0016: a FLUSH that finds its writes sealed already (here
+/// by a full buffer) waits for no round and is not counted as one a round
+/// carried; else a lone client's next FLUSH would wait for it to come
+/// back (found by the benchmark: QD1 FLUSHes slowed by the bound).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_lone_client_never_gathers_for_a_flush_that_had_nothing_to_seal() {
+    let inner = fresh_store();
+    create(&inner, 64 << 20).await;
+    let slow: Arc<dyn ObjectStore> = Arc::new(SlowPuts(inner.clone()));
+    // A segment is 4 blocks: the fourth write seals the buffer.
+    let vol = open(slow, None, small_opts(6)).await;
+    for b in 0..4 {
+        vol.write(b * BS, pattern(b, 1, 1), false).await.unwrap();
+    }
+    vol.flush().await.unwrap();
+    let mut took = vec![];
+    for b in 4..7 {
+        vol.write(b * BS, pattern(b, 1, 1), false).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        vol.flush().await.unwrap();
+        took.push(t0.elapsed());
+    }
+    assert!(
+        took.iter().all(|&t| t == took[0]),
+        "a lone client's FLUSHes took {took:?}: one waited to gather"
+    );
+    assert_eq!(vol.stats().unwrap().session_flush_rounds, 3);
+}
