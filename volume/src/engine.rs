@@ -625,7 +625,7 @@ impl Volume {
                         // (tests order FLUSHes by it).
                         inner.counters.add_flush();
                     }
-                    Self::flush_step(inner, &mut st, &mut counted)
+                    Self::flush_step(inner, &mut st, &mut counted, deadline)
                 }
             };
             // A PUT in backoff is retried now: a FLUSH waits on it.
@@ -633,7 +633,8 @@ impl Volume {
             match wait {
                 Wait::Round(round) => inner.wait_applied_until(round, deadline).await?,
                 Wait::Gather(until) => {
-                    let _ = tokio::time::timeout_at(until.min(deadline), sealed).await;
+                    // Before the deadline (`Rounds::next`); a seal wakes it.
+                    let _ = tokio::time::timeout_at(until, sealed).await;
                 }
                 Wait::Own(target) => {
                     // Applied means on the chain, every position before it
@@ -651,7 +652,12 @@ impl Volume {
     /// A FLUSH's step once nothing was sealed since it began (0013): wait
     /// out the round in flight, or seal the buffer as a new round, once the
     /// FLUSHes the last round released are back or a bound passed (0016).
-    fn flush_step(inner: &Arc<Inner>, st: &mut State, counted: &mut bool) -> Wait {
+    fn flush_step(
+        inner: &Arc<Inner>,
+        st: &mut State,
+        counted: &mut bool,
+        deadline: tokio::time::Instant,
+    ) -> Wait {
         // A FLUSH that finds its writes sealed already (by the writeback,
         // say) waits for no round and is not counted as one a round
         // carried: a lone client's next FLUSH would gather for it.
@@ -667,13 +673,11 @@ impl Volume {
             _ => {
                 if !st.active.is_empty() {
                     let now = tokio::time::Instant::now();
-                    if let crate::rounds::Next::Gather(until) = st.rounds.next(now) {
+                    if let crate::rounds::Next::Gather(until) = st.rounds.next(now, deadline) {
                         return Wait::Gather(until);
                     }
                     inner.seal_locked(st);
-                    if st.rounds.sealed(st.prev_seq, now) {
-                        inner.changed.notify_waiters();
-                    }
+                    st.rounds.sealed(st.prev_seq, now);
                     inner.counters.add_flush_round();
                 }
                 // The newest segment sealed holds every write acknowledged

@@ -134,6 +134,10 @@ impl Inner {
         let seq = st.next_seq;
         let prev_seq = std::mem::replace(&mut st.prev_seq, seq);
         st.next_seq += 1;
+        // FLUSHes gathering for the next round find this seal (0016).
+        if st.rounds.position_taken() {
+            self.changed.notify_waiters();
+        }
         if let Some(Err(e)) = st.wlog.as_mut().map(|log| log.rotate(st.next_seq)) {
             self.write_log_failed(st, &e);
         }
