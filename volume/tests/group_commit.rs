@@ -290,7 +290,9 @@ impl ObjectStore for SlowPuts {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn flushers_released_together_share_the_next_round() {
     const EXCHANGES: u64 = 6;
-    let inner = fresh_store();
+    // In memory on every pass: the clock is paused (an HTTP store's
+    // timeouts would fire at once), and SlowPuts is the store's latency.
+    let inner: Arc<dyn ObjectStore> = Arc::new(spritedisk_store::MemStore::new());
     create(&inner, 64 << 20).await;
     let slow: Arc<dyn ObjectStore> = Arc::new(SlowPuts(inner.clone()));
     let vol = open(slow, None, roomy(4)).await;
@@ -333,7 +335,9 @@ async fn flushers_released_together_share_the_next_round() {
 /// back (found by the benchmark: QD1 FLUSHes slowed by the bound).
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_lone_client_never_gathers_for_a_flush_that_had_nothing_to_seal() {
-    let inner = fresh_store();
+    // In memory on every pass: the clock is paused (an HTTP store's
+    // timeouts would fire at once), and SlowPuts is the store's latency.
+    let inner: Arc<dyn ObjectStore> = Arc::new(spritedisk_store::MemStore::new());
     create(&inner, 64 << 20).await;
     let slow: Arc<dyn ObjectStore> = Arc::new(SlowPuts(inner.clone()));
     // A segment is 4 blocks: the fourth write seals the buffer.
