@@ -32,10 +32,8 @@ pub(crate) struct Rounds {
     /// The segment the last FLUSH round sealed: while it is not applied,
     /// later FLUSHes gather for the next round.
     pub in_flight: Option<u64>,
-    /// FLUSHes begun (store mode), ever.
-    began: u64,
-    /// `began` when the last round was sealed.
-    began_at_seal: u64,
+    /// FLUSHes begun since the last round was sealed.
+    since_seal: u64,
     /// The FLUSHes the last round carried: those begun between its seal
     /// and the one before.
     carried: u64,
@@ -57,14 +55,14 @@ pub(crate) enum Next {
 impl Rounds {
     /// A FLUSH begins (counted once).
     pub fn begin(&mut self) {
-        self.began += 1;
+        self.since_seal += 1;
     }
 
     /// No round in flight, writes to seal: seal now, or gather first
     /// (never past the asking FLUSH's `deadline`: found by the review of
     /// 0016, a FLUSH gathering past it spun).
     pub fn next(&mut self, now: Instant, deadline: Instant) -> Next {
-        let back = self.began - self.began_at_seal;
+        let back = self.since_seal;
         let wait = GATHER_WAIT_MAX.min(self.last_took / GATHER_WAIT_SHARE_OF_ROUND);
         if back >= self.carried || wait < GATHER_WAIT_MIN {
             return Next::Seal;
@@ -79,8 +77,7 @@ impl Rounds {
     /// A FLUSH sealed segment `seq` as the next round.
     pub fn sealed(&mut self, seq: u64, now: Instant) {
         self.in_flight = Some(seq);
-        self.carried = self.began - self.began_at_seal;
-        self.began_at_seal = self.began;
+        self.carried = std::mem::take(&mut self.since_seal);
         self.sealed_at = Some(now);
     }
 

@@ -230,6 +230,12 @@ fn file_header(seq: u64, gen: u64, salt: u64) -> [u8; FILE_HEADER_BYTES as usize
     h
 }
 
+/// Whether a version-4 file header names generation `gen`: a file's
+/// header from an earlier life names another (docs/design/0015, 2).
+fn names_generation(header: &[u8], gen: u64) -> bool {
+    header.get(16..24) == Some(&gen.to_le_bytes()[..])
+}
+
 fn file_name(gen: u64) -> String {
     format!("{gen:020}.log")
 }
@@ -400,7 +406,7 @@ impl WriteLog {
             let mut h = [0u8; FILE_HEADER_BYTES as usize];
             File::open(dir.join(spare_name(g)))
                 .and_then(|mut f| f.read_exact(&mut h))
-                .is_ok_and(|()| &h[..8] == FILE_MAGIC && h[16..24] == g.to_le_bytes())
+                .is_ok_and(|()| &h[..8] == FILE_MAGIC && names_generation(&h, g))
         };
         let kept_spares: Vec<u64> = spare_gens
             .iter()
@@ -786,7 +792,7 @@ fn parse_file(raw: &[u8], gen: u64) -> Option<FileRead> {
     let header = raw.get(..header_len as usize)?;
     let seq = le64(header, 8);
     let salt = match version {
-        4 if le64(header, 16) != gen => return None,
+        4 if !names_generation(header, gen) => return None,
         4 => le64(header, 24),
         _ => 0,
     };
