@@ -50,7 +50,7 @@ vm-crash-test: test-deps
 	$(CARGO) build --bins
 	VM_CRASH_CYCLES=$(VM_CRASH_CYCLES) $(CARGO) test -p spritedisk-e2e --test ublk ext4_survives -- --nocapture
 
-# The workload test's long form: longer pgbench runs (CI: 15 s each).
+# The workload test's long form: longer pgbench runs (CI: 10 s each).
 PGBENCH_SECS ?= 120
 vm-workloads: test-deps
 	$(CARGO) build --bins

@@ -5,6 +5,10 @@
 //! warm pool; tests/vm/crash.sh —
 //! ext4 across guest kills; tests/vm/workloads.sh — PostgreSQL with
 //! `checkpoint --freeze` under pgbench, and a build.
+//!
+//! libtest starts tests in the order of their names, two at a time here:
+//! the two longest guests (ublk.sh, workloads.sh) have names that sort
+//! first so that they start together and the shorter ones fill in after.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -97,7 +101,7 @@ fn pool_commands_without_a_ublk_driver_fail_at_once() {
 }
 
 #[test]
-fn ublk_device_end_to_end_in_the_vm() {
+fn block_device_end_to_end_on_ublk_in_the_vm() {
     run_vm_script("tests/vm/ublk.sh", "== 1. ", &[]);
 }
 
@@ -112,7 +116,7 @@ fn warm_pool_in_the_vm() {
 /// PostgreSQL with `checkpoint --freeze` under pgbench, and a build, on
 /// /dev/ublkb0 (tests/vm/workloads.sh); prints the ratios to the scratch disk.
 #[test]
-fn workloads_on_ublk_in_the_vm() {
+fn database_and_build_workloads_on_ublk_in_the_vm() {
     require("pgbench", "postgresql");
     let sqlite = sqlite_amalgamation();
     let console = run_vm_script(
@@ -157,14 +161,15 @@ fn sqlite_amalgamation() -> PathBuf {
 /// Runs `script` in the VM rig (8G scratch disk) and asserts it printed
 /// ALL OK; returns the console. The rig boots again a guest that died before
 /// the script started; the script's steps (`== ` lines) and results are
-/// shown as they happen.
+/// shown as they happen. The rig's timeout is a hang guard only: the
+/// scripts take 10-25 minutes under TCG, two guests at a time.
 fn run_vm_script(script: &str, started: &str, envs: &[(&str, &str)]) -> String {
     let runner = vm_runner();
     bin(); // the guest runs the host's build
     let t0 = Instant::now();
     progress(&format!("{script}: booting the VM"));
     let mut child = Command::new(&runner)
-        .args(["--scratch", "8G", "--timeout", "1500", "--", "bash", script])
+        .args(["--scratch", "8G", "--timeout", "2400", "--", "bash", script])
         .envs(envs.iter().copied())
         .current_dir(repo_root())
         .stdout(Stdio::piped())

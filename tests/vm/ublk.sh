@@ -53,8 +53,8 @@ DEV=$($B attach file://$W/store/raw --cache-dir $W/cache-raw --queues 2) || fail
 [ "$(cat /sys/block/$(basename $DEV)/queue/discard_granularity)" = 4096 ] || fail "discard granularity is not 4096"
 [ "$(ls /sys/block/$(basename $DEV)/mq | wc -l)" = 2 ] || fail "not 2 hardware queues"
 FIO=(--filename="$DEV" --ioengine=io_uring --direct=1 --iodepth=32 --verify=crc32c --verify_fatal=1 --randseed=11)
-JOB1=(--name=rand4k --rw=randwrite --bs=4k --size=64M)
-JOB2=(--name=seq1m --rw=write --bs=1m --size=256M --offset=1G)
+JOB1=(--name=rand4k --rw=randwrite --bs=4k --size=32M)
+JOB2=(--name=seq1m --rw=write --bs=1m --size=128M --offset=1G)
 fio "${FIO[@]}" "${JOB1[@]}" --do_verify=1 > $W/fio1.out || { cat $W/fio1.out; fail "fio 4k"; }
 fio "${FIO[@]}" "${JOB2[@]}" --do_verify=1 > $W/fio2.out || { cat $W/fio2.out; fail "fio 1m"; }
 blkdiscard -o 1536M -l 64M "$DEV" || fail "discard"
