@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -122,11 +122,14 @@ impl DiskCache {
             // Cold: drop whatever an earlier process left, and its disk space.
             let _ = std::fs::remove_file(&data_path);
         }
+        // Never through a link: set_len and writes on a planted link's
+        // target would damage another file (docs/design/0017).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&data_path)?;
         file.set_len(nslots as u64 * LINE_BYTES)?;
         let mut slots = Slots {

@@ -24,6 +24,8 @@ pub enum NbdError {
     ExportNameTooLong(u32),
     #[error("request with bad magic {0:#010x}: the stream is out of sync; closing the connection")]
     BadRequestMagic(u32),
+    #[error("the client did not finish the handshake within {0:?}; closing the connection")]
+    HandshakeTimeout(std::time::Duration),
     #[error("the connection's reply writer stopped")]
     WriterGone,
 }

@@ -8,32 +8,79 @@ use std::time::Duration;
 
 use spritedisk_volume::BlockIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::handshake::{self, Export, Outcome};
-use crate::{transmission, NbdError};
+use crate::{local_socket, transmission, NbdError};
 
 /// Pause after a failed accept (e.g. EMFILE) so we do not spin.
 const ACCEPT_RETRY_DELAY_MS: u64 = 100;
+
+/// Connections one server serves at once unless told otherwise (review
+/// M9): each may pin [`transmission::INFLIGHT_READ_LEN_MAX_BYTES`] of read
+/// data, so 8 bound a server's connections to 2 GiB. Clients that open
+/// several connections (nbdcopy, qemu with multi-conn) use 4.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 8;
+/// How long a client may take from its connection to the end of option
+/// haggling (qemu-nbd's default handshake limit is also 10 s): a client
+/// that connects and says nothing holds a connection slot no longer.
+pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// What one server lets its clients hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; one more is closed at once, before the
+    /// greeting, and the refusal logged.
+    pub connections_max: usize,
+    /// From accept to the end of the handshake; then the connection is closed.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            handshake_timeout: HANDSHAKE_TIMEOUT_DEFAULT,
+        }
+    }
+}
 
 /// An NBD server exporting one device under one name (the empty name also
 /// selects it).
 pub struct NbdServer<D: BlockIo> {
     dev: Arc<D>,
     export_name: String,
+    limits: Limits,
+    /// One permit per connection being served.
+    slots: Arc<Semaphore>,
 }
 
 impl<D: BlockIo> NbdServer<D> {
     pub fn new(dev: Arc<D>, export_name: String) -> Self {
-        NbdServer { dev, export_name }
+        Self::with_limits(dev, export_name, Limits::default())
+    }
+
+    pub fn with_limits(dev: Arc<D>, export_name: String, limits: Limits) -> Self {
+        assert!(
+            limits.connections_max > 0,
+            "an NBD server must accept a connection"
+        );
+        NbdServer {
+            dev,
+            export_name,
+            limits,
+            slots: Arc::new(Semaphore::new(limits.connections_max)),
+        }
     }
 
     /// Serves on a Unix socket at `path` until `*shutdown` becomes true.
     ///
     /// A leftover socket file nobody listens on is removed first; a live one,
     /// or a non-socket file, is an error. The socket file is removed on return.
+    /// The socket is 0600 and serves only root and this process's user
+    /// ([`local_socket`]); anyone else's connection is closed and logged.
     ///
     /// On shutdown we stop accepting and return `Ok`; connections already
     /// accepted keep running as detached tasks until their client disconnects
@@ -46,7 +93,7 @@ impl<D: BlockIo> NbdServer<D> {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), NbdError> {
         remove_stale_socket(path)?;
-        let listener = UnixListener::bind(path).map_err(|source| NbdError::Listen {
+        let listener = local_socket::bind_private(path).map_err(|source| NbdError::Listen {
             addr: path.display().to_string(),
             source,
         })?;
@@ -55,8 +102,13 @@ impl<D: BlockIo> NbdServer<D> {
         let result = self
             .accept_loop(
                 || async move {
-                    let (s, _) = listener.accept().await?;
-                    Ok((s, "unix".to_string()))
+                    loop {
+                        let (s, _) = listener.accept().await?;
+                        match local_socket::check_peer(&s) {
+                            Ok(()) => return Ok((s, "unix".to_string())),
+                            Err(why) => warn!("nbd: {why}"),
+                        }
+                    }
                 },
                 shutdown,
             )
@@ -101,9 +153,10 @@ impl<D: BlockIo> NbdServer<D> {
         .await
     }
 
-    /// Serves one accepted connection: handshake, then transmission until the
-    /// client disconnects. `Ok` on NBD_OPT_ABORT, NBD_CMD_DISC or a hang-up
-    /// between requests; `Err` on protocol violations and I/O errors.
+    /// Serves one accepted connection: handshake (within the limit's
+    /// timeout), then transmission until the client disconnects. `Ok` on
+    /// NBD_OPT_ABORT, NBD_CMD_DISC or a hang-up between requests; `Err` on
+    /// protocol violations, I/O errors and a handshake that took too long.
     pub async fn serve_conn<S>(self: Arc<Self>, mut stream: S) -> Result<(), NbdError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -113,7 +166,11 @@ impl<D: BlockIo> NbdServer<D> {
             size_bytes: self.dev.size_bytes(),
             block_size: self.dev.block_size(),
         };
-        match handshake::negotiate(&mut stream, &export).await? {
+        let limit = self.limits.handshake_timeout;
+        let negotiated = tokio::time::timeout(limit, handshake::negotiate(&mut stream, &export))
+            .await
+            .map_err(|_| NbdError::HandshakeTimeout(limit))??;
+        match negotiated {
             Outcome::Closed => Ok(()),
             Outcome::Transmission => transmission::serve(self.dev.clone(), stream).await,
         }
@@ -138,9 +195,16 @@ impl<D: BlockIo> NbdServer<D> {
             tokio::select! {
                 accepted = accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                            warn!(%peer, max = self.limits.connections_max,
+                                "nbd: refused a connection: the server already serves its maximum (--nbd-max-connections)");
+                            drop(stream);
+                            continue;
+                        };
                         debug!(%peer, "nbd connection accepted");
                         let server = self.clone();
                         tokio::spawn(async move {
+                            let _slot = slot;
                             match server.serve_conn(stream).await {
                                 Ok(()) => debug!(%peer, "nbd connection closed"),
                                 // A client hanging up mid-stream (or a liveness probe) is not worth a warning.

@@ -595,3 +595,120 @@ async fn connect_retrying(path: &std::path::Path) -> NbdClient {
     }
     panic!("could not connect to {}", path.display());
 }
+
+/// Connects over TCP and reads the server's 18-byte greeting; None when the
+/// server closes the connection instead.
+async fn raw_greeted(addr: std::net::SocketAddr) -> (tokio::net::TcpStream, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut greeting = [0u8; 18];
+    let greeted = s.read_exact(&mut greeting).await.is_ok();
+    if greeted {
+        assert_eq!(&greeting[..8], b"NBDMAGIC");
+    }
+    (s, greeted)
+}
+
+/// Waits (at most 30 s) for the server to close `s`.
+async fn closed_by_server(mut s: tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(30), s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+async fn serve_limited(
+    limits: spritedisk_nbd::Limits,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Arc::new(NbdServer::with_limits(
+        MemDisk::new(),
+        EXPORT.to_string(),
+        limits,
+    ));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(server.serve_tcp_listener(listener, rx));
+    (addr, tx)
+}
+
+/// Review M9: a server serves at most its limit of connections; one more is
+/// closed before the greeting, and a slot is free again once its client
+/// leaves.
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_before_the_greeting() {
+    let limits = spritedisk_nbd::Limits {
+        connections_max: 2,
+        handshake_timeout: Duration::from_secs(600),
+    };
+    let (addr, _stop) = serve_limited(limits).await;
+    let (first, greeted) = raw_greeted(addr).await;
+    assert!(greeted);
+    let (_second, greeted) = raw_greeted(addr).await;
+    assert!(greeted);
+    let (third, greeted) = raw_greeted(addr).await;
+    assert!(!greeted, "a third connection was served with a limit of 2");
+    assert!(closed_by_server(third).await);
+    drop(first);
+    // The first's slot comes back once the server sees it hang up.
+    let mut c = None;
+    for _ in 0..100 {
+        if let Ok(client) = NbdClient::connect_tcp(addr, EXPORT).await {
+            c = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = c.expect("a slot freed by a client that left is served again");
+    c.write(0, &pattern(4096, 9), true).await.unwrap();
+    assert_eq!(c.read(0, 4096).await.unwrap(), pattern(4096, 9));
+    c.disconnect().await;
+}
+
+/// Review M9: a client that connects and never finishes the handshake is
+/// closed after the handshake timeout, and its slot serves the next client.
+#[tokio::test]
+async fn a_silent_client_is_closed_at_the_handshake_timeout() {
+    let limits = spritedisk_nbd::Limits {
+        connections_max: 1,
+        handshake_timeout: Duration::from_millis(200),
+    };
+    let (addr, _stop) = serve_limited(limits).await;
+    let (silent, greeted) = raw_greeted(addr).await;
+    assert!(greeted);
+    assert!(
+        closed_by_server(silent).await,
+        "a client silent after the greeting was not closed within 30 s (timeout 200 ms)"
+    );
+    let mut c = None;
+    for _ in 0..100 {
+        if let Ok(client) = NbdClient::connect_tcp(addr, EXPORT).await {
+            c = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = c.expect("the silent client's slot is free again");
+    assert_eq!(c.read(0, 4096).await.unwrap(), vec![0u8; 4096]);
+    c.disconnect().await;
+}
+
+/// Review M8: the NBD socket is made 0600.
+#[tokio::test]
+async fn the_unix_socket_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nbd.sock");
+    let server = Arc::new(NbdServer::new(MemDisk::new(), EXPORT.to_string()));
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn({
+        let path = path.clone();
+        async move { server.serve_unix(&path, rx).await }
+    });
+    let mut c = connect_retrying(&path).await;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "nbd socket mode {mode:o}");
+    c.disconnect().await;
+}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use spritedisk_nbd::NbdServer;
+use spritedisk_nbd::{Limits, NbdServer};
 use spritedisk_volume::Volume;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -38,7 +38,15 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = Arc::new(NbdServer::new(Arc::new(volume.clone()), String::new()));
+    let limits = Limits {
+        connections_max: args.nbd_max_connections.into(),
+        ..Limits::default()
+    };
+    let server = Arc::new(NbdServer::with_limits(
+        Arc::new(volume.clone()),
+        String::new(),
+        limits,
+    ));
     let serving = match (&args.nbd, args.nbd_tcp) {
         (Some(path), _) => {
             let path = path.clone();

@@ -218,6 +218,12 @@ pub struct AttachArgs {
     /// Serve over NBD on this TCP address instead (keep it on 127.0.0.1).
     #[arg(long, value_name = "ADDR")]
     pub nbd_tcp: Option<std::net::SocketAddr>,
+    /// NBD: connections served at once; one more is closed before the
+    /// greeting and logged. Each may hold up to 256 MiB of reads in flight.
+    #[arg(long, default_value_t = nbd_max_connections_default(), value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    #[serde(default = "nbd_max_connections_default")] // args sent by an older CLI
+    pub nbd_max_connections: u16,
     /// ublk: stay in the foreground instead of starting a daemon.
     #[arg(long)]
     pub foreground: bool,
@@ -296,6 +302,11 @@ pub struct AttachArgs {
     /// (docs/design/0009). Accepted so that existing scripts keep working.
     #[arg(long, hide = true)]
     pub lease_ack_grace: Option<f64>,
+}
+
+fn nbd_max_connections_default() -> u16 {
+    const _: () = assert!(spritedisk_nbd::CONNECTIONS_MAX_DEFAULT <= u16::MAX as usize);
+    spritedisk_nbd::CONNECTIONS_MAX_DEFAULT as u16
 }
 
 impl AttachArgs {

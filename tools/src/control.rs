@@ -3,7 +3,8 @@
 //! daemon that holds the volume through it. One JSON request per line, one
 //! JSON reply per line: `{"ok": ...}` or `{"error": "..."}`, after progress
 //! lines where a step matters to the caller (`{"taken": ...}` for a
-//! checkpoint under `--freeze`).
+//! checkpoint under `--freeze`). The socket is 0600 and answers only root
+//! and the daemon's user (docs/design/0017).
 
 use std::path::{Path, PathBuf};
 
@@ -12,10 +13,13 @@ use serde_json::{json, Value};
 use std::time::{Duration, UNIX_EPOCH};
 
 use spritedisk_volume::{CheckpointRow, Deadline, Volume, VolumeError};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
 
 const SOCKET: &str = "control.sock";
+/// What a client may send on one connection (review M9): a request is a
+/// few hundred bytes; a longer line is cut there and fails to parse.
+pub const REQUEST_LINE_BYTES_MAX: u64 = 64 * 1024;
 
 pub fn socket_path(cache_dir: &Path) -> PathBuf {
     cache_dir.join(SOCKET)
@@ -49,9 +53,14 @@ pub fn row_from_json(v: &Value) -> Result<CheckpointRow> {
 pub fn serve(volume: Volume, cache_dir: &Path) -> Result<ControlServer> {
     let path = socket_path(cache_dir);
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
+    let listener = spritedisk_nbd::local_socket::bind_private(&path)
+        .with_context(|| format!("listening on {}", path.display()))?;
     let task = tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
+            if let Err(why) = spritedisk_nbd::local_socket::check_peer(&conn) {
+                tracing::warn!("control socket: {why}");
+                continue;
+            }
             let v = volume.clone();
             tokio::spawn(async move {
                 if let Err(e) = answer(v, conn).await {
@@ -77,7 +86,7 @@ impl Drop for ControlServer {
 
 async fn answer(volume: Volume, conn: UnixStream) -> Result<()> {
     let (rd, mut wr) = conn.into_split();
-    let mut rd = BufReader::new(rd);
+    let mut rd = BufReader::new(rd.take(REQUEST_LINE_BYTES_MAX));
     let mut line = String::new();
     rd.read_line(&mut line).await?;
     let req: Value = serde_json::from_str(&line)?;

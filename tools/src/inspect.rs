@@ -44,12 +44,14 @@ pub fn publish_stats(volume: Volume, cache_dir: PathBuf) -> StatsPublisher {
 /// Overwrites `path` in place with `json` padded by spaces to [`STATS_FILE_BYTES`].
 fn write_padded(path: &Path, json: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut buf = json.to_vec();
     buf.resize(buf.len().max(STATS_FILE_BYTES), b' ');
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW) // docs/design/0017
         .open(path)?;
     f.write_all(&buf)?;
     f.set_len(buf.len() as u64)

@@ -2,6 +2,7 @@
 //! `detach`, `list` and `recover`.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -47,13 +48,15 @@ fn start_daemon(args: &AttachArgs) -> Result<i32> {
         .cache_dir
         .clone()
         .unwrap_or_else(|| default_cache_dir(&args.url));
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("creating {}", cache_dir.display()))?;
+    // Checked before the log is opened in it (docs/design/0017).
+    spritedisk_volume::ensure_private_dir(&cache_dir)?;
     let log_path = cache_dir.join(DAEMON_LOG);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log_path)?;
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("attach")
         .arg(&args.url)

@@ -139,6 +139,10 @@ impl Volume {
                 "--durability local needs a cache directory: the write journal that FLUSH syncs lives there".into(),
             ));
         }
+        if let Some(dir) = cache_dir {
+            // Before anything is opened in it (docs/design/0017).
+            crate::ensure_private_dir(dir)?;
+        }
         let config = recovery::load_config(&store, url).await?;
         let volume_id = config.validate().map_err(VolumeError::BadConfig)?;
         // The lease first: the store is listed and debris deleted only by

@@ -23,6 +23,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -464,6 +465,7 @@ impl WriteLog {
         let path = self.dir.join(file_name(file.gen));
         let f = OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW) // docs/design/0017
             .open(&path)
             .map_err(|e| io_err("open", &path, e))?;
         let sync = |f: &File| {
@@ -596,6 +598,7 @@ impl WriteLog {
         crate::testing::renamed(&from, path);
         OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW) // docs/design/0017
             .open(path)
             .map(Some)
             .map_err(|e| io_err("open", path, e))

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use spritedisk_ublk::bdev::{BdevError, Claim};
 use spritedisk_ublk::{kill_device, BindError, Rebindable, UblkOptions};
 use spritedisk_volume::{reset_cache_dir, Volume, DEFAULT_SIZE_BYTES};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -152,7 +152,7 @@ pub async fn run(a: StandbyArgs) -> Result<i32> {
     };
     rec.dev_id = Some(dev_id);
     rec.device = Some(device.clone());
-    let listener = match UnixListener::bind(records::socket_path(a.slot)) {
+    let listener = match spritedisk_nbd::local_socket::bind_private(&records::socket_path(a.slot)) {
         Ok(l) => l,
         Err(e) => {
             let _ = kill_device(dev_id);
@@ -497,11 +497,15 @@ async fn accept_requests(
     tx: tokio::sync::mpsc::Sender<Request>,
 ) {
     while let Ok((conn, _)) = listener.accept().await {
+        if let Err(why) = spritedisk_nbd::local_socket::check_peer(&conn) {
+            tracing::warn!("standby socket: {why}");
+            continue;
+        }
         let (busy, tx) = (busy.clone(), tx.clone());
         tokio::spawn(async move {
             let (rd, mut reply) = conn.into_split();
             let mut line = String::new();
-            let mut rd = BufReader::new(rd);
+            let mut rd = BufReader::new(rd.take(crate::control::REQUEST_LINE_BYTES_MAX));
             let read = tokio::time::timeout(REQUEST_READ_MAX, rd.read_line(&mut line)).await;
             if !matches!(read, Ok(Ok(n)) if n > 0) {
                 return;
