@@ -115,11 +115,7 @@ impl MetaDb {
     }
 
     fn open_file(path: &Path, check: bool) -> Result<Self, MetaError> {
-        // Never through a link (docs/design/0017: a root daemon in a
-        // directory another user could write).
-        let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
-        let conn =
-            Connection::open_with_flags(path, flags).map_err(|e| MetaError::open(path, e))?;
+        let conn = Connection::open(path).map_err(|e| MetaError::open(path, e))?;
         Self::setup(conn, check).map_err(|e| match e {
             MetaError::Sqlite(s) => MetaError::open(path, s),
             other => other,

@@ -5,10 +5,11 @@
 //! anything is opened in it, and the link's target is left alone. Run as
 //! root (CI): the other user is `nobody` (uid 65534).
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use spritedisk_e2e::*;
 
@@ -99,13 +100,28 @@ fn the_sockets_serve_only_root_and_the_daemons_user() {
 /// to the store (a later attach with a proper directory needs no
 /// `--force`) and nothing outside the directory is touched.
 fn refused(env: &Env, url: &str, cache: &Path, expect: &str) {
-    let o = with_store_env(&mut Command::new(bin()))
+    let mut child = with_store_env(&mut Command::new(bin()))
         .args(["attach", url, "--nbd"])
         .arg(env.sock())
         .arg("--cache-dir")
         .arg(cache)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // A daemon that attaches prints "attached" and serves until stopped:
+    // stop it rather than wait for it.
+    let first = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .and_then(Result::ok);
+    if first.as_deref().is_some_and(|l| l.starts_with("attached ")) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        panic!("attached with cache directory {}", cache.display());
+    }
+    let o = child.wait_with_output().unwrap();
     assert!(!o.status.success(), "attached with {}", cache.display());
     assert!(stderr(&o).contains(expect), "{}", stderr(&o));
 }

@@ -7,8 +7,9 @@
 //! uid and writable by no one else (a group-writable directory is allowed
 //! only when the group is the daemon's own), and neither it nor its
 //! subdirectories may hold a symbolic link. The files the daemon writes are
-//! also opened with `O_NOFOLLOW` (the read cache, the write log, SQLite's
-//! database), so a link that appears later is refused, not followed.
+//! also opened with `O_NOFOLLOW` where it can (the read cache, the write
+//! log, the daemon's log and stats), so a link that appears later is
+//! refused, not followed.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
