@@ -707,7 +707,7 @@ async fn the_unix_socket_is_private() {
         let path = path.clone();
         async move { server.serve_unix(&path, rx).await }
     });
-    let mut c = connect_retrying(&path).await;
+    let c = connect_retrying(&path).await;
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "nbd socket mode {mode:o}");
     c.disconnect().await;
