@@ -582,6 +582,27 @@ mod tests {
         assert_eq!(c.get(1, 0, 4096, crc(1, 4096)), Some(line(1, 4096)));
     }
 
+    /// docs/design/0017: a warm cache's data file replaced by a link is not
+    /// followed (the open fails; reads then go to the store), and the
+    /// link's target is neither truncated nor written.
+    #[test]
+    fn a_data_file_that_became_a_link_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(dir.path(), 1 << 20, OWNER).unwrap();
+        c.insert(1, 0, line(1, 4096));
+        c.persist();
+        drop(c);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::fs::remove_file(dir.path().join(DATA_FILE)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(DATA_FILE)).unwrap();
+        let e = DiskCache::open(dir.path(), 1 << 20, OWNER)
+            .err()
+            .expect("opened through a link");
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
     #[test]
     fn hit_miss_and_warm_restart() {
         let dir0 = tempfile::tempdir().unwrap();

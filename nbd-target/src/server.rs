@@ -55,6 +55,8 @@ pub struct NbdServer<D: BlockIo> {
     limits: Limits,
     /// One permit per connection being served.
     slots: Arc<Semaphore>,
+    /// True once a listener is bound (see [`Self::listening`]).
+    listening: watch::Sender<bool>,
 }
 
 impl<D: BlockIo> NbdServer<D> {
@@ -72,7 +74,17 @@ impl<D: BlockIo> NbdServer<D> {
             export_name,
             limits,
             slots: Arc::new(Semaphore::new(limits.connections_max)),
+            listening: watch::Sender::new(false),
         }
+    }
+
+    /// Returns once a `serve_*` call has its listener bound and accepting:
+    /// what a caller waits for before telling anyone to connect (without
+    /// a probe connection, which would hold one of the connection slots
+    /// until the server saw it hang up).
+    pub async fn listening(&self) {
+        let mut rx = self.listening.subscribe();
+        let _ = rx.wait_for(|up| *up).await;
     }
 
     /// Serves on a Unix socket at `path` until `*shutdown` becomes true.
@@ -98,6 +110,7 @@ impl<D: BlockIo> NbdServer<D> {
             source,
         })?;
         info!(path = %path.display(), export = %self.export_name, "nbd server listening");
+        self.listening.send_replace(true);
         let listener = &listener;
         let result = self
             .accept_loop(
@@ -140,6 +153,7 @@ impl<D: BlockIo> NbdServer<D> {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), NbdError> {
         info!(addr = ?listener.local_addr().ok(), export = %self.export_name, "nbd server listening");
+        self.listening.send_replace(true);
         let listener = &listener;
         self.accept_loop(
             || async move {

@@ -38,6 +38,17 @@ fn read_as(d: &Daemon, uid: u32) -> Output {
         .expect("run qemu-io")
 }
 
+/// `spritedisk checkpoint URL by-nobody` as `uid`.
+fn checkpoint_as(url: &str, cache: &Path, uid: u32) -> Output {
+    with_store_env(&mut Command::new(bin()))
+        .args(["checkpoint", url, "by-nobody", "--cache-dir"])
+        .arg(cache)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap()
+}
+
 fn text(o: &Output) -> String {
     format!("{}{}", stdout(o), stderr(o))
 }
@@ -63,6 +74,14 @@ fn the_sockets_serve_only_root_and_the_daemons_user() {
     let o = read_as(&d, NOBODY);
     assert!(!o.status.success(), "nobody read the disk: {}", text(&o));
     assert!(text(&o).contains("Permission denied"), "{}", text(&o));
+    // The CLI says why rather than going offline.
+    let o = checkpoint_as(&url, &cache, NOBODY);
+    assert!(
+        !o.status.success(),
+        "nobody took a checkpoint: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("runs as another user"), "{}", text(&o));
 
     // A mode loosened by someone else: the peer check still refuses.
     chmod(&env.sock(), 0o666);
@@ -72,16 +91,15 @@ fn the_sockets_serve_only_root_and_the_daemons_user() {
     d.wait_log("refused a connection from uid 65534");
     // The control socket: `checkpoint` as nobody gets no answer (and no
     // checkpoint is taken).
-    let o = with_store_env(&mut Command::new(bin()))
-        .args(["checkpoint", &url, "by-nobody", "--cache-dir"])
-        .arg(&cache)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let o = checkpoint_as(&url, &cache, NOBODY);
     assert!(
         !o.status.success(),
         "nobody took a checkpoint: {}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("a daemon answers only root"),
+        "{}",
         text(&o)
     );
     d.wait_log("control socket: refused a connection from uid 65534");
@@ -93,6 +111,25 @@ fn the_sockets_serve_only_root_and_the_daemons_user() {
     let o = spritedisk(&["checkpoints", &url, "--cache-dir", cache.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(!stdout(&o).contains("by-nobody"), "{}", stdout(&o));
+    assert_eq!(d.detach(), 0);
+}
+
+/// "attached" is printed once the socket listens, without a probe
+/// connection holding one of the slots: with one slot, a client that
+/// connects at once is served.
+#[test]
+fn a_single_connection_slot_serves_the_first_client() {
+    require("qemu-io", "qemu-utils");
+    let env = Env::new();
+    let url = env.create("vol", "64M");
+    let d = Daemon::attach(
+        &url,
+        &env.sock(),
+        &env.path("cache"),
+        &["--nbd-max-connections", "1"],
+    );
+    qemu_io(&d, &["write -P 0x5a 0 4096", "read -P 0x5a 0 4096"]);
+    assert!(!d.log().contains("refused a connection"), "{}", d.log());
     assert_eq!(d.detach(), 0);
 }
 
@@ -139,11 +176,43 @@ fn a_cache_directory_others_could_write_or_holding_a_link_is_refused() {
     std::fs::create_dir(&open).unwrap();
     chmod(&open, 0o777);
     refused(&env, &url, &open, "is writable by every user (mode 777)");
-    assert_eq!(
-        std::fs::read_dir(&open).unwrap().count(),
-        0,
-        "something was written in it"
+    let empty = |d: &Path| std::fs::read_dir(d).unwrap().count() == 0;
+    assert!(empty(&open), "something was written in it");
+    // A fork into it is refused before the child or the parent's pin exist.
+    let cache_arg = env.path("cache");
+    let o = spritedisk(&[
+        "checkpoint",
+        &url,
+        "c1",
+        "--cache-dir",
+        cache_arg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let child = env.url("child");
+    let o = spritedisk(&[
+        "fork",
+        &format!("{url}@c1"),
+        &child,
+        "--cache-dir",
+        open.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "forked into {}", open.display());
+    assert!(
+        stderr(&o).contains("is writable by every user"),
+        "{}",
+        stderr(&o)
     );
+    assert!(
+        list_keys(&child, "").is_empty(),
+        "{:?}",
+        list_keys(&child, "")
+    );
+    let parent_keys = list_keys(&url, "");
+    assert!(
+        !parent_keys.iter().any(|k| k.contains("fork")),
+        "{parent_keys:?}"
+    );
+    assert!(empty(&open), "something was written in it");
 
     // A planted link where the read cache's file goes.
     let victim = env.path("victim");

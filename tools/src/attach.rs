@@ -51,6 +51,7 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
         (Some(path), _) => {
             let path = path.clone();
             let desc = format!("nbd+unix:///?socket={}", path.display());
+            let server = server.clone();
             (
                 tokio::spawn(async move { server.serve_unix(&path, stop_rx).await }),
                 desc,
@@ -58,6 +59,7 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
         }
         (None, Some(addr)) => {
             let desc = format!("nbd://{addr}");
+            let server = server.clone();
             (
                 tokio::spawn(async move { server.serve_tcp(addr, stop_rx).await }),
                 desc,
@@ -65,9 +67,12 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
         }
         (None, None) => unreachable!("checked above"),
     };
-    let (task, desc) = serving;
+    let (mut task, desc) = serving;
     // Scripts wait for this line: the socket is accepting once it is printed.
-    wait_listening(&args).await;
+    tokio::select! {
+        _ = server.listening() => {}
+        res = &mut task => return server_stopped(&volume, res).await,
+    }
     println!(
         "attached {url} at {desc} (ready in {} ms; {} extents, {} segments)",
         t0.elapsed().as_millis(),
@@ -82,15 +87,7 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: flushing and detaching"),
         _ = int.recv() => tracing::info!("SIGINT: flushing and detaching"),
-        res = async { (&mut { task }).await } => {
-            // The listener ended on its own: that is an error (socket removed, bind failed).
-            volume.close().await.context("flushing after the server stopped")?;
-            return match res {
-                Ok(Ok(())) => Ok(0),
-                Ok(Err(e)) => Err(e).context("NBD server"),
-                Err(e) => Err(e).context("NBD server task"),
-            };
-        }
+        res = &mut task => return server_stopped(&volume, res).await,
     }
     let _ = stop_tx.send(true);
     match volume.close().await {
@@ -109,17 +106,19 @@ pub async fn attach(args: AttachArgs) -> Result<i32> {
     }
 }
 
-/// Waits until the listener accepts, so "attached" is only printed when true.
-async fn wait_listening(args: &AttachArgs) {
-    for _ in 0..500 {
-        let up = match (&args.nbd, args.nbd_tcp) {
-            (Some(p), _) => tokio::net::UnixStream::connect(p).await.is_ok(),
-            (None, Some(a)) => tokio::net::TcpStream::connect(a).await.is_ok(),
-            _ => true,
-        };
-        if up {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+/// The listener ended on its own: that is an error (socket removed, bind
+/// failed); what was written is flushed first.
+async fn server_stopped(
+    volume: &Volume,
+    res: Result<Result<(), spritedisk_nbd::NbdError>, tokio::task::JoinError>,
+) -> Result<i32> {
+    volume
+        .close()
+        .await
+        .context("flushing after the server stopped")?;
+    match res {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(e)) => Err(e).context("NBD server"),
+        Err(e) => Err(e).context("NBD server task"),
     }
 }

@@ -159,12 +159,26 @@ pub enum Answer {
 
 /// Sends `req` to the daemon serving `cache_dir`; None when no daemon listens.
 pub async fn start(cache_dir: &Path, req: Value) -> Result<Option<Conversation>> {
-    let conn = match UnixStream::connect(socket_path(cache_dir)).await {
+    let path = socket_path(cache_dir);
+    let conn = match UnixStream::connect(&path).await {
         Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "{}: permission denied: the daemon serving this volume runs as another user and \
+             answers only root and that user (docs/design/0017)",
+            path.display()
+        ),
         Err(_) => return Ok(None),
     };
     let (rd, mut wr) = conn.into_split();
-    wr.write_all(format!("{req}\n").as_bytes()).await?;
+    wr.write_all(format!("{req}\n").as_bytes())
+        .await
+        .with_context(|| {
+            format!(
+                "{}: the daemon closed the connection at once (a daemon answers only root and \
+                 its own user: see its log)",
+                path.display()
+            )
+        })?;
     Ok(Some(Conversation {
         lines: BufReader::new(rd).lines(),
         wr,
@@ -181,11 +195,10 @@ impl Conversation {
 
     /// The next line; an `{"error": …}` line is an error.
     pub async fn next(&mut self) -> Result<Answer> {
-        let line = self
-            .lines
-            .next_line()
-            .await?
-            .context("the daemon closed the connection without an answer")?;
+        let line = self.lines.next_line().await?.context(
+            "the daemon closed the connection without an answer (a daemon answers only root \
+                 and its own user: see its log)",
+        )?;
         let v: Value = serde_json::from_str(&line)?;
         let Value::Object(map) = v else {
             bail!("the daemon answered {line:?}");

@@ -852,7 +852,7 @@ pub fn reset_cache_dir(cache_dir: &Path, cache_bytes: u64) -> std::io::Result<()
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    std::fs::create_dir_all(cache_dir)?;
+    crate::ensure_private_dir(cache_dir).map_err(std::io::Error::other)?;
     if cache_bytes > 0 {
         // An empty cache that is saved opens warm (with nothing in it)
         // instead of being deleted and made again.

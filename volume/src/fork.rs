@@ -99,6 +99,9 @@ pub async fn fork_volume(
     cache_dir: &Path,
     opts: EngineOptions,
 ) -> Result<ForkReport, VolumeError> {
+    // Before anything exists: the child's map is written there before its
+    // first attach (docs/design/0017).
+    crate::ensure_private_dir(cache_dir)?;
     let parent_config = crate::recovery::load_config(parent, parent_url).await?;
     let config = crate::recovery::create_volume_as(
         &child,

@@ -34,8 +34,7 @@ struct Spawned {
 
 pub async fn run(a: PoolArgs) -> Result<i32> {
     let cache_dir = a.cache_dir();
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("creating {}", cache_dir.display()))?;
+    spritedisk_volume::ensure_private_dir(&cache_dir)?;
     records::write_info(&PoolInfo {
         pid: std::process::id(),
         size: a.size,

@@ -10,6 +10,7 @@ pub mod records;
 pub mod standby;
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -86,13 +87,15 @@ pub fn start(a: &PoolArgs) -> Result<i32> {
         spritedisk_store::StoreUrl::parse(url)?;
     }
     let cache_dir = a.cache_dir();
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("creating {}", cache_dir.display()))?;
+    // The slots' cache directories live in it (docs/design/0017).
+    spritedisk_volume::ensure_private_dir(&cache_dir)?;
     let log_path = cache_dir.join("pool.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log_path)?;
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["pool", "run", "--size", &a.size.to_string()])
         .arg("--cache-dir")
