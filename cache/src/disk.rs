@@ -596,9 +596,9 @@ mod tests {
         std::fs::write(&victim, b"precious").unwrap();
         std::fs::remove_file(dir.path().join(DATA_FILE)).unwrap();
         std::os::unix::fs::symlink(&victim, dir.path().join(DATA_FILE)).unwrap();
-        let e = DiskCache::open(dir.path(), 1 << 20, OWNER)
-            .err()
-            .expect("opened through a link");
+        let Err(e) = DiskCache::open(dir.path(), 1 << 20, OWNER) else {
+            panic!("opened through a link");
+        };
         assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
