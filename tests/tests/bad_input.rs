@@ -165,7 +165,15 @@ impl SmallDisk {
     fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(at).unwrap();
         let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            // 0700: a tmpfs root is 1777 by default, which a cache
+            // directory must not be (docs/design/0017).
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(at)
             .status()
             .unwrap();

@@ -114,9 +114,11 @@ fn the_sockets_serve_only_root_and_the_daemons_user() {
     assert_eq!(d.detach(), 0);
 }
 
-/// "attached" is printed once the socket listens, without a probe
-/// connection holding one of the slots: with one slot, a client that
-/// connects at once is served.
+/// `--nbd-max-connections 1`: the first client, connecting as soon as
+/// "attached" is printed, is served and nothing is refused. (The probe
+/// connection `attach` used to make before printing it held the one slot
+/// only for microseconds: this does not catch its return; the server now
+/// says when it listens instead.)
 #[test]
 fn a_single_connection_slot_serves_the_first_client() {
     require("qemu-io", "qemu-utils");

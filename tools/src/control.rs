@@ -195,10 +195,24 @@ impl Conversation {
 
     /// The next line; an `{"error": …}` line is an error.
     pub async fn next(&mut self) -> Result<Answer> {
-        let line = self.lines.next_line().await?.context(
-            "the daemon closed the connection without an answer (a daemon answers only root \
+        let line = self
+            .lines
+            .next_line()
+            .await
+            .map_err(|e| match e.kind() {
+                // A daemon that refuses a peer closes before reading.
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                    anyhow::Error::from(e).context(
+                        "the daemon closed the connection (a daemon answers only root and its \
+                         own user: see its log)",
+                    )
+                }
+                _ => e.into(),
+            })?
+            .context(
+                "the daemon closed the connection without an answer (a daemon answers only root \
                  and its own user: see its log)",
-        )?;
+            )?;
         let v: Value = serde_json::from_str(&line)?;
         let Value::Object(map) = v else {
             bail!("the daemon answered {line:?}");

@@ -27,12 +27,6 @@ use crate::VolumeError;
 /// (and root) can change what is in it or where it is; an error names the
 /// cause and the fix, and nothing in the directory is changed.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), VolumeError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        VolumeError::BadConfig(format!(
-            "cannot create cache directory {}: {e}",
-            dir.display()
-        ))
-    })?;
     // SAFETY: geteuid and getegid cannot fail and touch no memory.
     let who = Who {
         uid: unsafe { libc::geteuid() },
@@ -40,9 +34,23 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), VolumeError> {
     };
     // The path as given (each directory that holds the next name, through
     // any link) and the real path both: whoever can write in either could
-    // move the cache directory or re-point a link to it.
-    let cwd = std::env::current_dir().map_err(|e| unreadable(dir, e))?;
-    let given = cwd.join(dir);
+    // move the cache directory or re-point a link to it. Those that exist
+    // are checked before anything is created.
+    let given = if dir.is_relative() {
+        let cwd = std::env::current_dir().map_err(|e| unreadable(dir, e))?;
+        cwd.join(dir)
+    } else {
+        dir.to_path_buf()
+    };
+    for above in given.ancestors().skip(1).filter(|a| a.exists()) {
+        check_above(above, who)?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| {
+        VolumeError::BadConfig(format!(
+            "cannot create cache directory {}: {e}",
+            dir.display()
+        ))
+    })?;
     let real = std::fs::canonicalize(dir).map_err(|e| unreadable(dir, e))?;
     for above in given.ancestors().skip(1).chain(real.ancestors().skip(1)) {
         check_above(above, who)?;
@@ -63,7 +71,13 @@ fn check_entries(dir: &Path, who: Who, depth: u32) -> Result<(), VolumeError> {
     for entry in entries {
         let entry = entry.map_err(|e| unreadable(dir, e))?;
         let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| unreadable(dir, e))?;
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Gone since the listing (a file the daemon of a pool's other
+            // slot deleted): nothing to check.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(unreadable(dir, e)),
+        };
         if meta.file_type().is_symlink() {
             // The daemon's user may keep, say, the write log on another
             // disk: a link to a directory as private as this one is fine.
@@ -78,6 +92,18 @@ fn check_entries(dir: &Path, who: Who, depth: u32) -> Result<(), VolumeError> {
                         check_entries(&path, who, depth - 1)?;
                     }
                     continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(VolumeError::BadConfig(format!(
+                        "{} is a symbolic link to {}, which does not exist (a disk not \
+                         mounted?): mount it, or put what it should point to in its place; do \
+                         not just delete the link: the write log may hold the only copy of \
+                         recent writes",
+                        path.display(),
+                        std::fs::read_link(&path)
+                            .map(|t| t.display().to_string())
+                            .unwrap_or_else(|_| "?".into())
+                    )))
                 }
                 _ => return Err(link_found(&path)),
             }
