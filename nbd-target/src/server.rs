@@ -20,9 +20,10 @@ const ACCEPT_RETRY_DELAY_MS: u64 = 100;
 
 /// Connections one server serves at once unless told otherwise (review
 /// M9): each may pin [`transmission::INFLIGHT_READ_LEN_MAX_BYTES`] of read
-/// data, so 8 bound a server's connections to 2 GiB. Clients that open
-/// several connections (nbdcopy, qemu with multi-conn) use 4.
-pub const CONNECTIONS_MAX_DEFAULT: usize = 8;
+/// data (a worst case: 64 reads of 4 MiB each in flight). Clients open
+/// several connections: nbdcopy and qemu's multi-conn 4, fio's nbd engine
+/// one per job (`make bench` runs 16 jobs; a default of 8 broke it).
+pub const CONNECTIONS_MAX_DEFAULT: usize = 32;
 /// How long a client may take from its connection to the end of option
 /// haggling (qemu-nbd's default handshake limit is also 10 s): a client
 /// that connects and says nothing holds a connection slot no longer.
