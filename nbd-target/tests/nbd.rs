@@ -619,6 +619,18 @@ async fn closed_by_server(mut s: tokio::net::TcpStream) -> bool {
     )
 }
 
+/// A client over TCP, retried for 2 s (a slot is freed once the server
+/// sees its client leave); panics with `why`.
+async fn connect_tcp_retrying(addr: std::net::SocketAddr, why: &str) -> NbdClient {
+    for _ in 0..100 {
+        if let Ok(client) = NbdClient::connect_tcp(addr, EXPORT).await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("could not connect to {addr}: {why}");
+}
+
 async fn serve_limited(
     limits: spritedisk_nbd::Limits,
 ) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
@@ -653,15 +665,8 @@ async fn connections_beyond_the_limit_are_closed_before_the_greeting() {
     assert!(closed_by_server(third).await);
     drop(first);
     // The first's slot comes back once the server sees it hang up.
-    let mut c = None;
-    for _ in 0..100 {
-        if let Ok(client) = NbdClient::connect_tcp(addr, EXPORT).await {
-            c = Some(client);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut c = c.expect("a slot freed by a client that left is served again");
+    let mut c =
+        connect_tcp_retrying(addr, "a slot freed by a client that left is served again").await;
     c.write(0, &pattern(4096, 9), true).await.unwrap();
     assert_eq!(c.read(0, 4096).await.unwrap(), pattern(4096, 9));
     c.disconnect().await;
@@ -682,15 +687,7 @@ async fn a_silent_client_is_closed_at_the_handshake_timeout() {
         closed_by_server(silent).await,
         "a client silent after the greeting was not closed within 30 s (timeout 200 ms)"
     );
-    let mut c = None;
-    for _ in 0..100 {
-        if let Ok(client) = NbdClient::connect_tcp(addr, EXPORT).await {
-            c = Some(client);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut c = c.expect("the silent client's slot is free again");
+    let mut c = connect_tcp_retrying(addr, "the silent client's slot is free again").await;
     assert_eq!(c.read(0, 4096).await.unwrap(), vec![0u8; 4096]);
     c.disconnect().await;
 }

@@ -17,6 +17,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 const SOCKET: &str = "control.sock";
+/// Why a daemon may close a connection unanswered (docs/design/0017).
+const PEER_HINT: &str = "a daemon answers only root and its own user: see its log";
 /// What a client may send on one connection (review M9): a request is a
 /// few hundred bytes; a longer line is cut there and fails to parse.
 pub const REQUEST_LINE_BYTES_MAX: u64 = 64 * 1024;
@@ -174,8 +176,7 @@ pub async fn start(cache_dir: &Path, req: Value) -> Result<Option<Conversation>>
         .await
         .with_context(|| {
             format!(
-                "{}: the daemon closed the connection at once (a daemon answers only root and \
-                 its own user: see its log)",
+                "{}: the daemon closed the connection at once ({PEER_HINT})",
                 path.display()
             )
         })?;
@@ -202,17 +203,14 @@ impl Conversation {
             .map_err(|e| match e.kind() {
                 // A daemon that refuses a peer closes before reading.
                 std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
-                    anyhow::Error::from(e).context(
-                        "the daemon closed the connection (a daemon answers only root and its \
-                         own user: see its log)",
-                    )
+                    anyhow::Error::from(e)
+                        .context(format!("the daemon closed the connection ({PEER_HINT})"))
                 }
                 _ => e.into(),
             })?
-            .context(
-                "the daemon closed the connection without an answer (a daemon answers only root \
-                 and its own user: see its log)",
-            )?;
+            .with_context(|| {
+                format!("the daemon closed the connection without an answer ({PEER_HINT})")
+            })?;
         let v: Value = serde_json::from_str(&line)?;
         let Value::Object(map) = v else {
             bail!("the daemon answered {line:?}");

@@ -51,10 +51,10 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), VolumeError> {
             dir.display()
         ))
     })?;
-    let real = std::fs::canonicalize(dir).map_err(|e| unreadable(dir, e))?;
-    for above in given.ancestors().skip(1).chain(real.ancestors().skip(1)) {
+    for above in given.ancestors().skip(1) {
         check_above(above, who)?;
     }
+    check_real_path_above(dir, who)?;
     check_private(dir, who)?;
     check_entries(dir, who, 1)
 }
@@ -84,10 +84,7 @@ fn check_entries(dir: &Path, who: Who, depth: u32) -> Result<(), VolumeError> {
             match std::fs::metadata(&path) {
                 Ok(target) if target.is_dir() => {
                     check_private(&path, who)?;
-                    let real = std::fs::canonicalize(&path).map_err(|e| unreadable(&path, e))?;
-                    for above in real.ancestors().skip(1) {
-                        check_above(above, who)?;
-                    }
+                    check_real_path_above(&path, who)?;
                     if depth > 0 {
                         check_entries(&path, who, depth - 1)?;
                     }
@@ -146,6 +143,14 @@ fn link_found(path: &Path) -> VolumeError {
          or choose another --cache-dir",
         path.display()
     ))
+}
+
+/// Every directory above `dir`'s real path (links resolved).
+fn check_real_path_above(dir: &Path, who: Who) -> Result<(), VolumeError> {
+    let real = std::fs::canonicalize(dir).map_err(|e| unreadable(dir, e))?;
+    real.ancestors()
+        .skip(1)
+        .try_for_each(|above| check_above(above, who))
 }
 
 /// A directory above the cache directory: owned by root or the daemon's
