@@ -88,6 +88,11 @@ pub struct SegmentRow {
     pub live_bytes: u64,
 }
 
+/// The writer's connection. Every method that changes what the database
+/// holds takes `&mut self`, and only those do (shipping the log, which
+/// changes no row, takes `&self`): the read path's lookup memo is
+/// invalidated by any `&mut` use and trusts nothing else
+/// (docs/design/0018).
 pub struct MetaDb {
     conn: Connection,
     block_size: u64,

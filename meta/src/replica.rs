@@ -114,7 +114,7 @@ impl MetaDb {
 
     /// A snapshot of the whole database as TXIDs 1..=next (level 9).
     pub fn replica_snapshot(
-        &mut self,
+        &self,
         rep: &mut Replica,
         timestamp_ms: i64,
     ) -> Result<LtxObject, MetaError> {
@@ -155,7 +155,7 @@ impl MetaDb {
     /// The changes committed since the last file, as the next level-0 file;
     /// None when there are none.
     pub fn replica_changes(
-        &mut self,
+        &self,
         rep: &mut Replica,
         timestamp_ms: i64,
     ) -> Result<Option<LtxObject>, MetaError> {

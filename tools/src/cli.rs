@@ -171,6 +171,10 @@ pub enum Cmd {
         /// baseline: how reads ran before docs/design/0011).
         #[arg(long)]
         locked_lookups: bool,
+        /// Look the map up for every read, never from the lookup memo (the
+        /// baseline: how reads ran before docs/design/0018).
+        #[arg(long)]
+        no_lookup_memo: bool,
     },
 }
 
@@ -553,7 +557,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
             seconds,
             readers,
             locked_lookups,
-        } => crate::enginebench::run(&dir, size, seconds, &readers, locked_lookups).await,
+            no_lookup_memo,
+        } => {
+            let memo = !no_lookup_memo;
+            crate::enginebench::run(&dir, size, seconds, &readers, locked_lookups, memo).await
+        }
         Cmd::Verify { url, cache_dir } => {
             let dir = cache_dir_for(&url, cache_dir);
             crate::inspect::verify(&url, &dir).await.context("verify")

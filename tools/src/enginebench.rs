@@ -29,6 +29,7 @@ pub async fn run(
     seconds: u64,
     readers: &[usize],
     locked: bool,
+    lookup_memo: bool,
 ) -> Result<i32> {
     anyhow::ensure!(
         size >= 1 << 20 && size.is_multiple_of(1 << 20),
@@ -42,6 +43,7 @@ pub async fn run(
         // A scattered 4 KiB piece takes a 64 KiB line of its own: room for all.
         cache_bytes: size * 8,
         map_readers: !locked,
+        lookup_memo,
         ..EngineOptions::default()
     };
     let vol = Volume::open(store, &url, Some(&dir.join("cache")), opts).await?;
@@ -142,6 +144,9 @@ pub async fn run(
             "reads_per_sec": reads as f64 / secs,
             "lookup_us": (after.session_read_lookup_ns - before.session_read_lookup_ns) as f64
                 / lookups as f64 / 1e3,
+            "memo_hits_per_read": (after.session_read_memo_hits - before.session_read_memo_hits)
+                as f64
+                / reads.max(1) as f64,
             "lock_wait_us_per_read": (after.session_read_lock_wait_ns
                 - before.session_read_lock_wait_ns) as f64
                 / reads.max(1) as f64 / 1e3,
@@ -150,6 +155,7 @@ pub async fn run(
     vol.close().await?;
     let out = serde_json::json!({
         "lookups": if locked { "writer's connection, locked" } else { "read-only connections" },
+        "lookup_memo": lookup_memo,
         "data_bytes": size,
         "extents": extents,
         "seconds": seconds,

@@ -47,7 +47,7 @@ impl Volume {
         let row = spritedisk_store::blocking::unblock(move || {
             // Under the map's lock: no segment reaches the map between
             // the claim and the version the checkpoint records.
-            let mut meta = inner.meta.lock().unwrap();
+            let mut meta = inner.meta.lock();
             if let Some(d) = &deadline {
                 d.claim(t0)?;
             }
@@ -122,7 +122,7 @@ impl Volume {
             let inner = self.inner.clone();
             let name = name.to_string();
             let swapped = spritedisk_store::blocking::unblock(move || {
-                inner.meta.lock().unwrap().restore_checkpoint(&name)
+                inner.meta.lock().restore_checkpoint(&name)
             })
             .await
             .map_err(|e| VolumeError::Stopped(format!("restore task: {e}")));
@@ -169,7 +169,7 @@ impl Volume {
     }
 
     pub fn checkpoints(&self) -> Result<Vec<CheckpointRow>, VolumeError> {
-        Ok(self.inner.meta.lock().unwrap().checkpoints()?)
+        Ok(self.inner.meta.lock().checkpoints()?)
     }
 
     /// Deletes checkpoint `name`, unless a fork was made from it.
@@ -184,7 +184,7 @@ impl Volume {
                 fork: pin.child_url,
             });
         }
-        self.inner.meta.lock().unwrap().delete_checkpoint(name)?;
+        self.inner.meta.lock().delete_checkpoint(name)?;
         self.sync_metadata().await
     }
 }

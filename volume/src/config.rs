@@ -140,6 +140,10 @@ pub struct EngineOptions {
     /// metadata); false: on the writer's connection, under its lock, as
     /// with metadata in memory (the engine benchmark's baseline).
     pub map_readers: bool,
+    /// Map lookups of reads remembered until the map changes
+    /// (docs/design/0018); false: every read looks the map up (the engine
+    /// benchmark's baseline).
+    pub lookup_memo: bool,
     /// What a FLUSH waits for (needs a cache directory for `Local`).
     pub durability: Durability,
 }
@@ -162,6 +166,7 @@ impl Default for EngineOptions {
             take_over: false,
             reclaim: false,
             map_readers: true,
+            lookup_memo: true,
             durability: Durability::Store,
         }
     }

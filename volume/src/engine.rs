@@ -10,7 +10,6 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use spritedisk_cache::{DiskCache, NoCache, ReadCache};
-use spritedisk_meta::MetaDb;
 use spritedisk_store::ObjectStore;
 use tokio::sync::{Notify, Semaphore};
 
@@ -69,7 +68,7 @@ pub(crate) struct Inner {
     /// file it trusts).
     pub(crate) map_readers: Option<spritedisk_meta::MapReaders>,
     /// Lock order: `state` before `meta`, never the reverse.
-    pub meta: Mutex<MetaDb>,
+    pub meta: crate::memo::MetaCell,
     /// Woken whenever a segment is applied, the engine stops, or memory frees up.
     pub changed: Notify,
     pub upload_slots: Semaphore,
@@ -213,7 +212,7 @@ impl Volume {
             opts,
             state: Mutex::new(state),
             map_readers,
-            meta: Mutex::new(meta),
+            meta: crate::memo::MetaCell::new(meta),
             changed: Notify::new(),
             retry_now: Notify::new(),
             apply_lock: tokio::sync::Mutex::new(()),
@@ -1033,7 +1032,7 @@ mod tests {
                 > 0
         );
         vol.close().await.unwrap();
-        vol.inner.meta.lock().unwrap().set_writer_epoch(99).unwrap();
+        vol.inner.meta.lock().set_writer_epoch(99).unwrap();
         let wal = local.join(recovery::META_FILE.to_string() + "-wal");
         let len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         assert!(len() > 0, "the late commit is in the log");

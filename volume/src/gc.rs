@@ -123,7 +123,7 @@ impl Volume {
         }
         self.delete_unreferenced(opts.dry_run, &pinned_at_start, &mut report)
             .await?;
-        let kept = self.inner.meta.lock().unwrap().segments()?;
+        let kept = self.inner.meta.lock().segments()?;
         report.segments_kept = kept.iter().filter(|s| !is_record(s.size_bytes)).count() as u64;
         report.bytes_kept = kept.iter().map(|s| s.size_bytes).sum();
         tracing::info!(?report, "gc done");
@@ -134,7 +134,7 @@ impl Volume {
     /// starts from it), and this volume's own (not a fork parent's).
     fn gc_range(&self) -> Result<(u64, u64), VolumeError> {
         let applied = self.inner.state.lock().unwrap().applied_seq;
-        let first_own = self.inner.meta.lock().unwrap().foreign_seq_max()? + 1;
+        let first_own = self.inner.meta.lock().foreign_seq_max()? + 1;
         Ok((first_own, applied))
     }
 
@@ -153,7 +153,6 @@ impl Volume {
             .inner
             .meta
             .lock()
-            .unwrap()
             .segment_use()?
             .into_iter()
             .filter(|u| u.seq >= first && u.seq < applied && u.referenced_bytes > 0)
@@ -164,7 +163,7 @@ impl Volume {
         let mut batch_bytes = 0;
         let bs = self.inner.block_size;
         for seg in victims {
-            let rows = self.inner.meta.lock().unwrap().rows_in_segment(seg)?;
+            let rows = self.inner.meta.lock().rows_in_segment(seg)?;
             report.segments_compacted += 1;
             // Each piece is read (and verified) once for all its rows.
             let mut piece: Option<(u64, Bytes)> = None;
@@ -223,7 +222,7 @@ impl Volume {
         let _applier = self.inner.apply_lock.lock().await;
         let inner = self.inner.clone();
         let rows = spritedisk_store::blocking::unblock(move || {
-            inner.meta.lock().unwrap().relocate_rows(seq, &moves)
+            inner.meta.lock().relocate_rows(seq, &moves)
         })
         .await
         .map_err(|e| VolumeError::Stopped(format!("relocate task: {e}")))??;
@@ -281,7 +280,7 @@ impl Volume {
             // Held while choosing and forgetting: a restore (which brings
             // references back) cannot run in between.
             let _applier = self.inner.apply_lock.lock().await;
-            let mut meta = self.inner.meta.lock().unwrap();
+            let mut meta = self.inner.meta.lock();
             let doomed: Vec<(u64, u64)> = meta
                 .segment_use()?
                 .into_iter()
@@ -298,7 +297,6 @@ impl Volume {
             .inner
             .meta
             .lock()
-            .unwrap()
             .segments()?
             .into_iter()
             .map(|s| s.seq)

@@ -20,6 +20,7 @@ mod gc;
 mod io;
 pub mod lease;
 mod localdir;
+mod memo;
 mod prefetch;
 mod read;
 mod recovery;

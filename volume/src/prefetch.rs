@@ -87,7 +87,7 @@ impl Inner {
     }
 
     async fn prefetch(self: Arc<Self>, from: u64, to: u64) {
-        let extents = match self.lookup(&[(from, to)]) {
+        let extents = match self.lookup_map(&[(from, to)]) {
             Ok(e) => e,
             Err(_) => return,
         };

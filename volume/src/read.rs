@@ -23,6 +23,13 @@ const PIECE_FETCHES_INFLIGHT_MAX: usize = 16;
 /// during the read.
 const READ_RELOOKUPS_MAX: usize = 3;
 
+/// The ranges of a read that no in-memory layer holds, and the lookup
+/// memo's generation taken with those layers.
+pub(crate) struct Holes {
+    pub ranges: Vec<(u64, u64)>,
+    pub generation: u64,
+}
+
 impl Inner {
     /// Fills `out` (blocks from `lba`) from the in-memory layers: the active
     /// buffer, then sealed segments not yet applied (newest first). Returns
@@ -34,21 +41,24 @@ impl Inner {
     /// the map meanwhile is harmless: the in-memory layers win over the map,
     /// and ranges they do not cover are the same in both. A lookup begun
     /// after this sees every apply committed before it (0011).
-    fn fill_from_memory(&self, lba: u64, blocks: u64, out: &mut [u8]) -> Vec<(u64, u64)> {
+    fn fill_from_memory(&self, lba: u64, blocks: u64, out: &mut [u8]) -> Holes {
         let t0 = Instant::now();
         let st = self.state.lock().unwrap();
         self.counters.read_lock_wait(t0.elapsed());
         self.fill_from_layers(st, lba, blocks, out)
     }
 
+    /// Also returns the lookup memo's generation, taken under the state
+    /// lock with the layers (docs/design/0018).
     fn fill_from_layers(
         &self,
         st: std::sync::MutexGuard<'_, crate::engine::State>,
         lba: u64,
         blocks: u64,
         out: &mut [u8],
-    ) -> Vec<(u64, u64)> {
+    ) -> Holes {
         let bs = self.block_size;
+        let generation = self.meta.memo.generation();
         let mut holes = st.active.fill(lba, lba + blocks, lba, out, bs);
         let sealed: Vec<_> = if holes.is_empty() {
             vec![]
@@ -65,7 +75,10 @@ impl Inner {
                 .flat_map(|(a, b)| seg.frozen.fill(a, b, lba, out, bs))
                 .collect();
         }
-        holes
+        Holes {
+            ranges: holes,
+            generation,
+        }
     }
 
     /// Serves a read without waiting, if it can: from memory and the
@@ -83,7 +96,7 @@ impl Inner {
             return Ok(false);
         };
         let holes = self.fill_from_layers(st, lba, blocks, out);
-        if holes.is_empty() {
+        if holes.ranges.is_empty() {
             return Ok(true);
         }
         let Some(extents) = self.lookup_now(&holes)? else {
@@ -100,7 +113,7 @@ impl Inner {
         // Unmapped blocks read as zeros; `out` may hold anything there.
         let mut cursor = 0;
         let bs = self.block_size;
-        for (a, b) in holes {
+        for (a, b) in holes.ranges {
             let mut at = a;
             while cursor < extents.len() && extents[cursor].lba < b {
                 let e = &extents[cursor];
@@ -116,7 +129,7 @@ impl Inner {
     pub async fn read(self: &Arc<Self>, lba: u64, blocks: u64) -> Result<Bytes, VolumeError> {
         let mut out = vec![0u8; (blocks * self.block_size) as usize];
         let holes = self.fill_from_memory(lba, blocks, &mut out);
-        if holes.is_empty() {
+        if holes.ranges.is_empty() {
             return Ok(Bytes::from(out));
         }
         let mut extents = self.lookup(&holes)?;
@@ -130,7 +143,8 @@ impl Inner {
                 // map only moves data it still holds, so data that is really
                 // missing or corrupt reads the same rows again and fails.
                 Err(e @ VolumeError::CorruptSegment { .. }) => {
-                    let again = self.lookup(&holes)?;
+                    // From the map itself, never the memo.
+                    let again = self.lookup_map(&holes.ranges)?;
                     if again == extents || relookups == READ_RELOOKUPS_MAX {
                         tracing::error!(error = %e, lba, "read failed: the data the map references is missing or corrupt");
                         return Err(e);
@@ -145,43 +159,68 @@ impl Inner {
         Ok(Bytes::from(out))
     }
 
-    /// The map's rows for `holes`, in order: from a read-only connection
-    /// when the metadata is on disk (never waiting for the writer's
-    /// connection nor another reader), else under the metadata lock.
-    pub(crate) fn lookup(&self, holes: &[(u64, u64)]) -> Result<Vec<Extent>, VolumeError> {
+    /// The map's rows for `holes`, in order: from the lookup memo when it
+    /// holds them at the holes' generation (0018), else from the map.
+    pub(crate) fn lookup(&self, holes: &Holes) -> Result<Vec<Extent>, VolumeError> {
         self.lookup_with(holes, true)
             .map(|ex| ex.expect("a lookup that may wait always answers"))
     }
 
     /// As [`Inner::lookup`], but None rather than wait for the metadata lock.
-    fn lookup_now(&self, holes: &[(u64, u64)]) -> Result<Option<Vec<Extent>>, VolumeError> {
+    fn lookup_now(&self, holes: &Holes) -> Result<Option<Vec<Extent>>, VolumeError> {
         self.lookup_with(holes, false)
     }
 
-    fn lookup_with(
+    fn lookup_with(&self, holes: &Holes, wait: bool) -> Result<Option<Vec<Extent>>, VolumeError> {
+        let memo = &self.meta.memo;
+        if !self.opts.lookup_memo {
+            return self.map_rows(&holes.ranges, wait);
+        }
+        if let Some(ex) = memo.get(&holes.ranges, holes.generation) {
+            self.counters.read_memo_hit();
+            return Ok(Some(ex));
+        }
+        let ex = self.map_rows(&holes.ranges, wait)?;
+        // Looked up after the generation was taken: good for it.
+        if let Some(ex) = &ex {
+            memo.put(&holes.ranges, ex, holes.generation);
+        }
+        Ok(ex)
+    }
+
+    /// The map's rows for `ranges`, from the map itself (never the memo).
+    pub(crate) fn lookup_map(&self, ranges: &[(u64, u64)]) -> Result<Vec<Extent>, VolumeError> {
+        self.map_rows(ranges, true)
+            .map(|ex| ex.expect("a lookup that may wait always answers"))
+    }
+
+    /// From a read-only connection when the metadata is on disk (never
+    /// waiting for the writer's connection nor another reader), else under
+    /// the metadata lock; None if `wait` is false and that lock is taken.
+    fn map_rows(
         &self,
-        holes: &[(u64, u64)],
+        ranges: &[(u64, u64)],
         wait: bool,
     ) -> Result<Option<Vec<Extent>>, VolumeError> {
         let t0 = Instant::now();
         let on_readers = match &self.map_readers {
-            Some(readers) => readers.lookup(holes)?,
+            Some(readers) => readers.lookup(ranges)?,
             None => None,
         };
         let ex = match on_readers {
             Some(ex) => ex,
             None => {
                 let meta = if wait {
-                    self.meta.lock().unwrap()
+                    self.meta.lock()
                 } else {
                     match self.meta.try_lock() {
-                        Ok(m) => m,
-                        Err(_) => return Ok(None),
+                        Some(m) => m,
+                        None => return Ok(None),
                     }
                 };
                 self.counters.read_lock_wait(t0.elapsed());
                 let mut ex = vec![];
-                for &(a, b) in holes {
+                for &(a, b) in ranges {
                     ex.extend(meta.lookup(a, b - a)?);
                 }
                 ex

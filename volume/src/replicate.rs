@@ -376,7 +376,7 @@ impl Inner {
         let me = self.clone();
         let mut rep = s.rep.clone();
         let (obj, rep) = spritedisk_store::blocking::unblock(move || {
-            let obj = me.meta.lock().unwrap().replica_snapshot(&mut rep, now_ms());
+            let obj = me.meta.lock().replica_snapshot(&mut rep, now_ms());
             obj.map(|o| (o, rep))
         })
         .await
@@ -446,7 +446,6 @@ impl Inner {
             let obj = self
                 .meta
                 .lock()
-                .unwrap()
                 .replica_changes(&mut rep, now_ms())?;
             s.rep = rep;
             s.pending = obj;

@@ -28,6 +28,8 @@ pub(crate) struct Counters {
     /// Map lookups of the read path, and the time they took.
     pub read_lookups: AtomicU64,
     pub read_lookup_ns: AtomicU64,
+    /// Reads whose lookup the memo answered (0018).
+    pub read_memo_hits: AtomicU64,
     /// Time the read path waited to take an engine-wide lock.
     pub read_lock_wait_ns: AtomicU64,
     /// Bytes of sealed segments still in memory, whoever holds them.
@@ -93,6 +95,9 @@ impl Counters {
         self.read_lookups.fetch_add(1, Ordering::Relaxed);
         self.read_lookup_ns
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+    pub fn read_memo_hit(&self) {
+        self.read_memo_hits.fetch_add(1, Ordering::Relaxed);
     }
     pub fn read_lock_wait(&self, took: std::time::Duration) {
         self.read_lock_wait_ns
@@ -189,6 +194,9 @@ pub struct VolumeStats {
     pub session_read_lookups: u64,
     #[serde(default)]
     pub session_read_lookup_ns: u64,
+    /// Reads whose lookup the memo answered instead (docs/design/0018).
+    #[serde(default)]
+    pub session_read_memo_hits: u64,
     #[serde(default)]
     pub session_read_lock_wait_ns: u64,
     /// This session's write pipeline, stage by stage (nanoseconds summed).
@@ -215,7 +223,7 @@ impl Inner {
                 oldest,
             )
         };
-        let m = self.meta.lock().unwrap().stats()?;
+        let m = self.meta.lock().stats()?;
         let c = &self.counters;
         Ok(VolumeStats {
             volume_id: self.config.id.clone(),
@@ -248,6 +256,7 @@ impl Inner {
             session_replica_bytes: c.replica_bytes.load(Ordering::Relaxed),
             session_read_lookups: c.read_lookups.load(Ordering::Relaxed),
             session_read_lookup_ns: c.read_lookup_ns.load(Ordering::Relaxed),
+            session_read_memo_hits: c.read_memo_hits.load(Ordering::Relaxed),
             session_read_lock_wait_ns: c.read_lock_wait_ns.load(Ordering::Relaxed),
             session_write_path: c.write_path.view(),
             cache: self.cache.stats(),

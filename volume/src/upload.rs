@@ -369,7 +369,7 @@ impl Inner {
             let s = seg.clone();
             let applying = std::time::Instant::now();
             let res = spritedisk_store::blocking::unblock(move || {
-                me.meta.lock().unwrap().apply_segment(&SegmentApply {
+                me.meta.lock().apply_segment(&SegmentApply {
                     seq: s.link.seq,
                     prev_seq: s.link.prev_seq,
                     epoch: s.link.epoch,
