@@ -758,6 +758,7 @@ fn opts(seed: u64, take_over: bool) -> EngineOptions {
         take_over,
         reclaim: false,
         map_readers: true,
+        lookup_memo: true,
         durability: spritedisk_volume::Durability::Store,
     }
 }

@@ -32,6 +32,7 @@ pub fn small_opts(seed: u64) -> EngineOptions {
         take_over: true,
         reclaim: false,
         map_readers: true,
+        lookup_memo: true,
         durability: spritedisk_volume::Durability::Store,
     }
 }
