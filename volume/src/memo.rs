@@ -312,4 +312,28 @@ mod tests {
         }
         assert_eq!(cell.memo.generation(), g + 1);
     }
+
+    /// The order the memo rests on: a reader that takes the generation
+    /// while a change is being made (the guard taken for `&mut` use, the
+    /// transaction not yet committed) may look up the map before the
+    /// change; what it remembers must not be served to a reader that
+    /// comes after the change (one whose segment was popped from the
+    /// in-memory layers meanwhile). A bump when `&mut` is first used,
+    /// before the commit, would serve it.
+    #[test]
+    fn a_lookup_made_while_a_change_is_in_progress_is_not_served_after_it() {
+        let cell = MetaCell::new(MetaDb::open_in_memory().unwrap());
+        let mut guard = cell.lock();
+        let db: &mut MetaDb = &mut guard;
+        // A reader between the change's start and its commit.
+        let during = cell.memo.generation();
+        cell.memo.put(&[(0, 8)], &[ext(0, 8, 1)], during);
+        db.set_writer_epoch(3).unwrap();
+        drop(guard);
+        let after = cell.memo.generation();
+        assert!(
+            cell.memo.get(&[(0, 8)], after).is_none(),
+            "a lookup made before the change committed was served after it"
+        );
+    }
 }
