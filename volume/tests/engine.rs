@@ -372,3 +372,48 @@ async fn segment_memory_stays_bounded_when_applies_lag() {
     );
     assert_eq!(vol.stats().unwrap().segment_memory_bytes, 0);
 }
+
+/// Warm reads are answered from remembered map lookups (docs/design/0018)
+/// until the map changes, and never after: an overwrite made durable (its
+/// segment applied and gone from memory) and a checkpoint restore (on disk
+/// metadata only) are read back at once, with lookups on read-only
+/// connections and, with metadata in memory, under the metadata lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_lookups_serve_warm_reads_and_never_outlive_a_map_change() {
+    for on_disk in [true, false] {
+        let (_mem, store) = mem_volume().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = small_opts(21);
+        o.cache_bytes = 4 << 20;
+        let vol = open(store.clone(), on_disk.then(|| dir.path()), o).await;
+        vol.write(0, pattern(0, 4, 1), false).await.unwrap();
+        vol.flush().await.unwrap();
+        if on_disk {
+            vol.checkpoint(Some("one")).await.unwrap();
+        }
+        for _ in 0..3 {
+            assert!(vol.read(0, 4 * BS).await.unwrap() == pattern(0, 4, 1));
+        }
+        let hits = vol.stats().unwrap().session_read_memo_hits;
+        assert!(hits >= 2, "on disk {on_disk}: {hits} memo hits in 3 reads of one range");
+
+        // Overwrite two of the blocks; once flushed, the segment is applied
+        // and no longer in memory: only the map knows the new blocks.
+        vol.write(BS, pattern(1, 2, 2), false).await.unwrap();
+        vol.flush().await.unwrap();
+        let mut want = pattern(0, 4, 1).to_vec();
+        want[BS as usize..3 * BS as usize].copy_from_slice(&pattern(1, 2, 2));
+        assert!(
+            vol.read(0, 4 * BS).await.unwrap() == want,
+            "on disk {on_disk}: a remembered lookup hid a durable overwrite"
+        );
+        if on_disk {
+            vol.restore("one").await.unwrap();
+            assert!(
+                vol.read(0, 4 * BS).await.unwrap() == pattern(0, 4, 1),
+                "a remembered lookup hid a restore"
+            );
+        }
+        vol.close().await.unwrap();
+    }
+}
