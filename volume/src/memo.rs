@@ -122,6 +122,26 @@ impl LookupMemo {
     }
 }
 
+/// A miss is looked up as the aligned windows of this many blocks around
+/// it: one row more or less for a map written in large pieces, at most
+/// this many for one written in single blocks.
+const MEMO_LOOKUP_WINDOW_BLOCKS: u64 = 64;
+
+/// `ranges` (disjoint, in order) widened to the aligned windows around
+/// them, below `end`, merged where they meet.
+pub(crate) fn widen(ranges: &[(u64, u64)], end: u64) -> Vec<(u64, u64)> {
+    let w = MEMO_LOOKUP_WINDOW_BLOCKS;
+    let mut out: Vec<(u64, u64)> = vec![];
+    for &(a, b) in ranges {
+        let (a, b) = (a / w * w, b.div_ceil(w).saturating_mul(w).min(end.max(b)));
+        match out.last_mut() {
+            Some(last) if last.1 >= a => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
 /// `[a, b)` cut where it crosses a multiple of [`MEMO_CHUNK_BLOCKS`].
 fn chunked(a: u64, b: u64) -> impl Iterator<Item = (u64, u64)> {
     let mut at = a;
@@ -138,7 +158,7 @@ fn chunked(a: u64, b: u64) -> impl Iterator<Item = (u64, u64)> {
 
 /// Appends the parts of `extents` (in LBA order) inside `[a, b)` to `out`,
 /// clipped to it.
-fn clip_into(extents: &[Extent], a: u64, b: u64, out: &mut Vec<Extent>) {
+pub(crate) fn clip_into(extents: &[Extent], a: u64, b: u64, out: &mut Vec<Extent>) {
     for e in extents {
         if e.end() <= a || e.lba >= b {
             continue;
@@ -267,6 +287,14 @@ mod tests {
         assert!(m.get(&[(257, 260)], m.generation()).is_none());
         m.put(&[(256, 300)], &rows, m.generation());
         assert!(m.get(&[(257, 260)], g).is_none(), "the shard moved on");
+    }
+
+    #[test]
+    fn misses_widen_to_aligned_windows_inside_the_volume() {
+        assert_eq!(widen(&[(70, 71)], 1000), vec![(64, 128)]);
+        assert_eq!(widen(&[(70, 71), (120, 130)], 1000), vec![(64, 192)]);
+        assert_eq!(widen(&[(1, 2), (300, 301)], 1000), vec![(0, 64), (256, 320)]);
+        assert_eq!(widen(&[(990, 1000)], 1000), vec![(960, 1000)]);
     }
 
     #[test]

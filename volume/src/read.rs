@@ -180,12 +180,21 @@ impl Inner {
             self.counters.read_memo_hit();
             return Ok(Some(ex));
         }
-        let ex = self.map_rows(&holes.ranges, wait)?;
+        // A miss looks up the aligned windows around the holes, so that
+        // the next reads near them hit (a random reader touches each
+        // window once instead of each block).
+        let blocks = self.config.size_bytes / self.block_size;
+        let wide = crate::memo::widen(&holes.ranges, blocks);
+        let Some(rows) = self.map_rows(&wide, wait)? else {
+            return Ok(None);
+        };
         // Looked up after the generation was taken: good for it.
-        if let Some(ex) = &ex {
-            memo.put(&holes.ranges, ex, holes.generation);
+        memo.put(&wide, &rows, holes.generation);
+        let mut ex = Vec::with_capacity(rows.len());
+        for &(a, b) in &holes.ranges {
+            crate::memo::clip_into(&rows, a, b, &mut ex);
         }
-        Ok(ex)
+        Ok(Some(ex))
     }
 
     /// The map's rows for `ranges`, from the map itself (never the memo).
