@@ -1,11 +1,9 @@
 //! One hardware queue: a task per tag that fetches a request from the
 //! kernel, runs it on the engine and commits the result.
 
-use std::fs::File;
 use std::future::Future;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,7 +11,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use io_uring::{opcode, types};
 use libublk::helpers::IoBuf;
-use libublk::io::{with_task_io_ring, with_task_io_ring_mut, UblkDev, UblkQueue};
+use libublk::io::{with_task_io_ring_mut, UblkDev, UblkQueue};
 use libublk::uring_async::{ublk_reap_io_events_with_update_queue, ublk_wake_task};
 use libublk::{BufDesc, UblkError, UblkUringData};
 use spritedisk_volume::{BlockIo, IoReply, IoRequest};
@@ -35,20 +33,69 @@ pub(crate) fn run_queue<D: BlockIo>(
             return;
         }
     };
-    let exe = Rc::new(smol::LocalExecutor::new());
+    let kick = match Kick::new() {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            tracing::error!(qid, error = %e, "ublk queue setup failed: eventfd");
+            return;
+        }
+    };
+    let exe = smol::LocalExecutor::new();
     let mut tasks = vec![];
     for tag in 0..dev.dev_info.queue_depth {
-        let (q, engine, rt) = (q.clone(), engine.clone(), rt.clone());
+        let (q, engine, rt, kick) = (q.clone(), engine.clone(), rt.clone(), kick.clone());
         tasks.push(exe.spawn(async move {
-            match tag_loop(&q, tag, engine, rt).await {
+            let on = Runtime { rt, kick };
+            match tag_loop(&q, tag, engine, on).await {
                 Ok(()) | Err(UblkError::QueueIsDown) => {}
                 Err(e) => tracing::error!(qid, tag, error = %e, "ublk tag task failed"),
             }
         }));
     }
-    let exe2 = exe.clone();
-    if let Err(e) = smol::block_on(exe.run(poll_ring(&exe2, &q, tasks))) {
+    if let Err(e) = drive_ring(&exe, &q, tasks, &kick) {
         tracing::error!(qid, error = %e, "ublk queue loop failed");
+    }
+}
+
+/// The engine's runtime, as a queue thread's tasks reach it: what runs
+/// there wakes the queue thread through `kick` when it is done.
+struct Runtime {
+    rt: tokio::runtime::Handle,
+    kick: Arc<Kick>,
+}
+
+/// An eventfd the queue's ring reads: how work finished on the engine's
+/// runtime wakes a queue thread that sleeps in `io_uring_enter`
+/// (docs/design/0011: waking it through smol's reactor thread cost 10% of
+/// the daemon's CPU under warm reads). Written by hand over `libc`: one
+/// syscall each way, and the ring does the reading.
+struct Kick {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Kick {
+    fn new() -> std::io::Result<Kick> {
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        Ok(Kick {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Wakes the queue thread (the counter only adds up: a kick is never
+    /// lost, whether the ring's read is armed yet or not).
+    fn kick(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our own eventfd.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if n != one.len() as isize {
+            // Only a counter at its maximum fails, and then a read is due anyway.
+            tracing::warn!(error = %std::io::Error::last_os_error(), "ublk queue kick failed");
+        }
     }
 }
 
@@ -56,14 +103,17 @@ async fn tag_loop<D: BlockIo>(
     q: &UblkQueue<'_>,
     tag: u16,
     engine: Arc<D>,
-    rt: tokio::runtime::Handle,
+    rt: Runtime,
 ) -> Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
     loop {
         let res = handle_one(q, tag, buf.as_mut_slice(), &engine, &rt).await;
-        let r = SubmitNow::new(q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res))
+        // Queued here, submitted with every other commit of this wake-up
+        // by the queue loop's next `io_uring_enter` (drive_ring).
+        let r = q
+            .submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
         // Anything but OK means no new request is in this tag's descriptor:
         // serving it again would answer a request with stale data.
@@ -92,8 +142,9 @@ async fn handle_one<D: BlockIo>(
     tag: u16,
     buf: &mut [u8],
     engine: &Arc<D>,
-    rt: &tokio::runtime::Handle,
+    on: &Runtime,
 ) -> i32 {
+    let rt = &on.rt;
     let iod = q.get_iod(tag);
     let op = iod.op_flags & 0xff;
     let fua = iod.op_flags & libublk::sys::UBLK_IO_F_FUA != 0;
@@ -122,7 +173,7 @@ async fn handle_one<D: BlockIo>(
                         offset,
                         len: len as u32,
                     };
-                    let res = on_runtime(rt, async move { e.handle_io(req).await }).await;
+                    let res = on_runtime(on, async move { e.handle_io(req).await }).await;
                     return answer(op, offset, len, buf, res);
                 }
                 Err(_) => return -libc::EIO,
@@ -157,7 +208,7 @@ async fn handle_one<D: BlockIo>(
     }));
     let res = match first {
         Ok(Poll::Ready(r)) => Some(r),
-        Ok(Poll::Pending) => on_runtime(rt, run).await,
+        Ok(Poll::Pending) => on_runtime(on, run).await,
         Err(_) => None,
     };
     answer(op, offset, len, buf, res)
@@ -165,14 +216,26 @@ async fn handle_one<D: BlockIo>(
 
 /// Runs `run` on the engine's runtime and waits here for its output; None
 /// if it never answered (a panic).
-async fn on_runtime<F>(rt: &tokio::runtime::Handle, run: F) -> Option<F::Output>
+async fn on_runtime<F>(on: &Runtime, run: F) -> Option<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let (tx, rx) = futures::channel::oneshot::channel();
-    rt.spawn(async move {
-        let _ = tx.send(run.await);
+    // Wakes the queue thread however the task ends (a panic drops `tx`:
+    // the tag answers EIO). The send (or the drop) wakes the tag's task
+    // first, so the queue thread finds it ready.
+    struct KickOnDrop(Arc<Kick>);
+    impl Drop for KickOnDrop {
+        fn drop(&mut self) {
+            self.0.kick();
+        }
+    }
+    let kick = KickOnDrop(on.kick.clone());
+    on.rt.spawn(async move {
+        let out = run.await;
+        let _ = tx.send(out);
+        drop(kick);
     });
     rx.await.ok()
 }
@@ -202,95 +265,72 @@ fn failed(op: u32, offset: u64, len: u64, e: &spritedisk_volume::VolumeError) ->
     -e.errno()
 }
 
-/// Submits the SQE a libublk future queued on its first poll right away,
-/// unless the queue loop is running the tasks a ring completion woke (then
-/// it submits them all at once next). A commit after a wake-up from an
-/// engine thread has nothing else to enter the ring for it.
-struct SubmitNow<F> {
-    inner: Pin<Box<F>>,
-    submitted: bool,
-}
-
-impl<F> SubmitNow<F> {
-    fn new(inner: F) -> Self {
-        SubmitNow {
-            inner: Box::pin(inner),
-            submitted: false,
-        }
-    }
-}
-
-thread_local! {
-    /// Set while the queue loop runs the tasks its ring completions woke:
-    /// the loop submits everything they queued in one `io_uring_enter`
-    /// right after, so their commits need no submit of their own.
-    static IN_RUN_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-impl<F: Future> Future for SubmitNow<F> {
-    type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let res = self.inner.as_mut().poll(cx);
-        if !self.submitted {
-            self.submitted = true;
-            if !IN_RUN_OPS.get() {
-                if let Err(e) = with_task_io_ring_mut(|r| r.submit()) {
-                    tracing::error!(error = %e, "io_uring submit failed");
-                }
-            }
-        }
-        res
-    }
-}
-
-/// Drives the queue's ring: smol's reactor waits for the ring fd to become
-/// readable, so wake-ups from engine threads (which go through smol's
-/// executor) and ring completions both get the thread moving.
-async fn poll_ring<T>(
+/// Drives the queue's ring on its thread: runs the tasks that are ready,
+/// submits what they queued and sleeps in `io_uring_enter` until a
+/// completion comes, from the kernel (a new request, a commit's answer)
+/// or from the eventfd read that `Kick` completes (work done on the
+/// engine's runtime). No other thread is involved: the kernel wakes this
+/// one.
+fn drive_ring<T>(
     exe: &smol::LocalExecutor<'_>,
     q: &UblkQueue<'_>,
     tasks: Vec<smol::Task<T>>,
+    kick: &Kick,
 ) -> Result<(), UblkError> {
     const TIMEOUT_USER_DATA: u64 = UblkUringData::Target as u64 | UblkUringData::NonAsync as u64;
-    let ring_fd = with_task_io_ring(|ring| ring.as_raw_fd());
-    // SAFETY: the ring fd stays open for the queue's life; the File is turned
-    // back into a raw fd below so that dropping it does not close the ring.
-    let async_ring = smol::Async::new(unsafe { File::from_raw_fd(ring_fd) })
-        .map_err(|_| UblkError::OtherError(-libc::EINVAL))?;
+    const KICK_USER_DATA: u64 = TIMEOUT_USER_DATA | 1;
     let ts = types::Timespec::new().sec(QUEUE_IDLE_WAKE_SECS);
     let timeout = opcode::Timeout::new(&ts)
         .flags(types::TimeoutFlags::MULTISHOT)
         .build()
         .user_data(TIMEOUT_USER_DATA);
     q.ublk_submit_sqe_sync(timeout)?;
-
-    let poll_uring = || async {
-        with_task_io_ring_mut(|r| r.submit_and_wait(0))?;
-        async_ring
-            .readable()
-            .await
-            .map_err(|_| UblkError::OtherError(-libc::EIO))?;
-        Ok(false)
+    // The read's 8 bytes must outlive any read still armed when this
+    // returns (the ring is torn down after): leaked, 8 bytes per queue.
+    let counter: &'static mut u64 = Box::leak(Box::new(0u64));
+    let counter: *mut u8 = (counter as *mut u64).cast();
+    let arm = || {
+        let read = opcode::Read::new(types::Fd(kick.fd.as_raw_fd()), counter, 8)
+            .build()
+            .user_data(KICK_USER_DATA);
+        q.ublk_submit_sqe_sync(read)
     };
-    let reap = |poll_timeout| {
-        ublk_reap_io_events_with_update_queue(q, poll_timeout, Some(TIMEOUT_USER_DATA), |cqe| {
-            // The idle timeout's CQE belongs to no future: handing it to
-            // ublk_wake_task would complete whichever future holds slab key 0
-            // (its user_data has no key bits) with a bogus result.
-            if cqe.user_data() & UblkUringData::NonAsync as u64 == 0 {
-                ublk_wake_task(cqe.user_data(), cqe);
-            }
-        })
-    };
-    // Commits queued here are batched: the loop's next step submits them
-    // all at once (`poll_uring`, before it waits).
-    let run_ops = || {
-        IN_RUN_OPS.set(true);
-        while exe.try_tick() {}
-        IN_RUN_OPS.set(false);
-    };
+    arm()?;
+    // Tasks run only here, so every SQE they queue (commits, fetches) is
+    // submitted by the next `io_uring_enter`, all of a wake-up's at once.
+    let run_ops = || while exe.try_tick() {};
     let is_done = || tasks.iter().all(|t| t.is_finished());
-    let res = libublk::run_uring_tasks(poll_uring, reap, run_ops, is_done).await;
-    let _ = async_ring.into_inner().map(|f| f.into_raw_fd());
-    res
+    run_ops();
+    loop {
+        match with_task_io_ring_mut(|r| r.submit_and_wait(1)) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "ublk queue: io_uring_enter failed");
+                if is_done() {
+                    return Err(UblkError::OtherError(-e.raw_os_error().unwrap_or(libc::EIO)));
+                }
+            }
+        }
+        let mut kicked = false;
+        ublk_reap_io_events_with_update_queue(q, false, Some(TIMEOUT_USER_DATA), |cqe| {
+            let data = cqe.user_data();
+            if data == KICK_USER_DATA {
+                kicked = true;
+            } else if data & UblkUringData::NonAsync as u64 == 0 {
+                // The idle timeout's CQE belongs to no future: handing it
+                // to ublk_wake_task would complete whichever future holds
+                // slab key 0 (its user_data has no key bits) with a bogus
+                // result.
+                ublk_wake_task(data, cqe);
+            }
+        })?;
+        if kicked {
+            arm()?;
+        }
+        run_ops();
+        if is_done() {
+            return Ok(());
+        }
+    }
 }
