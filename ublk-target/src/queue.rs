@@ -222,20 +222,28 @@ where
     F::Output: Send + 'static,
 {
     let (tx, rx) = futures::channel::oneshot::channel();
-    // Wakes the queue thread however the task ends (a panic drops `tx`:
-    // the tag answers EIO). The send (or the drop) wakes the tag's task
-    // first, so the queue thread finds it ready.
-    struct KickOnDrop(Arc<Kick>);
-    impl Drop for KickOnDrop {
+    // Answers the tag's task, then wakes the queue thread, however the
+    // work ends: a panic drops the sender (the tag answers EIO) before
+    // the kick, so the queue thread finds the task ready.
+    struct Answer<T> {
+        tx: Option<futures::channel::oneshot::Sender<T>>,
+        kick: Arc<Kick>,
+    }
+    impl<T> Drop for Answer<T> {
         fn drop(&mut self) {
-            self.0.kick();
+            drop(self.tx.take());
+            self.kick.kick();
         }
     }
-    let kick = KickOnDrop(on.kick.clone());
+    let mut answer = Answer {
+        tx: Some(tx),
+        kick: on.kick.clone(),
+    };
     on.rt.spawn(async move {
         let out = run.await;
-        let _ = tx.send(out);
-        drop(kick);
+        if let Some(tx) = answer.tx.take() {
+            let _ = tx.send(out);
+        }
     });
     rx.await.ok()
 }
