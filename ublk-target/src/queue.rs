@@ -316,7 +316,9 @@ fn drive_ring<T>(
             Err(e) => {
                 tracing::error!(error = %e, "ublk queue: io_uring_enter failed");
                 if is_done() {
-                    return Err(UblkError::OtherError(-e.raw_os_error().unwrap_or(libc::EIO)));
+                    return Err(UblkError::OtherError(
+                        -e.raw_os_error().unwrap_or(libc::EIO),
+                    ));
                 }
             }
         }

@@ -173,6 +173,27 @@ pub(crate) fn clip_into(extents: &[Extent], a: u64, b: u64, out: &mut Vec<Extent
     }
 }
 
+/// `extents` (in LBA order) with the parts of one extent that the memo's
+/// chunks cut apart joined again: what the map itself would return, so
+/// that a read can tell whether a relookup found anything new.
+pub(crate) fn joined(extents: &[Extent]) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
+    for e in extents {
+        match out.last_mut() {
+            Some(l)
+                if l.end() == e.lba
+                    && l.seg == e.seg
+                    && l.piece == e.piece
+                    && l.skip_blocks + l.blocks == e.skip_blocks =>
+            {
+                l.blocks += e.blocks
+            }
+            _ => out.push(*e),
+        }
+    }
+    out
+}
+
 /// The writer's metadata connection, behind its mutex, with the memo it
 /// invalidates: a guard that was used to change the database bumps the
 /// memo's generation when it is dropped (after the change committed or
@@ -275,8 +296,19 @@ mod tests {
         // Across the chunk boundary: the extent comes back in two parts
         // that together are the same blocks of the same piece.
         let got = m.get(&[(254, 262)], g).unwrap();
-        let parts: Vec<_> = got.iter().map(|e| (e.lba, e.blocks, e.skip_blocks)).collect();
+        let parts: Vec<_> = got
+            .iter()
+            .map(|e| (e.lba, e.blocks, e.skip_blocks))
+            .collect();
         assert_eq!(parts, vec![(254, 2, 4), (256, 4, 6)]);
+        // Joined, they are what the map itself returns for the range.
+        let whole = Extent {
+            lba: 254,
+            blocks: 6,
+            skip_blocks: 4,
+            ..rows[0]
+        };
+        assert_eq!(joined(&got), vec![whole]);
         // The hole is known to be unmapped.
         assert_eq!(m.get(&[(270, 290)], g).unwrap(), vec![]);
         // Outside what was looked up: not known.
@@ -293,7 +325,10 @@ mod tests {
     fn misses_widen_to_aligned_windows_inside_the_volume() {
         assert_eq!(widen(&[(70, 71)], 1000), vec![(64, 128)]);
         assert_eq!(widen(&[(70, 71), (120, 130)], 1000), vec![(64, 192)]);
-        assert_eq!(widen(&[(1, 2), (300, 301)], 1000), vec![(0, 64), (256, 320)]);
+        assert_eq!(
+            widen(&[(1, 2), (300, 301)], 1000),
+            vec![(0, 64), (256, 320)]
+        );
         assert_eq!(widen(&[(990, 1000)], 1000), vec![(960, 1000)]);
     }
 
@@ -342,7 +377,11 @@ mod tests {
         {
             let mut db = cell.lock();
             db.set_writer_epoch(3).unwrap();
-            assert_eq!(cell.memo.generation(), g, "bumped before the guard was dropped");
+            assert_eq!(
+                cell.memo.generation(),
+                g,
+                "bumped before the guard was dropped"
+            );
         }
         assert_eq!(cell.memo.generation(), g + 1);
     }

@@ -145,7 +145,9 @@ impl Inner {
                 Err(e @ VolumeError::CorruptSegment { .. }) => {
                     // From the map itself, never the memo.
                     let again = self.lookup_map(&holes.ranges)?;
-                    if again == extents || relookups == READ_RELOOKUPS_MAX {
+                    // (The memo may have cut an extent at its chunks.)
+                    let same = crate::memo::joined(&again) == crate::memo::joined(&extents);
+                    if same || relookups == READ_RELOOKUPS_MAX {
                         tracing::error!(error = %e, lba, "read failed: the data the map references is missing or corrupt");
                         return Err(e);
                     }

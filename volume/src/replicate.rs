@@ -443,10 +443,7 @@ impl Inner {
             self.build_snapshot(&mut s).await?;
         } else {
             let mut rep = s.rep.clone();
-            let obj = self
-                .meta
-                .lock()
-                .replica_changes(&mut rep, now_ms())?;
+            let obj = self.meta.lock().replica_changes(&mut rep, now_ms())?;
             s.rep = rep;
             s.pending = obj;
         }

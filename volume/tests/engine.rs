@@ -395,7 +395,10 @@ async fn remembered_lookups_serve_warm_reads_and_never_outlive_a_map_change() {
             assert!(vol.read(0, 4 * BS).await.unwrap() == pattern(0, 4, 1));
         }
         let hits = vol.stats().unwrap().session_read_memo_hits;
-        assert!(hits >= 2, "on disk {on_disk}: {hits} memo hits in 3 reads of one range");
+        assert!(
+            hits >= 2,
+            "on disk {on_disk}: {hits} memo hits in 3 reads of one range"
+        );
 
         // Overwrite two of the blocks; once flushed, the segment is applied
         // and no longer in memory: only the map knows the new blocks.
