@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn wal_changes_round_trip_through_ltx_into_an_identical_database() {
         let dir = tempfile::tempdir().unwrap();
-        let mut db = MetaDb::open(&dir.path().join("m.db")).unwrap();
+        let db = MetaDb::open(&dir.path().join("m.db")).unwrap();
         db.hold_wal_for_replication().unwrap();
         let mut rep = Replica::new(ReplicaLayout::File, 0);
         let snap = db.replica_snapshot(&mut rep, 0).unwrap();

@@ -93,7 +93,8 @@ impl Kick {
         // SAFETY: writes 8 bytes from a live buffer to our own eventfd.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
         if n != one.len() as isize {
-            // Only a counter at its maximum fails, and then a read is due anyway.
+            // Cannot happen short of a closed descriptor (a blocking
+            // eventfd's counter would have to reach 2^64 - 1).
             tracing::warn!(error = %std::io::Error::last_os_error(), "ublk queue kick failed");
         }
     }
@@ -303,30 +304,41 @@ fn drive_ring<T>(
             .user_data(KICK_USER_DATA);
         q.ublk_submit_sqe_sync(read)
     };
-    arm()?;
+    // Never returns while a tag is alive (the kernel holds its buffer):
+    // a read that could not be armed is tried again after the next enter,
+    // and meanwhile the idle timeout still wakes the loop.
+    let mut armed = false;
+    let mut kick_failed = false;
     // Tasks run only here, so every SQE they queue (commits, fetches) is
     // submitted by the next `io_uring_enter`, all of a wake-up's at once.
     let run_ops = || while exe.try_tick() {};
     let is_done = || tasks.iter().all(|t| t.is_finished());
-    run_ops();
     loop {
+        if !armed {
+            match arm() {
+                Ok(()) => armed = true,
+                Err(e) => tracing::error!(error = %e, "ublk queue: cannot arm the kick's read"),
+            }
+        }
+        run_ops();
+        if is_done() {
+            return Ok(());
+        }
         match with_task_io_ring_mut(|r| r.submit_and_wait(1)) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "ublk queue: io_uring_enter failed");
-                if is_done() {
-                    return Err(UblkError::OtherError(
-                        -e.raw_os_error().unwrap_or(libc::EIO),
-                    ));
-                }
-            }
+            Err(e) => tracing::error!(error = %e, "ublk queue: io_uring_enter failed"),
         }
-        let mut kicked = false;
         ublk_reap_io_events_with_update_queue(q, false, Some(TIMEOUT_USER_DATA), |cqe| {
             let data = cqe.user_data();
             if data == KICK_USER_DATA {
-                kicked = true;
+                armed = false;
+                if cqe.result() < 0 && !std::mem::replace(&mut kick_failed, true) {
+                    tracing::error!(
+                        error = %std::io::Error::from_raw_os_error(-cqe.result()),
+                        "ublk queue: the kick's read failed (logged once)"
+                    );
+                }
             } else if data & UblkUringData::NonAsync as u64 == 0 {
                 // The idle timeout's CQE belongs to no future: handing it
                 // to ublk_wake_task would complete whichever future holds
@@ -335,12 +347,5 @@ fn drive_ring<T>(
                 ublk_wake_task(data, cqe);
             }
         })?;
-        if kicked {
-            arm()?;
-        }
-        run_ops();
-        if is_done() {
-            return Ok(());
-        }
     }
 }
