@@ -2,7 +2,9 @@
 # spritedisk on s3:// against the raw object store, same server, same run:
 # raw parallel PUT/GET of 8 MiB objects (spritedisk store-bench) vs 1 MiB
 # sequential write and cold 1 MiB sequential read through NBD; FLUSH latency
-# of 4 KiB writes (fio fsync after each) vs one raw PUT of the same size.
+# of 4 KiB writes (fio fsync after each) vs one raw PUT of the same size;
+# cold 4 KiB random reads at QD32 (each one fetches the 64 KiB piece around
+# it) vs random ranged GETs of 64 KiB, 32 in flight, on the same objects.
 # Profiles: moto (threaded, as shipped) and s3s-fs on loopback, each on a
 # free port, and moto behind s3-region-proxy (REGION_FIRST_BYTE_MS=20 to the
 # first byte of every answer, REGION_STREAM_MBPS=100 per connection), as a
@@ -13,8 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/s3.sh OUT}
 BIN=${BIN:-target/release/spritedisk}
-if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE_S3:-32M}; COUNT=8; PROFILES=${PROFILES:-"moto region"}; FLUSH_SECS=2
-else SIZE=${SIZE_S3:-512M}; COUNT=64; PROFILES=${PROFILES:-"moto s3s-fs region"}; FLUSH_SECS=10; fi
+if [ "${BENCH_QUICK:-0}" = 1 ]; then SIZE=${SIZE_S3:-32M}; COUNT=8; PROFILES=${PROFILES:-"moto region"}; FLUSH_SECS=2; RANGED=256
+else SIZE=${SIZE_S3:-512M}; COUNT=64; PROFILES=${PROFILES:-"moto s3s-fs region"}; FLUSH_SECS=10; RANGED=2048; fi
 PROXY=${PROXY:-$(dirname "$BIN")/s3-region-proxy}
 REGION_FIRST_BYTE_MS=${REGION_FIRST_BYTE_MS:-20} REGION_STREAM_MBPS=${REGION_STREAM_MBPS:-100}
 mkdir -p "$OUT/raw"
@@ -62,11 +64,13 @@ PY
   fi
   export AWS_ENDPOINT_URL=$endpoint
   server=$profile
-  raw=$("$BIN" store-bench "s3://bench/raw" --size 8M --count "$COUNT" --parallel 8)
+  raw=$("$BIN" store-bench "s3://bench/raw" --size 8M --count "$COUNT" --parallel 8 \
+          --ranged-size 64K --ranged-count "$RANGED" --ranged-parallel 32)
   echo "$raw" > "$OUT/raw/s3-$server-store.json"
   put=$(echo "$raw" | python3 -c 'import json,sys; print(json.load(sys.stdin)["put_mbps"])')
   get=$(echo "$raw" | python3 -c 'import json,sys; print(json.load(sys.stdin)["get_mbps"])')
   small=$(echo "$raw" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["small_put_p50_us"], d["small_put_p99_us"])')
+  ranged=$(echo "$raw" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ranged_gets_per_s"])')
 
   vol="s3://bench/vol-$server"
   "$BIN" create "$vol" --size 100G >/dev/null
@@ -84,6 +88,15 @@ PY
   start_daemon "$vol" "$WORK/cold-$server"
   fio --name=r --ioengine=nbd --uri="$URI" --rw=read --bs=1m --iodepth=1 --size="$SIZE" \
       --output-format=json --output="$OUT/raw/s3-$server-coldread.json" >/dev/null
+  stop_daemon
+  # Cold scattered reads: one 4 KiB read in each 64 KiB piece (read 4k,
+  # skip 60k), 32 in flight, from an empty cache: every read misses and
+  # needs its own GET, not sequential, so no read-ahead, as a random read.
+  # (fio's random offsets cannot be piece-aligned and each used once:
+  # blockalign turns its random map off, and repeats would hit the cache.)
+  start_daemon "$vol" "$WORK/coldrand-$server"
+  fio --name=cr --ioengine=nbd --uri="$URI" --rw=read:60k --bs=4k --iodepth=32 --size="$SIZE" \
+      --output-format=json --output="$OUT/raw/s3-$server-coldrand.json" >/dev/null
   stop_daemon
   # The peer: s3backer (Debian 1.5.4, FUSE) on the same server, 1 MiB
   # blocks. Flags from docs/reference/benchmarking.md: no MD5 cache
@@ -113,18 +126,20 @@ PY
 
   wr=$(fiojson "$OUT/raw/s3-$server-seqwrite.json" "j['write']['bw_bytes']/1e6")
   rd=$(fiojson "$OUT/raw/s3-$server-coldread.json" "j['read']['bw_bytes']/1e6")
+  crd=$(fiojson "$OUT/raw/s3-$server-coldrand.json" "j['read']['iops']")
   fl=$(fiojson "$OUT/raw/s3-$server-flush.json" "'%d %d' % (j['sync']['lat_ns']['percentile']['50.000000']/1e3, j['sync']['lat_ns']['percentile']['99.000000']/1e3)")
   fl16=$(fiojson "$OUT/raw/s3-$server-flush16.json" "'%d %d' % (j['sync']['lat_ns']['percentile']['50.000000']/1e3, j['write']['iops'])")
-  ROWS+=("$(python3 - "$server" "$put" "$get" "$wr" "$rd" $small $fl $fl16 <<'PY'
+  ROWS+=("$(python3 - "$server" "$put" "$get" "$wr" "$rd" $small $fl $fl16 "$ranged" "$crd" <<'PY'
 import sys
-s, put, get, wr, rd, sp50, sp99, fp50, fp99, f16p50, f16iops = sys.argv[1], *map(float, sys.argv[2:])
-print(f"| {s} | {put:,.0f} / {get:,.0f} MB/s | {wr:,.0f} MB/s ({wr/put:.2f}× PUT) | {rd:,.0f} MB/s ({rd/get:.2f}× GET) | {fp50/1e3:.1f} / {fp99/1e3:.1f} ms | {sp50/1e3:.1f} / {sp99/1e3:.1f} ms | {fp50/sp50:.1f}× | {f16p50/1e3:.1f} ms ({f16p50/sp50:.1f}× PUT), {f16iops:,.0f} commits/s |")
+s, put, get, wr, rd, sp50, sp99, fp50, fp99, f16p50, f16iops, rg, crd = sys.argv[1], *map(float, sys.argv[2:])
+print(f"| {s} | {put:,.0f} / {get:,.0f} MB/s | {wr:,.0f} MB/s ({wr/put:.2f}× PUT) | {rd:,.0f} MB/s ({rd/get:.2f}× GET) | {crd:,.0f} / {rg:,.0f} ({crd/rg:.2f}×) | {fp50/1e3:.1f} / {fp99/1e3:.1f} ms | {sp50/1e3:.1f} / {sp99/1e3:.1f} ms | {fp50/sp50:.1f}× | {f16p50/1e3:.1f} ms ({f16p50/sp50:.1f}× PUT), {f16iops:,.0f} commits/s |")
 PY
 )")
   G="s3: $profile"; [ $profile = region ] && G="s3: moto + ${REGION_FIRST_BYTE_MS} ms, ${REGION_STREAM_MBPS} MB/s per stream"
   R=(bench/ratios.py add "$OUT" --group "$G")
   "${R[@]}" --measure "seq write until durable" --value "$wr" --unit MB/s --baseline "raw parallel PUT" --baseline-value "$put"
   "${R[@]}" --measure "cold seq read QD1" --value "$rd" --unit MB/s --baseline "raw parallel GET" --baseline-value "$get"
+  "${R[@]}" --measure "cold 4 KiB read QD32, one per piece" --value "$crd" --unit IOPS --baseline "ranged GETs of 64 KiB, 32 in flight" --baseline-value "$ranged"
   read -r sp50 sp99 <<<"$small"; read -r fp50 fp99 <<<"$fl"
   "${R[@]}" --measure "FLUSH p50 (4 KiB)" --value "$fp50" --unit µs --baseline "one small PUT" --baseline-value "$sp50" --lower-better
   "${R[@]}" --measure "FLUSH p99 (4 KiB)" --value "$fp99" --unit µs --baseline "one small PUT" --baseline-value "$sp99" --lower-better
@@ -142,10 +157,10 @@ done
   echo
   echo "## s3:// (servers on 127.0.0.1; region = moto behind s3-region-proxy: ${REGION_FIRST_BYTE_MS} ms to the first byte of each answer, ${REGION_STREAM_MBPS} MB/s per connection)"
   echo
-  echo "Raw store: 8 MiB objects, 8 in flight (\`spritedisk store-bench\`); spritedisk: NBD, $SIZE written with 1 MiB writes QD8, then read cold (empty cache directory) with 1 MiB reads QD1 and read-ahead; FLUSH: 4 KiB random writes with an fsync after each vs one raw PUT of a 4 KiB segment; 16 flushers: the same on 16 connections at once (group commit, issue 22)."
+  echo "Raw store: 8 MiB objects, 8 in flight (\`spritedisk store-bench\`); spritedisk: NBD, $SIZE written with 1 MiB writes QD8, then read cold (empty cache directory) with 1 MiB reads QD1 and read-ahead; cold scattered: one 4 KiB read per 64 KiB piece at QD32 from an empty cache, so each read needs its own GET (reads/s) vs random ranged GETs of 64 KiB at 32 in flight on the raw objects (GETs/s); FLUSH: 4 KiB random writes with an fsync after each vs one raw PUT of a 4 KiB segment; 16 flushers: the same on 16 connections at once (group commit, issue 22)."
   echo
-  echo "| server | raw PUT / GET | spritedisk seq write | spritedisk cold seq read | FLUSH p50 / p99 | raw small PUT p50 / p99 | FLUSH / PUT p50 | 16 flushers: FLUSH p50, commits/s |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| server | raw PUT / GET | spritedisk seq write | spritedisk cold seq read | cold 4 KiB reads QD32, one per piece / ranged GETs of 64 KiB QD32, per s | FLUSH p50 / p99 | raw small PUT p50 / p99 | FLUSH / PUT p50 | 16 flushers: FLUSH p50, commits/s |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
   echo
   echo "The peer on the same servers: s3backer (FUSE, 1 MiB blocks), $SIZE written with 1 MiB writes until durable (the write, fsync and the unmount that uploads its dirty blocks: its fsync alone does not reach the store), then read cold after a remount. Compare with the spritedisk columns above."

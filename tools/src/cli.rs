@@ -146,7 +146,8 @@ pub enum Cmd {
     #[command(subcommand)]
     Pool(PoolCmd),
     /// Measure the raw object store (parallel PUT/GET of SIZE objects, small
-    /// PUT latency) under URL/store-bench/, deleting what it wrote; JSON out.
+    /// PUT latency, random ranged GETs of one piece) under URL/store-bench/,
+    /// deleting what it wrote; JSON out.
     StoreBench {
         url: String,
         #[arg(long, default_value = "8M", value_parser = parse_size)]
@@ -155,6 +156,16 @@ pub enum Cmd {
         count: usize,
         #[arg(long, default_value_t = 8)]
         parallel: usize,
+        /// Size of each random ranged GET (the engine's piece: what a cold
+        /// 4 KiB read fetches); 0 skips them.
+        #[arg(long, default_value = "64K", value_parser = parse_size)]
+        ranged_size: u64,
+        /// How many random ranged GETs.
+        #[arg(long, default_value_t = 2048)]
+        ranged_count: usize,
+        /// Random ranged GETs in flight at once.
+        #[arg(long, default_value_t = 32)]
+        ranged_parallel: usize,
     },
     /// Measure the engine alone (no frontend): warm 4 KiB random reads/s by
     /// number of concurrent readers, with lookup and lock-wait times, on a
@@ -550,7 +561,17 @@ pub async fn run(cli: Cli) -> Result<i32> {
             size,
             count,
             parallel,
-        } => crate::storebench::run(&url, size, count, parallel.max(1)).await,
+            ranged_size,
+            ranged_count,
+            ranged_parallel,
+        } => {
+            let ranged = crate::storebench::Ranged {
+                bytes: ranged_size,
+                count: ranged_count,
+                parallel: ranged_parallel,
+            };
+            crate::storebench::run(&url, size, count, parallel.max(1), ranged).await
+        }
         Cmd::EngineBench {
             dir,
             size,

@@ -79,6 +79,7 @@ pub(crate) struct Inner {
     pub rng: Mutex<SmallRng>,
     pub counters: Counters,
     pub readahead: Mutex<crate::prefetch::ReadAhead>,
+    /// Read-ahead's bytes in flight, in 1 MiB permits (`prefetch.rs`).
     pub prefetch_slots: Arc<Semaphore>,
 }
 
@@ -229,7 +230,7 @@ impl Volume {
             epoch,
             cache_dir: cache_dir.map(Path::to_path_buf),
             lease: keeper,
-            prefetch_slots: Arc::new(Semaphore::new(crate::prefetch::PREFETCH_INFLIGHT_MAX)),
+            prefetch_slots: Arc::new(Semaphore::new(crate::prefetch::PREFETCH_PERMITS)),
         });
         tokio::spawn(crate::upload::writeback_loop(Arc::downgrade(&inner)));
         let vol = Volume { inner };

@@ -1,17 +1,24 @@
 //! Read-ahead: a reader that asks for the blocks right after its previous
 //! request is reading sequentially; the next `prefetch_window_bytes` of
 //! flushed data are then fetched in the background with parallel ranged GETs
-//! (at most [`PREFETCH_INFLIGHT_MAX`] at a time, each covering adjacent
-//! pieces up to [`PREFETCH_GET_BYTES_MAX`]) into the read cache, so the
-//! reader finds them there. The window widens while the stream lasts: each
-//! time the reader has used a quarter of the last one, the next reaches
-//! twice as far, up to [`PREFETCH_WINDOW_MAX_BYTES`] and a quarter of the
-//! cache (so that read-ahead never evicts itself); a read elsewhere ends
-//! the stream, and the next one starts from the first window again. The
-//! memory it holds is bounded by the GETs in flight, not by the window
-//! (each lands in the cache): [`PREFETCH_INFLIGHT_MAX`] ×
-//! [`PREFETCH_GET_BYTES_MAX`] = 16 MiB. Only data in the map is read ahead: what is still
-//! in memory is fast already. A reader that asks for a piece being read ahead
+//! into the read cache, so the reader finds them there. The window widens
+//! while the stream lasts: each time the reader has used a quarter of the
+//! last one, the next reaches twice as far, up to
+//! [`PREFETCH_WINDOW_MAX_BYTES`] and a quarter of the cache (so that
+//! read-ahead never evicts itself); a read elsewhere ends the stream, and the
+//! next one starts from the first window again.
+//!
+//! GETs grow with the window: each covers adjacent pieces of a segment up to
+//! a sixteenth of the window, between [`PREFETCH_GET_BYTES_MIN`] and
+//! [`PREFETCH_GET_BYTES_MAX`]. A young stream gets small GETs, whose first
+//! bytes come soonest; a long one gets fewer, larger requests, which is what
+//! object stores serve best (each request has a fixed cost: S3 bills it and
+//! a server spends CPU on it; on moto, measured, request count is the
+//! limit). The memory read-ahead holds is bounded by the bytes of GETs in
+//! flight, not by the window (each lands in the cache):
+//! [`PREFETCH_INFLIGHT_BYTES_MAX`], taken from a semaphore of 1 MiB permits
+//! before a GET starts. Only data in the map is read ahead: what is still in
+//! memory is fast already. A reader that asks for a piece being read ahead
 //! waits for that GET (`fetch.rs`).
 
 use std::collections::BTreeMap;
@@ -21,13 +28,29 @@ use spritedisk_meta::PieceRef;
 
 use crate::engine::Inner;
 
-/// Read-ahead GETs in flight at once, for the whole volume: enough to
-/// cover a 20 ms store round trip at several hundred MB/s.
-pub const PREFETCH_INFLIGHT_MAX: usize = 16;
+/// Bytes of read-ahead GETs in flight at once, for the whole volume: the
+/// memory read-ahead may hold. 32 MiB covers a 20 ms round trip at several
+/// hundred MB/s (16 GETs of 1 MiB early in a stream, 8 of 4 MiB later).
+pub const PREFETCH_INFLIGHT_BYTES_MAX: u64 = 32 << 20;
+/// The unit of [`PREFETCH_INFLIGHT_BYTES_MAX`]'s semaphore.
+pub const PREFETCH_PERMIT_BYTES: u64 = 1 << 20;
 /// The widest a sequential stream's window grows.
 pub const PREFETCH_WINDOW_MAX_BYTES: u64 = 64 << 20;
-/// One read-ahead GET covers adjacent pieces of a segment up to this size.
-pub const PREFETCH_GET_BYTES_MAX: u64 = 1 << 20;
+/// The smallest limit of one read-ahead GET (adjacent pieces of a segment).
+pub const PREFETCH_GET_BYTES_MIN: u64 = 1 << 20;
+/// The largest limit of one read-ahead GET, reached once the window is 64 MiB.
+pub const PREFETCH_GET_BYTES_MAX: u64 = 4 << 20;
+const _: () = assert!(PREFETCH_GET_BYTES_MAX <= PREFETCH_INFLIGHT_BYTES_MAX);
+const _: () = assert!(PREFETCH_GET_BYTES_MIN <= PREFETCH_GET_BYTES_MAX);
+
+/// How many permits of the in-flight semaphore: the bound in 1 MiB units.
+pub(crate) const PREFETCH_PERMITS: usize =
+    (PREFETCH_INFLIGHT_BYTES_MAX / PREFETCH_PERMIT_BYTES) as usize;
+
+/// The size limit of one GET of a stream whose window is `window_bytes`.
+fn get_bytes_max(window_bytes: u64) -> u64 {
+    (window_bytes / 16).clamp(PREFETCH_GET_BYTES_MIN, PREFETCH_GET_BYTES_MAX)
+}
 
 /// Where the last read ended and how far ahead has been fetched.
 #[derive(Debug, Default)]
@@ -80,13 +103,14 @@ impl Inner {
             }
             ra.window = window;
             ra.fetched_until = to;
-            (from, to)
+            (from, to, window)
         };
         let me = self.clone();
-        tokio::spawn(async move { me.prefetch(range.0, range.1).await });
+        let get_max = get_bytes_max(range.2 * bs);
+        tokio::spawn(async move { me.prefetch(range.0, range.1, get_max).await });
     }
 
-    async fn prefetch(self: Arc<Self>, from: u64, to: u64) {
+    async fn prefetch(self: Arc<Self>, from: u64, to: u64, get_max: u64) {
         let extents = match self.lookup_map(&[(from, to)]) {
             Ok(e) => e,
             Err(_) => return,
@@ -97,7 +121,7 @@ impl Inner {
                 pieces.insert((e.seg, e.piece.piece_off), e.piece);
             }
         }
-        // Runs of pieces adjacent in one segment, up to PREFETCH_GET_BYTES_MAX each.
+        // Runs of pieces adjacent in one segment, up to `get_max` each.
         let mut runs: Vec<(u64, Vec<PieceRef>)> = vec![];
         for ((seg, off), piece) in pieces {
             let len = piece.piece_blocks as u64 * self.block_size;
@@ -107,7 +131,7 @@ impl Inner {
                         && run.last().is_some_and(|p| {
                             p.piece_off + p.piece_blocks as u64 * self.block_size == off
                         })
-                        && off + len - run[0].piece_off <= PREFETCH_GET_BYTES_MAX =>
+                        && off + len - run[0].piece_off <= get_max =>
                 {
                     run.push(piece)
                 }
@@ -116,7 +140,21 @@ impl Inner {
         }
         let mut tasks = tokio::task::JoinSet::new();
         for (seg, run) in runs {
-            let Ok(permit) = self.prefetch_slots.clone().acquire_owned().await else {
+            let bytes = run
+                .iter()
+                .map(|p| p.piece_blocks as u64 * self.block_size)
+                .sum::<u64>();
+            // A run never exceeds get_max <= PREFETCH_INFLIGHT_BYTES_MAX, so
+            // this asks for at most all the permits and cannot wait forever.
+            let permits = bytes
+                .div_ceil(PREFETCH_PERMIT_BYTES)
+                .clamp(1, PREFETCH_PERMITS as u64);
+            let Ok(permit) = self
+                .prefetch_slots
+                .clone()
+                .acquire_many_owned(permits as u32)
+                .await
+            else {
                 return;
             };
             let me = self.clone();
@@ -126,5 +164,21 @@ impl Inner {
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gets_grow_with_the_window_between_their_bounds() {
+        assert_eq!(get_bytes_max(4 << 20), PREFETCH_GET_BYTES_MIN);
+        assert_eq!(get_bytes_max(32 << 20), 2 << 20);
+        assert_eq!(
+            get_bytes_max(PREFETCH_WINDOW_MAX_BYTES),
+            PREFETCH_GET_BYTES_MAX
+        );
+        assert_eq!(get_bytes_max(1 << 40), PREFETCH_GET_BYTES_MAX);
     }
 }

@@ -391,3 +391,56 @@ async fn read_ahead_widens_with_the_stream_and_starts_over_after_it() {
     read(91).await;
     assert_eq!(settled_at(52).await, 52, "a new stream starts narrow");
 }
+
+/// A long sequential stream's read-ahead GETs grow with its window
+/// (docs/design/0011): at most a sixteenth of the window each, from 1 MiB
+/// up to 4 MiB, so a long cold read makes fewer, larger requests than one
+/// per MiB, and reads back exactly what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stream_reads_ahead_in_fewer_larger_gets() {
+    const TOTAL: u64 = 128 * MIB;
+    let mem: Arc<dyn ObjectStore> = fresh_store();
+    create(&mem, 2 * TOTAL).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.segment_bytes = 8 * MIB;
+    o.dirty_bytes_max = 32 * MIB;
+    let vol = open(mem.clone(), Some(dir.path()), o.clone()).await;
+    let blocks_per_mib = MIB / BS;
+    for m in 0..TOTAL / MIB {
+        vol.write(
+            m * MIB,
+            pattern(m * blocks_per_mib, blocks_per_mib, 8),
+            false,
+        )
+        .await
+        .unwrap();
+    }
+    vol.close().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+
+    o.cache_bytes = 4 * TOTAL;
+    o.prefetch_window_bytes = 4 * MIB;
+    let store = counted(&mem);
+    let vol = open(store.clone(), Some(dir.path()), o).await;
+    let mut before_stream = 0;
+    for m in 0..TOTAL / MIB {
+        assert!(
+            vol.read(m * MIB, MIB).await.unwrap() == pattern(m * blocks_per_mib, blocks_per_mib, 8),
+            "MiB {m}"
+        );
+        // The first two reads are the reader's own (one GET per piece);
+        // the second starts the stream.
+        if m == 1 {
+            before_stream = data_gets(&store);
+        }
+    }
+    let gets = data_gets(&store) - before_stream;
+    let mibs = TOTAL / MIB - 2;
+    // One GET per MiB would be 126 (the limit before GETs grew); windows
+    // of 4, 8 and 16 MiB use 1 MiB GETs, 32 MiB ones 2 MiB, then 4 MiB.
+    assert!(
+        gets * 10 < mibs * 6,
+        "{gets} GETs for {mibs} MiB read in sequence"
+    );
+}
