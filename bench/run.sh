@@ -132,6 +132,20 @@ if [ "${BENCH_VM:-1}" = 1 ]; then
     { tail -30 "$OUT/raw/vm-console.log" >&2; echo "the VM bench failed" >&2; exit 1; }
   rm -f "$VM_OUT/spritedisk-before"
   mv "$VM_OUT" "$OUT/raw/vm"
+  # The daemon's CPU per warm read against rublk's loop target (issue 21),
+  # in its own boot: rublk from PATH, or installed once (a few minutes).
+  if [ "${BENCH_QUICK:-0}" != 1 ]; then
+    RUBLK=${RUBLK:-$(command -v rublk || true)}
+    if [ -z "$RUBLK" ]; then
+      echo "VM CPU: installing rublk (cargo install rublk)" >&2
+      cargo install rublk --locked >&2 && RUBLK=$(command -v rublk || echo "$HOME/.cargo/bin/rublk")
+    fi
+    VM_CPU=$(mktemp -d "$PWD/target/bench-vm-cpu.XXXXXX")
+    SPRITEDISK_VM_OUT="$VM_CPU" SPRITEDISK_RUBLK="$RUBLK" SPRITEDISK_BIN="$(realpath "$BIN")" SPRITEDISK_SIZE=256M \
+      SPRITEDISK_RUNTIME=$VM_RUNTIME "$VM_RUNNER" --scratch 8G --timeout 900 -- bash bench/vm-cpu.sh > "$OUT/raw/vm-cpu-console.log" 2>&1 ||
+      { tail -30 "$OUT/raw/vm-cpu-console.log" >&2; echo "the VM CPU bench failed" >&2; exit 1; }
+    mv "$VM_CPU" "$OUT/raw/vm-cpu"
+  fi
   python3 bench/vm-report.py "$OUT"
   # Attach to first I/O, cold vs from the warm pool (50 each at 100k extents).
   bench/pool.sh "$OUT"
