@@ -50,6 +50,8 @@ pub struct FaultStore {
     /// Reads (GET, ranged GET, HEAD) by key.
     reads_by_key: Mutex<std::collections::HashMap<String, u64>>,
     puts: AtomicU64,
+    /// The longest ranged GET so far, in bytes.
+    longest_range: AtomicU64,
     /// Changes (puts, deletes) left before a crash; u64::MAX: none planned.
     changes_left: AtomicU64,
     changes: AtomicU64,
@@ -68,6 +70,7 @@ impl FaultStore {
             gets_by_dir: Default::default(),
             reads_by_key: Default::default(),
             puts: AtomicU64::new(0),
+            longest_range: AtomicU64::new(0),
             changes_left: AtomicU64::new(u64::MAX),
             changes: AtomicU64::new(0),
         }
@@ -148,6 +151,11 @@ impl FaultStore {
         self.gets.load(Ordering::SeqCst)
     }
 
+    /// The longest ranged GET so far, in bytes (0: none yet).
+    pub fn longest_ranged_get(&self) -> u64 {
+        self.longest_range.load(Ordering::SeqCst)
+    }
+
     /// Number of puts that reached the inner store.
     pub fn puts(&self) -> u64 {
         self.puts.load(Ordering::SeqCst)
@@ -212,6 +220,7 @@ impl ObjectStore for FaultStore {
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         self.gate("get", key)?;
         self.count_get(key);
+        self.longest_range.fetch_max(len, Ordering::SeqCst);
         if !self.config.get_delay.is_zero() {
             tokio::time::sleep(self.config.get_delay).await;
         }

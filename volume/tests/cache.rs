@@ -437,10 +437,16 @@ async fn a_long_stream_reads_ahead_in_fewer_larger_gets() {
     }
     let gets = data_gets(&store) - before_stream;
     let mibs = TOTAL / MIB - 2;
-    // One GET per MiB would be 126 (the limit before GETs grew); windows
-    // of 4, 8 and 16 MiB use 1 MiB GETs, 32 MiB ones 2 MiB, then 4 MiB.
-    assert!(
-        gets * 10 < mibs * 6,
+    // Windows of 4, 8 and 16 MiB use GETs of up to 1 MiB (the limit of
+    // every GET before they grew), 32 MiB ones 2 MiB, 64 MiB ones 4 MiB
+    // (segments of 8 MiB hold 4 MiB runs of pieces).
+    assert_eq!(
+        store.longest_ranged_get(),
+        4 * MIB,
         "{gets} GETs for {mibs} MiB read in sequence"
     );
+    // Fewer requests than one per MiB (here about 55 of them); a loaded
+    // machine where the reader outruns read-ahead adds 16 per MiB it
+    // fetches itself, so the bound is loose.
+    assert!(gets < mibs, "{gets} GETs for {mibs} MiB read in sequence");
 }
