@@ -138,7 +138,9 @@ if [ "${BENCH_VM:-1}" = 1 ]; then
     RUBLK=${RUBLK:-$(command -v rublk || true)}
     if [ -z "$RUBLK" ]; then
       echo "VM CPU: installing rublk (cargo install rublk)" >&2
-      cargo install rublk --locked >&2 && RUBLK=$(command -v rublk || echo "$HOME/.cargo/bin/rublk")
+      cargo install rublk --locked >&2 ||
+        { echo "could not install rublk (its build needs libclang-dev); BENCH_VM=0 skips the VM parts" >&2; exit 1; }
+      RUBLK=$(command -v rublk || echo "$HOME/.cargo/bin/rublk")
     fi
     VM_CPU=$(mktemp -d "$PWD/target/bench-vm-cpu.XXXXXX")
     SPRITEDISK_VM_OUT="$VM_CPU" SPRITEDISK_RUBLK="$RUBLK" SPRITEDISK_BIN="$(realpath "$BIN")" SPRITEDISK_SIZE=256M \

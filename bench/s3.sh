@@ -3,8 +3,8 @@
 # raw parallel PUT/GET of 8 MiB objects (spritedisk store-bench) vs 1 MiB
 # sequential write and cold 1 MiB sequential read through NBD; FLUSH latency
 # of 4 KiB writes (fio fsync after each) vs one raw PUT of the same size;
-# cold 4 KiB random reads at QD32 (each one fetches the 64 KiB piece around
-# it) vs random ranged GETs of 64 KiB, 32 in flight, on the same objects.
+# cold 4 KiB reads at QD32, one in each 64 KiB piece (each fetches the piece
+# around it) vs random ranged GETs of 64 KiB, 32 in flight, on raw objects.
 # Profiles: moto (threaded, as shipped) and s3s-fs on loopback, each on a
 # free port, and moto behind s3-region-proxy (REGION_FIRST_BYTE_MS=20 to the
 # first byte of every answer, REGION_STREAM_MBPS=100 per connection), as a

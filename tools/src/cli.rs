@@ -157,7 +157,7 @@ pub enum Cmd {
         #[arg(long, default_value_t = 8)]
         parallel: usize,
         /// Size of each random ranged GET (the engine's piece: what a cold
-        /// 4 KiB read fetches); 0 skips them.
+        /// 4 KiB read fetches), at most --size; 0 skips them.
         #[arg(long, default_value = "64K", value_parser = parse_size)]
         ranged_size: u64,
         /// How many random ranged GETs.
@@ -568,7 +568,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let ranged = crate::storebench::Ranged {
                 bytes: ranged_size,
                 count: ranged_count,
-                parallel: ranged_parallel,
+                parallel: ranged_parallel.max(1),
             };
             crate::storebench::run(&url, size, count, parallel.max(1), ranged).await
         }

@@ -27,6 +27,12 @@ pub async fn run(
     parallel: usize,
     ranged: Ranged,
 ) -> Result<i32> {
+    // Checked before anything is written: a ranged GET must fit in an object.
+    anyhow::ensure!(
+        ranged.bytes <= size,
+        "--ranged-size {} is larger than the objects (--size {size}): a ranged GET reads within one object",
+        ranged.bytes
+    );
     let store = spritedisk_store::open_url(url)?;
     let run = uuid::Uuid::new_v4();
     let keys: Vec<String> = (0..count)
@@ -57,7 +63,7 @@ pub async fn run(
     drop(got);
 
     // Random ranged GETs, as cold random reads make them.
-    let ranged_per_s = if ranged.count > 0 && ranged.bytes > 0 && ranged.bytes <= size {
+    let ranged_per_s = if ranged.count > 0 && ranged.bytes > 0 {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5eed);
         let per_object = size / ranged.bytes;
@@ -78,7 +84,7 @@ pub async fn run(
                 Ok::<bool, spritedisk_store::StoreError>(got != want[a..b])
             }
         }))
-        .buffer_unordered(ranged.parallel.max(1))
+        .buffer_unordered(ranged.parallel)
         .try_fold(0usize, |n, bad| async move { Ok(n + bad as usize) })
         .await?;
         anyhow::ensure!(bad == 0, "{bad} ranged GETs read back wrong");
